@@ -1,0 +1,234 @@
+"""The `charles` command: the only place that wires objects together.
+
+Every subcommand takes `--config PATH` (default ./config.toml) and `--set KEY=VALUE` to override
+one key; dedicated flags such as `--model` are shorthands for single keys. User mistakes end as
+one `charles: error: ...` line and a non-zero exit status, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from agent.config import DEFAULT_CONFIG_PATH, Config, load_config, parse_override
+from agent.errors import CharlesError
+from agent.nets.registry import LINE_NAMES, get_line
+
+if TYPE_CHECKING:
+    from agent.bench import BenchResult
+
+# Flags that are shorthands for one config key each: flag dest -> dotted key.
+KEY_FLAGS = {
+    "model": "model.line",
+    "pretrained": "model.pretrained",
+    "checkpoint": "model.checkpoint",
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `charles` console script and `python -m agent`."""
+    # TensorFlow's C++ start-up chatter is noise for a user; real errors still surface.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config, _overrides(args))
+        return int(args.handler(args, config) or 0)
+    except CharlesError as error:
+        print(f"charles: error: {error}", file=sys.stderr)
+        return error.exit_status
+    except KeyboardInterrupt:
+        print("charles: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # Output piped into `head` and the like: not an error of ours.
+        sys.stderr.close()
+        return 0
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, str]:
+    overrides = dict(parse_override(item) for item in args.set or [])
+    for dest, key in KEY_FLAGS.items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            # A JSON string is a valid TOML basic string, so any path or name survives quoting.
+            overrides[key] = json.dumps(value)
+    return overrides
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        type=Path,
+        default=DEFAULT_CONFIG_PATH,
+        help="config file (default: %(default)s)",
+    )
+    common.add_argument(
+        "--set", action="append", metavar="KEY=VALUE",
+        help="override one config key, e.g. --set capture.fps=20 (repeatable)",
+    )  # fmt: skip
+    model_flags = argparse.ArgumentParser(add_help=False)
+    model_flags.add_argument("--model", metavar="LINE", help=f"model line: {', '.join(LINE_NAMES)}")
+    model_flags.add_argument("--pretrained", help='"none", "imagenet" or a backbone weights file')
+    model_flags.add_argument(
+        "--checkpoint", help='"latest", "none", a version (v0003) or a checkpoint folder'
+    )
+
+    parser = argparse.ArgumentParser(
+        prog="charles", description="Charles: a live self-driving inference agent for games."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    config_cmd = commands.add_parser("config", help="check and show the configuration")
+    config_sub = config_cmd.add_subparsers(dest="action", required=True, metavar="ACTION")
+    _add(config_sub, "check", _config_check, [common], "validate the config and print it")
+
+    model_cmd = commands.add_parser("model", help="inspect and benchmark model lines")
+    model_sub = model_cmd.add_subparsers(dest="action", required=True, metavar="ACTION")
+    _add(model_sub, "list", _model_list, [common], "registered model lines and stored versions")
+    summary = _add(model_sub, "summary", _model_summary, [common, model_flags],
+                   "build a model line and print its shape and parameter counts")  # fmt: skip
+    summary.add_argument("--layers", action="store_true", help="also print Keras's layer table")
+    summary.add_argument("--json", action="store_true", help="print JSON instead of text")
+    bench = _add(model_sub, "bench", _model_bench, [common, model_flags],
+                 "predictions per second and latency percentiles at batch 1")  # fmt: skip
+    bench.add_argument("--seconds", type=float, default=10.0, help="measuring time (default 10)")
+    bench.add_argument(
+        "--max-predictions", type=int, default=100_000, help="stop after this many predictions"
+    )
+    bench.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return parser
+
+
+def _add(
+    subparsers: argparse._SubParsersAction,
+    name: str,
+    handler: Callable[[argparse.Namespace, Config], int | None],
+    parents: list[argparse.ArgumentParser],
+    help_text: str,
+) -> argparse.ArgumentParser:
+    sub = subparsers.add_parser(name, parents=parents, help=help_text, description=help_text)
+    sub.set_defaults(handler=handler)
+    return sub
+
+
+def _config_check(args: argparse.Namespace, config: Config) -> int:
+    print(f"{config.source}: OK")
+    for section, values in asdict(config).items():
+        if isinstance(values, dict):
+            for key, value in values.items():
+                print(f"  {section}.{key} = {value!r}")
+    return 0
+
+
+def _model_list(args: argparse.Namespace, config: Config) -> int:
+    from agent.store import versions
+
+    for name in LINE_NAMES:
+        line = get_line(name)
+        height, width, _ = line.input_shape
+        stored = versions(Path(config.model.store), name)
+        newest = stored[-1].name if stored else "no checkpoints yet"
+        print(f"{name}  input {width}x{height}  [{newest}]")
+        print(f"    {line.description}")
+    return 0
+
+
+def _model_summary(args: argparse.Namespace, config: Config) -> int:
+    import numpy as np
+
+    from agent.predictor import require_tensorflow
+
+    require_tensorflow()
+    line = get_line(config.model.line)
+    model = line.build(config.model.pretrained)
+    trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    non_trainable = sum(int(np.prod(w.shape)) for w in model.non_trainable_weights)
+    convcam_shape = tuple(model.get_layer(line.convcam_layer).output.shape[1:])
+    report = {
+        "model_line": line.name,
+        "input": {"dtype": "uint8", "shape": list(line.input_shape)},
+        "outputs": [{"name": name, "range": [-1.0, 1.0]} for name in model.output_names],
+        "convcam": {"layer": line.convcam_layer, "shape": list(convcam_shape)},
+        "pretrained": config.model.pretrained,
+        "total_params": trainable + non_trainable,
+        "trainable_params": trainable,
+        "non_trainable_params": non_trainable,
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    if args.layers:
+        model.summary(line_length=110)
+    height, width, _ = line.input_shape
+    print(f"Model line: {line.name}")
+    print(f"  {line.description}")
+    print(f"Input: uint8 RGB frame {width}x{height}, shape {line.input_shape}")
+    print(f"Outputs: {', '.join(model.output_names)} (each in [-1, 1])")
+    print(f"Convcam: {line.convcam_layer} -> {convcam_shape}")
+    print(f"Pretrained: {config.model.pretrained}")
+    print(f"Total params: {report['total_params']:,}")
+    print(f"Trainable params: {trainable:,}")
+    print(f"Non-trainable params: {non_trainable:,}")
+    return 0
+
+
+def _model_bench(args: argparse.Namespace, config: Config) -> int:
+    from agent.bench import run_bench
+    from agent.predictor import Predictor
+    from agent.store import resolve
+
+    if args.seconds <= 0 or not math.isfinite(args.seconds) or args.max_predictions < 1:
+        raise CharlesError("--seconds must be > 0 and --max-predictions at least 1")
+    checkpoint = resolve(Path(config.model.store), config.model.line, config.model.checkpoint)
+    start = time.perf_counter()
+    predictor = Predictor.load(config.model.line, checkpoint, config.model.pretrained)
+    load_seconds = time.perf_counter() - start - predictor.warmup_seconds
+    result = run_bench(predictor, args.seconds, args.max_predictions, load_seconds)
+    if args.json:
+        print(
+            json.dumps({**asdict(result), "predictions_per_second": result.predictions_per_second})
+        )
+        return 0
+    _print_bench_table(result)
+    return 0
+
+
+def _print_bench_table(result: BenchResult) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"charles model bench: {result.model}, batch 1")
+    for column in (
+        "predictions",
+        "PPS",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+        "mean ms",
+        "load s",
+        "warm-up s",
+    ):
+        table.add_column(column, justify="right")
+    table.add_row(
+        str(result.predictions),
+        f"{result.predictions_per_second:.1f}",
+        f"{result.p50_ms:.1f}",
+        f"{result.p95_ms:.1f}",
+        f"{result.p99_ms:.1f}",
+        f"{result.mean_ms:.1f}",
+        f"{result.load_seconds:.2f}",
+        f"{result.warmup_seconds:.2f}",
+    )
+    Console().print(table)

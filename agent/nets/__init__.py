@@ -1,0 +1,1 @@
+"""Model lines: the networks Charles can drive with (see `registry`)."""

@@ -1,0 +1,139 @@
+"""Compiled batch-1 inference for a model line.
+
+The model line (what the network means) is separate from this interpreter (how it executes):
+here a `tf.function` with a fixed input signature, traced and warmed once before use, so the
+drive loop never pays for tracing or `model.predict`'s per-call setup. A later ONNX Runtime
+backend fits behind the same `predict()`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from agent.errors import DependencyError
+from agent.nets.registry import ModelLine, get_line
+from agent.store import Checkpoint, load_into
+
+if TYPE_CHECKING:
+    import keras
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One inference result.
+
+    `throttle` and `steering` are in [-1, 1]. When the network produced NaN or infinity,
+    `finite` is False and both values are 0.0 (neutral): a broken model never steers.
+    """
+
+    throttle: float
+    steering: float
+    finite: bool
+    seconds: float
+    """Wall time of the inference call (perf_counter)."""
+    convcam: np.ndarray | None = None
+    """Last conv feature map (rows, cols, kernels), float32, when the predictor was asked for it."""
+
+
+def require_tensorflow() -> Any:
+    """Import TensorFlow, or explain how to install it."""
+    try:
+        import tensorflow as tf
+    except ImportError:
+        raise DependencyError(
+            "TensorFlow is not installed: pip install 'charles[cpu]' (or 'charles[gpu]' on a "
+            "Linux machine with an NVIDIA GPU), or run scripts/setup"
+        ) from None
+    return tf
+
+
+class Predictor:
+    """Runs one model on one frame at a time and returns plain floats."""
+
+    def __init__(
+        self,
+        model: keras.Model,
+        line: ModelLine,
+        name: str,
+        convcam: bool = False,
+        warmup_runs: int = 3,
+    ) -> None:
+        tf = require_tensorflow()
+        import keras
+
+        if keras.backend.backend() != "tensorflow":
+            raise DependencyError(
+                f"the predictor needs Keras's tensorflow backend (KERAS_BACKEND is "
+                f"'{keras.backend.backend()}'); unset KERAS_BACKEND or set it to tensorflow"
+            )
+        self.line = line
+        self.name = name
+        self.model = model
+        self.nonfinite_count = 0
+        outputs = list(model.outputs)
+        if convcam:
+            outputs.append(model.get_layer(line.convcam_layer).output)
+        runner = keras.Model(model.inputs, outputs) if convcam else model
+        spec = tf.TensorSpec((1, *line.input_shape), tf.uint8, name="frame")
+        self._infer = tf.function(
+            lambda frame: runner(frame, training=False), input_signature=[spec]
+        )
+        self._with_convcam = convcam
+        self.warmup_seconds = self._warm_up(warmup_runs)
+
+    @classmethod
+    def load(
+        cls,
+        line_name: str,
+        checkpoint: Checkpoint | None = None,
+        pretrained: str = "none",
+        convcam: bool = False,
+    ) -> Predictor:
+        """Build `line_name`, fill it from `checkpoint` (or `pretrained`) and warm it up."""
+        require_tensorflow()
+        line = get_line(line_name)
+        # A checkpoint overwrites every weight, so the pretrained start would be wasted work.
+        model = line.build("none" if checkpoint else pretrained)
+        if checkpoint is not None:
+            load_into(model, checkpoint, line.name)
+            name = checkpoint.name
+        else:
+            name = f"{line.name} (fresh, pretrained={Path(pretrained).name})"
+        return cls(model, line, name, convcam=convcam)
+
+    def _warm_up(self, runs: int) -> float:
+        """Trace the function and run it a few times so the first real frame is not slow."""
+        start = time.perf_counter()
+        frame = np.zeros(self.line.input_shape, dtype=np.uint8)
+        for _ in range(max(1, runs)):
+            self.predict(frame)
+        self.nonfinite_count = 0
+        return time.perf_counter() - start
+
+    def predict(self, frame: np.ndarray) -> Prediction:
+        """Predict on one uint8 RGB frame of exactly the line's input shape."""
+        if frame.shape != self.line.input_shape or frame.dtype != np.uint8:
+            raise ValueError(
+                f"{self.line.name} takes uint8 frames of shape {self.line.input_shape}, "
+                f"got {frame.dtype} {frame.shape}"
+            )
+        start = time.perf_counter()
+        outputs = self._infer(frame[np.newaxis])
+        throttle = float(outputs[0].numpy()[0, 0])
+        steering = float(outputs[1].numpy()[0, 0])
+        convcam = outputs[2].numpy()[0] if self._with_convcam else None
+        seconds = time.perf_counter() - start
+        if not (math.isfinite(throttle) and math.isfinite(steering)):
+            self.nonfinite_count += 1
+            log.warning("%s produced a non-finite output; sending neutral", self.name)
+            return Prediction(0.0, 0.0, finite=False, seconds=seconds, convcam=convcam)
+        return Prediction(throttle, steering, finite=True, seconds=seconds, convcam=convcam)

@@ -1,0 +1,46 @@
+"""Values that cross threads. Frozen so no thread can change what another is reading."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Region:
+    """A screen rectangle in physical pixels (left, top of the top-left pixel; width, height)."""
+
+    left: int
+    top: int
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One captured picture of the game window.
+
+    `image` is what mss returns: uint8 BGRA, shape (height, width, 4). `captured_at` is
+    `time.monotonic()` seconds at the grab, so capture-to-command latency is measured.
+    """
+
+    image: np.ndarray
+    captured_at: float
+    seq: int
+    region: Region
+
+
+@dataclass(frozen=True)
+class ControllerState:
+    """What a controller backend is asked to send.
+
+    steering: stick X in [-1, 1] (negative = left); accelerate and brake: pedals in [0, 1].
+    """
+
+    steering: float = 0.0
+    accelerate: float = 0.0
+    brake: float = 0.0
+
+
+NEUTRAL = ControllerState()
