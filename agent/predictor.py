@@ -97,6 +97,7 @@ class Predictor:
         checkpoint: Checkpoint | None = None,
         pretrained: str = "none",
         convcam: bool = False,
+        warmup_runs: int = 3,
     ) -> Predictor:
         """Build `line_name`, fill it from `checkpoint` (or `pretrained`) and warm it up."""
         require_tensorflow()
@@ -108,7 +109,7 @@ class Predictor:
             name = checkpoint.name
         else:
             name = f"{line.name} (fresh, pretrained={Path(pretrained).name})"
-        return cls(model, line, name, convcam=convcam)
+        return cls(model, line, name, convcam=convcam, warmup_runs=warmup_runs)
 
     def _warm_up(self, runs: int) -> float:
         """Trace the function and run it a few times so the first real frame is not slow."""

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from agent.errors import ModelError
+from agent.weights import load_weights_strictly
 
 if TYPE_CHECKING:
     import keras
@@ -179,8 +180,4 @@ def load_into(model: keras.Model, checkpoint: Checkpoint, line: str) -> None:
             f"checkpoint {checkpoint.folder}: {WEIGHTS_FILE} does not match its manifest's "
             "SHA-256 (truncated or replaced); delete the folder or republish it"
         )
-    try:
-        model.load_weights(str(checkpoint.weights))
-    except (ValueError, OSError, KeyError) as error:
-        detail = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise ModelError(f"checkpoint {checkpoint.folder} does not fit {line}: {detail}") from None
+    load_weights_strictly(model, checkpoint.weights, f"checkpoint {checkpoint.folder}")

@@ -7,6 +7,7 @@ from pathlib import Path
 import keras
 
 from agent.errors import ModelError
+from agent.weights import load_weights_strictly
 
 IMAGENET_FILES = {
     "inception_resnet_v2": "inception_resnet_v2_weights_tf_dim_ordering_tf_kernels_notop.h5",
@@ -35,14 +36,7 @@ def load_backbone_weights(backbone: keras.Model, pretrained: str, line_name: str
             f"model.pretrained: {path} is not an HDF5 weights file (.weights.h5 or .h5); "
             "only weight files are loaded, never saved models that could carry code"
         )
-    try:
-        backbone.load_weights(str(path))
-    except (ValueError, OSError, KeyError) as error:
-        detail = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise ModelError(
-            f"model.pretrained: {path} does not fit the {backbone.name} backbone of "
-            f"{line_name}: {detail}"
-        ) from None
+    load_weights_strictly(backbone, path, f"model.pretrained: {path} ({line_name} backbone)")
 
 
 def _load_imagenet(backbone: keras.Model, line_name: str) -> None:

@@ -1,0 +1,114 @@
+"""Model lines: exact architecture, the uint8 -> two bounded floats contract, pretrained starts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from agent.errors import ModelError
+from agent.nets.registry import LINE_NAMES, get_line
+from tests.conftest import assert_one_line_error
+
+FLAGSHIP = "model_0005_inceptionresnetv2"
+
+
+def parameter_counts(model: keras.Model) -> tuple[int, int, int]:
+    trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    frozen = sum(int(np.prod(w.shape)) for w in model.non_trainable_weights)
+    return trainable + frozen, trainable, frozen
+
+
+@pytest.fixture(scope="module")
+def flagship() -> keras.Model:
+    return get_line(FLAGSHIP).build("none")
+
+
+def test_model_0005_has_the_seed_parameter_counts(flagship: keras.Model) -> None:
+    assert parameter_counts(flagship) == (56_470_434, 56_409_890, 60_544)
+    backbone = flagship.get_layer("inception_resnet_v2")
+    assert backbone.trainable, "the backbone must re-train on driving data, not be frozen"
+
+
+@pytest.mark.parametrize("name", LINE_NAMES)
+def test_every_line_takes_uint8_frames_and_names_two_outputs(name: str) -> None:
+    line = get_line(name)
+    model = line.build("none")
+    assert model.input.dtype == "uint8"
+    assert tuple(model.input_shape[1:]) == line.input_shape
+    assert list(model.output_names) == ["throttle", "steering"]
+    assert model.get_layer(line.convcam_layer).output.shape[-1] > 0
+
+
+def test_pilotnet_small_is_a_few_hundred_thousand_parameters() -> None:
+    total, trainable, frozen = parameter_counts(get_line("pilotnet_small").build("none"))
+    assert 100_000 < total < 1_000_000
+    assert frozen == 0 and trainable == total
+
+
+def test_outputs_stay_in_range_even_for_extreme_weights() -> None:
+    model = get_line("pilotnet_small").build("none")
+    # Blow up the last hidden layers so pre-activations are huge: tanh must still bound them.
+    for name in ("throttle", "steering"):
+        layer = model.get_layer(name)
+        kernel, bias = layer.get_weights()
+        layer.set_weights([kernel * 1e4, bias + 50.0])
+    frames = np.random.default_rng(1).integers(0, 256, size=(4, 90, 160, 3), dtype=np.uint8)
+    throttle, steering = (np.asarray(o) for o in model(frames, training=False))
+    assert throttle.shape == steering.shape == (4, 1)
+    for values in (throttle, steering):
+        assert np.all(np.abs(values) <= 1.0)
+    # Saturated outputs prove the pre-activations really were huge: the bound was tested.
+    assert np.abs(throttle).max() > 0.99 and np.abs(steering).max() > 0.99
+
+
+def test_local_pretrained_backbone_weights_really_arrive(tmp_path: Path) -> None:
+    line = get_line(FLAGSHIP)
+    donor = keras.applications.InceptionResNetV2(
+        include_top=False, weights=None, input_shape=line.input_shape
+    )
+    path = tmp_path / "backbone.weights.h5"
+    donor.save_weights(str(path))
+    expected = donor.get_weights()
+    del donor
+
+    model = line.build(str(path))
+    loaded = model.get_layer("inception_resnet_v2").get_weights()
+    assert len(loaded) == len(expected)
+    assert all(np.array_equal(a, b) for a, b in zip(loaded, expected, strict=True))
+    # A random start differs, so equality above means the file was really used.
+    fresh = line.build("none").get_layer("inception_resnet_v2").get_weights()
+    assert not np.array_equal(fresh[0], expected[0])
+
+
+def test_pretrained_file_errors_are_model_errors(tmp_path: Path) -> None:
+    line = get_line(FLAGSHIP)
+    with pytest.raises(ModelError, match="no such weights file"):
+        line.build(str(tmp_path / "missing.weights.h5"))
+    pickle_like = tmp_path / "weights.pkl"
+    pickle_like.write_bytes(b"not weights")
+    with pytest.raises(ModelError, match="not an HDF5 weights file"):
+        line.build(str(pickle_like))
+    small = get_line("pilotnet_small").build("none")
+    wrong = tmp_path / "pilotnet.weights.h5"
+    small.save_weights(str(wrong))
+    with pytest.raises(ModelError, match=r"pilotnet.weights.h5 .*does not fit inception"):
+        line.build(str(wrong))
+    with pytest.raises(ModelError, match="no pretrained backbone"):
+        get_line("pilotnet_small").build("imagenet")
+
+
+def test_imagenet_offline_says_what_to_do(tmp_path: Path, run_charles) -> None:
+    # An empty Keras cache and an unreachable proxy make the download fail even on a machine
+    # with internet, the way it fails on an offline one.
+    env = {
+        "KERAS_HOME": str(tmp_path / "keras"),
+        "HTTPS_PROXY": "http://127.0.0.1:9",
+        "https_proxy": "http://127.0.0.1:9",
+    }
+    result = run_charles(
+        "model", "summary", "--model", FLAGSHIP, "--pretrained", "imagenet", env=env
+    )
+    assert_one_line_error(result, "imagenet", "could not download", "model.pretrained")
