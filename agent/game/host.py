@@ -1,0 +1,229 @@
+"""The game host: CarRacing in a pygame window titled "Charles CarRacing", in real time.
+
+One thread does everything, on a 50 Hz grid kept by a RateKeeper: read the window's events and
+keys, poll the virtual gamepad, step the physics once, and every so often write a telemetry
+sample or redraw the window. Redraws run at the display rate, not the physics rate: drawing a
+picture costs about 7 ms, a physics step 0.1 ms, and the host shares two cores with a CNN.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from types import FrameType
+
+import pygame
+
+from agent.game.autopilot import Autopilot
+from agent.game.channel import GamepadReceiver
+from agent.game.inputs import choose_input, keyboard_state
+from agent.game.options import GameError, GameOptions
+from agent.game.sim import PHYSICS_HZ, HostedCarRacing, view_rect
+from agent.game.telemetry import TelemetryRecord, TelemetryWriter
+from agent.ratekeeper import RateKeeper
+from agent.types import ControllerState
+
+log = logging.getLogger(__name__)
+
+WINDOW_TITLE = "Charles CarRacing"
+TELEMETRY_HZ = 10.0
+ASPECT = 16 / 9
+_INVISIBLE_DRIVERS = ("offscreen", "dummy")
+
+
+def run_game(options: GameOptions) -> int:
+    """Run the game until Esc, the window closes, SIGTERM/SIGINT or `options.seconds`; returns 0.
+
+    Raises GameError when the game cannot start (no display, the gamepad port is taken).
+    """
+    stop = threading.Event()
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(_stop_on_signals(stop))
+        try:
+            receiver = GamepadReceiver(options.channel_port)
+        except OSError as error:
+            raise GameError(str(error)) from None
+        stack.callback(receiver.close)
+        telemetry = None
+        if options.telemetry is not None:
+            try:
+                telemetry = TelemetryWriter(options.telemetry)
+            except OSError as error:
+                raise GameError(f"cannot write telemetry to {options.telemetry}: {error}") from None
+            stack.callback(telemetry.close)
+        window = _open_window(options.size)
+        stack.callback(pygame.quit)
+        env = HostedCarRacing()
+        stack.callback(env.close)
+        session = _Session(options, env, window, receiver, telemetry)
+        log.info(
+            "game started: %dx%d window, seed %d, gamepad port %d, autopilot %s",
+            *options.size, options.seed, receiver.port, "on" if options.autopilot else "off",
+        )  # fmt: skip
+        session.run(stop)
+    return 0
+
+
+def _open_window(size: tuple[int, int]) -> pygame.Surface:
+    # Only the display (and fonts, which CarRacing starts itself): no audio device is needed,
+    # and initialising one under a headless X server only costs time.
+    try:
+        pygame.display.init()
+        window = pygame.display.set_mode(size)
+    except pygame.error as error:
+        pygame.quit()
+        raise GameError(
+            f"cannot open the game window ({error}); set DISPLAY to a running X server (or Xvfb)"
+        ) from None
+    # With no display reachable, pygame-ce falls back to SDL's offscreen driver: a game nobody
+    # can see or capture. Only a caller who asked for such a driver gets one.
+    if pygame.display.get_driver() in _INVISIBLE_DRIVERS and "SDL_VIDEODRIVER" not in os.environ:
+        pygame.quit()
+        raise GameError(
+            "no display for the game window; set DISPLAY to a running X server (or Xvfb)"
+        )
+    pygame.display.set_caption(WINDOW_TITLE)
+    pygame.mouse.set_visible(False)
+    return window
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGTERM and SIGINT set `stop`, so the loop ends and everything closes in order."""
+    if threading.current_thread() is not threading.main_thread():
+        # Python only delivers signals to the main thread; an embedding caller handles them.
+        yield
+        return
+
+    def handle(signum: int, _frame: FrameType | None) -> None:
+        log.info("game stopping on %s", signal.Signals(signum).name)
+        stop.set()
+
+    # Installed before SDL starts, so SDL sees handlers in place and keeps its own out.
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _letterbox(window: pygame.Surface) -> pygame.Surface:
+    """The largest 16:9 part of the window, centred; the window itself when it is 16:9."""
+    width, height = window.get_size()
+    fit_width = min(width, round(height * ASPECT))
+    fit_height = min(height, round(fit_width / ASPECT))
+    if (fit_width, fit_height) == (width, height):
+        return window
+    window.fill((0, 0, 0))
+    area = pygame.Rect((width - fit_width) // 2, (height - fit_height) // 2, fit_width, fit_height)
+    return window.subsurface(area)
+
+
+class _Session:
+    """The state of one running game: episode, distance, clocks."""
+
+    def __init__(
+        self,
+        options: GameOptions,
+        env: HostedCarRacing,
+        window: pygame.Surface,
+        receiver: GamepadReceiver,
+        telemetry: TelemetryWriter | None,
+    ) -> None:
+        self.options = options
+        self.env = env
+        self.receiver = receiver
+        self.telemetry = telemetry
+        self.autopilot = Autopilot() if options.autopilot else None
+        self.screen = _letterbox(window)
+        self.view = view_rect(ASPECT)
+        self.episode = 1
+        self.distance = 0.0
+        self.frames = 0
+
+    def run(self, stop: threading.Event) -> None:
+        self.env.reset(seed=self.options.seed)
+        rate = RateKeeper(PHYSICS_HZ)
+        start = time.monotonic()
+        next_sample = next_frame = start
+        while not stop.is_set() and self._events_allow_running():
+            now = time.monotonic()
+            if self.options.seconds is not None and now - start >= self.options.seconds:
+                break
+            state, source = self._input()
+            _reward, over, info = self.env.apply(state)
+            self.distance += self.env.speed / PHYSICS_HZ
+            if self.telemetry is not None and now >= next_sample:
+                self.telemetry.write(self._record(now - start, state, source))
+                next_sample = max(next_sample + 1.0 / TELEMETRY_HZ, now)
+            if over:
+                self._next_episode(info)
+            if now >= next_frame:
+                self._draw()
+                next_frame = max(next_frame + 1.0 / self.options.fps, now)
+            rate.keep_time()
+        elapsed = time.monotonic() - start
+        log.info(
+            "game stopped after %.1f s: %d episodes, %.0f m driven, physics %.1f Hz "
+            "(%d late ticks), display %.1f fps",
+            elapsed, self.episode, self.distance, rate.ticks / max(elapsed, 1e-9),
+            rate.lagged, self.frames / max(elapsed, 1e-9),
+        )  # fmt: skip
+
+    def _events_allow_running(self) -> bool:
+        running = True
+        for event in pygame.event.get():
+            if event.type == pygame.QUIT or (
+                event.type == pygame.KEYDOWN and event.key == pygame.K_ESCAPE
+            ):
+                running = False
+        return running
+
+    def _input(self) -> tuple[ControllerState, str]:
+        keyboard = keyboard_state(pygame.key.get_pressed())
+        gamepad = self.receiver.poll()
+        # The autopilot keeps tracking the car while the gamepad drives, so it can take over
+        # smoothly when the agent goes quiet; only a player at the keyboard pauses it.
+        autopilot = None
+        if self.autopilot is not None and keyboard is None:
+            autopilot = self.autopilot.act(self.env)
+        return choose_input(keyboard, gamepad, autopilot)
+
+    def _next_episode(self, info: dict[str, object]) -> None:
+        outcome = "lap finished" if info.get("lap_finished") else "car left the playfield"
+        log.info(
+            "episode %d over (%s): score %.0f, %.0f%% of tiles",
+            self.episode, outcome, self.env.score, 100 * self.env.tiles_fraction,
+        )  # fmt: skip
+        self.env.reset()
+        if self.autopilot is not None:
+            self.autopilot.reset()
+        self.episode += 1
+
+    def _draw(self) -> None:
+        picture = self.env.render().subsurface(self.view)
+        pygame.transform.scale(picture, self.screen.get_size(), self.screen)
+        pygame.display.flip()
+        self.frames += 1
+
+    def _record(self, elapsed: float, state: ControllerState, source: str) -> TelemetryRecord:
+        return TelemetryRecord(
+            t=elapsed,
+            episode=self.episode,
+            speed=self.env.speed,
+            on_track=self.env.on_track,
+            score=self.env.score,
+            distance=self.distance,
+            tiles=self.env.tiles_fraction,
+            heading=self.env.heading,
+            steering=state.steering,
+            accelerate=state.accelerate,
+            brake=state.brake,
+            source=source,
+        )

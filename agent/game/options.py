@@ -1,0 +1,101 @@
+"""What a game session is asked to do, and the command-line flags that say it."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.errors import CharlesError
+from agent.game.channel import DEFAULT_PORT
+
+
+class GameError(CharlesError):
+    """The bundled game cannot start: a bad option, no display, a busy gamepad port."""
+
+
+@dataclass(frozen=True)
+class GameOptions:
+    """One game session.
+
+    size: window (width, height) in pixels; the picture is 16:9, letterboxed if the window is
+    not. seed: seeds the first track; later tracks follow from it. channel_port: UDP port of the
+    virtual gamepad (agent.game.channel). telemetry: JSON-lines file to append samples to, ten a
+    second. autopilot: let the built-in driver drive whenever keyboard and gamepad are idle.
+    seconds: quit after this long, None to run until closed. fps: window redraws per second;
+    the physics always runs at CarRacing's 50 Hz.
+    """
+
+    size: tuple[int, int] = (1280, 720)
+    seed: int = 0
+    channel_port: int = DEFAULT_PORT
+    telemetry: Path | None = None
+    autopilot: bool = False
+    seconds: float | None = None
+    fps: float = 30.0
+
+    def __post_init__(self) -> None:
+        width, height = self.size
+        if width < 16 or height < 9:
+            raise GameError(f"game window size {width}x{height} is too small; use e.g. 1280x720")
+        if not 0 <= self.channel_port <= 65535:
+            raise GameError(f"gamepad port {self.channel_port} is not a port; use 1024-65535")
+        if not (math.isfinite(self.fps) and 0 < self.fps <= 240):
+            raise GameError(f"game fps {self.fps} is out of range; use 1-240")
+        if self.seconds is not None and not self.seconds > 0:
+            raise GameError(f"game seconds {self.seconds} must be positive (or left out)")
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'1280x720' -> (1280, 720); an argparse type."""
+    try:
+        width, height = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"size {text!r} is not WIDTHxHEIGHT, e.g. 1280x720"
+        ) from None
+    return width, height
+
+
+def add_game_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of `python -m agent.game` (and `charles game`), one per GameOptions field."""
+    defaults = GameOptions()
+    width, height = defaults.size
+    parser.add_argument(
+        "--size", type=parse_size, default=defaults.size, metavar="WxH",
+        help=f"window size in pixels (default: {width}x{height})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--seed", type=int, default=defaults.seed, help="track seed (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--port", type=int, default=defaults.channel_port,
+        help="UDP port of the virtual gamepad (default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--telemetry", type=Path, default=None, metavar="FILE",
+        help="append JSON-lines telemetry to FILE, ten samples a second",
+    )  # fmt: skip
+    parser.add_argument(
+        "--autopilot", action="store_true",
+        help="drive with the built-in autopilot when keyboard and gamepad are idle",
+    )  # fmt: skip
+    parser.add_argument("--seconds", type=float, default=None, help="quit after this many seconds")
+    parser.add_argument(
+        "--fps", type=float, default=defaults.fps,
+        help="window redraws per second (default: %(default)s; physics is always 50 Hz)",
+    )  # fmt: skip
+
+
+def options_from_args(args: argparse.Namespace) -> GameOptions:
+    """GameOptions from flags added by `add_game_arguments`."""
+    return GameOptions(
+        size=args.size,
+        seed=args.seed,
+        channel_port=args.port,
+        telemetry=args.telemetry,
+        autopilot=args.autopilot,
+        seconds=args.seconds,
+        fps=args.fps,
+    )

@@ -1,0 +1,155 @@
+"""CarRacing as the host runs it, and the few facts about the car that telemetry reports.
+
+The host never reads CarRacing's observations (the agent sees the window, like any game), so
+this subclass skips the 96x96 observation that CarRacing draws on every physics step: that
+drawing costs about 12 ms, the physics about 0.1 ms. `render()` then draws only when the window
+wants a picture, and hands over the full 1000x800 pygame surface (not the 600x400 array, which
+is squashed vertically and costs another scale and copy).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pygame
+from gymnasium.envs.box2d.car_racing import (
+    FPS,
+    GRASS_DIM,
+    PLAYFIELD,
+    TRACK_DETAIL_STEP,
+    TRACK_WIDTH,
+    WINDOW_H,
+    WINDOW_W,
+    CarRacing,
+)
+
+from agent.types import ControllerState
+
+PHYSICS_HZ = float(FPS)
+"""CarRacing's fixed physics rate: every `step()` advances the world by 1 / PHYSICS_HZ seconds."""
+
+PICTURE_SIZE = (WINDOW_W, WINDOW_H)
+"""Size of the surface `render()` returns, in pixels (width, height)."""
+
+# CarRacing draws its indicator bar (speed, ABS, score) along the bottom eighth of the picture.
+_HUD_HEIGHT = WINDOW_H // 8
+
+# CarRacing's background: the playfield square and a 20x20 checkerboard of grass patches, in
+# world units, the same for every track (as CarRacing._render_road builds them each frame).
+_FIELD = [
+    (PLAYFIELD, PLAYFIELD),
+    (PLAYFIELD, -PLAYFIELD),
+    (-PLAYFIELD, -PLAYFIELD),
+    (-PLAYFIELD, PLAYFIELD),
+]
+_GRASS = [
+    [
+        (GRASS_DIM * x + GRASS_DIM, GRASS_DIM * y),
+        (GRASS_DIM * x, GRASS_DIM * y),
+        (GRASS_DIM * x, GRASS_DIM * y + GRASS_DIM),
+        (GRASS_DIM * x + GRASS_DIM, GRASS_DIM * y + GRASS_DIM),
+    ]
+    for x in range(-20, 20, 2)
+    for y in range(-20, 20, 2)
+]
+_GRASS_CENTRES = np.array(_GRASS).mean(axis=1)
+# No road or grass polygon reaches further than this from its centre, in world units.
+_SHAPE_RADIUS = max(GRASS_DIM, TRACK_WIDTH, TRACK_DETAIL_STEP) * math.sqrt(2)
+
+
+def view_rect(aspect: float = 16 / 9) -> pygame.Rect:
+    """The part of the picture the window shows: full width, `aspect`, ending above the HUD.
+
+    The car sits three quarters of the way down the picture facing up, so this keeps the road
+    ahead (about 28 m) and the car itself, and drops the indicator bar, which no game camera has.
+    """
+    height = min(round(WINDOW_W / aspect), WINDOW_H - _HUD_HEIGHT)
+    width = min(WINDOW_W, round(height * aspect))
+    return pygame.Rect((WINDOW_W - width) // 2, WINDOW_H - _HUD_HEIGHT - height, width, height)
+
+
+class HostedCarRacing(CarRacing):
+    """CarRacing with no per-step observation and a full-size `pygame.Surface` from `render()`.
+
+    `step()` and `reset()` return None as the observation. Construct it directly (not through
+    `gym.make`), which also leaves out CarRacing-v3's 1000-step time limit: a game episode ends
+    when the lap is done or the car leaves the playfield, not after 20 seconds.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(render_mode="rgb_array", **kwargs)
+
+    def _render(self, mode: str) -> Any:
+        if mode == "state_pixels":
+            return None
+        return super()._render(mode)
+
+    def _render_road(self, zoom: float, translation: Any, angle: float) -> None:
+        # CarRacing's own road drawing walks all ~800 polygons in Python every frame to find the
+        # few dozen on screen; this hands over only those near the car (same calls, same order,
+        # same picture) and halves the cost of a redraw.
+        surface = self.surf
+        self._draw_colored_polygon(
+            surface, _FIELD, self.bg_color, zoom, translation, angle, clip=False
+        )
+        car = np.array([self.car.hull.position[0], self.car.hull.position[1]])
+        # The car is inside the picture, so nothing further than its diagonal can be on it.
+        reach = math.hypot(WINDOW_W, WINDOW_H) / zoom + _SHAPE_RADIUS
+        for index in _near(_GRASS_CENTRES, car, reach):
+            self._draw_colored_polygon(
+                surface, _GRASS[index], self.grass_color, zoom, translation, angle
+            )
+        for index in _near(self._road_centres(), car, reach):
+            poly, color = self.road_poly[index]
+            self._draw_colored_polygon(
+                surface, poly, [int(c) for c in color], zoom, translation, angle
+            )
+
+    def _road_centres(self) -> np.ndarray:
+        # reset() builds a new road_poly list; its centres are computed once per track.
+        if getattr(self, "_centres_of", None) is not self.road_poly:
+            self._centres_of = self.road_poly
+            self._centres = np.array([np.mean(poly, axis=0) for poly, _color in self.road_poly])
+        return self._centres
+
+    def _create_image_array(self, screen: pygame.Surface, size: tuple[int, int]) -> Any:
+        return screen
+
+    def apply(self, state: ControllerState) -> tuple[float, bool, dict[str, Any]]:
+        """One physics step with `state` as the input; returns (reward, episode over, info)."""
+        action = np.array([state.steering, state.accelerate, state.brake], dtype=np.float64)
+        _obs, reward, terminated, truncated, info = self.step(action)
+        return float(reward), bool(terminated or truncated), info
+
+    @property
+    def speed(self) -> float:
+        """Speed of the car's hull, world units (metres) per second."""
+        velocity = self.car.hull.linearVelocity
+        return math.hypot(velocity[0], velocity[1])
+
+    @property
+    def heading(self) -> float:
+        """The hull's angle in radians, counter-clockwise, not wrapped."""
+        return float(self.car.hull.angle)
+
+    @property
+    def on_track(self) -> bool:
+        """True while any wheel touches a road tile."""
+        return any(wheel.tiles for wheel in self.car.wheels)
+
+    @property
+    def tiles_fraction(self) -> float:
+        """Fraction of this track's tiles the car has visited, in [0, 1]."""
+        return self.tile_visited_count / len(self.track) if self.track is not None else 0.0
+
+    @property
+    def score(self) -> float:
+        """CarRacing's cumulative reward this episode (1000 / tiles per new tile, -0.1 a step)."""
+        return float(self.reward)
+
+
+def _near(centres: np.ndarray, point: np.ndarray, reach: float) -> np.ndarray:
+    """Indices (ascending) of the centres closer than `reach` to `point`."""
+    return np.flatnonzero(np.hypot(*(centres - point).T) < reach)

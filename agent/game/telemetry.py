@@ -1,0 +1,97 @@
+"""The game's telemetry file: one JSON object per line, for tests and end-of-run metrics.
+
+The agent never drives from telemetry; it only reads the last line to summarise a run. Each line
+is written whole and flushed, so a reader sees complete lines except, at worst, the last one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import IO, Any
+
+
+@dataclass(frozen=True)
+class TelemetryRecord:
+    """One telemetry sample.
+
+    t: seconds since the game started (monotonic clock); episode: 1 for the first track;
+    speed: m/s of the car's hull; on_track: any wheel on a road tile; score: the episode's
+    cumulative reward; distance: metres driven since the game started; tiles: fraction of this
+    track's tiles visited, [0, 1]; heading: the hull's angle in radians (counter-clockwise, not
+    wrapped); steering [-1, 1], accelerate [0, 1], brake [0, 1]: the input applied;
+    source: "keyboard", "gamepad", "autopilot" or "none".
+    """
+
+    t: float
+    episode: int
+    speed: float
+    on_track: bool
+    score: float
+    distance: float
+    tiles: float
+    heading: float
+    steering: float
+    accelerate: float
+    brake: float
+    source: str
+
+
+class TelemetryWriter:
+    """Appends records to `path`, one flushed line each."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file: IO[str] = path.open("a", encoding="utf-8")
+
+    def write(self, record: TelemetryRecord) -> None:
+        values = {
+            key: round(value, 4) if isinstance(value, float) else value
+            for key, value in asdict(record).items()
+        }
+        self._file.write(json.dumps(values, separators=(",", ":")) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def read_last_telemetry(path: Path | str, chunk: int = 4096) -> dict[str, Any] | None:
+    """The last complete record in `path`, or None when there is none (or no file).
+
+    Reads backwards from the end in chunks, so the cost does not grow with the file. A last line
+    without its newline is a write in progress and is skipped.
+    """
+    try:
+        with Path(path).open("rb") as file:
+            return _last_record(file, chunk)
+    except FileNotFoundError:
+        return None
+
+
+def _last_record(file: IO[bytes], chunk: int) -> dict[str, Any] | None:
+    end = file.seek(0, os.SEEK_END)
+    start = end
+    while start > 0:
+        start = max(0, start - chunk)
+        file.seek(start)
+        lines = file.read(end - start).split(b"\n")
+        # lines[-1] is the unfinished line (b"" when the file ends with a newline); lines[0] may
+        # be cut by the chunk boundary unless the chunk reached the file's start.
+        complete = lines[:-1] if start == 0 else lines[1:-1]
+        for line in reversed(complete):
+            record = _parse(line)
+            if record is not None:
+                return record
+        chunk *= 2
+    return None
+
+
+def _parse(line: bytes) -> dict[str, Any] | None:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None

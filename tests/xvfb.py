@@ -1,0 +1,91 @@
+"""A real X server for tests: `with xvfb() as display:` starts Xvfb and yields its DISPLAY.
+
+Reusable by any test that needs a screen (capture, the bundled game, window finding). Under bare
+Xvfb there is no window manager: windows are never decorated, moved or focused by anyone but the
+test itself.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from agent.display import xvfb
+
+__all__ = ["Window", "display_env", "find_windows", "wait_for_window", "xvfb"]
+
+
+def display_env(display: str) -> dict[str, str]:
+    """The environment for a child process that should use `display` and nothing else."""
+    env = {**os.environ, "DISPLAY": display}
+    env.pop("WAYLAND_DISPLAY", None)
+    return env
+
+
+@dataclass(frozen=True)
+class Window:
+    """A top-level X window: id, position of its top-left pixel on the root, size in pixels."""
+
+    id: int
+    x: int
+    y: int
+    width: int
+    height: int
+
+
+def find_windows(display: str, title: str) -> list[Window]:
+    """Windows on `display` whose title (_NET_WM_NAME, else WM_NAME) is exactly `title`.
+
+    Walks the whole tree from the root. python-xlib rather than `xdotool search --name`:
+    xdotool 3.20160805 (Debian 12) cannot match the UTF8_STRING WM_NAME that SDL2 sets.
+    """
+    from Xlib import X
+    from Xlib import display as xdisplay
+    from Xlib.error import XError
+
+    connection = xdisplay.Display(display)
+    try:
+        utf8 = connection.intern_atom("UTF8_STRING")
+        net_wm_name = connection.intern_atom("_NET_WM_NAME")
+        root = connection.screen().root
+        found = []
+        pending = [root]
+        while pending:
+            window = pending.pop()
+            try:
+                pending.extend(window.query_tree().children)
+                if _title(window, net_wm_name, utf8) != title:
+                    continue
+                if window.get_attributes().map_state != X.IsViewable:
+                    continue
+                geometry = window.get_geometry()
+                origin = window.translate_coords(root, 0, 0)
+            except XError:
+                # The window went away while we looked at it.
+                continue
+            found.append(Window(window.id, -origin.x, -origin.y, geometry.width, geometry.height))
+        return found
+    finally:
+        connection.close()
+
+
+def _title(window: Any, net_wm_name: int, utf8: int) -> str | None:
+    prop = window.get_full_property(net_wm_name, utf8)
+    if prop is not None:
+        return prop.value.decode("utf-8", "replace")
+    name = window.get_wm_name()
+    return name.decode("latin-1") if isinstance(name, bytes) else name
+
+
+def wait_for_window(display: str, title: str, timeout: float = 15.0) -> Window:
+    """The one viewable window titled `title`, waiting up to `timeout` seconds for it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        windows = find_windows(display, title)
+        if len(windows) == 1:
+            return windows[0]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"expected one window titled {title!r}, found {windows}")
+        time.sleep(0.1)
