@@ -1,0 +1,60 @@
+"""Screen capture of the game window: finding it per platform, and the capture thread.
+
+`find_window(title, match)` (or `fixed_region(left, top, width, height)`) gives a GameWindow;
+`Grabber(window, fps, slot)` captures it on its own thread into a newest-value slot.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from agent.capture.grabber import Grabber
+from agent.capture.screen import open_mss, screen_bounds
+from agent.capture.window import MATCH_MODES, FixedRegion, GameWindow, WindowError, clip_to
+from agent.types import Region
+
+__all__ = ["FixedRegion", "GameWindow", "Grabber", "WindowError", "find_window", "fixed_region"]
+
+
+def find_window(title: str, match: str = "substring") -> GameWindow:
+    """The game window whose title matches `title` ("exact" or case-insensitive "substring").
+
+    Raises WindowError (one line, names the fix) when there is no display, no matching window,
+    or the window is minimised or has zero size.
+    """
+    if match not in MATCH_MODES:
+        raise ValueError(f"match must be one of {MATCH_MODES}, got {match!r}")
+    if sys.platform == "win32":
+        from agent.capture import win32
+
+        return win32.find_window(title, match)
+    if sys.platform == "darwin":
+        raise WindowError(
+            "finding a window by title is not supported on macOS yet; set game.region in "
+            "config.toml to the game's screen rectangle"
+        )
+    from agent.capture import x11
+
+    return x11.find_window(title, match)
+
+
+def fixed_region(left: int, top: int, width: int, height: int) -> GameWindow:
+    """An explicit screen rectangle (config `game.region`) in physical pixels.
+
+    Raises WindowError when it has zero size or does not lie wholly on the screen.
+    """
+    region = Region(left, top, width, height)
+    if width <= 0 or height <= 0:
+        raise WindowError(
+            f"game.region [{left}, {top}, {width}, {height}] has zero size; give a width and "
+            "height in pixels, or [] to capture the game window"
+        )
+    with open_mss() as sct:
+        screen = screen_bounds(sct)
+    if clip_to(region, screen) != region:
+        raise WindowError(
+            f"game.region [{left}, {top}, {width}, {height}] is not wholly on the screen "
+            f"({screen.width}x{screen.height} at {screen.left}, {screen.top}); fix game.region "
+            "in config.toml"
+        )
+    return FixedRegion(region)

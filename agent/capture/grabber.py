@@ -1,0 +1,190 @@
+"""The capture thread: grabs the game window at a fixed rate into a newest-value slot.
+
+Frames are never queued: each grab replaces the previous one in the slot, so the drive loop
+always sees the newest picture and a slow consumer simply skips frames.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+from agent.capture.screen import open_mss, screen_bounds
+from agent.capture.window import GameWindow, WindowError, clip_to
+from agent.errors import CharlesError
+from agent.ratekeeper import RateKeeper
+from agent.slot import Slot
+from agent.types import Frame, Region
+
+log = logging.getLogger(__name__)
+
+CAPTURING = "capturing"
+WINDOW_LOST = "window lost"
+STOPPED = "stopped"
+FAILED = "failed"
+
+
+class Grabber:
+    """Captures `window` at `fps` frames a second on its own thread into `frames`.
+
+    - `window_lost` is set while the window is gone, minimised or off the screen: no frames
+      are put then, and the window is looked for again (by its title) every `reacquire_every`
+      seconds; it is cleared with the first frame after the window is back.
+    - An unexpected exception ends the thread and is kept in `error` (never swallowed).
+    - Frames' images are read-only BGRA arrays (height, width, 4), one new array per grab,
+      so a consumer may keep a frame while later ones arrive.
+    """
+
+    def __init__(
+        self,
+        window: GameWindow,
+        fps: float,
+        frames: Slot[Frame],
+        *,
+        region_every: float = 0.25,
+        reacquire_every: float = 0.5,
+        black_after: float = 2.0,
+    ) -> None:
+        if fps <= 0:
+            raise ValueError(f"fps must be positive, got {fps}")
+        self.window = window
+        self.fps = fps
+        self.frames = frames
+        self.window_lost = threading.Event()
+        self.error: BaseException | None = None
+        self.frames_grabbed = 0
+        self.measured_fps = 0.0
+        """Frames put per second over the last second or so."""
+        self.lagged = 0
+        """Ticks the capture ran more than one period late (grabs slower than `fps`)."""
+        self.lost_reason: str | None = None
+        """Why the window was last lost (the WindowError message)."""
+        self._region_every = region_every
+        self._reacquire_every = reacquire_every
+        self._black_after = black_after
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="capture", daemon=True)
+
+    @property
+    def state(self) -> str:
+        """One of "capturing", "window lost", "stopped", "failed"."""
+        if self.error is not None:
+            return FAILED
+        if not self._thread.is_alive():
+            return STOPPED
+        return WINDOW_LOST if self.window_lost.is_set() else CAPTURING
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Ask the thread to end and wait for it (at most `timeout` plus one frame period)."""
+        self._stopping.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout + 1.0 / self.fps)
+
+    def _run(self) -> None:
+        try:
+            with open_mss() as sct:
+                self._capture(sct)
+        except BaseException as error:
+            self.error = error
+            # A user problem is one line; anything else is a bug and keeps its traceback.
+            log.error("capture stopped: %s", error, exc_info=not isinstance(error, CharlesError))
+
+    def _capture(self, sct: Any) -> None:
+        screen = screen_bounds(sct)
+        keeper = RateKeeper(self.fps)
+        region: Region | None = None
+        region_read_at = 0.0
+        seq = 0
+        meter_start, meter_frames = time.monotonic(), 0
+        black_since: float | None = None
+        black_warned = False
+        try:
+            while not self._stopping.is_set():
+                now = time.monotonic()
+                if region is None or now - region_read_at >= self._region_every:
+                    try:
+                        region = self._visible_region(screen)
+                    except WindowError as error:
+                        self._lose(error)
+                        if not self._wait_for_window():
+                            return
+                        region, keeper = None, self._new_keeper(keeper)
+                        continue
+                    region_read_at = now
+                shot = sct.grab(
+                    {"left": region.left, "top": region.top,
+                     "width": region.width, "height": region.height}
+                )  # fmt: skip
+                captured_at = time.monotonic()
+                image = np.frombuffer(shot.raw, dtype=np.uint8).reshape(shot.height, shot.width, 4)
+                image.flags.writeable = False
+                seq += 1
+                self.frames.put(Frame(image, captured_at, seq, region))
+                self.frames_grabbed += 1
+                if self.window_lost.is_set():
+                    self.window_lost.clear()
+                    log.info("capturing %r again", self.window.title)
+
+                meter_frames += 1
+                if captured_at - meter_start >= 1.0:
+                    self.measured_fps = meter_frames / (captured_at - meter_start)
+                    meter_start, meter_frames = captured_at, 0
+                if _is_black(image):
+                    black_since = captured_at if black_since is None else black_since
+                    if not black_warned and captured_at - black_since > self._black_after:
+                        black_warned = True
+                        log.warning(
+                            "every captured frame of %r has been black for %.0f s: the game "
+                            "may run in exclusive fullscreen or draw through an overlay that "
+                            "screen capture cannot see; run it windowed or borderless",
+                            self.window.title, self._black_after,
+                        )  # fmt: skip
+                else:
+                    black_since = None
+                keeper.keep_time()
+        finally:
+            self.lagged += keeper.lagged
+
+    def _visible_region(self, screen: Region) -> Region:
+        region = self.window.region()
+        visible = clip_to(region, screen)
+        if visible is None:
+            raise WindowError(f"the game window {self.window.title!r} is off the screen")
+        if visible != region:
+            log.debug("capturing the on-screen part %s of %s", visible, region)
+        return visible
+
+    def _lose(self, error: WindowError) -> None:
+        self.lost_reason = str(error)
+        self.window_lost.set()
+        log.warning("%s; waiting for it to come back", error)
+
+    def _wait_for_window(self) -> bool:
+        """Look for the window until it is back (True) or the grabber is stopped (False)."""
+        while not self._stopping.wait(self._reacquire_every):
+            try:
+                self.window.reacquire()
+                self.window.region()
+            except WindowError as error:
+                self.lost_reason = str(error)
+                continue
+            log.info("found the game window %r again", self.window.title)
+            return True
+        return False
+
+    def _new_keeper(self, old: RateKeeper) -> RateKeeper:
+        # A fresh schedule after the wait, so the pause is not counted as lag.
+        self.lagged += old.lagged
+        return RateKeeper(self.fps)
+
+
+def _is_black(image: np.ndarray) -> bool:
+    # A sparse sample is enough to tell a black frame from a game picture, at ~1/64 the cost.
+    return not image[::8, ::8, :3].any()

@@ -1,0 +1,183 @@
+"""The game window: what capture and the keyboard backend need to know about it.
+
+A `GameWindow` is a handle to "the game's window", not to one OS window: when the game closes
+and opens again, `reacquire()` points the same handle at the new window, so callers that kept
+a bound method (the keyboard backend keeps `has_focus`) follow it without being rewired.
+
+Coordinates are absolute physical screen pixels, the space mss grabs in: on X11 the root
+window's, on Windows the virtual screen's with the process made per-monitor DPI aware.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from agent.errors import CharlesError
+from agent.types import Region
+
+log = logging.getLogger(__name__)
+
+MATCH_MODES = ("exact", "substring")
+SEEN_TITLES_SHOWN = 8
+SEEN_TITLE_LENGTH = 40
+
+
+class WindowError(CharlesError):
+    """The game window is missing, minimised, zero-size, or there is no display to look on."""
+
+
+@runtime_checkable
+class GameWindow(Protocol):
+    """The window (or fixed screen region) that is captured and driven."""
+
+    title: str
+    """The window's title as the OS reports it (for the console and messages)."""
+
+    def region(self) -> Region:
+        """Client area in absolute physical screen pixels, read now (follows moves).
+
+        Raises WindowError when the window is gone, minimised or has zero size.
+        """
+        ...
+
+    def exists(self) -> bool:
+        """True while the targeted window exists (it may still be minimised)."""
+        ...
+
+    def has_focus(self) -> bool:
+        """True while keyboard input goes to this window. Cheap; never raises for a gone window."""
+        ...
+
+    def reacquire(self) -> None:
+        """Look for the window again by the original title query and target what is found.
+
+        Raises WindowError when nothing matches (yet).
+        """
+        ...
+
+
+def title_matches(title: str, query: str, match: str) -> bool:
+    """`exact`: equal strings; `substring`: `query` occurs in `title`, ignoring case."""
+    if match == "exact":
+        return title == query
+    if match == "substring":
+        return query.casefold() in title.casefold()
+    raise ValueError(f"match must be one of {MATCH_MODES}, got {match!r}")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A window whose title matched, as a platform backend found it."""
+
+    handle: Any
+    """The backend's window object (a python-xlib Window, a Windows HWND)."""
+    title: str
+    shown: bool
+    """Mapped and viewable (X11); visible and not minimised (Windows)."""
+    width: int
+    height: int
+
+
+def choose(
+    candidates: Sequence[Candidate], query: str, match: str, seen: Iterable[str], hint: str = ""
+) -> Candidate:
+    """The window to capture among those whose title matched; WindowError when none is usable.
+
+    `seen` is every title the backend saw (for the not-found message); `hint` is appended to
+    that message (e.g. a note about Wayland).
+    """
+    usable = [c for c in candidates if c.shown and c.width > 0 and c.height > 0]
+    if usable:
+        # An exact title beats a longer one that merely contains it (a terminal whose title is
+        # the command line naming the game), then the largest window (toolkits keep small
+        # helper windows with the same title).
+        usable.sort(key=lambda c: (c.title != query, -c.width * c.height))
+        if len(usable) > 1:
+            log.info(
+                "%d windows match %r; using %r (%dx%d)",
+                len(usable), query, usable[0].title, usable[0].width, usable[0].height,
+            )  # fmt: skip
+        return usable[0]
+    hidden = [c for c in candidates if not c.shown]
+    if hidden:
+        raise WindowError(hidden_message(hidden[0].title))
+    if candidates:
+        raise WindowError(zero_size_message(candidates[0].title))
+    raise WindowError(not_found_message(query, match, seen, hint))
+
+
+def hidden_message(title: str) -> str:
+    return f"the game window {title!r} is minimised or hidden; restore it so it can be captured"
+
+
+def zero_size_message(title: str) -> str:
+    return f"the game window {title!r} has zero size; restore or resize it"
+
+
+def not_found_message(query: str, match: str, seen: Iterable[str], hint: str = "") -> str:
+    """One line: what was looked for, a few titles that were there, and the fix."""
+    unique = list(dict.fromkeys(_one_line(t) for t in seen if t.strip()))
+    shown = [_shorten(t) for t in unique[:SEEN_TITLES_SHOWN]]
+    listing = ", ".join(repr(t) for t in shown) if shown else "none with a title"
+    if len(unique) > len(shown):
+        listing += f" (+{len(unique) - len(shown)} more)"
+    how = "titled exactly" if match == "exact" else "with a title containing"
+    return (
+        f"no window {how} {query!r}; windows seen: {listing}; start the game or fix "
+        f"game.title / game.match in config.toml{hint}"
+    )
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _shorten(text: str) -> str:
+    if len(text) <= SEEN_TITLE_LENGTH:
+        return text
+    return text[: SEEN_TITLE_LENGTH - 3] + "..."
+
+
+def clip_to(region: Region, bounds: Region) -> Region | None:
+    """The part of `region` inside `bounds`, or None when they do not overlap."""
+    left = max(region.left, bounds.left)
+    top = max(region.top, bounds.top)
+    right = min(region.left + region.width, bounds.left + bounds.width)
+    bottom = min(region.top + region.height, bounds.top + bounds.height)
+    if right <= left or bottom <= top:
+        return None
+    return Region(left, top, right - left, bottom - top)
+
+
+class FixedRegion:
+    """An explicit screen rectangle from config (`game.region`) instead of a window.
+
+    It always exists, never moves, and `has_focus()` is always True: Charles cannot tell which
+    application a bare rectangle belongs to, and answering False would make the keyboard
+    backend silently never press a key. With a fixed region the user keeps the game focused
+    (the pause hotkey stops input at once).
+    """
+
+    def __init__(self, region: Region) -> None:
+        self._region = region
+        self.title = (
+            f"screen region {region.width}x{region.height} at ({region.left}, {region.top})"
+        )
+
+    def region(self) -> Region:
+        return self._region
+
+    def exists(self) -> bool:
+        return True
+
+    def has_focus(self) -> bool:
+        return True
+
+    def reacquire(self) -> None:
+        return None
+
+    def __repr__(self) -> str:
+        return f"FixedRegion({self._region})"

@@ -1,0 +1,537 @@
+"""Window finding and the capture thread, against a real X server (Xvfb) and real mss grabs.
+
+Test windows are plain X windows made with python-xlib on a second connection, painted with
+known colours. There is no window manager: nothing moves, decorates or focuses a window
+except the test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from agent.capture import Grabber, WindowError, find_window, fixed_region
+from agent.capture.window import Candidate, choose, not_found_message, title_matches
+from agent.slot import Slot
+from agent.types import Frame, Region
+
+Xlib = pytest.importorskip("Xlib")
+from Xlib import X, Xatom  # noqa: E402
+from Xlib import display as xdisplay  # noqa: E402
+from Xlib.error import DisplayError  # noqa: E402
+
+RED = (255, 0, 0)
+GREEN = (0, 255, 0)
+BLUE = (0, 0, 255)
+
+
+# --- a real X server -------------------------------------------------------------------------
+
+
+def _free_display_number(first: int = 150) -> int:
+    for number in range(first, first + 200):
+        taken = Path(f"/tmp/.X{number}-lock").exists() or Path(f"/tmp/.X11-unix/X{number}").exists()
+        if not taken:
+            return number
+    raise RuntimeError("no free X display number")
+
+
+def _connects(name: str) -> bool:
+    try:
+        xdisplay.Display(name).close()
+    except (DisplayError, OSError):
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def xserver() -> Iterator[str]:
+    """An Xvfb of 1920x1080 for this module; DISPLAY points at it while the tests run."""
+    if shutil.which("Xvfb") is None:
+        pytest.skip("Xvfb is not installed")
+    first = 150
+    for _attempt in range(5):
+        name = f":{_free_display_number(first)}"
+        process = subprocess.Popen(
+            ["Xvfb", name, "-screen", "0", "1920x1080x24", "-nolisten", "tcp"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while process.poll() is None and not _connects(name) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if process.poll() is not None:  # lost a race for the number: try the next one
+            first = int(name[1:]) + 1
+            continue
+        try:
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setenv("DISPLAY", name)
+                patch.delenv("WAYLAND_DISPLAY", raising=False)
+                yield name
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        return
+    raise RuntimeError("Xvfb did not start")
+
+
+class Painter:
+    """Makes and paints test windows on its own X connection; destroys them afterwards."""
+
+    def __init__(self, name: str) -> None:
+        self.connection = xdisplay.Display(name)
+        self.screen = self.connection.screen()
+        self.root = self.screen.root
+        self.windows: list[Any] = []
+
+    def window(
+        self,
+        title: str | None,
+        x: int,
+        y: int,
+        width: int,
+        height: int,
+        colour: tuple[int, int, int] = RED,
+        *,
+        parent: Any = None,
+        utf8_wm_name: bool = False,
+        net_wm_name: bool = False,
+        mapped: bool = True,
+    ) -> Any:
+        window = (parent or self.root).create_window(
+            x, y, width, height, 0, self.screen.root_depth,
+            background_pixel=_pixel(colour), override_redirect=True,
+        )  # fmt: skip
+        if title is not None:
+            if net_wm_name:
+                utf8 = self.connection.intern_atom("UTF8_STRING")
+                atom = self.connection.intern_atom("_NET_WM_NAME")
+                window.change_property(atom, utf8, 8, title.encode())
+            elif utf8_wm_name:  # how SDL2 (pygame) sets it
+                utf8 = self.connection.intern_atom("UTF8_STRING")
+                window.change_property(Xatom.WM_NAME, utf8, 8, title.encode())
+            else:
+                window.set_wm_name(title)
+        if mapped:
+            window.map()
+        self.connection.sync()
+        self.windows.append(window)
+        return window
+
+    def fill(
+        self, window: Any, colour: tuple[int, int, int], x: int, y: int, w: int, h: int
+    ) -> None:
+        gc = window.create_gc(foreground=_pixel(colour))
+        window.fill_rectangle(gc, x, y, w, h)
+        gc.free()
+        self.connection.sync()
+
+    def destroy(self, window: Any) -> None:
+        self.windows.remove(window)
+        window.destroy()
+        self.connection.sync()
+
+    def sync(self) -> None:
+        self.connection.sync()
+
+    def close(self) -> None:
+        for window in reversed(self.windows):  # children before their parents
+            with contextlib.suppress(Exception):
+                window.destroy()
+        self.connection.set_input_focus(X.PointerRoot, X.RevertToPointerRoot, X.CurrentTime)
+        self.connection.sync()
+        self.connection.close()
+
+
+def _pixel(colour: tuple[int, int, int]) -> int:
+    red, green, blue = colour
+    return (red << 16) | (green << 8) | blue
+
+
+def _bgra(colour: tuple[int, int, int]) -> tuple[int, int, int]:
+    red, green, blue = colour
+    return (blue, green, red)
+
+
+@pytest.fixture
+def painter(xserver: str) -> Iterator[Painter]:
+    painter = Painter(xserver)
+    yield painter
+    painter.close()
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 3.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return condition()
+
+
+def newest(slot: Slot[Frame], after: int = 0, timeout: float = 3.0) -> Frame:
+    frame, seq = slot.wait_newer(after, timeout)
+    assert frame is not None and seq > after, "no new frame arrived"
+    return frame
+
+
+@pytest.fixture
+def grabbers() -> Iterator[list[Grabber]]:
+    started: list[Grabber] = []
+    yield started
+    for grabber in started:
+        grabber.stop()
+
+
+# --- finding windows -------------------------------------------------------------------------
+
+
+def test_find_by_exact_and_substring_title(painter: Painter) -> None:
+    painter.window("Charles Test Game", 100, 50, 320, 240)
+    painter.window("Charles Test Game - notes", 500, 50, 600, 400)
+
+    exact = find_window("Charles Test Game", "exact")
+    assert exact.title == "Charles Test Game"
+    assert exact.region() == Region(100, 50, 320, 240)
+
+    # Substring ignores case; among several matches the largest window wins, but a title equal
+    # to the query beats a larger window whose title merely contains it.
+    substring = find_window("test game", "substring")
+    assert substring.title == "Charles Test Game - notes"
+    assert substring.region() == Region(500, 50, 600, 400)
+    assert find_window("Charles Test Game", "substring").title == "Charles Test Game"
+    assert find_window("- NOTES", "substring").title == "Charles Test Game - notes"
+
+    with pytest.raises(WindowError, match="titled exactly 'Charles Test'"):
+        find_window("Charles Test", "exact")
+
+
+def test_finds_utf8_titles_the_way_toolkits_set_them(painter: Painter) -> None:
+    painter.window("Fahrschüler SDL", 10, 10, 64, 48, utf8_wm_name=True)
+    painter.window("Fahrschüler NET", 90, 10, 64, 48, net_wm_name=True)
+    assert find_window("Fahrschüler SDL", "exact").region() == Region(10, 10, 64, 48)
+    assert find_window("Fahrschüler NET", "exact").region() == Region(90, 10, 64, 48)
+
+
+def test_not_found_names_the_titles_it_saw(painter: Painter) -> None:
+    painter.window("Alpha Window", 0, 0, 50, 50)
+    painter.window("Beta Window", 60, 0, 50, 50)
+    with pytest.raises(WindowError) as caught:
+        find_window("Gamma", "substring")
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "'Gamma'" in message
+    assert "'Alpha Window'" in message and "'Beta Window'" in message
+    assert "game.title" in message
+
+
+def test_unmapped_window_is_a_hidden_error(painter: Painter) -> None:
+    window = painter.window("Hidden Game", 10, 10, 100, 100, mapped=False)
+    with pytest.raises(WindowError, match="'Hidden Game' is minimised or hidden"):
+        find_window("Hidden Game", "exact")
+
+    window.map()
+    painter.sync()
+    found = find_window("Hidden Game", "exact")
+    assert found.region() == Region(10, 10, 100, 100)
+    window.unmap()
+    painter.sync()
+    assert found.exists()
+    with pytest.raises(WindowError, match="minimised or hidden"):
+        found.region()
+    painter.destroy(window)
+    assert not found.exists()
+    with pytest.raises(WindowError, match="was closed"):
+        found.region()
+
+
+def test_region_follows_moves_and_is_absolute_for_child_windows(painter: Painter) -> None:
+    window = painter.window("Moving Game", 10, 20, 200, 100)
+    found = find_window("Moving Game", "exact")
+    assert found.region() == Region(10, 20, 200, 100)
+    window.configure(x=300, y=400, width=250, height=150)
+    painter.sync()
+    assert found.region() == Region(300, 400, 250, 150)
+
+    # A titled window inside an untitled frame (as under a reparenting window manager).
+    frame = painter.window(None, 700, 300, 400, 300)
+    painter.window("Framed Game", 5, 25, 390, 270, parent=frame)
+    assert find_window("Framed Game", "exact").region() == Region(705, 325, 390, 270)
+
+
+def test_has_focus_follows_the_input_focus(painter: Painter) -> None:
+    game = painter.window("Focus Game", 100, 100, 200, 200)
+    child = painter.window(None, 10, 10, 50, 50, parent=game)
+    other = painter.window("Other App", 400, 100, 200, 200)
+    found = find_window("Focus Game", "exact")
+    connection = painter.connection
+
+    def focus(target: Any) -> None:
+        connection.set_input_focus(target, X.RevertToPointerRoot, X.CurrentTime)
+        connection.sync()
+
+    focus(game)
+    assert found.has_focus()
+    focus(other)
+    assert not found.has_focus()
+    focus(child)  # toolkits often focus an inner window
+    assert found.has_focus()
+    focus(X.NONE)
+    assert not found.has_focus()
+
+    # Without a window manager focus is usually PointerRoot: keys go to what is under the pointer.
+    focus(X.PointerRoot)
+    painter.root.warp_pointer(150, 150)
+    painter.sync()
+    assert found.has_focus()
+    painter.root.warp_pointer(450, 150)
+    painter.sync()
+    assert not found.has_focus()
+    painter.destroy(child)
+    painter.destroy(game)
+    assert not found.has_focus()
+
+
+def test_no_display_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DISPLAY", raising=False)
+    with pytest.raises(WindowError, match=r"DISPLAY is not set.*starts Xvfb itself"):
+        find_window("Anything", "substring")
+    monkeypatch.setenv("DISPLAY", ":4077")
+    with pytest.raises(WindowError, match=r"cannot connect to X display ':4077'"):
+        find_window("Anything", "substring")
+
+
+def test_fixed_region(xserver: str) -> None:
+    window = fixed_region(10, 20, 640, 360)
+    assert window.region() == Region(10, 20, 640, 360)
+    assert window.exists() and window.has_focus()
+    with pytest.raises(WindowError, match="zero size"):
+        fixed_region(0, 0, 0, 100)
+    with pytest.raises(WindowError, match=r"not wholly on the screen \(1920x1080"):
+        fixed_region(1800, 0, 200, 100)
+
+
+# --- pure parts shared by the X11 and Windows backends ----------------------------------------
+
+
+def test_title_matching_and_choice() -> None:
+    assert title_matches("Grand Theft Auto V", "theft auto", "substring")
+    assert not title_matches("Grand Theft Auto V", "theft auto", "exact")
+    assert title_matches("Grand Theft Auto V", "Grand Theft Auto V", "exact")
+    with pytest.raises(ValueError):
+        title_matches("a", "a", "regex")
+
+    small = Candidate("small", "Game", True, 10, 10)
+    large = Candidate("large", "Game", True, 800, 600)
+    longer = Candidate("term", "vim Game", True, 1920, 1080)
+    assert choose([small, longer, large], "Game", "substring", []).handle == "large"
+    minimised = Candidate("min", "Game", False, 0, 0)
+    with pytest.raises(WindowError, match="minimised"):
+        choose([minimised], "Game", "exact", [])
+    with pytest.raises(WindowError, match="zero size"):
+        choose([Candidate("z", "Game", True, 0, 0)], "Game", "exact", [])
+
+
+def test_not_found_message_is_short() -> None:
+    titles = [f"Window number {n} " + "x" * 80 for n in range(20)]
+    titles += ["two\nlines", "", "dup", "dup"]
+    message = not_found_message("Game", "substring", titles)
+    assert "\n" not in message
+    assert "'Window number 0 xxx" in message and "...'" in message
+    assert "(+14 more)" in message  # 22 distinct non-empty titles, 8 shown
+    assert len(message) < 600
+
+
+def test_windows_backend_imports_everywhere() -> None:
+    from agent.capture import win32
+
+    assert callable(win32.find_window) and callable(win32.make_dpi_aware)
+
+
+# --- the capture thread ----------------------------------------------------------------------
+
+
+def test_grabber_captures_the_window_pixels(painter: Painter, grabbers: list[Grabber]) -> None:
+    window = painter.window("Pixel Game", 100, 50, 320, 240, RED)
+    painter.fill(window, BLUE, 10, 20, 30, 40)
+    painter.fill(window, GREEN, 300, 0, 20, 10)  # top-right corner
+    slot: Slot[Frame] = Slot()
+    grabber = Grabber(find_window("Pixel Game", "exact"), 30, slot)
+    grabbers.append(grabber)
+    started = time.monotonic()
+    grabber.start()
+
+    frame = newest(slot)
+    image = frame.image
+    assert image.dtype == np.uint8 and image.shape == (240, 320, 4)
+    assert frame.region == Region(100, 50, 320, 240)
+    assert started <= frame.captured_at <= time.monotonic()
+    assert not image.flags.writeable
+    assert tuple(image[0, 0, :3]) == _bgra(RED)
+    assert tuple(image[20, 10, :3]) == _bgra(BLUE)  # first pixel of the blue block
+    assert tuple(image[59, 39, :3]) == _bgra(BLUE)  # last pixel of it
+    assert tuple(image[60, 40, :3]) == _bgra(RED)
+    assert tuple(image[19, 9, :3]) == _bgra(RED)
+    assert tuple(image[0, 319, :3]) == _bgra(GREEN)
+    assert tuple(image[239, 319, :3]) == _bgra(RED)
+    assert grabber.error is None and not grabber.window_lost.is_set()
+
+
+def test_grabber_keeps_only_the_newest_frame(painter: Painter, grabbers: list[Grabber]) -> None:
+    window = painter.window("Newest Game", 0, 0, 160, 120, RED)
+    slot: Slot[Frame] = Slot()
+    grabber = Grabber(find_window("Newest Game", "exact"), 40, slot)
+    grabbers.append(grabber)
+    grabber.start()
+    first = newest(slot)
+
+    # A consumer that looks away for a while gets the newest frame, not the next queued one.
+    time.sleep(0.5)
+    later, seq = slot.get()
+    assert later is not None
+    assert seq - first.seq >= 8
+    assert later.seq == seq == grabber.frames_grabbed
+    assert time.monotonic() - later.captured_at < 0.2
+
+    # Each grab is a new array: a kept frame does not change under the consumer's feet.
+    painter.fill(window, BLUE, 0, 0, 160, 120)
+    assert wait_until(lambda: tuple(slot.get()[0].image[60, 80, :3]) == _bgra(BLUE))
+    assert tuple(first.image[60, 80, :3]) == _bgra(RED)
+    assert not np.shares_memory(first.image, slot.get()[0].image)
+
+
+def test_grabber_follows_a_moved_window(painter: Painter, grabbers: list[Grabber]) -> None:
+    window = painter.window("Wandering Game", 0, 0, 200, 100, GREEN)
+    slot: Slot[Frame] = Slot()
+    grabber = Grabber(find_window("Wandering Game", "exact"), 30, slot)
+    grabbers.append(grabber)
+    grabber.start()
+    assert newest(slot).region == Region(0, 0, 200, 100)
+    window.configure(x=600, y=300)
+    painter.sync()
+    assert wait_until(lambda: slot.get()[0].region == Region(600, 300, 200, 100), timeout=1.0)
+    assert tuple(slot.get()[0].image[50, 100, :3]) == _bgra(GREEN)
+
+    # Partly off the screen: the visible part is captured.
+    window.configure(x=1820, y=1000)
+    painter.sync()
+    assert wait_until(lambda: slot.get()[0].region == Region(1820, 1000, 100, 80), timeout=1.0)
+
+
+def test_grabber_waits_for_a_lost_window_and_resumes(
+    painter: Painter, grabbers: list[Grabber]
+) -> None:
+    window = painter.window("Phoenix Game", 50, 50, 120, 90, RED)
+    target = find_window("Phoenix Game", "exact")
+    slot: Slot[Frame] = Slot()
+    grabber = Grabber(target, 30, slot, region_every=0.05, reacquire_every=0.1)
+    grabbers.append(grabber)
+    grabber.start()
+    newest(slot)
+
+    painter.destroy(window)
+    assert grabber.window_lost.wait(1.0)
+    assert grabber.state == "window lost"
+    assert "was closed" in (grabber.lost_reason or "")
+    time.sleep(0.15)  # let any grab that raced the destroy land
+    _, seq = slot.get()
+    time.sleep(0.3)
+    assert slot.get()[1] == seq, "frames were put while the window was gone"
+
+    painter.window("Phoenix Game", 400, 300, 150, 100, BLUE)
+    frame = newest(slot, after=seq, timeout=2.0)
+    assert not grabber.window_lost.is_set() and grabber.state == "capturing"
+    assert frame.region == Region(400, 300, 150, 100)
+    assert tuple(frame.image[50, 75, :3]) == _bgra(BLUE)
+    assert target.region() == frame.region  # the same handle now targets the new window
+
+    # Minimised (unmapped) and restored.
+    second = painter.windows[-1]
+    second.unmap()
+    painter.sync()
+    assert grabber.window_lost.wait(1.0)
+    assert "minimised or hidden" in (grabber.lost_reason or "")
+    second.map()
+    painter.fill(second, GREEN, 0, 0, 150, 100)
+    assert wait_until(lambda: not grabber.window_lost.is_set(), timeout=2.0)
+    assert grabber.error is None
+
+
+def test_grabber_measures_its_rate_and_stops_quickly(
+    painter: Painter, grabbers: list[Grabber]
+) -> None:
+    painter.window("Rate Game", 0, 0, 1280, 720, RED)
+    slot: Slot[Frame] = Slot()
+    grabber = Grabber(find_window("Rate Game", "exact"), 20, slot)
+    grabbers.append(grabber)
+    grabber.start()
+    time.sleep(1.4)
+    assert 14 <= grabber.measured_fps <= 23, grabber.measured_fps
+    assert 20 <= grabber.frames_grabbed <= 32, grabber.frames_grabbed
+    started = time.monotonic()
+    grabber.stop()
+    assert time.monotonic() - started < 0.5
+    assert grabber.state == "stopped" and grabber.error is None
+
+
+def test_grabber_warns_once_about_black_frames(
+    painter: Painter, grabbers: list[Grabber], caplog: pytest.LogCaptureFixture
+) -> None:
+    painter.window("Dark Game", 0, 0, 100, 100, (0, 0, 0))
+    slot: Slot[Frame] = Slot()
+    grabber = Grabber(find_window("Dark Game", "exact"), 30, slot, black_after=0.3)
+    grabbers.append(grabber)
+    with caplog.at_level(logging.WARNING, logger="agent.capture.grabber"):
+        grabber.start()
+        assert wait_until(lambda: "black" in caplog.text, timeout=2.0)
+        time.sleep(0.5)
+    assert sum("black" in record.message for record in caplog.records) == 1
+
+
+class _BrokenWindow:
+    title = "broken"
+
+    def region(self) -> Region:
+        raise RuntimeError("a bug in a window backend")
+
+    def exists(self) -> bool:
+        return True
+
+    def has_focus(self) -> bool:
+        return False
+
+    def reacquire(self) -> None:
+        return None
+
+
+def test_grabber_keeps_an_unexpected_error(xserver: str, grabbers: list[Grabber]) -> None:
+    grabber = Grabber(_BrokenWindow(), 30, Slot())
+    grabbers.append(grabber)
+    grabber.start()
+    assert wait_until(lambda: grabber.state == "failed", timeout=2.0)
+    assert isinstance(grabber.error, RuntimeError)
+    assert "a bug in a window backend" in str(grabber.error)
+
+
+def test_grabber_reports_no_display(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DISPLAY", raising=False)
+    grabber = Grabber(_BrokenWindow(), 30, Slot())
+    grabber.start()
+    assert wait_until(lambda: grabber.state == "failed", timeout=2.0)
+    assert isinstance(grabber.error, WindowError)
+    assert "DISPLAY is not set" in str(grabber.error)
+    assert os.environ.get("DISPLAY") is None
