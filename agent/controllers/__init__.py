@@ -1,0 +1,11 @@
+"""Controller backends: one module per way of driving a game, behind one small interface.
+
+`open_controller` (in `factory`) picks the backend named in the config. Windows-only drivers
+(pyvjoy, vgamepad) and pynput (which needs a display at import) are imported inside the backend
+constructors, so importing this package works everywhere.
+"""
+
+from agent.controllers.base import Controller, DeviceController, clamp_state
+from agent.controllers.factory import BACKENDS, open_controller
+
+__all__ = ["BACKENDS", "Controller", "DeviceController", "clamp_state", "open_controller"]

@@ -1,0 +1,27 @@
+"""A controller that drives nothing: it logs and remembers (dry runs, tests)."""
+
+from __future__ import annotations
+
+import logging
+
+from agent.controllers.base import DeviceController
+from agent.types import NEUTRAL, ControllerState
+
+logger = logging.getLogger(__name__)
+
+
+class NullController(DeviceController):
+    """Logs each state at debug level; `last` is the newest state written (clamped)."""
+
+    name = "null"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.last: ControllerState = NEUTRAL
+        self.writes = 0
+        """States written so far, neutral ones included."""
+
+    def _write(self, state: ControllerState) -> None:
+        logger.debug("null controller: %s", state)
+        self.last = state
+        self.writes += 1
