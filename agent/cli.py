@@ -31,6 +31,7 @@ KEY_FLAGS = {
     "model": "model.line",
     "pretrained": "model.pretrained",
     "checkpoint": "model.checkpoint",
+    "backend": "controller.backend",
 }
 
 
@@ -90,6 +91,29 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    drive = commands.add_parser(
+        "drive", parents=[common, model_flags],
+        help="drive the game window with the model (starts the bundled game if needed)",
+        description="Find the game window, capture it, predict and drive; ends with a summary.",
+    )  # fmt: skip
+    drive.set_defaults(handler=_drive)
+    drive.add_argument("--seconds", type=float, help="stop after this many seconds")
+    drive.add_argument(
+        "--backend", help="controller backend: game, keyboard, vjoy, vgamepad or null"
+    )
+    drive.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    game = commands.add_parser(
+        "game", parents=[common],
+        help="open the bundled game (CarRacing) to play or for a separate agent",
+        description="The bundled game in a window titled 'Charles CarRacing'; Esc quits.",
+    )  # fmt: skip
+    from agent.game.options import add_game_arguments
+
+    add_game_arguments(game)
+    # Unset flags fall back to config.toml (capture.size, game.channel_port).
+    game.set_defaults(handler=_game, size=None, port=None)
+
     config_cmd = commands.add_parser("config", help="check and show the configuration")
     config_sub = config_cmd.add_subparsers(dest="action", required=True, metavar="ACTION")
     _add(config_sub, "check", _config_check, [common], "validate the config and print it")
@@ -121,6 +145,34 @@ def _add(
     sub = subparsers.add_parser(name, parents=parents, help=help_text, description=help_text)
     sub.set_defaults(handler=handler)
     return sub
+
+
+def _drive(args: argparse.Namespace, config: Config) -> int:
+    from agent.drive import run_drive
+
+    if args.seconds is not None and not (args.seconds > 0 and math.isfinite(args.seconds)):
+        raise CharlesError("--seconds must be a positive number of seconds")
+    live = sys.stdout.isatty() and not args.json
+    summary = run_drive(config, args.seconds, live_console=live)
+    if args.json:
+        print(json.dumps(asdict(summary)))
+        return 0
+    print("\n".join(summary.lines()))
+    return 0
+
+
+def _game(args: argparse.Namespace, config: Config) -> int:
+    from agent.display import display_for_this_process
+    from agent.game.__main__ import run_game_or_explain
+    from agent.game.options import options_from_args
+
+    if args.size is None:
+        args.size = config.capture.size
+    if args.port is None:
+        args.port = config.game.channel_port
+    options = options_from_args(args)
+    with display_for_this_process():
+        return run_game_or_explain(options)
 
 
 def _config_check(args: argparse.Namespace, config: Config) -> int:

@@ -128,8 +128,9 @@ class ControllerConfig:
     )
     deadzone_throttle: float = field(default=0.0, metadata=_spec(minimum=0.0, maximum=0.95))
     """Fraction of the throttle/brake range the game ignores; small outputs are lifted past it."""
-    deadzone_steering: float = field(default=0.24, metadata=_spec(minimum=0.0, maximum=0.95))
-    """Fraction of the stick range the game ignores (XInput default: 7849/32767, about 0.24)."""
+    deadzone_steering: float = field(default=0.0, metadata=_spec(minimum=0.0, maximum=0.95))
+    """Fraction of the stick range the game ignores (0 for the bundled game; XInput games
+    such as GTA V keep the XInput default 7849/32767, about 0.24)."""
     smoothing: float = field(default=0.0, metadata=_spec(minimum=0.0, maximum=0.99))
     """Exponential smoothing factor; 0 sends each prediction as it is."""
     vjoy_device: int = field(default=1, metadata=_spec(minimum=1, maximum=16))

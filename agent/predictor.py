@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,28 +19,12 @@ import numpy as np
 from agent.errors import DependencyError
 from agent.nets.registry import ModelLine, get_line
 from agent.store import Checkpoint, load_into
+from agent.types import Prediction
 
 if TYPE_CHECKING:
     import keras
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """One inference result.
-
-    `throttle` and `steering` are in [-1, 1]. When the network produced NaN or infinity,
-    `finite` is False and both values are 0.0 (neutral): a broken model never steers.
-    """
-
-    throttle: float
-    steering: float
-    finite: bool
-    seconds: float
-    """Wall time of the inference call (perf_counter)."""
-    convcam: np.ndarray | None = None
-    """Last conv feature map (rows, cols, kernels), float32, when the predictor was asked for it."""
 
 
 def require_tensorflow() -> Any:

@@ -44,3 +44,41 @@ class ControllerState:
 
 
 NEUTRAL = ControllerState()
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One inference result.
+
+    `throttle` and `steering` are in [-1, 1]. When the network produced NaN or infinity,
+    `finite` is False and both values are 0.0 (neutral): a broken model never steers.
+    """
+
+    throttle: float
+    steering: float
+    finite: bool
+    seconds: float
+    """Wall time of the inference call (perf_counter)."""
+    convcam: np.ndarray | None = None
+    """Last conv feature map (rows, cols, kernels), float32, when the predictor was asked for it."""
+
+
+@dataclass(frozen=True)
+class Tick:
+    """One pass of the drive loop, offered to the console (and later the recorder).
+
+    Times are `time.monotonic()` seconds; `latency` is capture -> command sent.
+    """
+
+    state: str
+    """"driving", "paused" or "waiting for window"."""
+    frame: Frame | None
+    prediction: Prediction | None
+    command: ControllerState
+    commanded_at: float
+
+    @property
+    def latency(self) -> float | None:
+        if self.frame is None or self.prediction is None:
+            return None
+        return self.commanded_at - self.frame.captured_at

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from agent.nets.registry import get_line
-from agent.predictor import Prediction, Predictor
+from agent.predictor import Predictor
+from agent.types import Prediction
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,86 @@
+"""Global hotkeys (pause/resume, quit) through a pynput keyboard listener."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def key_name(key: Any) -> str | None:
+    """pynput key -> the name config.toml uses ("f8", "esc", "q"); None when it has none."""
+    char = getattr(key, "char", None)
+    if char:
+        return char.lower()
+    name = getattr(key, "name", None)
+    return name.lower() if name else None
+
+
+class Hotkeys:
+    """Calls `actions[name]()` when the key called `name` is pressed, in any window.
+
+    pynput imports its platform backend at import time (on X11 it needs DISPLAY), so the import
+    happens in `start()`. A failing action is logged and recorded in `error`, never allowed to
+    kill the listener silently.
+    """
+
+    def __init__(self, actions: Mapping[str, Callable[[], None]]) -> None:
+        self._actions = {name.lower(): action for name, action in actions.items()}
+        self._listener: Any = None
+        self.error: BaseException | None = None
+
+    def start(self) -> None:
+        from pynput import keyboard
+
+        self._listener = keyboard.Listener(on_press=self._on_press)
+        self._listener.daemon = True
+        self._listener.start()
+        self._listener.wait()
+
+    def _on_press(self, key: Any) -> None:
+        action = self._actions.get(key_name(key) or "")
+        if action is None:
+            return
+        try:
+            action()
+        except Exception as error:  # recorded and logged; the drive loop checks `error`
+            self.error = error
+            log.exception("hotkey action failed")
+
+    def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.stop()
+            _unblock_x11_listener(self._listener)
+            # Wait for its thread: it holds X connections that must close before the display
+            # (possibly our own Xvfb) goes away.
+            self._listener.join(timeout=2.0)
+            self._listener = None
+
+
+def _unblock_x11_listener(listener: Any) -> None:
+    """Make pynput's X11 listener thread really end now.
+
+    On X11 pynput stops its XRecord loop by disabling the record context over the very
+    connection the loop is blocked reading, so the request waits for the next key or mouse
+    event. Disabling the context from a fresh connection ends the loop at once.
+    """
+    context = getattr(listener, "_context", None)
+    if not sys.platform.startswith("linux") or context is None:
+        return
+    from Xlib import display as xdisplay
+    from Xlib.error import DisplayError, XError
+
+    try:
+        connection = xdisplay.Display()
+    except (DisplayError, OSError):
+        return  # the display is gone already, and with it the listener's connections
+    try:
+        connection.record_disable_context(context)
+        connection.sync()
+    except (XError, OSError):
+        log.debug("could not disable the hotkey listener's record context", exc_info=True)
+    finally:
+        connection.close()
