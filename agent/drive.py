@@ -135,6 +135,10 @@ def run_drive(config: Config, seconds: float | None, live_console: bool) -> Driv
             input_size=line.input_size,
         )
         ticks: Slot[Tick] = Slot()
+        hotkeys = Hotkeys({
+            config.hotkeys.pause: lambda: loop.toggle_pause(),
+            config.hotkeys.quit: partial(stop, "quit hotkey"),
+        })  # fmt: skip
         loop = DriveLoop(
             frames=frames,
             window_ready=lambda: not grabber.window_lost.is_set(),
@@ -147,10 +151,9 @@ def run_drive(config: Config, seconds: float | None, live_console: bool) -> Driv
             health_checks=[
                 lambda: grabber.error,
                 lambda: getattr(controller, "error", None),
+                lambda: hotkeys.error,
             ],
         )
-        hotkeys = Hotkeys({config.hotkeys.pause: loop.toggle_pause,
-                           config.hotkeys.quit: partial(stop, "quit hotkey")})  # fmt: skip
         hotkeys.start()
         stack.callback(hotkeys.stop)
 
@@ -171,8 +174,6 @@ def run_drive(config: Config, seconds: float | None, live_console: bool) -> Driv
             if isinstance(cause, CharlesError):
                 raise cause
             raise CharlesError(f"driving stopped: {loop.error}") from loop.error
-        if hotkeys.error is not None:
-            log.warning("a hotkey action failed: %s", hotkeys.error)
         summary = _summarise(
             predictor.name, controller.name, window.title, stop.reason or "drive loop ended",
             elapsed, grabber.frames_grabbed, loop, telemetry,

@@ -9,7 +9,6 @@ controller) and the car's telemetry shows whether the commands arrived.
 from __future__ import annotations
 
 import json
-import math
 import os
 import signal
 import socket
@@ -19,13 +18,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from agent.game.telemetry import read_last_telemetry
-from agent.nets.registry import get_line
 from agent.store import publish
 from tests.conftest import REPO
+from tests.models import constant_driver
 from tests.xvfb import wait_for_window, xvfb
 
 LINE = "pilotnet_small"
@@ -39,11 +37,7 @@ def free_udp_port() -> int:
 
 def publish_constant_driver(store: Path, throttle: float, steering: float) -> None:
     """A checkpoint that always predicts (throttle, steering), whatever it sees."""
-    model = get_line(LINE).build("none")
-    for name, value in (("throttle", throttle), ("steering", steering)):
-        layer = model.get_layer(name)
-        kernel, bias = layer.get_weights()
-        layer.set_weights([np.zeros_like(kernel), np.full_like(bias, math.atanh(value))])
+    model = constant_driver(throttle, steering, LINE)
     publish(model, store, LINE, batches=0, note=f"constant {throttle}, {steering}")
 
 
@@ -57,6 +51,11 @@ def drive_command(store: Path, port: int, *extra: str) -> list[str]:
 
 def telemetry_samples(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+
+
+def keyboard_seen(telemetry: Path, since: int = 0) -> bool:
+    """Did the game get keyboard input in any sample from line `since` on?"""
+    return any(sample["source"] == "keyboard" for sample in telemetry_samples(telemetry)[since:])
 
 
 def test_drive_starts_the_game_under_its_own_xvfb_and_drives_it(tmp_path: Path) -> None:
@@ -99,24 +98,51 @@ def display() -> Iterator[str]:
                 os.environ["DISPLAY"] = previous
 
 
-@pytest.fixture
-def game(display: str, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path, int]]:
-    """The bundled game in its own process, as a user would open it with `charles game`."""
-    port = free_udp_port()
-    telemetry = tmp_path / "telemetry.jsonl"
+def start_game(port: int, telemetry: Path, cwd: Path) -> subprocess.Popen[bytes]:
+    """The bundled game in its own process, as a user opens it with `charles game`."""
     process = subprocess.Popen(
         [sys.executable, "-m", "agent", "game", "--config", str(REPO / "config.toml"),
          "--size", "960x540", "--port", str(port), "--telemetry", str(telemetry)],
-        cwd=tmp_path,
+        cwd=cwd,
     )  # fmt: skip
     deadline = time.monotonic() + 60
     while not (telemetry.exists() and telemetry.stat().st_size > 0):
         assert process.poll() is None, "the game exited early"
         assert time.monotonic() < deadline, "the game did not start"
         time.sleep(0.2)
+    return process
+
+
+def stop_game(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.fixture
+def game(display: str, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path, int]]:
+    port = free_udp_port()
+    telemetry = tmp_path / "telemetry.jsonl"
+    process = start_game(port, telemetry, tmp_path)
     yield process, telemetry, port
-    process.terminate()
-    process.wait(timeout=10)
+    stop_game(process)
+
+
+def focus_game() -> None:
+    window = wait_for_window(os.environ["DISPLAY"], "Charles CarRacing")
+    subprocess.run(["xdotool", "windowfocus", "--sync", str(window.id)], check=True)
+
+
+def finish(drive: subprocess.Popen[str]) -> dict:
+    """Wait for `charles drive` to end cleanly; its JSON summary."""
+    try:
+        out, err = drive.communicate(timeout=30)
+    finally:
+        if drive.poll() is None:
+            drive.kill()
+    assert drive.returncode == 0, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def keys_held() -> list[int]:
@@ -147,8 +173,7 @@ def test_keyboard_driving_leaves_no_key_held_on_every_way_out(
     _process, telemetry, port = game
     store = tmp_path / "models"
     publish_constant_driver(store, throttle=0.9, steering=0.5)
-    window = wait_for_window(os.environ["DISPLAY"], "Charles CarRacing")
-    subprocess.run(["xdotool", "windowfocus", "--sync", str(window.id)], check=True)
+    focus_game()
     drive = subprocess.Popen(
         drive_command(store, port, "--backend", "keyboard", "--json"),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
@@ -160,18 +185,13 @@ def test_keyboard_driving_leaves_no_key_held_on_every_way_out(
             timeout=90, what="the car to move under keyboard control",
         )  # fmt: skip
         # Pulse-width presses leave gaps, so look for keyboard input anywhere in the run.
-        assert any(sample["source"] == "keyboard" for sample in telemetry_samples(telemetry))
+        assert keyboard_seen(telemetry)
         if way_out == "quit hotkey":
             subprocess.run(["xdotool", "key", "F10"], check=True)
         else:
             drive.send_signal(getattr(signal, way_out))
-        out, err = drive.communicate(timeout=30)
     finally:
-        if drive.poll() is None:
-            drive.kill()
-    assert drive.returncode == 0, err[-3000:]
-    assert "Traceback" not in err, err[-3000:]
-    summary = json.loads(out.strip().splitlines()[-1])
+        summary = finish(drive)
     assert summary["stopped_by"] == way_out
     assert summary["controller"] == "keyboard"
     assert keys_held() == [], "a key was left pressed"
@@ -179,3 +199,79 @@ def test_keyboard_driving_leaves_no_key_held_on_every_way_out(
     time.sleep(0.5)
     last = read_last_telemetry(telemetry) or {}
     assert last.get("accelerate") == 0 and last.get("steering") == 0, last
+
+
+def test_pause_hotkey_releases_every_key_and_resume_drives_again(
+    game: tuple[subprocess.Popen[bytes], Path, int], tmp_path: Path
+) -> None:
+    _process, telemetry, port = game
+    store = tmp_path / "models"
+    publish_constant_driver(store, throttle=0.9, steering=0.5)
+    focus_game()
+    drive = subprocess.Popen(
+        drive_command(store, port, "--backend", "keyboard", "--json"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    try:
+        wait_for(
+            lambda: keyboard_seen(telemetry), timeout=90, what="keyboard input to reach the game",
+        )  # fmt: skip
+        subprocess.run(["xdotool", "key", "F8"], check=True)
+        time.sleep(0.5)
+        # Paused: over a second of looking, no key is ever down and the game gets no input.
+        paused_from = len(telemetry_samples(telemetry))
+        for _ in range(10):
+            assert keys_held() == [], "a key is held while paused"
+            time.sleep(0.1)
+        while_paused = telemetry_samples(telemetry)[paused_from:]
+        assert while_paused and all(s["source"] != "keyboard" for s in while_paused)
+        assert drive.poll() is None, "pausing must not end the session"
+
+        subprocess.run(["xdotool", "key", "F8"], check=True)
+        resumed_from = len(telemetry_samples(telemetry))
+        wait_for(
+            lambda: keyboard_seen(telemetry, since=resumed_from),
+            timeout=20, what="keyboard input after resuming",
+        )  # fmt: skip
+        subprocess.run(["xdotool", "key", "F10"], check=True)
+    finally:
+        summary = finish(drive)
+    assert summary["stopped_by"] == "quit hotkey"
+    assert keys_held() == []
+
+
+def test_a_closed_window_is_waited_for_and_reacquired(display: str, tmp_path: Path) -> None:
+    port = free_udp_port()
+    store = tmp_path / "models"
+    publish_constant_driver(store, throttle=0.6, steering=0.0)
+    first_telemetry = tmp_path / "first.jsonl"
+    first = start_game(port, first_telemetry, tmp_path)
+    drive = subprocess.Popen(
+        drive_command(store, port, "--json"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    second = None
+    try:
+        wait_for(
+            lambda: (read_last_telemetry(first_telemetry) or {}).get("source") == "gamepad",
+            timeout=90, what="the agent to drive the first game",
+        )  # fmt: skip
+        stop_game(first)
+        time.sleep(2.0)
+        assert drive.poll() is None, "the agent must wait for the window, not quit"
+        second_telemetry = tmp_path / "second.jsonl"
+        second = start_game(port, second_telemetry, tmp_path)
+        wait_for(
+            lambda: (read_last_telemetry(second_telemetry) or {}).get("source") == "gamepad",
+            timeout=30, what="the agent to drive the reopened game",
+        )  # fmt: skip
+        assert (read_last_telemetry(second_telemetry) or {})["accelerate"] == pytest.approx(
+            0.6, abs=0.02
+        )
+        drive.send_signal(signal.SIGTERM)
+    finally:
+        summary = finish(drive)
+        if second is not None:
+            stop_game(second)
+    assert summary["stopped_by"] == "SIGTERM"
+    assert summary["game"] is None  # Charles did not start these games itself

@@ -1,0 +1,136 @@
+"""The drive loop with real parts: a real compiled model, the real slot, the null controller."""
+
+from __future__ import annotations
+
+import threading
+import time
+from functools import partial
+
+import numpy as np
+import pytest
+
+from agent.control import ControlMapper
+from agent.controllers.null import NullController
+from agent.loop import PAUSED, WAITING, DriveLoop, PartFailed
+from agent.nets.registry import get_line
+from agent.predictor import Predictor
+from agent.preprocess import preprocess
+from agent.slot import Slot
+from agent.types import NEUTRAL, Frame, Region, Tick
+from tests.models import constant_driver
+
+LINE = get_line("pilotnet_small")
+
+
+@pytest.fixture(scope="module")
+def predictor() -> Predictor:
+    return Predictor(constant_driver(0.5, -0.25), LINE, "constant", warmup_runs=1)
+
+
+def frame(seq: int) -> Frame:
+    image = np.full((720, 1280, 4), seq % 256, dtype=np.uint8)
+    return Frame(image, time.monotonic(), seq, Region(0, 0, 1280, 720))
+
+
+class Rig:
+    """A loop wired to a null controller; `failure` and `window_ok` steer its inputs."""
+
+    def __init__(self, predictor: Predictor) -> None:
+        self.frames: Slot[Frame] = Slot()
+        self.ticks: Slot[Tick] = Slot()
+        self.controller = NullController()
+        self.window_ok = True
+        self.failure: BaseException | None = None
+        self.loop = DriveLoop(
+            frames=self.frames,
+            window_ready=lambda: self.window_ok,
+            to_model_input=partial(
+                preprocess, capture_size=(1280, 720), crop=(0, 0, 0, 0), input_size=LINE.input_size
+            ),
+            predictor=predictor,
+            mapper=ControlMapper(),
+            controller=self.controller,
+            hz=100,
+            ticks=self.ticks,
+            health_checks=[lambda: self.failure],
+        )
+
+    def run_in_thread(self) -> threading.Thread:
+        thread = threading.Thread(target=self.loop.run, daemon=True)
+        thread.start()
+        return thread
+
+    def feed_for(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        self.feed_until(lambda: time.monotonic() >= end)
+
+    def feed_until(self, predicate, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        seq = 0
+        while not predicate():
+            assert time.monotonic() < deadline, "timed out"
+            seq += 1
+            self.frames.put(frame(seq))
+            time.sleep(0.01)
+
+
+def test_drives_with_the_mapped_prediction_and_never_repeats_a_frame(predictor) -> None:
+    rig = Rig(predictor)
+    rig.frames.put(frame(1))
+    rig.loop.run(max_ticks=20)
+    # One frame, twenty ticks: exactly one prediction, its command sent, then neutral at the end.
+    assert rig.loop.counters.predictions == 1
+    tick, _ = rig.ticks.get()
+    assert tick is not None and tick.prediction is not None
+    assert tick.prediction.throttle == pytest.approx(0.5, abs=1e-5)
+    assert tick.command.accelerate == pytest.approx(0.5, abs=1e-5)
+    assert tick.command.steering == pytest.approx(-0.25, abs=1e-5)
+    assert tick.latency is not None and tick.latency > 0
+    assert rig.controller.last == NEUTRAL
+    assert rig.loop.error is None
+
+
+def test_a_failed_part_stops_the_loop_with_controls_neutral(predictor) -> None:
+    rig = Rig(predictor)
+    thread = rig.run_in_thread()
+    rig.feed_until(lambda: rig.loop.counters.predictions >= 3)
+    assert rig.controller.last.accelerate == pytest.approx(0.5, abs=1e-5)
+    rig.failure = RuntimeError("capture thread died")
+    thread.join(timeout=5)
+    assert not thread.is_alive()
+    assert isinstance(rig.loop.error, PartFailed)
+    assert "capture thread died" in str(rig.loop.error)
+    assert rig.controller.last == NEUTRAL
+
+
+def test_pause_and_lost_window_send_neutral_and_resume(predictor) -> None:
+    rig = Rig(predictor)
+    thread = rig.run_in_thread()
+    try:
+        rig.feed_until(lambda: rig.loop.counters.predictions >= 2)
+        rig.loop.toggle_pause()
+        rig.feed_until(lambda: (rig.ticks.get()[0] or tick_stub()).state == PAUSED)
+        assert rig.controller.last == NEUTRAL
+        paused_at = rig.loop.counters.predictions
+        rig.feed_for(0.3)
+        assert rig.loop.counters.predictions == paused_at  # new frames, but no predictions
+
+        rig.loop.toggle_pause()
+        rig.feed_until(lambda: rig.loop.counters.predictions > paused_at)
+        assert rig.controller.last.accelerate > 0
+
+        rig.window_ok = False
+        rig.feed_until(lambda: (rig.ticks.get()[0] or tick_stub()).state == WAITING)
+        assert rig.controller.last == NEUTRAL
+        rig.window_ok = True
+        resumed_from = rig.loop.counters.predictions
+        rig.feed_until(lambda: rig.loop.counters.predictions > resumed_from)
+        assert rig.controller.last.accelerate > 0
+    finally:
+        rig.loop.stop()
+        thread.join(timeout=5)
+    assert rig.controller.last == NEUTRAL
+
+
+def tick_stub() -> Tick:
+    return Tick("starting", None, None, NEUTRAL, 0.0)
