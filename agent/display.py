@@ -10,18 +10,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import select
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
 from agent.errors import DependencyError
+from agent.processes import stop_process
 
 log = logging.getLogger(__name__)
-
-X_SOCKET_DIR = Path("/tmp/.X11-unix")
 
 
 def needs_virtual_display() -> bool:
@@ -29,67 +27,37 @@ def needs_virtual_display() -> bool:
     return sys.platform.startswith("linux") and not os.environ.get("DISPLAY")
 
 
-def _free_display_number(start: int) -> int:
-    # A display number is taken while its lock file or socket exists.
-    for number in range(start, start + 400):
-        lock = Path(f"/tmp/.X{number}-lock")
-        if not (X_SOCKET_DIR / f"X{number}").exists() and not lock.exists():
-            return number
-    raise DependencyError("no free X display number for Xvfb (/tmp/.X11-unix is full)")
-
-
-def _accepts_connections(display: str) -> bool:
-    from Xlib import display as xdisplay
-    from Xlib.error import DisplayError
-
-    try:
-        xdisplay.Display(display).close()
-    except (DisplayError, ConnectionError, OSError):
-        return False
-    return True
-
-
 @contextlib.contextmanager
 def xvfb(width: int = 1920, height: int = 1080, timeout: float = 10.0) -> Iterator[str]:
-    """Run Xvfb for the duration of the block; yields its DISPLAY string (":93").
-
-    Another process may take the same display number between the check and the start; Xvfb
-    then exits at once and the next number is tried.
-    """
+    """Run Xvfb for the duration of the block; yields its DISPLAY string (":93")."""
     if shutil.which("Xvfb") is None:
         raise DependencyError(
             "there is no display and Xvfb is not installed: sudo apt-get install xvfb "
             "(or run scripts/setup), or set DISPLAY to a running X server"
         )
-    first = 90
-    for _attempt in range(5):
-        number = _free_display_number(first)
+    read_end, write_end = os.pipe()
+    # -displayfd: Xvfb picks a free display number itself and writes it once it accepts
+    # connections (no race for a number, no polling). -noreset: otherwise the server resets
+    # whenever its last client leaves, which drops state between two users of one display.
+    process = subprocess.Popen(
+        ["Xvfb", "-displayfd", str(write_end), "-screen", "0", f"{width}x{height}x24",
+         "-nolisten", "tcp", "-noreset"],
+        pass_fds=(write_end,),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    os.close(write_end)
+    try:
+        ready, _, _ = select.select([read_end], [], [], timeout)
+        number = os.read(read_end, 32).decode().strip() if ready else ""
+        if not number:
+            raise DependencyError(f"Xvfb did not start within {timeout} s (exit {process.poll()})")
         display = f":{number}"
-        process = subprocess.Popen(
-            ["Xvfb", display, "-screen", "0", f"{width}x{height}x24", "-nolisten", "tcp"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            deadline = time.monotonic() + timeout
-            while process.poll() is None and not _accepts_connections(display):
-                if time.monotonic() > deadline:
-                    raise DependencyError(f"Xvfb {display} did not answer within {timeout} s")
-                time.sleep(0.05)
-            if process.poll() is not None:
-                first = number + 1
-                continue
-            log.info("started Xvfb on %s (%dx%d)", display, width, height)
-            yield display
-            return
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-    raise DependencyError("Xvfb failed to start on five display numbers")
+        log.info("started Xvfb on %s (%dx%d)", display, width, height)
+        yield display
+    finally:
+        os.close(read_end)
+        stop_process(process, timeout=5.0)
 
 
 @contextlib.contextmanager

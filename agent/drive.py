@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import numpy as np
@@ -39,6 +37,8 @@ from agent.loop import DriveLoop, PartFailed
 from agent.nets.registry import get_line
 from agent.predictor import Predictor
 from agent.preprocess import preprocess
+from agent.processes import stop_process
+from agent.signals import on_stop_signals
 from agent.slot import Slot
 from agent.store import resolve
 from agent.types import Frame, Tick
@@ -110,7 +110,7 @@ def run_drive(config: Config, seconds: float | None, live_console: bool) -> Driv
     """Drive until a stop reason; returns the summary. Raises CharlesError for user problems."""
     stop = _Stop()
     with contextlib.ExitStack() as stack:
-        stack.enter_context(_signals_stop(stop))
+        stack.enter_context(on_stop_signals(stop))
         stack.enter_context(display_for_this_process())
         line = get_line(config.model.line)
         checkpoint = resolve(Path(config.model.store), line.name, config.model.checkpoint)
@@ -217,21 +217,6 @@ def _wait_for_stop(
                 live.update(view(ticks.get()[0], meter.update()))
 
 
-@contextlib.contextmanager
-def _signals_stop(stop: _Stop) -> Iterator[None]:
-    """SIGTERM and SIGINT end the session through the normal way out (neutral first)."""
-
-    def handle(signum: int, _frame: FrameType | None) -> None:
-        stop(signal.Signals(signum).name)
-
-    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
 def _is_bundled_game(config: Config) -> bool:
     return config.game.title == BUNDLED_GAME_TITLE and not config.game.region
 
@@ -254,18 +239,8 @@ def _launch_game_if_needed(
     ]  # fmt: skip
     log.info("starting the bundled game")
     game = subprocess.Popen(command, stderr=subprocess.PIPE)
-    stack.callback(_close_game, game)
+    stack.callback(stop_process, game, 10.0)
     return game, telemetry
-
-
-def _close_game(game: subprocess.Popen[bytes]) -> None:
-    if game.poll() is None:
-        game.terminate()
-        try:
-            game.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            game.kill()
-            game.wait()
 
 
 def _acquire_window(config: Config, game: subprocess.Popen[bytes] | None) -> GameWindow:

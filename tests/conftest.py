@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+from agent.display import xvfb
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -45,3 +47,23 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: 
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
     return lines[0]
+
+
+@pytest.fixture(scope="module")
+def x_display() -> Iterator[str]:
+    """A private Xvfb (1920x1080) for one test module; DISPLAY points at it meanwhile.
+
+    There is no window manager on it: nothing decorates, moves or focuses windows but the tests.
+    """
+    if not sys.platform.startswith("linux"):
+        pytest.skip("X11 tests run on Linux")
+    with xvfb() as name:
+        previous = os.environ.get("DISPLAY")
+        os.environ["DISPLAY"] = name
+        try:
+            yield name
+        finally:
+            if previous is None:
+                os.environ.pop("DISPLAY", None)
+            else:
+                os.environ["DISPLAY"] = previous

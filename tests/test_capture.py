@@ -10,11 +10,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
-import subprocess
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,65 +25,10 @@ from agent.types import Frame, Region
 Xlib = pytest.importorskip("Xlib")
 from Xlib import X, Xatom  # noqa: E402
 from Xlib import display as xdisplay  # noqa: E402
-from Xlib.error import DisplayError  # noqa: E402
 
 RED = (255, 0, 0)
 GREEN = (0, 255, 0)
 BLUE = (0, 0, 255)
-
-
-# --- a real X server -------------------------------------------------------------------------
-
-
-def _free_display_number(first: int = 150) -> int:
-    for number in range(first, first + 200):
-        taken = Path(f"/tmp/.X{number}-lock").exists() or Path(f"/tmp/.X11-unix/X{number}").exists()
-        if not taken:
-            return number
-    raise RuntimeError("no free X display number")
-
-
-def _connects(name: str) -> bool:
-    try:
-        xdisplay.Display(name).close()
-    except (DisplayError, OSError):
-        return False
-    return True
-
-
-@pytest.fixture(scope="module")
-def xserver() -> Iterator[str]:
-    """An Xvfb of 1920x1080 for this module; DISPLAY points at it while the tests run."""
-    if shutil.which("Xvfb") is None:
-        pytest.skip("Xvfb is not installed")
-    first = 150
-    for _attempt in range(5):
-        name = f":{_free_display_number(first)}"
-        process = subprocess.Popen(
-            ["Xvfb", name, "-screen", "0", "1920x1080x24", "-nolisten", "tcp"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while process.poll() is None and not _connects(name) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if process.poll() is not None:  # lost a race for the number: try the next one
-            first = int(name[1:]) + 1
-            continue
-        try:
-            with pytest.MonkeyPatch.context() as patch:
-                patch.setenv("DISPLAY", name)
-                patch.delenv("WAYLAND_DISPLAY", raising=False)
-                yield name
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        return
-    raise RuntimeError("Xvfb did not start")
 
 
 class Painter:
@@ -168,8 +110,8 @@ def _bgra(colour: tuple[int, int, int]) -> tuple[int, int, int]:
 
 
 @pytest.fixture
-def painter(xserver: str) -> Iterator[Painter]:
-    painter = Painter(xserver)
+def painter(x_display: str) -> Iterator[Painter]:
+    painter = Painter(x_display)
     yield painter
     painter.close()
 
@@ -315,7 +257,7 @@ def test_no_display_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
         find_window("Anything", "substring")
 
 
-def test_fixed_region(xserver: str) -> None:
+def test_fixed_region(x_display: str) -> None:
     window = fixed_region(10, 20, 640, 360)
     assert window.region() == Region(10, 20, 640, 360)
     assert window.exists() and window.has_focus()
@@ -518,7 +460,7 @@ class _BrokenWindow:
         return None
 
 
-def test_grabber_keeps_an_unexpected_error(xserver: str, grabbers: list[Grabber]) -> None:
+def test_grabber_keeps_an_unexpected_error(x_display: str, grabbers: list[Grabber]) -> None:
     grabber = Grabber(_BrokenWindow(), 30, Slot())
     grabbers.append(grabber)
     grabber.start()

@@ -12,7 +12,6 @@ import dataclasses
 import math
 import os
 import select
-import shutil
 import subprocess
 import sys
 import threading
@@ -352,43 +351,6 @@ def test_keyboard_without_a_display_is_a_dependency_error() -> None:
 
 
 # --- keyboard: real key events on a private X server ---------------------------------------
-
-
-@pytest.fixture(scope="module")
-def x_display() -> Iterator[str]:
-    """A private Xvfb; DISPLAY points at it for this module's tests."""
-    if not sys.platform.startswith("linux"):
-        pytest.skip("the keyboard backend is tested on X11 (Linux)")
-    if shutil.which("Xvfb") is None:
-        pytest.fail("Xvfb is needed for the keyboard tests: apt-get install xvfb")
-    read_end, write_end = os.pipe()
-    # -displayfd: Xvfb picks a free display number itself and writes it once it is ready.
-    # -noreset: otherwise the server resets when its last client leaves, between two tests.
-    command = ["Xvfb", "-displayfd", str(write_end), "-screen", "0", "1280x720x24"]
-    server = subprocess.Popen(
-        [*command, "-nolisten", "tcp", "-noreset"],
-        pass_fds=(write_end,),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    os.close(write_end)
-    try:
-        ready, _, _ = select.select([read_end], [], [], 10.0)
-        assert ready, "Xvfb did not start within 10 s"
-        name = f":{os.read(read_end, 32).decode().strip()}"
-        previous = os.environ.get("DISPLAY")
-        os.environ["DISPLAY"] = name
-        try:
-            yield name
-        finally:
-            if previous is None:
-                os.environ.pop("DISPLAY", None)
-            else:
-                os.environ["DISPLAY"] = previous
-    finally:
-        os.close(read_end)
-        server.terminate()
-        server.wait(timeout=10)
 
 
 class KeyWindow:

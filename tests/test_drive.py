@@ -24,7 +24,7 @@ from agent.game.telemetry import read_last_telemetry
 from agent.store import publish
 from tests.conftest import REPO
 from tests.models import constant_driver
-from tests.xvfb import wait_for_window, xvfb
+from tests.xvfb import wait_for_window
 
 LINE = "pilotnet_small"
 
@@ -85,17 +85,8 @@ def test_drive_starts_the_game_under_its_own_xvfb_and_drives_it(tmp_path: Path) 
 
 
 @pytest.fixture
-def display() -> Iterator[str]:
-    with xvfb(1600, 900) as name:
-        previous = os.environ.get("DISPLAY")
-        os.environ["DISPLAY"] = name
-        try:
-            yield name
-        finally:
-            if previous is None:
-                os.environ.pop("DISPLAY", None)
-            else:
-                os.environ["DISPLAY"] = previous
+def display(x_display: str) -> str:
+    return x_display
 
 
 def start_game(port: int, telemetry: Path, cwd: Path) -> subprocess.Popen[bytes]:

@@ -1,8 +1,8 @@
-"""A real X server for tests: `with xvfb() as display:` starts Xvfb and yields its DISPLAY.
+"""Looking at a test X server from outside: finding windows by title, child environments.
 
-Reusable by any test that needs a screen (capture, the bundled game, window finding). Under bare
-Xvfb there is no window manager: windows are never decorated, moved or focused by anyone but the
-test itself.
+The server itself is the `x_display` fixture (tests/conftest.py, on agent.display.xvfb). Under
+bare Xvfb there is no window manager: windows are never decorated, moved or focused by anyone
+but the test itself.
 """
 
 from __future__ import annotations
@@ -11,10 +11,6 @@ import os
 import time
 from dataclasses import dataclass
 from typing import Any
-
-from agent.display import xvfb
-
-__all__ = ["Window", "display_env", "find_windows", "wait_for_window", "xvfb"]
 
 
 def display_env(display: str) -> dict[str, str]:

@@ -11,11 +11,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
 import threading
 import time
-from collections.abc import Iterator
-from types import FrameType
+from functools import partial
 
 import pygame
 
@@ -26,6 +24,7 @@ from agent.game.options import GameError, GameOptions
 from agent.game.sim import PHYSICS_HZ, HostedCarRacing, view_rect
 from agent.game.telemetry import TelemetryRecord, TelemetryWriter
 from agent.ratekeeper import RateKeeper
+from agent.signals import on_stop_signals
 from agent.types import ControllerState
 
 log = logging.getLogger(__name__)
@@ -43,7 +42,8 @@ def run_game(options: GameOptions) -> int:
     """
     stop = threading.Event()
     with contextlib.ExitStack() as stack:
-        stack.enter_context(_stop_on_signals(stop))
+        # Installed before SDL starts, so SDL sees handlers in place and keeps its own out.
+        stack.enter_context(on_stop_signals(partial(_stop_on_signal, stop)))
         try:
             receiver = GamepadReceiver(options.channel_port)
         except OSError as error:
@@ -92,25 +92,9 @@ def _open_window(size: tuple[int, int]) -> pygame.Surface:
     return window
 
 
-@contextlib.contextmanager
-def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    """SIGTERM and SIGINT set `stop`, so the loop ends and everything closes in order."""
-    if threading.current_thread() is not threading.main_thread():
-        # Python only delivers signals to the main thread; an embedding caller handles them.
-        yield
-        return
-
-    def handle(signum: int, _frame: FrameType | None) -> None:
-        log.info("game stopping on %s", signal.Signals(signum).name)
-        stop.set()
-
-    # Installed before SDL starts, so SDL sees handlers in place and keeps its own out.
-    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+def _stop_on_signal(stop: threading.Event, name: str) -> None:
+    log.info("game stopping on %s", name)
+    stop.set()
 
 
 def _letterbox(window: pygame.Surface) -> pygame.Surface:
