@@ -166,6 +166,9 @@ def run_drive(config: Config, seconds: float | None, live_console: bool) -> Driv
             render, model_name=predictor.name, backend=controller.name, window=window.title
         )
         _wait_for_stop(stop, loop, game, seconds, started, ticks, meter, view, live_console)
+        # Read while the agent still drives: once the loop stops, the pad goes neutral and the
+        # game's next sample would say nobody is driving.
+        game_state = read_last_telemetry(telemetry) if telemetry else None
         _join_loop(loop, thread)
         elapsed = time.monotonic() - started
         if loop.error is not None and stop.reason in (None, "drive loop ended"):
@@ -176,7 +179,7 @@ def run_drive(config: Config, seconds: float | None, live_console: bool) -> Driv
             raise CharlesError(f"driving stopped: {loop.error}") from loop.error
         summary = _summarise(
             predictor.name, controller.name, window.title, stop.reason or "drive loop ended",
-            elapsed, grabber.frames_grabbed, loop, telemetry,
+            elapsed, grabber.frames_grabbed, loop, game_state,
         )  # fmt: skip
     return summary
 
@@ -270,7 +273,7 @@ def _summarise(
     elapsed: float,
     frames: int,
     loop: DriveLoop,
-    telemetry: Path | None,
+    game_state: dict[str, Any] | None,
 ) -> DriveSummary:
     latencies = np.asarray(loop.counters.latencies) * 1000.0
     p50, p95 = np.percentile(latencies, [50, 95]) if latencies.size else (None, None)
@@ -288,5 +291,5 @@ def _summarise(
         latency_p95_ms=None if p95 is None else round(float(p95), 2),
         lagged_ticks=loop.lagged,
         nonfinite_predictions=loop.counters.nonfinite,
-        game=read_last_telemetry(telemetry) if telemetry else None,
+        game=game_state,
     )

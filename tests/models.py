@@ -14,11 +14,16 @@ def constant_driver(throttle: float, steering: float, line: str = "pilotnet_smal
     """A real `line` network that predicts (throttle, steering) whatever it sees.
 
     The output layers' kernels are zero and their biases atanh(value), so tanh gives the value
-    back exactly; everything before them runs as usual.
+    back exactly (±1 through a bias of ±20, where float32 tanh saturates); everything before them
+    runs as usual.
     """
     model = get_line(line).build("none")
     for name, value in (("throttle", throttle), ("steering", steering)):
         layer = model.get_layer(name)
         kernel, bias = layer.get_weights()
-        layer.set_weights([np.zeros_like(kernel), np.full_like(bias, math.atanh(value))])
+        layer.set_weights([np.zeros_like(kernel), np.full_like(bias, _pre_tanh(value))])
     return model
+
+
+def _pre_tanh(value: float) -> float:
+    return math.atanh(value) if abs(value) < 1.0 else math.copysign(20.0, value)
