@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,6 +45,19 @@ class ControllerState:
 
 
 NEUTRAL = ControllerState()
+
+
+def clamp_state(state: ControllerState) -> ControllerState:
+    """`state` limited to its ranges; a non-finite value becomes that axis' rest value (0)."""
+
+    def clamp(value: float, low: float, high: float) -> float:
+        return min(high, max(low, value)) if math.isfinite(value) else 0.0
+
+    return ControllerState(
+        steering=clamp(state.steering, -1.0, 1.0),
+        accelerate=clamp(state.accelerate, 0.0, 1.0),
+        brake=clamp(state.brake, 0.0, 1.0),
+    )
 
 
 @dataclass(frozen=True)

@@ -123,6 +123,39 @@ def test_game_backend_reaches_the_real_receiver_and_closes_neutral() -> None:
         receiver.close()
 
 
+def _poll_for(receiver: GamepadReceiver, seconds: float) -> list[ControllerState]:
+    """Poll like the game does (every few ms) for `seconds`; every state read."""
+    states = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        states.append(receiver.poll())
+        time.sleep(0.01)
+    return states
+
+
+def test_game_backend_holds_its_state_between_slow_predictions_then_lets_go() -> None:
+    """A slow model must not look like a silent pad; a stalled agent must not hold the throttle."""
+    receiver = GamepadReceiver(port=0, timeout=0.25)
+    controller = GameController(receiver.port, hold=1.0)
+    try:
+        wanted = ControllerState(steering=0.25, accelerate=0.5, brake=0.0)
+        controller.set(wanted)
+        assert _poll_until(receiver, wanted) == pytest.approx(wanted)
+        # Well past the receiver's silence timeout, but within the hold: still driving.
+        assert all(state == pytest.approx(wanted) for state in _poll_for(receiver, 0.7))
+        # Past the hold: the repeats stop and the pad reads neutral.
+        assert _poll_for(receiver, 0.8)[-1] == NEUTRAL
+        # A new command drives again.
+        controller.set(FULL_THROTTLE)
+        assert _poll_until(receiver, FULL_THROTTLE) == FULL_THROTTLE
+        controller.neutral()
+        assert _poll_until(receiver, NEUTRAL) == NEUTRAL
+        assert set(_poll_for(receiver, 0.4)) == {NEUTRAL}
+    finally:
+        controller.close()
+        receiver.close()
+
+
 # --- vJoy (fake device at the pyvjoy boundary) --------------------------------------------
 
 X, Z, RZ = 0x30, 0x32, 0x35

@@ -5,7 +5,7 @@
 constructors, so importing this package works everywhere.
 """
 
-from agent.controllers.base import Controller, DeviceController, clamp_state
+from agent.controllers.base import Controller, DeviceController
 from agent.controllers.factory import BACKENDS, open_controller
 
-__all__ = ["BACKENDS", "Controller", "DeviceController", "clamp_state", "open_controller"]
+__all__ = ["BACKENDS", "Controller", "DeviceController", "open_controller"]

@@ -3,28 +3,14 @@
 from __future__ import annotations
 
 import logging
-import math
 import threading
 from abc import ABC, abstractmethod
 from types import TracebackType
 from typing import ClassVar
 
-from agent.types import NEUTRAL, ControllerState
+from agent.types import NEUTRAL, ControllerState, clamp_state
 
 logger = logging.getLogger(__name__)
-
-
-def clamp_state(state: ControllerState) -> ControllerState:
-    """`state` limited to its ranges; a non-finite value becomes that axis' rest value (0)."""
-
-    def clamp(value: float, low: float, high: float) -> float:
-        return min(high, max(low, value)) if math.isfinite(value) else 0.0
-
-    return ControllerState(
-        steering=clamp(state.steering, -1.0, 1.0),
-        accelerate=clamp(state.accelerate, 0.0, 1.0),
-        brake=clamp(state.brake, 0.0, 1.0),
-    )
 
 
 class Controller(ABC):

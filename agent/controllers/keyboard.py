@@ -28,9 +28,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from agent.config import KeyboardConfig
-from agent.controllers.base import Controller, clamp_state
+from agent.controllers.base import Controller
 from agent.errors import ConfigError, DependencyError
-from agent.types import NEUTRAL, ControllerState
+from agent.types import NEUTRAL, ControllerState, clamp_state
 
 logger = logging.getLogger(__name__)
 

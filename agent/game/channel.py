@@ -16,24 +16,14 @@ import math
 import socket
 import struct
 import time
+from dataclasses import astuple
 
-from agent.types import NEUTRAL, ControllerState
+from agent.types import NEUTRAL, ControllerState, clamp_state
 
 DEFAULT_PORT = 47800
 HOST = "127.0.0.1"
 _PACKET = struct.Struct("<4sIfff")
 _MAGIC = b"CHGP"
-
-
-def _clamped(state: ControllerState) -> tuple[float, float, float]:
-    def clamp(value: float, low: float, high: float) -> float:
-        return min(high, max(low, value)) if math.isfinite(value) else 0.0
-
-    return (
-        clamp(state.steering, -1.0, 1.0),
-        clamp(state.accelerate, 0.0, 1.0),
-        clamp(state.brake, 0.0, 1.0),
-    )
 
 
 class GamepadSender:
@@ -46,7 +36,7 @@ class GamepadSender:
 
     def send(self, state: ControllerState) -> None:
         self._seq = (self._seq + 1) & 0xFFFFFFFF
-        packet = _PACKET.pack(_MAGIC, self._seq, *_clamped(state))
+        packet = _PACKET.pack(_MAGIC, self._seq, *astuple(clamp_state(state)))
         # Nobody listening yet (game starting) or any more (game gone): the next tick sends again.
         with contextlib.suppress(OSError):
             self._socket.sendto(packet, self._address)
@@ -85,9 +75,7 @@ class GamepadReceiver:
             if len(packet) == _PACKET.size:
                 magic, _seq, steering, accelerate, brake = _PACKET.unpack(packet)
                 if magic == _MAGIC:
-                    self._state = ControllerState(
-                        *_clamped(ControllerState(steering, accelerate, brake))
-                    )
+                    self._state = clamp_state(ControllerState(steering, accelerate, brake))
                     self._received_at = time.monotonic()
         if time.monotonic() - self._received_at > self._timeout:
             return NEUTRAL
