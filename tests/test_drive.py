@@ -165,20 +165,27 @@ def wait_for(predicate, timeout: float, what: str) -> None:
         time.sleep(0.2)
 
 
+def start_keyboard_drive(port: int, tmp_path: Path) -> subprocess.Popen[str]:
+    """`charles drive --backend keyboard` on the focused game, full throttle and steering 0.5.
+
+    Full throttle holds W throughout; steering 0.5 pulses D. (With a pulsed W, the 10 Hz
+    telemetry can phase-lock with the 0.1 s pulse period and sample only the gaps.)
+    """
+    store = tmp_path / "models"
+    publish_constant_driver(store, throttle=1.0, steering=0.5)
+    focus_game()
+    return subprocess.Popen(
+        drive_command(store, port, "--backend", "keyboard", "--json"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+    )  # fmt: skip
+
+
 @pytest.mark.parametrize("way_out", ["SIGTERM", "SIGINT", "quit hotkey"])
 def test_keyboard_driving_leaves_no_key_held_on_every_way_out(
     game: tuple[subprocess.Popen[bytes], Path, int], tmp_path: Path, way_out: str
 ) -> None:
     _process, telemetry, port = game
-    store = tmp_path / "models"
-    # Full throttle holds W throughout; steering 0.5 pulses D. (With a pulsed W, the 10 Hz
-    # telemetry can phase-lock with the 0.1 s pulse period and sample only the gaps.)
-    publish_constant_driver(store, throttle=1.0, steering=0.5)
-    focus_game()
-    drive = subprocess.Popen(
-        drive_command(store, port, "--backend", "keyboard", "--json"),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
-    )  # fmt: skip
+    drive = start_keyboard_drive(port, tmp_path)
     try:
         # Real key events through the X server get the car going.
         wait_for(
@@ -205,15 +212,7 @@ def test_pause_hotkey_releases_every_key_and_resume_drives_again(
     game: tuple[subprocess.Popen[bytes], Path, int], tmp_path: Path
 ) -> None:
     _process, telemetry, port = game
-    store = tmp_path / "models"
-    # Full throttle holds W throughout; steering 0.5 pulses D. (With a pulsed W, the 10 Hz
-    # telemetry can phase-lock with the 0.1 s pulse period and sample only the gaps.)
-    publish_constant_driver(store, throttle=1.0, steering=0.5)
-    focus_game()
-    drive = subprocess.Popen(
-        drive_command(store, port, "--backend", "keyboard", "--json"),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
-    )  # fmt: skip
+    drive = start_keyboard_drive(port, tmp_path)
     try:
         wait_for(
             lambda: keyboard_seen(telemetry), timeout=90, what="keyboard input to reach the game",
