@@ -25,7 +25,7 @@ from agent.game.telemetry import read_last_telemetry
 from agent.store import publish
 from tests.conftest import REPO
 from tests.models import constant_driver
-from tests.xvfb import wait_for_window
+from tests.xvfb import focus_window, tap_key, wait_for_window
 
 LINE = "pilotnet_small"
 
@@ -129,7 +129,7 @@ def game(display: str, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes]
 
 def focus_game() -> None:
     window = wait_for_window(os.environ["DISPLAY"], "Charles CarRacing")
-    subprocess.run(["xdotool", "windowfocus", "--sync", str(window.id)], check=True)
+    focus_window(os.environ["DISPLAY"], window.id)
 
 
 def finish(drive: subprocess.Popen[str]) -> dict:
@@ -194,7 +194,7 @@ def test_keyboard_driving_leaves_no_key_held_on_every_way_out(
         )  # fmt: skip
         assert keyboard_seen(telemetry), input_sources(telemetry)
         if way_out == "quit hotkey":
-            subprocess.run(["xdotool", "key", "F10"], check=True)
+            tap_key(os.environ["DISPLAY"], "F10")
         else:
             drive.send_signal(getattr(signal, way_out))
     finally:
@@ -217,7 +217,7 @@ def test_pause_hotkey_releases_every_key_and_resume_drives_again(
         wait_for(
             lambda: keyboard_seen(telemetry), timeout=90, what="keyboard input to reach the game",
         )  # fmt: skip
-        subprocess.run(["xdotool", "key", "F8"], check=True)
+        tap_key(os.environ["DISPLAY"], "F8")
         time.sleep(0.5)
         # Paused: over a second of looking, no key is ever down and the game gets no input.
         paused_from = len(telemetry_samples(telemetry))
@@ -228,13 +228,13 @@ def test_pause_hotkey_releases_every_key_and_resume_drives_again(
         assert while_paused and all(s["source"] != "keyboard" for s in while_paused)
         assert drive.poll() is None, "pausing must not end the session"
 
-        subprocess.run(["xdotool", "key", "F8"], check=True)
+        tap_key(os.environ["DISPLAY"], "F8")
         resumed_from = len(telemetry_samples(telemetry))
         wait_for(
             lambda: keyboard_seen(telemetry, since=resumed_from),
             timeout=20, what="keyboard input after resuming",
         )  # fmt: skip
-        subprocess.run(["xdotool", "key", "F10"], check=True)
+        tap_key(os.environ["DISPLAY"], "F10")
     finally:
         summary = finish(drive)
     assert summary["stopped_by"] == "quit hotkey"

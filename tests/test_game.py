@@ -23,7 +23,7 @@ from agent.game.autopilot import Autopilot
 from agent.game.channel import GamepadSender
 from agent.game.telemetry import TelemetryRecord, TelemetryWriter, read_last_telemetry
 from agent.types import ControllerState
-from tests.xvfb import display_env, wait_for_window
+from tests.xvfb import display_env, focus_window, key_down, key_up, tap_key, wait_for_window
 
 REPO = Path(__file__).resolve().parent.parent
 TITLE = "Charles CarRacing"
@@ -198,25 +198,21 @@ def test_gamepad_accelerates_steers_and_goes_neutral_when_silent(
     assert after[-1]["speed"] <= after[0]["speed"] + 0.5
 
 
-def xdotool(display: str, *args: str) -> None:
-    subprocess.run(["xdotool", *args], env=display_env(display), check=True, timeout=10)
-
-
 def test_keyboard_on_the_window_drives_and_esc_quits(display: str, start_game: Any) -> None:
     game = start_game("--seconds", "30")
     window = wait_for_window(display, TITLE)
     game.wait_running()
     # No window manager under bare Xvfb gives the window focus; a player would click it.
-    xdotool(display, "windowfocus", str(window.id))
+    focus_window(display, window.id)
     time.sleep(0.3)
-    xdotool(display, "keydown", "Up")
+    key_down(display, "Up")
     time.sleep(1.0)
-    xdotool(display, "keyup", "Up")
-    xdotool(display, "keydown", "s")
+    key_up(display, "Up")
+    key_down(display, "s")
     time.sleep(1.0)
-    xdotool(display, "keyup", "s")
+    key_up(display, "s")
     time.sleep(0.5)
-    xdotool(display, "key", "Escape")  # quits the game on its own
+    tap_key(display, "Escape")  # quits the game on its own
     status, stderr = game.finish(timeout=10)
     assert status == 0, stderr
     records = game.records()

@@ -1,8 +1,10 @@
-"""Looking at a test X server from outside: finding windows by title, child environments.
+"""Looking at and acting on a test X server from outside: windows by title, focus, keys.
 
 The server itself is the `x_display` fixture (tests/conftest.py, on agent.display.xvfb). Under
 bare Xvfb there is no window manager: windows are never decorated, moved or focused by anyone
-but the test itself.
+but the test itself. Focus and key presses go through python-xlib (core protocol and the XTest
+extension), a dependency of Charles on Linux, so the tests need no extra program such as
+xdotool.
 """
 
 from __future__ import annotations
@@ -85,3 +87,50 @@ def wait_for_window(display: str, title: str, timeout: float = 15.0) -> Window:
         if time.monotonic() > deadline:
             raise AssertionError(f"expected one window titled {title!r}, found {windows}")
         time.sleep(0.1)
+
+
+def focus_window(display: str, window_id: int) -> None:
+    """Give `window_id` the keyboard focus, as a player clicking it would; returns once done."""
+    from Xlib import X
+    from Xlib import display as xdisplay
+
+    connection = xdisplay.Display(display)
+    try:
+        window = connection.create_resource_object("window", window_id)
+        window.set_input_focus(X.RevertToParent, X.CurrentTime)
+        connection.sync()  # the server has applied the request when sync returns
+    finally:
+        connection.close()
+
+
+def key_down(display: str, key: str) -> None:
+    """Press `key` (an X keysym name: "Up", "s", "F10", "Escape") and leave it down."""
+    _fake_key(display, key, down=True)
+
+
+def key_up(display: str, key: str) -> None:
+    _fake_key(display, key, down=False)
+
+
+def tap_key(display: str, key: str) -> None:
+    """Press and release `key`, like a quick key stroke."""
+    key_down(display, key)
+    time.sleep(0.05)
+    key_up(display, key)
+
+
+def _fake_key(display: str, key: str, down: bool) -> None:
+    from Xlib import XK, X
+    from Xlib import display as xdisplay
+    from Xlib.ext import xtest
+
+    connection = xdisplay.Display(display)
+    try:
+        keysym = XK.string_to_keysym(key)
+        keycode = connection.keysym_to_keycode(keysym)
+        if not keysym or not keycode:
+            raise ValueError(f"no key called {key!r} on {display}")
+        xtest.fake_input(connection, X.KeyPress if down else X.KeyRelease, keycode)
+        connection.sync()
+    finally:
+        connection.close()
