@@ -8,15 +8,26 @@ key, what was expected and what was found, e.g.
 
 CLI flags override single keys (`--set model.line=pilotnet_small`, or a dedicated flag such as
 `--model`); overrides are applied to the parsed TOML before validation, so they are checked by
-exactly the same rules.
+exactly the same rules, and an error about an overridden key names the flag instead of the file:
+
+    --set capture.fps: capture.fps must be between 1 and 240 (got 0)
+
+Rules that span several keys (hotkeys that collide, a crop that leaves nothing) are checked
+once the dataclasses are built. Every value an error quotes is shortened, so a hostile file
+never turns into a huge error line.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import os
+import re
+import stat
 import sys
 import typing
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +53,17 @@ SPECIAL_KEYS = frozenset(
     ]
 )  # fmt: skip
 
+# A config file is a page of text; anything bigger is a wrong --config (or /dev/zero).
+MAX_CONFIG_BYTES = 1024 * 1024  # 1 MiB, as the message says
+TITLE_MAX_LENGTH = 200
+PATH_MAX_LENGTH = 4096
+# Longest quoted value in an error message, so no error line is ever huge.
+SHOWN_MAX_LENGTH = 60
+# Screen coordinates of game.region; virtual desktops span at most this far either way.
+SCREEN_LIMIT = 32768
+# capture.size's minimum side; a crop must leave at least this much of the picture.
+MIN_PICTURE = 16
+
 
 def _spec(
     *,
@@ -50,14 +72,20 @@ def _spec(
     choices: tuple[str, ...] | None = None,
     lengths: tuple[int, ...] | None = None,
     key_name: bool = False,
+    max_length: int = PATH_MAX_LENGTH,
 ) -> dict[str, Any]:
-    """Validation rules for one field, stored in its dataclass metadata."""
+    """Validation rules for one field, stored in its dataclass metadata.
+
+    Numbers must lie in [minimum, maximum]; strings must be non-blank plain text of at most
+    `max_length` characters.
+    """
     return {
         "minimum": minimum,
         "maximum": maximum,
         "choices": choices,
         "lengths": lengths,
         "key_name": key_name,
+        "max_length": max_length,
     }
 
 
@@ -65,11 +93,13 @@ def _spec(
 class GameConfig:
     """Which window is the game."""
 
-    title: str = field(default="Charles CarRacing", metadata=_spec())
-    """Window title to look for."""
+    title: str = field(default="Charles CarRacing", metadata=_spec(max_length=TITLE_MAX_LENGTH))
+    """Window title to look for (never blank: a blank substring matches every window)."""
     match: str = field(default="substring", metadata=_spec(choices=("exact", "substring")))
     """How `title` is compared with window titles."""
-    region: tuple[int, ...] = field(default=(), metadata=_spec(lengths=(0, 4)))
+    region: tuple[int, ...] = field(
+        default=(), metadata=_spec(lengths=(0, 4), minimum=-SCREEN_LIMIT, maximum=SCREEN_LIMIT)
+    )
     """Explicit screen region [left, top, width, height] in pixels; empty: use the window."""
     launch: bool = field(default=True, metadata=_spec())
     """Start the bundled game when no window matches (only for the bundled game's title)."""
@@ -84,7 +114,7 @@ class CaptureConfig:
     fps: int = field(default=30, metadata=_spec(minimum=1, maximum=240))
     """Frames grabbed per second."""
     size: tuple[int, ...] = field(
-        default=(1280, 720), metadata=_spec(lengths=(2,), minimum=16, maximum=7680)
+        default=(1280, 720), metadata=_spec(lengths=(2,), minimum=MIN_PICTURE, maximum=7680)
     )
     """Size [width, height] the game renders at; frames of another size are scaled to it first."""
     crop: tuple[int, ...] = field(
@@ -133,6 +163,9 @@ class ControllerConfig:
     such as GTA V keep the XInput default 7849/32767, about 0.24)."""
     smoothing: float = field(default=0.0, metadata=_spec(minimum=0.0, maximum=0.99))
     """Exponential smoothing factor; 0 sends each prediction as it is."""
+    hold: float = field(default=1.0, metadata=_spec(minimum=0.1, maximum=10.0))
+    """Dead-man, in seconds: a command older than this goes neutral by itself (keys released,
+    pedals up, stick centred) even if the agent hangs; above the model's time per prediction."""
     vjoy_device: int = field(default=1, metadata=_spec(minimum=1, maximum=16))
     keyboard: KeyboardConfig = field(default_factory=KeyboardConfig)
 
@@ -147,7 +180,7 @@ class HotkeysConfig:
 
 @dataclass(frozen=True)
 class RecordConfig:
-    """Driving video."""
+    """Driving video (not implemented yet: `enabled` must stay false)."""
 
     enabled: bool = field(default=False, metadata=_spec())
     folder: str = field(default="recordings", metadata=_spec())
@@ -172,56 +205,204 @@ class Config:
     """Where the values came from (for messages); not a TOML key."""
 
 
+class _Invalid(Exception):
+    """A mistake in one or more keys; `load_config` prefixes where the first of them came from."""
+
+    def __init__(self, keys: tuple[str, ...], message: str) -> None:
+        super().__init__(message)
+        self.keys = keys
+
+
 def load_config(
-    path: Path | str = DEFAULT_CONFIG_PATH, overrides: Mapping[str, str] = {}
+    path: Path | str = DEFAULT_CONFIG_PATH,
+    overrides: Mapping[str, str] | None = None,
+    origins: Mapping[str, str] | None = None,
 ) -> Config:
     """Read, override and validate a config file.
 
     `overrides` maps dotted keys ("model.line") to TOML value text ("'x'", "3", or a bare word,
-    which is taken as a string). Raises `ConfigError` with a one-line message on any problem.
+    which is taken as a string). `origins` maps an overridden key to how the user gave it
+    ("--model", "--set capture.fps"); an error about an overridden key starts with that origin
+    instead of the file name (default "--set KEY"). Raises `ConfigError` with a one-line
+    message on any problem.
     """
     path = Path(path)
     source = str(path)
+    shown = _clip(source, 200)
+    table = _parse_file(path, shown)
+    overrides = overrides or {}
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(
-            f"config file not found: {source} (pass --config PATH, or copy config.toml "
-            "from the Charles repository)"
-        ) from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(f"cannot read config file {source}: {error}") from None
-    try:
-        table = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"{source}: not valid TOML: {error}") from None
-    for dotted, value_text in overrides.items():
-        _apply_override(table, dotted, value_text, source)
-    built = _build(Config, table, prefix="", source=source)
-    return dataclasses.replace(built, source=source)
+        for dotted, value_text in overrides.items():
+            _apply_override(table, dotted, value_text)
+        config = _build(Config, table, prefix="")
+        _check_config(config)
+    except _Invalid as problem:
+        origin = _origin(problem.keys, overrides, origins or {}) or shown
+        raise ConfigError(f"{origin}: {problem}") from None
+    return dataclasses.replace(config, source=source)
 
 
 def parse_override(text: str) -> tuple[str, str]:
     """Split a `--set KEY=VALUE` argument."""
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
-        raise ConfigError(f"--set {text}: expected KEY=VALUE, e.g. --set model.line=pilotnet_small")
+        raise ConfigError(
+            f"--set {_clip(text)}: expected KEY=VALUE, e.g. --set model.line=pilotnet_small"
+        )
     return key.strip(), value.strip()
 
 
-def _apply_override(table: dict[str, Any], dotted: str, value_text: str, source: str) -> None:
+def _parse_file(path: Path, shown: str) -> dict[str, Any]:
+    data = _read_small_file(path, shown)
     try:
-        value = tomllib.loads(f"v = {value_text}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = value_text  # a bare word such as pilotnet_small is meant as a string
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"cannot read config file {shown}: {error}") from None
+    try:
+        return _loads(text)
+    except _BadToml as error:
+        raise ConfigError(f"{shown}: not valid TOML: {error}") from None
+
+
+def _read_small_file(path: Path, shown: str) -> bytes:
+    """The bytes of `path`, which must be a regular file of at most MAX_CONFIG_BYTES."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise ConfigError(
+            f"config file not found: {shown} (pass --config PATH, or copy config.toml "
+            "from the Charles repository)"
+        ) from None
+    except (OSError, ValueError) as error:  # ValueError: a NUL in the path
+        raise ConfigError(f"cannot read config file {shown}: {_why(error)}") from None
+    # Reading a device or a pipe would never end (/dev/zero) or block (a FIFO).
+    if not stat.S_ISREG(info.st_mode):
+        raise ConfigError(
+            f"config file {shown} is not a regular file (a folder, device or pipe); "
+            "pass --config with the path of a config.toml file"
+        )
+    if info.st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(_too_large(shown, info.st_size))
+    try:
+        # O_NONBLOCK: should the path become a FIFO after the check, opening it must not hang.
+        with open(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb") as file:
+            if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+                raise ConfigError(f"config file {shown} is not a regular file")
+            data = file.read(MAX_CONFIG_BYTES + 1)
+    except OSError as error:
+        raise ConfigError(f"cannot read config file {shown}: {_why(error)}") from None
+    if len(data) > MAX_CONFIG_BYTES:  # it grew after the check
+        raise ConfigError(_too_large(shown, len(data)))
+    return data
+
+
+def _why(error: Exception) -> str:
+    # strerror leaves out the path, which the message already names (and may be long).
+    return _clip((error.strerror if isinstance(error, OSError) else None) or str(error), 120)
+
+
+def _too_large(shown: str, size: int) -> str:
+    return (
+        f"config file {shown} is too large ({size} bytes; the limit is 1 MiB); "
+        "pass --config with the path of a config.toml file"
+    )
+
+
+class _BadToml(Exception):
+    """Text that tomllib refused, or that it cannot parse without crashing."""
+
+
+def _loads(text: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise _BadToml(str(error)) from None
+    # tomllib lets these escape as they are: a number past Python's int-to-str digit limit
+    # (ValueError) and arrays or inline tables nested thousands deep (RecursionError).
+    except ValueError:
+        raise _BadToml("a number has too many digits") from None
+    except RecursionError:
+        raise _BadToml("arrays or tables are nested too deeply") from None
+
+
+def _apply_override(table: dict[str, Any], dotted: str, value_text: str) -> None:
+    value = _override_value(dotted, value_text)
     *parents, leaf = dotted.split(".")
     node = table
     for part in parents:
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise ConfigError(f"{source}: cannot override {dotted}: {part} is not a table")
+            raise _Invalid(
+                (dotted,), f"cannot override {_clip(dotted)}: {_clip(part)} is not a table"
+            )
         node = child
     node[leaf] = value
+
+
+def _override_value(dotted: str, value_text: str) -> Any:
+    """The TOML value `value_text` stands for; a bare word such as pilotnet_small is a string."""
+    try:
+        parsed = _loads(f"v = {value_text}")
+    except _BadToml as error:
+        # Text that starts like a TOML string, array or table was meant as one: taking it as a
+        # bare word would keep its quotes ("C:\Games" has a bad escape) as part of the value.
+        if value_text[:1] in ("'", '"', "[", "{"):
+            reason = re.sub(r" \(at [^)]*\)$", "", str(error))  # its place is in "v = ..."
+            fix = {
+                "[": "write an array such as [1280, 720]",
+                "{": "write a table such as {fps = 30}",
+            }.get(
+                value_text[0],
+                "write text in single quotes, which keep backslashes as they are, e.g. 'C:\\Games'",
+            )
+            raise _Invalid(
+                (dotted,), f"cannot read the value {_show(value_text)}: {reason}; {fix}"
+            ) from None
+        return value_text
+    # More keys than v: text that smuggles in `x = 2` after a newline is no single value.
+    return parsed["v"] if parsed.keys() == {"v"} else value_text
+
+
+def _origin(
+    keys: tuple[str, ...], overrides: Mapping[str, str], origins: Mapping[str, str]
+) -> str | None:
+    """How the user gave the first of `keys` that an override touched.
+
+    An override of the key itself, of a table above it (`--set capture={fps=0}`) or of a key
+    below it (`--set capture.fps.x=1` turns capture.fps into a table) counts.
+    """
+    for key in keys:
+        base = key.split("[", 1)[0]  # "game.region[2]" was given as game.region
+        for dotted in reversed(list(overrides)):
+            if base == dotted or base.startswith(f"{dotted}.") or dotted.startswith(f"{base}."):
+                return _clip(origins.get(dotted) or f"--set {dotted}", 120)
+    return None
+
+
+def _clip(text: str, limit: int = SHOWN_MAX_LENGTH) -> str:
+    """`text` for an error line: control characters escaped, at most about `limit` long."""
+    if not text.isprintable():
+        text = repr(text)[1:-1]
+    if len(text) <= limit:
+        return text
+    return f"{text[: limit - 3]}... ({len(text)} characters)"
+
+
+def _show(value: object) -> str:
+    """A value quoted in an error message, e.g. 'fast' or [1, 2], shortened when long."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int past the digit limit: say how big instead
+        return "a number with too many digits"
+    if len(text) <= SHOWN_MAX_LENGTH:
+        return text
+    if isinstance(value, (list, dict)):
+        size = f"{len(value)} items"
+    elif isinstance(value, int):
+        size = f"{len(text.lstrip('-'))} digits"
+    else:
+        size = f"{len(value) if isinstance(value, str) else len(text)} characters"
+    return f"{text[: SHOWN_MAX_LENGTH - 3]}... ({size})"
 
 
 def _toml_type_name(value: object) -> str:
@@ -229,7 +410,7 @@ def _toml_type_name(value: object) -> str:
     return names.get(type(value), "table" if isinstance(value, dict) else type(value).__name__)
 
 
-def _build(cls: type, table: Mapping[str, Any], prefix: str, source: str) -> Any:
+def _build(cls: type, table: Mapping[str, Any], prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
     known = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
     for key in table:
@@ -238,7 +419,7 @@ def _build(cls: type, table: Mapping[str, Any], prefix: str, source: str) -> Any
             close = difflib.get_close_matches(key, list(known), n=1)
             hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
             valid = ", ".join(known)
-            raise ConfigError(f"{source}: unknown key '{where}'{hint}; valid keys here: {valid}")
+            raise _Invalid((where,), f"unknown key {_show(where)}{hint}; valid keys here: {valid}")
     values: dict[str, Any] = {}
     for name, spec in known.items():
         if name not in table:
@@ -248,63 +429,160 @@ def _build(cls: type, table: Mapping[str, Any], prefix: str, source: str) -> Any
         kind = hints[name]
         if dataclasses.is_dataclass(kind):
             if not isinstance(value, dict):
-                raise ConfigError(
-                    f"{source}: {where} must be a table [{where}] "
-                    f"(got {_toml_type_name(value)} {value!r})"
+                raise _Invalid(
+                    (where,),
+                    f"{where} must be a table [{where}] "
+                    f"(got {_toml_type_name(value)} {_show(value)})",
                 )
-            values[name] = _build(kind, value, prefix=f"{where}.", source=source)
+            values[name] = _build(kind, value, prefix=f"{where}.")
         else:
-            values[name] = _check_value(value, kind, spec.metadata, where, source)
+            values[name] = _check_value(value, kind, spec.metadata, where)
     return cls(**values)
 
 
-def _check_value(value: Any, kind: Any, rules: Mapping[str, Any], where: str, source: str) -> Any:
+def _check_value(value: Any, kind: Any, rules: Mapping[str, Any], where: str) -> Any:
     if typing.get_origin(kind) is tuple:
         item_kind = typing.get_args(kind)[0]
         if not isinstance(value, list):
-            raise ConfigError(
-                f"{source}: {where} must be an array of {item_kind.__name__} "
-                f"(got {_toml_type_name(value)} {value!r})"
+            raise _Invalid(
+                (where,),
+                f"{where} must be an array of {item_kind.__name__} "
+                f"(got {_toml_type_name(value)} {_show(value)})",
             )
         lengths = rules.get("lengths")
         if lengths and len(value) not in lengths:
             expected = " or ".join(str(n) for n in lengths)
-            raise ConfigError(
-                f"{source}: {where} must have {expected} items (got {len(value)}: {value!r})"
+            raise _Invalid(
+                (where,), f"{where} must have {expected} items (got {len(value)}: {_show(value)})"
             )
-        return tuple(_check_scalar(v, item_kind, rules, f"{where}[{i}]", source)
+        return tuple(_check_scalar(v, item_kind, rules, f"{where}[{i}]")
                      for i, v in enumerate(value))  # fmt: skip
-    return _check_scalar(value, kind, rules, where, source)
+    return _check_scalar(value, kind, rules, where)
 
 
-def _check_scalar(value: Any, kind: type, rules: Mapping[str, Any], where: str, source: str) -> Any:
+def _check_scalar(value: Any, kind: type, rules: Mapping[str, Any], where: str) -> Any:
     # bool is a subclass of int in Python, but `fps = true` is a mistake, not 1.
     is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if kind is float and is_number:
-        value = float(value)
-    elif (
-        (kind is int and isinstance(value, int) and not isinstance(value, bool))
+    if not (
+        (kind is float and is_number)
+        or (kind is int and is_number and isinstance(value, int))
         or (kind is bool and isinstance(value, bool))
         or (kind is str and isinstance(value, str))
     ):
-        pass
-    else:
         expected = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
-        raise ConfigError(
-            f"{source}: {where} must be {expected[kind]} (got {_toml_type_name(value)} {value!r})"
+        raise _Invalid(
+            (where,),
+            f"{where} must be {expected[kind]} (got {_toml_type_name(value)} {_show(value)})",
         )
+    if is_number:
+        return _check_number(value, kind, rules, where)
+    if kind is str:
+        return _check_text(value, rules, where)
+    return value
+
+
+def _check_number(value: float, kind: type, rules: Mapping[str, Any], where: str) -> float:
+    # TOML has nan and inf; both slip through every range comparison below.
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _Invalid((where,), f"{where} must be a finite number (got {value!r})")
     low, high = rules.get("minimum"), rules.get("maximum")
+    # Compared before any float(): a 400-digit integer is out of range, not an OverflowError.
     if (low is not None and value < low) or (high is not None and value > high):
-        raise ConfigError(f"{source}: {where} must be between {low} and {high} (got {value!r})")
+        raise _Invalid((where,), f"{where} must be between {low} and {high} (got {_show(value)})")
+    return float(value) if kind is float else value
+
+
+def _check_text(value: str, rules: Mapping[str, Any], where: str) -> str:
+    limit = rules.get("max_length") or PATH_MAX_LENGTH
+    if len(value) > limit:
+        raise _Invalid((where,), f"{where} must be at most {limit} characters (got {_show(value)})")
+    # Control characters break one-line messages and paths (NUL); lone surrogates (from
+    # undecodable command-line bytes) cannot even be printed.
+    if any(unicodedata.category(c) in ("Cc", "Cs") for c in value):
+        raise _Invalid(
+            (where,),
+            f"{where} must be plain text without control characters such as newlines or tabs "
+            f"(got {_show(value)})",
+        )
+    if rules.get("key_name"):
+        if not ((len(value) == 1 and not value.isspace()) or value.lower() in SPECIAL_KEYS):
+            hint = "; write space for the space bar" if value.isspace() else ""
+            raise _Invalid(
+                (where,),
+                f"{where} must be a single character or a key name such as f8, esc, space, up "
+                f"(got {_show(value)}{hint})",
+            )
+        return value
+    if not value.strip():
+        raise _Invalid((where,), f"{where} must not be empty or blank (got {_show(value)})")
     choices = rules.get("choices")
     if choices and value not in choices:
         close = difflib.get_close_matches(value, choices, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         options = ", ".join(f"'{c}'" for c in choices)
-        raise ConfigError(f"{source}: {where} must be one of {options}; got '{value}'{hint}")
-    if rules.get("key_name") and not (len(value) == 1 or value.lower() in SPECIAL_KEYS):
-        raise ConfigError(
-            f"{source}: {where} must be a single character or a key name such as f8, esc, "
-            f"space, up (got '{value}')"
-        )
+        raise _Invalid((where,), f"{where} must be one of {options}; got {_show(value)}{hint}")
     return value
+
+
+def _check_config(config: Config) -> None:
+    """Rules that span several keys, checked on the built dataclasses."""
+    _check_keys(config)
+    _check_region(config.game.region)
+    _check_crop(config.capture)
+    if config.record.enabled:
+        # Nothing records yet; accepting `true` would promise a video that never appears.
+        raise _Invalid(
+            ("record.enabled",), "recording is not available yet; set record.enabled = false"
+        )
+
+
+def _check_keys(config: Config) -> None:
+    """Every hotkey and driving key is a different key (names compare case-insensitively)."""
+    hotkeys = {"hotkeys.pause": config.hotkeys.pause, "hotkeys.quit": config.hotkeys.quit}
+    keyboard = config.controller.keyboard
+    driving = {
+        "controller.keyboard.accelerate": keyboard.accelerate,
+        "controller.keyboard.brake": keyboard.brake,
+        "controller.keyboard.left": keyboard.left,
+        "controller.keyboard.right": keyboard.right,
+    }
+    seen: dict[str, str] = {}
+    names = {**hotkeys, **driving}
+    for where, name in names.items():
+        first = seen.setdefault(name.lower(), where)
+        if first == where:
+            continue
+        both = f"{first} {_show(names[first])} and {where} {_show(name)}"
+        if where in hotkeys:
+            fix = "the pause hotkey would quit: give the two hotkeys different keys"
+        elif first in hotkeys:
+            fix = (
+                f"the keyboard backend would press its own hotkey: give {first} a key "
+                "the car is not driven with"
+            )
+        else:
+            fix = "give each driving key of [controller.keyboard] its own key"
+        # Name the key given second first, so a command-line override is the origin shown.
+        raise _Invalid((where, first), f"{both} are the same key (key names ignore case); {fix}")
+
+
+def _check_region(region: tuple[int, ...]) -> None:
+    if region and (region[2] < 1 or region[3] < 1):
+        raise _Invalid(
+            ("game.region",),
+            f"game.region {list(region)} must have a positive width and height "
+            "([left, top, width, height] in pixels), or be [] to find the window by title",
+        )
+
+
+def _check_crop(capture: CaptureConfig) -> None:
+    width, height = capture.size
+    top, right, bottom, left = capture.crop
+    kept_width, kept_height = width - left - right, height - top - bottom
+    if kept_width < MIN_PICTURE or kept_height < MIN_PICTURE:
+        raise _Invalid(
+            ("capture.crop", "capture.size"),
+            f"capture.crop {list(capture.crop)} (top, right, bottom, left) leaves "
+            f"{max(kept_width, 0)}x{max(kept_height, 0)} pixels of the {width}x{height} "
+            f"capture.size; leave at least {MIN_PICTURE}x{MIN_PICTURE}",
+        )

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import re
+import sys
+import typing
 from pathlib import Path
 
 import pytest
 
-from agent.config import Config, load_config
+from agent.config import Config, load_config, parse_override
 from agent.errors import ConfigError
 from tests.conftest import REPO, assert_one_line_error
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10 only
+    import tomli as tomllib
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -106,3 +116,302 @@ def test_check_prints_the_effective_values(tmp_path: Path, run_charles) -> None:
     assert result.returncode == 0, result.stderr
     assert "capture.fps = 12" in result.stdout
     assert "model.store = '/tmp/s'" in result.stdout
+
+
+def error_of(tmp_path: Path, text: str, overrides: dict[str, str] | None = None) -> str:
+    """The one-line message load_config raises for `text` (and overrides)."""
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, text), overrides or {})
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
+
+
+def test_committed_config_documents_every_key() -> None:
+    table = tomllib.loads((REPO / "config.toml").read_text(encoding="utf-8"))
+
+    def keys(node: dict[str, object], prefix: str = "") -> set[str]:
+        found = set()
+        for name, value in node.items():
+            found |= keys(value, f"{prefix}{name}.") if isinstance(value, dict) else {prefix + name}
+        return found
+
+    expected = {
+        key
+        for key in flatten(Config())
+        if key != "source"  # not a TOML key
+    }
+    assert keys(table) == expected
+
+
+def flatten(config: object, prefix: str = "") -> dict[str, object]:
+    values: dict[str, object] = {}
+    for item in dataclasses.fields(config):  # type: ignore[arg-type]
+        value = getattr(config, item.name)
+        if dataclasses.is_dataclass(value):
+            values.update(flatten(value, f"{prefix}{item.name}."))
+        else:
+            values[prefix + item.name] = value
+    return values
+
+
+def test_every_field_has_bounds() -> None:
+    """Numbers have a range and strings a length, so no value is unbounded."""
+
+    def fields(cls: type) -> list[tuple[type, dataclasses.Field[object]]]:
+        found = []
+        hints = typing.get_type_hints(cls)
+        for item in dataclasses.fields(cls):
+            kind = hints[item.name]
+            if dataclasses.is_dataclass(kind):
+                found += fields(kind)
+            elif not item.metadata.get("internal"):
+                found.append((typing.get_args(kind)[0] if typing.get_args(kind) else kind, item))
+        return found
+
+    for kind, item in fields(Config):
+        if kind in (int, float):
+            assert item.metadata["minimum"] is not None, item.name
+            assert item.metadata["maximum"] is not None, item.name
+        if kind is str:
+            assert 0 < item.metadata["max_length"] <= 4096, item.name
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[controller]\nsmoothing = nan\n",
+        "[controller]\ndeadzone_throttle = +nan\n",
+        "[controller]\ndeadzone_steering = inf\n",
+        "[controller]\nhold = -inf\n",
+        "[controller.keyboard]\npulse_period = nan\n",
+    ],
+)
+def test_nan_and_infinity_are_refused(tmp_path: Path, text: str) -> None:
+    assert "must be a finite number (got " in error_of(tmp_path, text)
+
+
+def test_nan_from_the_command_line_is_refused(tmp_path: Path) -> None:
+    message = error_of(tmp_path, "", {"controller.smoothing": "nan"})
+    assert message == (
+        "--set controller.smoothing: controller.smoothing must be a finite number (got nan)"
+    )
+
+
+def test_huge_numbers_are_one_line_errors(tmp_path: Path) -> None:
+    # A 400-digit integer cannot become a float (OverflowError); 5000 digits is past Python's
+    # int parsing limit inside tomllib (ValueError); both used to be tracebacks.
+    message = error_of(tmp_path, f"[controller]\nsmoothing = {'9' * 400}\n")
+    assert "controller.smoothing must be between 0.0 and 0.99" in message
+    assert message.endswith(f"(got {'9' * 57}... (400 digits))")
+    message = error_of(tmp_path, f"[capture]\nfps = {'9' * 5000}\n")
+    assert "not valid TOML: a number has too many digits" in message
+    message = error_of(tmp_path, f"[game]\nregion = [0, 0, {10**30}, 10]\n")
+    assert "game.region[2] must be between -32768 and 32768" in message
+
+
+def test_deep_nesting_is_a_one_line_error(tmp_path: Path) -> None:
+    message = error_of(tmp_path, "v = " + "[" * 100_000 + "]" * 100_000 + "\n")
+    assert "not valid TOML: arrays or tables are nested too deeply" in message
+
+
+@pytest.mark.parametrize(
+    ("text", "fragments"),
+    [
+        (
+            "[hotkeys]\npause = 'f8'\nquit = 'F8'\n",
+            ["hotkeys.pause 'f8' and hotkeys.quit 'F8' are the same key", "different keys"],
+        ),
+        (
+            "[hotkeys]\npause = 'W'\n",
+            [
+                "hotkeys.pause 'W' and controller.keyboard.accelerate 'w' are the same key",
+                "would press its own hotkey: give hotkeys.pause a key",
+            ],
+        ),
+        (
+            "[controller.keyboard]\nright = 'F10'\n",
+            ["hotkeys.quit 'f10' and controller.keyboard.right 'F10' are the same key"],
+        ),
+        (
+            "[controller.keyboard]\nleft = 'Up'\nright = 'UP'\n",
+            [
+                "controller.keyboard.left 'Up' and controller.keyboard.right 'UP' are the same",
+                "its own key",
+            ],
+        ),
+    ],
+)
+def test_colliding_keys_are_refused(tmp_path: Path, text: str, fragments: list[str]) -> None:
+    message = error_of(tmp_path, text)
+    assert message.startswith(f"{tmp_path / 'config.toml'}: ")
+    for fragment in fragments:
+        assert fragment in message
+
+
+def test_distinct_keys_in_any_case_are_accepted(tmp_path: Path) -> None:
+    text = "[hotkeys]\npause = 'P'\nquit = 'Esc'\n[controller.keyboard]\nleft = 'Left'\n"
+    config = load_config(write(tmp_path, text))
+    assert (config.hotkeys.pause, config.controller.keyboard.left) == ("P", "Left")
+
+
+def test_a_blank_key_is_refused(tmp_path: Path) -> None:
+    message = error_of(tmp_path, "[hotkeys]\npause = ' '\n")
+    assert "hotkeys.pause must be a single character or a key name" in message
+    assert "write space for the space bar" in message
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("[game]\ntitle = ''\n", "game.title must not be empty or blank (got '')"),
+        ("[game]\ntitle = '   '\n", "game.title must not be empty or blank (got '   ')"),
+        ("[model]\nstore = ''\n", "model.store must not be empty or blank"),
+        ("[game]\ntitle = 'a\\b'\n", None),  # a backslash is fine
+        ('[game]\ntitle = "a\\nb"\n', "game.title must be plain text without control"),
+        ('[model]\nstore = "a\\u0000b"\n', "model.store must be plain text without control"),
+    ],
+)
+def test_strings_must_be_plain_non_blank_text(
+    tmp_path: Path, text: str, fragment: str | None
+) -> None:
+    if fragment is None:
+        load_config(write(tmp_path, text))
+    else:
+        assert fragment in error_of(tmp_path, text)
+
+
+def test_long_values_are_refused_and_shortened_in_messages(tmp_path: Path) -> None:
+    message = error_of(tmp_path, f"[game]\ntitle = '{'x' * 1_000_000}'\n")
+    assert "game.title must be at most 200 characters" in message
+    assert "... (1000000 characters))" in message
+    assert len(message) < 250
+    load_config(write(tmp_path, f"[game]\ntitle = '{'x' * 200}'\n"))
+    message = error_of(tmp_path, f"[model]\ncheckpoint = '{'c' * 5000}'\n")
+    assert "model.checkpoint must be at most 4096 characters" in message
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"[model]\nline = '{'x' * 100_000}'\n",
+        f"[capture]\nfps = '{'x' * 100_000}'\n",
+        f"[capture]\ncrop = [{', '.join(['1'] * 50_000)}]\n",
+        f"[game]\nregion = [{{ a = '{'x' * 100_000}' }}, 0, 1, 1]\n",
+        f"[hotkeys]\npause = '{'x' * 4000}'\n",
+        f'"{"k" * 100_000}" = 1\n',
+        f"[game]\nlaunch = '{'x' * 100_000}'\n",
+        f"game = '{'x' * 100_000}'\n",
+    ],
+)
+def test_no_error_line_is_huge(tmp_path: Path, text: str) -> None:
+    assert len(error_of(tmp_path, text)) < 300
+
+
+def test_recording_is_refused_until_it_exists(tmp_path: Path) -> None:
+    message = error_of(tmp_path, "[record]\nenabled = true\n")
+    assert message.endswith(": recording is not available yet; set record.enabled = false")
+    config = load_config(write(tmp_path, "[record]\nfolder = 'v'\nfps = 60\nhud = false\n"))
+    assert (config.record.folder, config.record.fps, config.record.hud) == ("v", 60, False)
+
+
+def test_errors_name_the_flag_an_overridden_key_came_from(tmp_path: Path) -> None:
+    path = write(tmp_path, "[capture]\nfps = 30\n")
+    origins = {"model.line": "--model", "capture.fps": "--set capture.fps"}
+    cases = [
+        ({"capture.fps": "0"}, "--set capture.fps: capture.fps must be between 1 and 240 (got 0)"),
+        ({"model.line": '"nope"'}, "--model: model.line must be one of "),
+        # Not in origins: the plain --set form.
+        ({"capture.size": "[1, 2, 3]"}, "--set capture.size: capture.size must have 2 items"),
+        ({"capture.fsp": "3"}, "--set capture.fsp: unknown key 'capture.fsp'"),
+        ({"game.region": "[0, 0, 1, 1e9]"}, "--set game.region: game.region[3] must be"),
+        ({"capture": "{fps = 0}"}, "--set capture: capture.fps must be between"),
+        ({"capture.fps.x": "1"}, "--set capture.fps.x: cannot override capture.fps.x: fps is not"),
+        # An override below a key turns it into a table: still the override's fault.
+        ({"model.line.x": "1"}, "--set model.line.x: model.line must be a string (got table"),
+        ({"hotkeys.quit": "F8"}, "--set hotkeys.quit: hotkeys.pause 'f8' and hotkeys.quit"),
+    ]
+    for overrides, start in cases:
+        with pytest.raises(ConfigError) as caught:
+            load_config(path, overrides, origins)
+        assert str(caught.value).startswith(start), (overrides, str(caught.value))
+    # A mistake in the file itself still names the file, whatever else was overridden.
+    bad = write(tmp_path, "[capture]\nfps = 0\n")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(bad))}: capture\.fps must be"):
+        load_config(bad, {"model.line": '"pilotnet_small"'}, origins)
+
+
+def test_an_override_value_is_one_value(tmp_path: Path) -> None:
+    # "1\nx = 2" is two TOML keys; taking the first would silently drop the rest.
+    message = error_of(tmp_path, "", {"capture.fps": "1\nx = 2"})
+    assert message == "--set capture.fps: capture.fps must be an integer (got string '1\\nx = 2')"
+
+
+def test_a_long_set_argument_is_shortened() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_override("x" * 100_000)
+    assert "expected KEY=VALUE" in str(caught.value)
+    assert len(str(caught.value)) < 200
+
+
+def test_config_path_must_be_a_small_regular_file(tmp_path: Path) -> None:
+    for path in (Path(os.devnull), tmp_path):
+        with pytest.raises(ConfigError, match="is not a regular file"):
+            load_config(path)
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config("a\0b")  # a NUL in the path: ValueError from the OS layer
+    big = tmp_path / "big.toml"
+    big.write_text("#" * (1024 * 1024) + "\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"is too large \(1048577 bytes; the limit is 1 MiB\)"):
+        load_config(big)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs are POSIX")
+def test_a_fifo_is_refused_without_blocking(tmp_path: Path, run_charles) -> None:
+    fifo = tmp_path / "fifo.toml"
+    os.mkfifo(fifo)
+    result = run_charles("config", "check", "--config", str(fifo), timeout=60)
+    assert result.returncode == 2
+    assert_one_line_error(result, f"config file {fifo} is not a regular file", "--config")
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        (
+            "[game]\nregion = [0, 0, -5, 10]\n",
+            "game.region [0, 0, -5, 10] must have a positive width and height",
+        ),
+        ("[game]\nregion = [-100, -20, 640, 480]\n", None),  # a screen left of the main one
+        (
+            "[capture]\ncrop = [700, 0, 20, 0]\n",
+            "capture.crop [700, 0, 20, 0] (top, right, bottom, left) leaves 1280x0 pixels of "
+            "the 1280x720 capture.size; leave at least 16x16",
+        ),
+        ("[capture]\nsize = [64, 64]\ncrop = [24, 24, 24, 24]\n", None),
+    ],
+)
+def test_region_and_crop_must_leave_a_picture(
+    tmp_path: Path, text: str, fragment: str | None
+) -> None:
+    if fragment is None:
+        load_config(write(tmp_path, text))
+    else:
+        assert fragment in error_of(tmp_path, text)
+
+
+def test_controller_hold(tmp_path: Path) -> None:
+    assert Config().controller.hold == 1.0
+    assert load_config(write(tmp_path, "[controller]\nhold = 0.5\n")).controller.hold == 0.5
+    for bad in ("0.05", "11"):
+        message = error_of(tmp_path, f"[controller]\nhold = {bad}\n")
+        assert "controller.hold must be between 0.1 and 10.0" in message
+
+
+def test_a_broken_quoted_override_is_not_taken_as_a_bare_word(tmp_path: Path) -> None:
+    # "C:\Games" in double quotes has a bad escape; it used to become the text with its quotes.
+    message = error_of(tmp_path, "", {"model.store": '"C:\\Games"'})
+    assert message.startswith("--set model.store: cannot read the value '\"C:\\\\Games\"'")
+    assert "write text in single quotes" in message
+    config = load_config(write(tmp_path, ""), {"model.store": "'C:\\Games'"})
+    assert config.model.store == "C:\\Games"
