@@ -18,7 +18,8 @@ def load_backbone_weights(backbone: keras.Model, pretrained: str, line_name: str
     """Fill `backbone` in place from `pretrained` ("none", "imagenet" or a file path).
 
     Only HDF5 weight files are accepted (Keras `.weights.h5`, or the legacy `.h5` that Keras
-    applications download): they hold arrays only, so loading one never runs code.
+    applications download): they hold arrays only, so loading one never runs code. A local file
+    goes through the strict loader: it must hold exactly the backbone's arrays, all finite.
     """
     if pretrained == "none":
         return
@@ -26,7 +27,7 @@ def load_backbone_weights(backbone: keras.Model, pretrained: str, line_name: str
         _load_imagenet(backbone, line_name)
         return
     path = Path(pretrained).expanduser()
-    if not path.is_file():
+    if not path.exists():  # a folder or FIFO is refused below, as not a regular file
         raise ModelError(
             f'model.pretrained: no such weights file: {path} (use "none", "imagenet" or '
             "the path of a backbone .weights.h5/.h5 file)"
