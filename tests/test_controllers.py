@@ -74,18 +74,89 @@ def test_null_backend_remembers_the_last_clamped_state() -> None:
     assert (controller.last, controller.writes) == (NEUTRAL, writes)
 
 
-def test_neutral_from_many_threads_is_safe() -> None:
-    controller = NullController()
-    threads = [
-        threading.Thread(target=lambda: [controller.set(FULL_LEFT) for _ in range(200)]),
-        *[threading.Thread(target=controller.neutral) for _ in range(8)],
+class GatedVJoy:
+    """A vJoy device whose first full-left write blocks until `gate` opens (a slow driver)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, int]] = []
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+
+    def set_axis(self, axis_id: int, value: int) -> None:
+        if (axis_id, value) == (X, 0x1) and not self.gate.is_set():
+            self.entered.set()
+            self.gate.wait(5.0)
+        self.calls.append((axis_id, value))
+
+
+def test_close_waits_for_a_set_in_progress_and_leaves_the_device_neutral() -> None:
+    """Without the device lock, close() would write neutral in the middle of a set()."""
+    device = GatedVJoy()
+    controller = VJoyController(1, vjoy=device)
+    setter = threading.Thread(target=controller.set, args=(FULL_LEFT,))
+    setter.start()
+    assert device.entered.wait(2.0)
+    closer = threading.Thread(target=controller.close)
+    closer.start()
+    time.sleep(0.2)  # time enough for an unlocked close() to write neutral now
+    device.gate.set()
+    setter.join(2.0)
+    closer.join(2.0)
+    assert device.calls[-3:] == [(X, 0x4000), (Z, 0x1), (RZ, 0x1)], device.calls
+    controller.set(FULL_LEFT)
+    assert device.calls[-3:] == [(X, 0x4000), (Z, 0x1), (RZ, 0x1)]
+
+
+# --- the dead-man: a command older than `hold` goes neutral by itself ------------------------
+
+
+def test_every_device_backend_lets_go_of_a_stale_command_by_itself() -> None:
+    """No thread calls the controller after set(): the backend's own thread must go neutral."""
+    vjoy, pad = FakeVJoy(), FakePad()
+    backends = [
+        (VJoyController(1, vjoy=vjoy, hold=0.3), lambda: vjoy.calls[-3:]),
+        (VGamepadController(pad=pad, hold=0.3), lambda: pad.calls[-4:]),
+        (NullController(hold=0.3), None),
     ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    controller.close()
-    assert controller.last == NEUTRAL
+    neutral = {
+        "vjoy": [(X, 0x4000), (Z, 0x1), (RZ, 0x1)],
+        "vgamepad": pad_calls(0, 0, 0),
+    }
+    for controller, _ in backends:
+        controller.set(ControllerState(steering=0.5, accelerate=1.0, brake=0.0))
+    time.sleep(0.15)
+    for controller, last_calls in backends:
+        # Still applied within the hold.
+        if last_calls is not None:
+            assert last_calls() != neutral[controller.name], controller.name
+        assert controller.releases == 0
+    time.sleep(0.35)
+    for controller, last_calls in backends:
+        if last_calls is not None:
+            assert last_calls() == neutral[controller.name], controller.name
+        else:
+            assert controller.last == NEUTRAL
+        assert controller.releases == 1, controller.name
+        controller.close()
+
+
+def test_a_steady_stream_of_commands_is_never_cut() -> None:
+    device = FakeVJoy()
+    controller = VJoyController(1, vjoy=device, hold=0.2)
+    try:
+        end = time.monotonic() + 0.8
+        while time.monotonic() < end:
+            controller.set(FULL_THROTTLE)
+            time.sleep(0.05)
+        assert (Z, 0x1) not in device.calls[3:], "went neutral while commands kept coming"
+        assert controller.releases == 0
+        # Neutral is not a command to expire: nothing is written after it.
+        controller.neutral()
+        count = len(device.calls)
+        time.sleep(0.4)
+        assert len(device.calls) == count and controller.releases == 0
+    finally:
+        controller.close()
 
 
 # --- game ---------------------------------------------------------------------------------
@@ -553,6 +624,29 @@ def test_keyboard_close_releases_every_key(key_window: KeyWindow) -> None:
     controller.neutral()
     controller.set(FULL_THROTTLE)
     assert key_window.collect(0.25) == []
+
+
+def test_keyboard_releases_a_stale_command_by_itself(key_window: KeyWindow) -> None:
+    """After set() and no further call, W must not stay down (it was held for 6 s and more)."""
+    from agent.controllers.keyboard import KeyboardController
+
+    w, d = key_window.keycode("w"), key_window.keycode("d")
+    controller = KeyboardController(KeyboardConfig(), always, hold=0.4)
+    try:
+        controller.set(ControllerState(steering=0.5, accelerate=1.0, brake=0.0))
+        early = key_window.collect(0.25)
+        assert ("press", w) in [e[:2] for e in early]
+        assert controller.held and controller.releases == 0
+        key_window.collect(0.35)
+        assert controller.held == frozenset() and controller.releases == 1
+        assert balanced(key_window.events), key_window.events
+        assert key_window.collect(0.3) == [], "keys pressed again without a new command"
+        assert d in {code for _, code, _ in key_window.events}
+        # A new command drives again.
+        controller.set(FULL_THROTTLE)
+        assert ("press", w) in [e[:2] for e in key_window.collect(0.15)]
+    finally:
+        controller.close()
 
 
 def test_keyboard_thread_error_releases_keys_and_is_recorded(key_window: KeyWindow) -> None:

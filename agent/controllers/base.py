@@ -1,13 +1,20 @@
-"""The interface every controller backend follows, and the locking shared by device backends."""
+"""The interface every controller backend follows, and what device backends share.
+
+Device backends (the bundled game's pad, vJoy, XInput, null) write a whole state in one call;
+they share one lock and one dead-man thread here. The keyboard backend pulses keys on its own
+thread and applies the same dead-man rule there.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from abc import ABC, abstractmethod
 from types import TracebackType
 from typing import ClassVar
 
+from agent.controllers.deadman import DEFAULT_HOLD, DeadMan
 from agent.types import NEUTRAL, ControllerState, clamp_state
 
 logger = logging.getLogger(__name__)
@@ -18,6 +25,8 @@ class Controller(ABC):
 
     Contract:
     - `set(state)` sends the newest state; it returns quickly (no waiting on the game).
+    - A state stays applied for at most `hold` seconds without a newer `set()`: then the
+      backend's own thread goes neutral (the dead-man, `agent.controllers.deadman`).
     - `neutral()` centres the stick and releases the pedals/keys. It is idempotent, safe from
       any thread (including a signal handler interrupting `set`) and after errors: it never
       raises, it logs a driver failure instead, because it is what runs in `finally` blocks.
@@ -36,6 +45,11 @@ class Controller(ABC):
     @abstractmethod
     def close(self) -> None: ...
 
+    @property
+    @abstractmethod
+    def releases(self) -> int:
+        """How many times the dead-man made the controls neutral because no command came."""
+
     def __enter__(self) -> Controller:
         return self
 
@@ -53,16 +67,35 @@ class DeviceController(Controller):
 
     Subclasses implement `_write(state)` (state already clamped) and `_release()` (free the
     device). One re-entrant lock serialises all device access, so `neutral()` from a signal
-    handler that interrupted `set()` on the same thread cannot deadlock.
+    handler that interrupted `set()` on the same thread cannot deadlock, and a `set()` that is
+    half way through its writes finishes before `close()` writes neutral.
+
+    A watcher thread enforces the dead-man and, for devices that forget a state unless it is
+    sent again (`repeat_every` seconds; the bundled game reads a silent pad as neutral),
+    re-sends the applied state until it expires.
     """
 
-    def __init__(self) -> None:
+    repeat_every: ClassVar[float | None] = None
+
+    def __init__(self, hold: float = DEFAULT_HOLD) -> None:
         self._lock = threading.RLock()
         self._closed = False
+        self._deadman = DeadMan(hold, self.name)
+        self._applied = NEUTRAL
+        self._written_at = time.monotonic()
+        self._changed = threading.Event()
+        self._watcher = threading.Thread(
+            target=self._watch, name=f"{self.name}-deadman", daemon=True
+        )
+        self._watcher.start()
 
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def releases(self) -> int:
+        return self._deadman.releases
 
     @abstractmethod
     def _write(self, state: ControllerState) -> None: ...
@@ -75,16 +108,18 @@ class DeviceController(Controller):
             if self._closed:
                 logger.debug("%s controller is closed; ignoring %s", self.name, state)
                 return
-            self._write(clamp_state(state))
+            self._apply(clamp_state(state))
+        self._changed.set()
 
     def neutral(self) -> None:
         with self._lock:
             if self._closed:
                 return  # close() already went neutral and the device may be gone
             try:
-                self._write(NEUTRAL)
+                self._apply(NEUTRAL)
             except Exception:
                 logger.exception("%s controller failed to go neutral", self.name)
+        self._changed.set()
 
     def close(self) -> None:
         with self._lock:
@@ -96,3 +131,45 @@ class DeviceController(Controller):
                 self._release()
             except Exception:
                 logger.exception("%s controller failed to close its device", self.name)
+        self._changed.set()
+
+    def _apply(self, state: ControllerState) -> None:
+        """Write `state` and (re)start its hold; lock held."""
+        self._write(state)
+        now = time.monotonic()
+        self._applied = state
+        self._written_at = now
+        if state == NEUTRAL:
+            self._deadman.disarm()
+        else:
+            self._deadman.arm(now)
+
+    def _watch(self) -> None:
+        while True:
+            with self._lock:
+                if self._closed:
+                    return
+                try:
+                    timeout = self._enforce(time.monotonic())
+                except Exception:  # a driver failure; set() reports it to the loop
+                    logger.exception("%s controller's dead-man could not write", self.name)
+                    timeout = self._deadman.hold
+            self._changed.wait(timeout)
+            self._changed.clear()
+
+    def _enforce(self, now: float) -> float | None:
+        """Expire or repeat the applied state; seconds until there is more to do (None: idle)."""
+        left = self._deadman.seconds_left(now)
+        if left is None:
+            return None
+        if left <= 0.0:
+            self._apply(NEUTRAL)
+            self._deadman.release()
+            return None
+        if self.repeat_every is None:
+            return left
+        since_write = now - self._written_at
+        if since_write >= self.repeat_every:
+            self._write(self._applied)
+            self._written_at, since_write = now, 0.0
+        return min(left, self.repeat_every - since_write)

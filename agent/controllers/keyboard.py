@@ -8,6 +8,8 @@ beginning of a period. A game polling at 60 Hz sees the average, which is the an
 Safety (stuck keys are the classic failure of scripts like this):
 - keys are pressed only while `has_focus()` is True; when it turns False every held key is
   released within `focus_poll` seconds, and nothing is pressed until focus comes back;
+- the dead-man: a state older than `hold` seconds without a newer `set()` becomes neutral on
+  the pulse thread, so a hung drive loop cannot leave a key pulsing or held;
 - `neutral()` and `close()` release every held key before they return, from the caller's thread;
 - an exception on the pulse thread (the X server went away, `has_focus` failed) releases all
   keys, is stored in `error`, and makes the next `set()` raise, so the drive loop stops too;
@@ -27,9 +29,11 @@ import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from agent.capture.screen import display_gone, explain_display_loss
 from agent.config import KeyboardConfig
 from agent.controllers.base import Controller
-from agent.errors import ConfigError, DependencyError
+from agent.controllers.deadman import DEFAULT_HOLD, DeadMan
+from agent.errors import CharlesError, ConfigError, DependencyError
 from agent.types import NEUTRAL, ControllerState, clamp_state
 
 logger = logging.getLogger(__name__)
@@ -108,6 +112,7 @@ class KeyboardController(Controller):
         config: KeyboardConfig,
         has_focus: Callable[[], bool],
         *,
+        hold: float = DEFAULT_HOLD,
         focus_poll: float = 0.02,
     ) -> None:
         keyboard = _load_pynput_keyboard()
@@ -125,6 +130,7 @@ class KeyboardController(Controller):
         # Re-entrant: neutral() from a signal handler on a thread inside neutral() must not hang.
         self._lock = threading.RLock()
         self._state = NEUTRAL
+        self._deadman = DeadMan(hold, self.name)
         self._held: set[Any] = set()
         self._closed = False
         self._wake = threading.Event()
@@ -140,17 +146,28 @@ class KeyboardController(Controller):
         with self._lock:
             return frozenset(self._held)
 
+    @property
+    def releases(self) -> int:
+        return self._deadman.releases
+
     def set(self, state: ControllerState) -> None:
         if self.error is not None:
             raise RuntimeError(f"keyboard controller stopped: {self.error!r}") from self.error
-        if self._closed:
-            return
-        self._state = clamp_state(state)  # one reference swap: the pulse thread reads the newest
+        state = clamp_state(state)
+        with self._lock:  # held by the pulse thread only for a few key events at a time
+            if self._closed:
+                return
+            self._state = state
+            if state == NEUTRAL:
+                self._deadman.disarm()
+            else:
+                self._deadman.arm(time.monotonic())
         self._wake.set()
 
     def neutral(self) -> None:
         with self._lock:
             self._state = NEUTRAL
+            self._deadman.disarm()
             self._release_all()
         self._wake.set()
 
@@ -176,10 +193,14 @@ class KeyboardController(Controller):
         try:
             while not self._closed:
                 focused = bool(self._has_focus())
-                phase = ((time.monotonic() - started) % self._period) / self._period
+                now = time.monotonic()
+                phase = ((now - started) % self._period) / self._period
                 with self._lock:
                     if self._closed:
                         break
+                    if self._deadman.expired(now):
+                        self._state = NEUTRAL
+                        self._deadman.release()
                     if focused:
                         duties = duty_cycles(self._state)
                         self._hold({self._keys[role] for role in roles_down(duties, phase)})
@@ -190,8 +211,12 @@ class KeyboardController(Controller):
                 self._wake.wait(min(wait, self._focus_poll))
                 self._wake.clear()
         except Exception as error:
-            self.error = error
-            logger.exception("keyboard controller stopped; releasing all keys")
+            self.error = explain_display_loss(error)
+            user_problem = isinstance(self.error, CharlesError)
+            logger.error(
+                "keyboard controller stopped (%s); releasing all keys",
+                self.error, exc_info=not user_problem,
+            )  # fmt: skip
             self._release_all()
 
     def _hold(self, wanted: set[Any]) -> None:
@@ -210,8 +235,12 @@ class KeyboardController(Controller):
             for key in list(self._held):
                 try:
                     self._keyboard.release(key)
-                except Exception:
-                    logger.exception("keyboard controller could not release %s", key)
+                except Exception as error:
+                    # Expected when the display is gone (and then no key is held any more).
+                    logger.warning(
+                        "keyboard controller could not release %s: %s", key, error,
+                        exc_info=not display_gone(),
+                    )  # fmt: skip
                 else:
                     self._held.discard(key)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from agent.controllers.base import DeviceController
+from agent.controllers.deadman import DEFAULT_HOLD
 from agent.types import NEUTRAL, ControllerState
 
 logger = logging.getLogger(__name__)
@@ -15,11 +16,11 @@ class NullController(DeviceController):
 
     name = "null"
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, hold: float = DEFAULT_HOLD) -> None:
         self.last: ControllerState = NEUTRAL
         self.writes = 0
         """States written so far, neutral ones included."""
+        super().__init__(hold)
 
     def _write(self, state: ControllerState) -> None:
         logger.debug("null controller: %s", state)

@@ -11,6 +11,7 @@ import logging
 from typing import Protocol
 
 from agent.controllers.base import DeviceController
+from agent.controllers.deadman import DEFAULT_HOLD
 from agent.errors import DependencyError
 from agent.types import ControllerState
 
@@ -69,9 +70,9 @@ class VGamepadController(DeviceController):
 
     name = "vgamepad"
 
-    def __init__(self, *, pad: XInputPad | None = None) -> None:
-        super().__init__()
+    def __init__(self, *, pad: XInputPad | None = None, hold: float = DEFAULT_HOLD) -> None:
         self._pad = pad if pad is not None else open_x360_pad()
+        super().__init__(hold)
         logger.info("virtual Xbox 360 pad connected")
 
     def _write(self, state: ControllerState) -> None:

@@ -14,6 +14,7 @@ import logging
 from typing import Protocol
 
 from agent.controllers.base import DeviceController
+from agent.controllers.deadman import DEFAULT_HOLD
 from agent.errors import DependencyError
 from agent.types import ControllerState
 
@@ -83,10 +84,12 @@ class VJoyController(DeviceController):
 
     name = "vjoy"
 
-    def __init__(self, device: int = 1, *, vjoy: VJoyDevice | None = None) -> None:
-        super().__init__()
+    def __init__(
+        self, device: int = 1, *, vjoy: VJoyDevice | None = None, hold: float = DEFAULT_HOLD
+    ) -> None:
         self.device = device
         self._vjoy = vjoy if vjoy is not None else open_vjoy_device(device)
+        super().__init__(hold)
         logger.info("vJoy device %d acquired", device)
 
     def _write(self, state: ControllerState) -> None:
