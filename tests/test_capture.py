@@ -53,6 +53,7 @@ class Painter:
         utf8_wm_name: bool = False,
         net_wm_name: bool = False,
         mapped: bool = True,
+        pid: int | None = None,
     ) -> Any:
         window = (parent or self.root).create_window(
             x, y, width, height, 0, self.screen.root_depth,
@@ -68,6 +69,9 @@ class Painter:
                 window.change_property(Xatom.WM_NAME, utf8, 8, title.encode())
             else:
                 window.set_wm_name(title)
+        if pid is not None:  # as SDL and other toolkits set it
+            atom = self.connection.intern_atom("_NET_WM_PID")
+            window.change_property(atom, Xatom.CARDINAL, 32, [pid])
         if mapped:
             window.map()
         self.connection.sync()
@@ -150,16 +154,42 @@ def test_find_by_exact_and_substring_title(painter: Painter) -> None:
     assert exact.title == "Charles Test Game"
     assert exact.region() == Region(100, 50, 320, 240)
 
-    # Substring ignores case; among several matches the largest window wins, but a title equal
-    # to the query beats a larger window whose title merely contains it.
-    substring = find_window("test game", "substring")
-    assert substring.title == "Charles Test Game - notes"
-    assert substring.region() == Region(500, 50, 600, 400)
+    # Substring ignores case; a title equal to the query beats a larger window whose title
+    # merely contains it.
     assert find_window("Charles Test Game", "substring").title == "Charles Test Game"
-    assert find_window("- NOTES", "substring").title == "Charles Test Game - notes"
+    notes = find_window("- NOTES", "substring")
+    assert notes.title == "Charles Test Game - notes"
+    assert notes.region() == Region(500, 50, 600, 400)
 
+    # Two different titles that both merely contain the query: Charles refuses to guess.
+    with pytest.raises(WindowError, match=r"2 windows with different titles contain 'test game'"):
+        find_window("test game", "substring")
     with pytest.raises(WindowError, match="titled exactly 'Charles Test'"):
         find_window("Charles Test", "exact")
+
+
+def test_a_lookalike_title_is_never_taken_for_the_game(painter: Painter) -> None:
+    """The bundled game is found by its process id; a text editor naming it is ignored."""
+    editor = painter.window(
+        "notes on charles carracing - Text Editor", 0, 0, 1200, 900, pid=os.getpid() + 1
+    )
+    # Substring search for the title alone: the editor is the only match, and is found...
+    assert find_window("Charles CarRacing", "substring").title.startswith("notes on")
+    # ...but not when the window must belong to the game's process.
+    game_pid = os.getpid() + 2
+    with pytest.raises(WindowError, match=r"belongs to the game process \d+ yet; ignored 1"):
+        find_window("Charles CarRacing", "substring", owner=lambda: game_pid)
+    game = painter.window("Charles CarRacing", 300, 200, 320, 180, pid=game_pid)
+    found = find_window("Charles CarRacing", "substring", owner=lambda: game_pid)
+    assert found.title == "Charles CarRacing" and found.region() == Region(300, 200, 320, 180)
+
+    # Reacquiring asks the owner again: the game restarted as another process.
+    painter.destroy(game)
+    game_pid += 1
+    painter.window("Charles CarRacing", 10, 20, 160, 90, pid=game_pid)
+    found.reacquire()
+    assert found.region() == Region(10, 20, 160, 90)
+    painter.destroy(editor)
 
 
 def test_finds_utf8_titles_the_way_toolkits_set_them(painter: Painter) -> None:
@@ -235,6 +265,13 @@ def test_has_focus_follows_the_input_focus(painter: Painter) -> None:
     focus(X.NONE)
     assert not found.has_focus()
 
+    # Under a reparenting window manager the focus is on the frame around the game.
+    frame = painter.window(None, 700, 100, 300, 300)
+    painter.window("Framed Focus Game", 5, 25, 290, 270, parent=frame)
+    framed = find_window("Framed Focus Game", "exact")
+    focus(frame)
+    assert framed.has_focus() and not found.has_focus()
+
     # Without a window manager focus is usually PointerRoot: keys go to what is under the pointer.
     focus(X.PointerRoot)
     painter.root.warp_pointer(150, 150)
@@ -257,10 +294,18 @@ def test_no_display_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
         find_window("Anything", "substring")
 
 
-def test_fixed_region(x_display: str) -> None:
+def test_fixed_region(painter: Painter) -> None:
     window = fixed_region(10, 20, 640, 360)
     assert window.region() == Region(10, 20, 640, 360)
-    assert window.exists() and window.has_focus()
+    # A bare rectangle cannot tell whether the game has focus, so it never says it has.
+    assert window.exists() and not window.has_focus()
+    game = painter.window("Region Game", 10, 20, 640, 360)
+    other = painter.window("Other Region App", 700, 20, 100, 100)
+    guarded = fixed_region(10, 20, 640, 360, focus_window=find_window("Region Game", "exact"))
+    for target, focused in ((game, True), (other, False)):
+        painter.connection.set_input_focus(target, X.RevertToPointerRoot, X.CurrentTime)
+        painter.sync()
+        assert guarded.has_focus() is focused
     with pytest.raises(WindowError, match="zero size"):
         fixed_region(0, 0, 0, 100)
     with pytest.raises(WindowError, match=r"not wholly on the screen \(1920x1080"):
@@ -281,6 +326,16 @@ def test_title_matching_and_choice() -> None:
     large = Candidate("large", "Game", True, 800, 600)
     longer = Candidate("term", "vim Game", True, 1920, 1080)
     assert choose([small, longer, large], "Game", "substring", []).handle == "large"
+    # Several windows of one title that merely contains the query: the largest.
+    helper = Candidate("helper", "vim Game", True, 10, 10)
+    assert choose([helper, longer], "game", "substring", []).handle == "term"
+    with pytest.raises(WindowError, match="will not guess"):
+        choose([helper, longer, Candidate("x", "Game notes", True, 5, 5)], "game", "substring", [])
+    # With a process id only that process's windows count.
+    mine = Candidate("mine", "Game", True, 100, 100, pid=7)
+    assert choose([large, mine], "Game", "exact", [], pid=7).handle == "mine"
+    with pytest.raises(WindowError, match="belongs to the game process 8"):
+        choose([large, mine], "Game", "exact", [], pid=8)
     minimised = Candidate("min", "Game", False, 0, 0)
     with pytest.raises(WindowError, match="minimised"):
         choose([minimised], "Game", "exact", [])
@@ -298,10 +353,105 @@ def test_not_found_message_is_short() -> None:
     assert len(message) < 600
 
 
-def test_windows_backend_imports_everywhere() -> None:
-    from agent.capture import win32
+class FakeUser32:
+    """Stands in for user32.dll at the ctypes boundary: a desktop of top-level windows.
 
-    assert callable(win32.find_window) and callable(win32.make_dpi_aware)
+    Each window: title, visible, minimised, client size, client origin on the screen, process
+    id. Out-parameters arrive as `ctypes.byref(x)`; `._obj` is the structure to fill.
+    """
+
+    def __init__(self) -> None:
+        self.windows: dict[int, dict[str, Any]] = {}
+        self.foreground = 0
+
+    def add(self, hwnd: int, title: str, **attributes: Any) -> None:
+        window = {"visible": True, "iconic": False, "size": (640, 360), "origin": (0, 0)}
+        self.windows[hwnd] = {**window, "title": title, "pid": 100, **attributes}
+
+    def IsWindow(self, hwnd: int) -> bool:
+        return hwnd in self.windows
+
+    def IsWindowVisible(self, hwnd: int) -> bool:
+        return self.windows[hwnd]["visible"]
+
+    def IsIconic(self, hwnd: int) -> bool:
+        return self.windows[hwnd]["iconic"]
+
+    def GetWindowTextLengthW(self, hwnd: int) -> int:
+        return len(self.windows[hwnd]["title"])
+
+    def GetWindowTextW(self, hwnd: int, buffer: Any, size: int) -> int:
+        buffer.value = self.windows[hwnd]["title"][: size - 1]
+        return len(buffer.value)
+
+    def GetClientRect(self, hwnd: int, rect: Any) -> bool:
+        width, height = self.windows[hwnd]["size"]
+        rect._obj.left, rect._obj.top, rect._obj.right, rect._obj.bottom = 0, 0, width, height
+        return True
+
+    def ClientToScreen(self, hwnd: int, point: Any) -> bool:
+        point._obj.x, point._obj.y = self.windows[hwnd]["origin"]
+        return True
+
+    def GetWindowThreadProcessId(self, hwnd: int, pid: Any) -> int:
+        pid._obj.value = self.windows[hwnd]["pid"]
+        return 1
+
+    def GetForegroundWindow(self) -> int:
+        return self.foreground
+
+
+def win32_window(user32: FakeUser32, title: str, match: str, owner: Any = None) -> Any:
+    from agent.capture.win32 import Win32Window
+
+    window = Win32Window(
+        title, match, owner, user32=user32, enum_windows=lambda dll: list(dll.windows)
+    )
+    window.reacquire()
+    return window
+
+
+def test_windows_backend_finds_follows_and_guards_the_game_window() -> None:
+    user32 = FakeUser32()
+    user32.add(1, "notes on Grand Theft Auto V - Notepad", size=(1900, 1000), pid=7)
+    user32.add(2, "Grand Theft Auto V", size=(1280, 720), origin=(320, 180), pid=42)
+    user32.add(3, "Grand Theft Auto V", visible=False, size=(4000, 4000), pid=42)  # a helper
+    user32.add(4, "Discord", pid=9)
+
+    game = win32_window(user32, "Grand Theft Auto V", "substring")
+    assert game.title == "Grand Theft Auto V"  # the exact title beats the larger lookalike
+    assert game.region() == Region(320, 180, 1280, 720)
+    assert game.exists() and not game.has_focus()
+    user32.foreground = 2
+    assert game.has_focus()
+    user32.foreground = 1  # the editor has focus: keys must not be sent
+    assert not game.has_focus()
+
+    # The window moves and is resized: region() reads it afresh.
+    user32.windows[2].update(origin=(0, 0), size=(1920, 1080))
+    assert game.region() == Region(0, 0, 1920, 1080)
+    user32.windows[2]["iconic"] = True
+    with pytest.raises(WindowError, match="minimised or hidden"):
+        game.region()
+    user32.windows[2].update(iconic=False, size=(0, 0))
+    with pytest.raises(WindowError, match="zero size"):
+        game.region()
+    del user32.windows[2]
+    assert not game.exists()
+    with pytest.raises(WindowError, match="was closed"):
+        game.region()
+
+    # Two different titles that merely contain the query: refused, never guessed.
+    user32.add(5, "Grand Theft Auto V (DX11)", pid=42)
+    with pytest.raises(WindowError, match="will not guess"):
+        win32_window(user32, "theft auto", "substring")
+    # With an owner process, only its windows count, whatever their titles say.
+    owned = win32_window(user32, "Grand Theft Auto", "substring", owner=lambda: 42)
+    assert owned.title == "Grand Theft Auto V (DX11)"
+    with pytest.raises(WindowError, match=r"belongs to the game process 8 yet; ignored 2"):
+        win32_window(user32, "Grand Theft Auto", "substring", owner=lambda: 8)
+    with pytest.raises(WindowError, match="windows seen: 'notes on Grand Theft Auto V"):
+        win32_window(user32, "Forza", "exact")
 
 
 # --- the capture thread ----------------------------------------------------------------------

@@ -10,24 +10,40 @@ import sys
 
 from agent.capture.grabber import Grabber
 from agent.capture.screen import open_mss, screen_bounds
-from agent.capture.window import MATCH_MODES, FixedRegion, GameWindow, WindowError, clip_to
+from agent.capture.window import (
+    MATCH_MODES,
+    FixedRegion,
+    GameWindow,
+    Owner,
+    WindowError,
+    clip_to,
+)
 from agent.types import Region
 
-__all__ = ["FixedRegion", "GameWindow", "Grabber", "WindowError", "find_window", "fixed_region"]
+__all__ = [
+    "FixedRegion",
+    "GameWindow",
+    "Grabber",
+    "Owner",
+    "WindowError",
+    "find_window",
+    "fixed_region",
+]
 
 
-def find_window(title: str, match: str = "substring") -> GameWindow:
+def find_window(title: str, match: str = "substring", owner: Owner | None = None) -> GameWindow:
     """The game window whose title matches `title` ("exact" or case-insensitive "substring").
 
-    Raises WindowError (one line, names the fix) when there is no display, no matching window,
-    or the window is minimised or has zero size.
+    With `owner`, only windows of the process it names count (see `window.choose` for how one
+    window is picked, or refused as ambiguous). Raises WindowError (one line, names the fix)
+    when there is no display, no matching window, or the window is minimised or has zero size.
     """
     if match not in MATCH_MODES:
         raise ValueError(f"match must be one of {MATCH_MODES}, got {match!r}")
     if sys.platform == "win32":
         from agent.capture import win32
 
-        return win32.find_window(title, match)
+        return win32.find_window(title, match, owner)
     if sys.platform == "darwin":
         raise WindowError(
             "finding a window by title is not supported on macOS yet; set game.region in "
@@ -35,13 +51,16 @@ def find_window(title: str, match: str = "substring") -> GameWindow:
         )
     from agent.capture import x11
 
-    return x11.find_window(title, match)
+    return x11.find_window(title, match, owner)
 
 
-def fixed_region(left: int, top: int, width: int, height: int) -> GameWindow:
+def fixed_region(
+    left: int, top: int, width: int, height: int, focus_window: GameWindow | None = None
+) -> FixedRegion:
     """An explicit screen rectangle (config `game.region`) in physical pixels.
 
-    Raises WindowError when it has zero size or does not lie wholly on the screen.
+    `focus_window` is the game's window, for the keyboard backend's focus check. Raises
+    WindowError when the rectangle has zero size or does not lie wholly on the screen.
     """
     region = Region(left, top, width, height)
     if width <= 0 or height <= 0:
@@ -57,4 +76,4 @@ def fixed_region(left: int, top: int, width: int, height: int) -> GameWindow:
             f"({screen.width}x{screen.height} at {screen.left}, {screen.top}); fix game.region "
             "in config.toml"
         )
-    return FixedRegion(region)
+    return FixedRegion(region, focus_window)

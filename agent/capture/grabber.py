@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from agent.capture.screen import open_mss, screen_bounds
+from agent.capture.screen import explain_display_loss, open_mss, screen_bounds
 from agent.capture.window import GameWindow, WindowError, clip_to
 from agent.errors import CharlesError
 from agent.ratekeeper import RateKeeper
@@ -92,9 +92,10 @@ class Grabber:
             with open_mss() as sct:
                 self._capture(sct)
         except BaseException as error:
-            self.error = error
+            self.error = explain_display_loss(error)
             # A user problem is one line; anything else is a bug and keeps its traceback.
-            log.error("capture stopped: %s", error, exc_info=not isinstance(error, CharlesError))
+            user_problem = isinstance(self.error, CharlesError)
+            log.error("capture stopped: %s", self.error, exc_info=not user_problem)
 
     def _capture(self, sct: Any) -> None:
         screen = screen_bounds(sct)

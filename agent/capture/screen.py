@@ -48,3 +48,32 @@ def no_display_message(error: object = None) -> str:
         f"{problem}; run Charles inside the desktop session that shows the game, or set "
         "DISPLAY to its X server (`charles drive` starts Xvfb itself when DISPLAY is unset)"
     )
+
+
+def display_gone() -> bool:
+    """True when this process's X display can no longer be reached (the X server stopped).
+
+    Asked after an unexpected error in a thread that talks to the display: libraries report a
+    lost server in many ways (mss: AssertionError or ScreenShotError, python-xlib:
+    ConnectionClosedError), and a fresh connection attempt tells them apart from real bugs.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    from Xlib import display as xdisplay
+
+    try:
+        xdisplay.Display().close()
+    except Exception:  # refused, reset while connecting, closed by a dying server: all "gone"
+        return True
+    return False
+
+
+def explain_display_loss(error: BaseException) -> BaseException:
+    """`error` as a one-line WindowError when the display is gone; else `error` itself."""
+    if isinstance(error, WindowError) or not display_gone():
+        return error
+    display = os.environ.get("DISPLAY", "")
+    return WindowError(
+        f"lost the X display {display!r} (the X server stopped?); start it again, or run "
+        "Charles inside the desktop session that shows the game"
+    )

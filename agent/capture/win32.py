@@ -18,6 +18,7 @@ from typing import Any
 
 from agent.capture.window import (
     Candidate,
+    Owner,
     WindowError,
     choose,
     hidden_message,
@@ -74,30 +75,59 @@ def _user32() -> Any:
     user32.GetClientRect.argtypes = [wintypes.HWND, ctypes.POINTER(wintypes.RECT)]
     user32.ClientToScreen.argtypes = [wintypes.HWND, ctypes.POINTER(wintypes.POINT)]
     user32.GetForegroundWindow.restype = wintypes.HWND
+    user32.GetWindowThreadProcessId.argtypes = [wintypes.HWND, ctypes.POINTER(wintypes.DWORD)]
+    user32.GetWindowThreadProcessId.restype = wintypes.DWORD
     return user32
 
 
-def find_window(title: str, match: str) -> Win32Window:
-    """The visible top-level window whose title matches; WindowError when there is none."""
+def find_window(title: str, match: str, owner: Owner | None = None) -> Win32Window:
+    """The visible top-level window whose title matches (and, with `owner`, is that process's)."""
     make_dpi_aware()
-    window = Win32Window(title, match)
+    window = Win32Window(title, match, owner)
     window.reacquire()
     return window
 
 
-class Win32Window:
-    """A handle to the game window on Windows (see `agent.capture.window.GameWindow`)."""
+def _enum_windows(user32: Any) -> list[int]:
+    """Every top-level window handle, via EnumWindows (its callback type exists on Windows only)."""
+    handles: list[int] = []
 
-    def __init__(self, query: str, match: str) -> None:
-        self._user32 = _user32()
+    @ctypes.WINFUNCTYPE(wintypes.BOOL, wintypes.HWND, wintypes.LPARAM)
+    def collect(hwnd: int, _lparam: int) -> bool:
+        handles.append(hwnd)
+        return True
+
+    user32.EnumWindows(collect, 0)
+    return handles
+
+
+class Win32Window:
+    """A handle to the game window on Windows (see `agent.capture.window.GameWindow`).
+
+    `user32` and `enum_windows` replace the real DLL and EnumWindows (tests on other systems).
+    """
+
+    def __init__(
+        self,
+        query: str,
+        match: str,
+        owner: Owner | None = None,
+        *,
+        user32: Any = None,
+        enum_windows: Any = _enum_windows,
+    ) -> None:
+        self._user32 = user32 if user32 is not None else _user32()
+        self._enum_windows = enum_windows
         self._query = query
         self._match = match
+        self._owner = owner
         self._hwnd: int | None = None
         self.title = query
 
     def reacquire(self) -> None:
+        pid = self._owner() if self._owner is not None else None
         candidates, seen = self._enumerate()
-        chosen = choose(candidates, self._query, self._match, seen)
+        chosen = choose(candidates, self._query, self._match, seen, pid=pid)
         self._hwnd = chosen.handle  # one reference assignment: safe for readers on other threads
         self.title = chosen.title
 
@@ -133,17 +163,9 @@ class Win32Window:
 
     def _enumerate(self) -> tuple[list[Candidate], list[str]]:
         user32 = self._user32
-        handles: list[int] = []
-
-        @ctypes.WINFUNCTYPE(wintypes.BOOL, wintypes.HWND, wintypes.LPARAM)
-        def collect(hwnd: int, _lparam: int) -> bool:
-            handles.append(hwnd)
-            return True
-
-        user32.EnumWindows(collect, 0)
         candidates: list[Candidate] = []
         seen: list[str] = []
-        for hwnd in handles:
+        for hwnd in self._enum_windows(user32):
             # Hidden and cloaked windows (IME helpers, suspended store apps) are not what a
             # user means by "a window", and a game's hidden helper windows must not win.
             if not user32.IsWindowVisible(hwnd) or _cloaked(hwnd):
@@ -157,7 +179,11 @@ class Win32Window:
             rect = wintypes.RECT()
             user32.GetClientRect(hwnd, ctypes.byref(rect))
             shown = not user32.IsIconic(hwnd)
-            candidates.append(Candidate(hwnd, title, shown, rect.right, rect.bottom))
+            pid = wintypes.DWORD(0)
+            user32.GetWindowThreadProcessId(hwnd, ctypes.byref(pid))
+            candidates.append(
+                Candidate(hwnd, title, shown, rect.right, rect.bottom, pid.value or None)
+            )
         return candidates, seen
 
 

@@ -11,7 +11,7 @@ window's, on Windows the virtual screen's with the process made per-monitor DPI 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -23,6 +23,10 @@ log = logging.getLogger(__name__)
 MATCH_MODES = ("exact", "substring")
 SEEN_TITLES_SHOWN = 8
 SEEN_TITLE_LENGTH = 40
+
+Owner = Callable[[], int]
+"""Gives the process id whose window is the game (the bundled game Charles started or talks
+to); raises WindowError when that process cannot be told (yet). Asked at every (re)acquire."""
 
 
 class WindowError(CharlesError):
@@ -79,34 +83,68 @@ class Candidate:
     """Mapped and viewable (X11); visible and not minimised (Windows)."""
     width: int
     height: int
+    pid: int | None = None
+    """The process that owns the window (_NET_WM_PID on X11), None when it does not say."""
 
 
 def choose(
-    candidates: Sequence[Candidate], query: str, match: str, seen: Iterable[str], hint: str = ""
+    candidates: Sequence[Candidate],
+    query: str,
+    match: str,
+    seen: Iterable[str],
+    hint: str = "",
+    pid: int | None = None,
 ) -> Candidate:
-    """The window to capture among those whose title matched; WindowError when none is usable.
+    """The game window among those whose title matched; WindowError when none is certain.
 
-    `seen` is every title the backend saw (for the not-found message); `hint` is appended to
-    that message (e.g. a note about Wayland).
+    Input goes where this points, so it never guesses: with `pid`, only that process's windows
+    count (a lookalike title elsewhere is ignored); a window titled exactly `query` beats ones
+    whose titles merely contain it; and windows of two different titles that both merely
+    contain `query` (the game and "notes on the game - Text Editor") are refused as ambiguous.
+    Among windows of the one chosen title the largest wins (toolkits keep small helper windows
+    with the same title). `seen` is every title the backend saw (for the not-found message);
+    `hint` is appended to that message (e.g. a note about Wayland).
     """
+    if pid is not None:
+        others = sum(c.pid != pid for c in candidates)
+        candidates = [c for c in candidates if c.pid == pid]
+        if not candidates:
+            raise WindowError(not_owned_message(query, pid, others))
     usable = [c for c in candidates if c.shown and c.width > 0 and c.height > 0]
     if usable:
-        # An exact title beats a longer one that merely contains it (a terminal whose title is
-        # the command line naming the game), then the largest window (toolkits keep small
-        # helper windows with the same title).
-        usable.sort(key=lambda c: (c.title != query, -c.width * c.height))
+        pool = [c for c in usable if c.title == query] or usable
+        titles = list(dict.fromkeys(c.title for c in pool))
+        if len(titles) > 1:
+            raise WindowError(ambiguous_message(query, titles))
+        pool.sort(key=lambda c: -c.width * c.height)
         if len(usable) > 1:
             log.info(
                 "%d windows match %r; using %r (%dx%d)",
-                len(usable), query, usable[0].title, usable[0].width, usable[0].height,
+                len(usable), query, pool[0].title, pool[0].width, pool[0].height,
             )  # fmt: skip
-        return usable[0]
+        return pool[0]
     hidden = [c for c in candidates if not c.shown]
     if hidden:
         raise WindowError(hidden_message(hidden[0].title))
     if candidates:
         raise WindowError(zero_size_message(candidates[0].title))
     raise WindowError(not_found_message(query, match, seen, hint))
+
+
+def not_owned_message(query: str, pid: int, others: int) -> str:
+    ignored = f"; ignored {others} window(s) with that title from other programs" if others else ""
+    return f"no window titled {_shorten(query)!r} belongs to the game process {pid} yet{ignored}"
+
+
+def ambiguous_message(query: str, titles: Sequence[str]) -> str:
+    listing = ", ".join(repr(_shorten(_one_line(t))) for t in titles[:SEEN_TITLES_SHOWN])
+    if len(titles) > SEEN_TITLES_SHOWN:
+        listing += f" (+{len(titles) - SEEN_TITLES_SHOWN} more)"
+    return (
+        f"{len(titles)} windows with different titles contain {_shorten(query)!r}: {listing}; "
+        "Charles will not guess which one is the game: set game.title to the game's full "
+        'window title, or game.match = "exact"'
+    )
 
 
 def hidden_message(title: str) -> str:
@@ -155,14 +193,15 @@ def clip_to(region: Region, bounds: Region) -> Region | None:
 class FixedRegion:
     """An explicit screen rectangle from config (`game.region`) instead of a window.
 
-    It always exists, never moves, and `has_focus()` is always True: Charles cannot tell which
-    application a bare rectangle belongs to, and answering False would make the keyboard
-    backend silently never press a key. With a fixed region the user keeps the game focused
-    (the pause hotkey stops input at once).
+    It always exists and never moves. A bare rectangle belongs to no application, so it cannot
+    tell whether the game has keyboard focus: `has_focus()` asks `focus_window`, the game's
+    window found by title, and is False without one (the keyboard backend refuses such a
+    region rather than type into whatever window has focus).
     """
 
-    def __init__(self, region: Region) -> None:
+    def __init__(self, region: Region, focus_window: GameWindow | None = None) -> None:
         self._region = region
+        self.focus_window = focus_window
         self.title = (
             f"screen region {region.width}x{region.height} at ({region.left}, {region.top})"
         )
@@ -174,7 +213,7 @@ class FixedRegion:
         return True
 
     def has_focus(self) -> bool:
-        return True
+        return self.focus_window is not None and self.focus_window.has_focus()
 
     def reacquire(self) -> None:
         return None

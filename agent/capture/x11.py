@@ -23,6 +23,7 @@ from Xlib.error import DisplayError, XError
 from agent.capture.screen import no_display_message
 from agent.capture.window import (
     Candidate,
+    Owner,
     WindowError,
     choose,
     hidden_message,
@@ -44,11 +45,11 @@ def connect() -> xdisplay.Display:
         raise WindowError(no_display_message(error)) from None
 
 
-def find_window(title: str, match: str) -> X11Window:
-    """The viewable window whose title matches; WindowError when there is none."""
+def find_window(title: str, match: str, owner: Owner | None = None) -> X11Window:
+    """The viewable window whose title matches (and, with `owner`, belongs to that process)."""
     connection = connect()
     try:
-        window = X11Window(connection, title, match)
+        window = X11Window(connection, title, match, owner)
         window.reacquire()
     except BaseException:
         connection.close()
@@ -59,15 +60,19 @@ def find_window(title: str, match: str) -> X11Window:
 class X11Window:
     """A handle to the game window on one X display (see `agent.capture.window.GameWindow`)."""
 
-    def __init__(self, connection: xdisplay.Display, query: str, match: str) -> None:
+    def __init__(
+        self, connection: xdisplay.Display, query: str, match: str, owner: Owner | None = None
+    ) -> None:
         self._connection = connection
         self._root = connection.screen().root
         self._query = query
         self._match = match
+        self._owner = owner
         self._lock = threading.Lock()
         self._window: Any = None
         self._utf8 = connection.intern_atom("UTF8_STRING")
         self._net_wm_name = connection.intern_atom("_NET_WM_NAME")
+        self._net_wm_pid = connection.intern_atom("_NET_WM_PID")
         self.title = query
 
     @property
@@ -76,9 +81,10 @@ class X11Window:
         return 0 if self._window is None else self._window.id
 
     def reacquire(self) -> None:
+        pid = self._owner() if self._owner is not None else None
         with self._lock:
             candidates, seen = self._walk()
-            chosen = choose(candidates, self._query, self._match, seen, _wayland_hint())
+            chosen = choose(candidates, self._query, self._match, seen, _wayland_hint(), pid)
             self._window = chosen.handle
             self.title = chosen.title
         log.debug("targeting X window 0x%x %r", chosen.handle.id, chosen.title)
@@ -110,6 +116,9 @@ class X11Window:
 
     def has_focus(self) -> bool:
         """True when key events go to this window, one of its children or its (WM) frame.
+
+        A frame is an ancestor that a reparenting window manager puts around the window; it
+        takes the focus for the whole application, and the game's keys arrive through it.
 
         Without a window manager the focus is usually PointerRoot: keys then go to whichever
         window is under the pointer, so that is what is checked.
@@ -177,10 +186,21 @@ class X11Window:
                 if not title_matches(title, self._query, self._match):
                     continue
                 geometry = window.get_geometry()
+                pid = self._pid_of(window)
             except XError:  # the window went away while we looked at it
                 continue
-            candidates.append(Candidate(window, title, viewable, geometry.width, geometry.height))
+            candidates.append(
+                Candidate(window, title, viewable, geometry.width, geometry.height, pid)
+            )
         return candidates, seen_viewable + seen_other
+
+    def _pid_of(self, window: Any) -> int | None:
+        # _NET_WM_PID (EWMH): toolkits such as SDL set it on their windows; a client can write
+        # any number there, but only windows of the process Charles started or asked count.
+        prop = window.get_full_property(self._net_wm_pid, Xatom.CARDINAL)
+        if prop is None or prop.format != 32 or len(prop.value) != 1:
+            return None
+        return int(prop.value[0])
 
     def _title_of(self, window: Any) -> str | None:
         prop = window.get_full_property(self._net_wm_name, self._utf8)
