@@ -17,6 +17,7 @@ import sys
 from collections.abc import Iterator
 
 from agent.errors import DependencyError
+from agent.lifetime import tied_to_this_process
 from agent.processes import stop_process
 
 log = logging.getLogger(__name__)
@@ -39,9 +40,13 @@ def xvfb(width: int = 1920, height: int = 1080, timeout: float = 10.0) -> Iterat
     # -displayfd: Xvfb picks a free display number itself and writes it once it accepts
     # connections (no race for a number, no polling). -noreset: otherwise the server resets
     # whenever its last client leaves, which drops state between two users of one display.
-    process = subprocess.Popen(
+    # Tied to this process: after a `kill -9` of Charles the server must not linger.
+    command = tied_to_this_process(
         ["Xvfb", "-displayfd", str(write_end), "-screen", "0", f"{width}x{height}x24",
-         "-nolisten", "tcp", "-noreset"],
+         "-nolisten", "tcp", "-noreset"]
+    )  # fmt: skip
+    process = subprocess.Popen(
+        command,
         pass_fds=(write_end,),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

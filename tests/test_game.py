@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
-import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,7 @@ from agent.game.autopilot import Autopilot
 from agent.game.channel import GamepadSender
 from agent.game.telemetry import TelemetryRecord, TelemetryWriter, read_last_telemetry
 from agent.types import ControllerState
+from tests.drives import free_udp_port
 from tests.xvfb import display_env, focus_window, key_down, key_up, tap_key, wait_for_window
 
 REPO = Path(__file__).resolve().parent.parent
@@ -32,12 +34,6 @@ Records = list[dict[str, Any]]
 
 # Box2D's SWIG bindings trip a DeprecationWarning on import under Python 3.11+; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:builtin type [Ss]wig:DeprecationWarning")
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class Game:
@@ -293,3 +289,36 @@ def test_read_last_telemetry_skips_a_partial_line(tmp_path: Path) -> None:
     assert last["on_track"] is True
     path.write_text('{"t": 1.0}')  # no newline yet: still being written
     assert read_last_telemetry(path) is None
+
+
+@pytest.mark.parametrize("port", [0, 80, 1023, 65536])
+def test_the_game_port_has_the_same_range_as_config(port: int) -> None:
+    from agent.game.options import GameError, GameOptions
+
+    with pytest.raises(GameError, match="use 1024-65535"):
+        GameOptions(channel_port=port)
+    assert GameOptions(channel_port=1024).channel_port == 1024
+
+
+def test_the_gamepad_port_says_which_game_listens_and_who_started_it() -> None:
+    from agent.game.channel import GameIdentity, GamepadReceiver, ask_identity
+
+    port = free_udp_port()
+    assert ask_identity(port, timeout=0.3) is None  # nobody there
+    receiver = GamepadReceiver(port, owner_pid=4242)
+    try:
+        answers: list[GameIdentity | None] = []
+        asker = threading.Thread(target=lambda: answers.append(ask_identity(port, 2.0)))
+        asker.start()
+        while asker.is_alive():  # the game answers from its poll, as it does every tick
+            receiver.poll()
+            time.sleep(0.005)
+        assert answers == [GameIdentity(pid=os.getpid(), owner_pid=4242)]
+        # Pad packets still work around identity requests.
+        sender = GamepadSender(port)
+        sender.send(ControllerState(accelerate=0.5))
+        time.sleep(0.05)
+        assert receiver.poll() == ControllerState(accelerate=0.5)
+        sender.close()
+    finally:
+        receiver.close()

@@ -7,16 +7,24 @@ neutral, so a crashed agent can never leave the throttle down.
 
 Packet: little-endian magic b"CHGP", uint32 sequence, float32 steering [-1, 1],
 float32 accelerate [0, 1], float32 brake [0, 1].
+
+The same port answers "who are you?" (b"CHWH", uint32 nonce) with b"CHIS", the nonce, the game's
+process id and the process id of the `charles drive` that started it (0 when a person did). That
+is how an agent finds *this* game's window among windows with lookalike titles, and tells a game
+it may drive from one that another (or a dead) agent started.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import os
+import secrets
+import select
 import socket
 import struct
 import time
-from dataclasses import astuple
+from dataclasses import astuple, dataclass
 
 from agent.types import NEUTRAL, ControllerState, clamp_state
 
@@ -24,6 +32,42 @@ DEFAULT_PORT = 47800
 HOST = "127.0.0.1"
 _PACKET = struct.Struct("<4sIfff")
 _MAGIC = b"CHGP"
+_WHO = struct.Struct("<4sI")
+_WHO_MAGIC = b"CHWH"
+_IDENTITY = struct.Struct("<4sIII")
+_IDENTITY_MAGIC = b"CHIS"
+
+
+@dataclass(frozen=True)
+class GameIdentity:
+    """Who is listening on a gamepad port: the game's process id and its owner's (0: none)."""
+
+    pid: int
+    owner_pid: int = 0
+
+
+def ask_identity(port: int, timeout: float = 0.5) -> GameIdentity | None:
+    """The identity of the game listening on `port`, or None when no game answers in time."""
+    nonce = secrets.randbits(32)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        # Connected, so that "nobody listens" comes back at once as ConnectionRefusedError.
+        probe.connect((HOST, port))
+        deadline = time.monotonic() + timeout
+        try:
+            probe.send(_WHO.pack(_WHO_MAGIC, nonce))
+            while (left := deadline - time.monotonic()) > 0:
+                ready, _, _ = select.select([probe], [], [], left)
+                if not ready:
+                    break
+                reply = probe.recv(64)
+                if len(reply) != _IDENTITY.size:
+                    continue
+                magic, echoed, pid, owner = _IDENTITY.unpack(reply)
+                if magic == _IDENTITY_MAGIC and echoed == nonce:
+                    return GameIdentity(pid, owner)
+        except OSError:  # refused: no game on that port
+            return None
+    return None
 
 
 class GamepadSender:
@@ -48,7 +92,8 @@ class GamepadSender:
 class GamepadReceiver:
     """The game's end: `poll()` returns the newest pad state, neutral when silent."""
 
-    def __init__(self, port: int = DEFAULT_PORT, timeout: float = 0.5) -> None:
+    def __init__(self, port: int = DEFAULT_PORT, timeout: float = 0.5, owner_pid: int = 0) -> None:
+        self._identity = _IDENTITY_MAGIC, os.getpid(), owner_pid
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
             self._socket.bind((HOST, port))
@@ -67,12 +112,17 @@ class GamepadReceiver:
         return self._socket.getsockname()[1]
 
     def poll(self) -> ControllerState:
+        """The newest pad state (neutral when silent); answers identity requests on the way."""
         while True:
             try:
-                packet = self._socket.recv(64)
+                packet, sender = self._socket.recvfrom(64)
             except BlockingIOError:
                 break
-            if len(packet) == _PACKET.size:
+            except ConnectionResetError:  # Windows: an earlier reply's peer had gone
+                continue
+            if len(packet) == _WHO.size:
+                self._answer(packet, sender)
+            elif len(packet) == _PACKET.size:
                 magic, _seq, steering, accelerate, brake = _PACKET.unpack(packet)
                 if magic == _MAGIC:
                     self._state = clamp_state(ControllerState(steering, accelerate, brake))
@@ -80,6 +130,13 @@ class GamepadReceiver:
         if time.monotonic() - self._received_at > self._timeout:
             return NEUTRAL
         return self._state
+
+    def _answer(self, packet: bytes, sender: tuple[str, int]) -> None:
+        magic, nonce = _WHO.unpack(packet)
+        if magic == _WHO_MAGIC:
+            magic, pid, owner = self._identity
+            with contextlib.suppress(OSError):
+                self._socket.sendto(_IDENTITY.pack(magic, nonce, pid, owner), sender)
 
     def close(self) -> None:
         self._socket.close()

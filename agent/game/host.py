@@ -23,6 +23,7 @@ from agent.game.inputs import choose_input, keyboard_state
 from agent.game.options import GameError, GameOptions
 from agent.game.sim import PHYSICS_HZ, HostedCarRacing, view_rect
 from agent.game.telemetry import TelemetryRecord, TelemetryWriter
+from agent.lifetime import die_with_parent
 from agent.ratekeeper import RateKeeper
 from agent.signals import on_stop_signals
 from agent.types import ControllerState
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 
 WINDOW_TITLE = "Charles CarRacing"
 TELEMETRY_HZ = 10.0
+STDIN = 0
 ASPECT = 16 / 9
 _INVISIBLE_DRIVERS = ("offscreen", "dummy")
 
@@ -44,8 +46,9 @@ def run_game(options: GameOptions) -> int:
     with contextlib.ExitStack() as stack:
         # Installed before SDL starts, so SDL sees handlers in place and keeps its own out.
         stack.enter_context(on_stop_signals(partial(_stop_on_signal, stop)))
+        _tie_to_owner(options, stop)
         try:
-            receiver = GamepadReceiver(options.channel_port)
+            receiver = GamepadReceiver(options.channel_port, owner_pid=options.owner_pid)
         except OSError as error:
             raise GameError(str(error)) from None
         stack.callback(receiver.close)
@@ -90,6 +93,28 @@ def _open_window(size: tuple[int, int]) -> pygame.Surface:
     pygame.display.set_caption(WINDOW_TITLE)
     pygame.mouse.set_visible(False)
     return window
+
+
+def _tie_to_owner(options: GameOptions, stop: threading.Event) -> None:
+    """Never outlive the `charles drive` that started this game, even if it was `kill -9`ed."""
+    # Only a parent can be tied to with the kernel's parent-death signal.
+    is_parent = options.owner_pid and options.owner_pid == os.getppid()
+    if is_parent and not die_with_parent(options.owner_pid):
+        raise GameError(f"the charles drive that started the game ({options.owner_pid}) exited")
+    if options.lifeline:
+        threading.Thread(target=_watch_lifeline, args=(stop,), name="lifeline", daemon=True).start()
+
+
+def _watch_lifeline(stop: threading.Event) -> None:
+    # The owner keeps the write end of our stdin pipe open; the kernel closes it when the owner
+    # exits in any way, and the read returns end of file. Works on every platform.
+    # os.read on the raw descriptor, not sys.stdin: a daemon thread blocked inside a buffered
+    # reader holds its lock, and interpreter shutdown then aborts on that lock.
+    with contextlib.suppress(OSError):
+        while os.read(STDIN, 4096):
+            pass
+    log.info("the agent that started the game is gone; quitting")
+    stop.set()
 
 
 def _stop_on_signal(stop: threading.Event, name: str) -> None:

@@ -10,6 +10,9 @@ from pathlib import Path
 from agent.errors import CharlesError
 from agent.game.channel import DEFAULT_PORT
 
+MAX_SIDE = 7680
+"""Largest window side in pixels (the same bound as config.toml's capture.size)."""
+
 
 class GameError(CharlesError):
     """The bundled game cannot start: a bad option, no display, a busy gamepad port."""
@@ -24,7 +27,9 @@ class GameOptions:
     virtual gamepad (agent.game.channel). telemetry: JSON-lines file to append samples to, ten a
     second. autopilot: let the built-in driver drive whenever keyboard and gamepad are idle.
     seconds: quit after this long, None to run until closed. fps: window redraws per second;
-    the physics always runs at CarRacing's 50 Hz.
+    the physics always runs at CarRacing's 50 Hz. owner_pid: the `charles drive` that started
+    this game (0: a person did); the game reports it to agents and dies with it. lifeline: quit
+    when standard input reaches end of file, i.e. when the process holding its pipe is gone.
     """
 
     size: tuple[int, int] = (1280, 720)
@@ -34,13 +39,22 @@ class GameOptions:
     autopilot: bool = False
     seconds: float | None = None
     fps: float = 30.0
+    owner_pid: int = 0
+    lifeline: bool = False
 
     def __post_init__(self) -> None:
         width, height = self.size
-        if width < 16 or height < 9:
-            raise GameError(f"game window size {width}x{height} is too small; use e.g. 1280x720")
-        if not 0 <= self.channel_port <= 65535:
-            raise GameError(f"gamepad port {self.channel_port} is not a port; use 1024-65535")
+        if not (16 <= width <= MAX_SIDE and 9 <= height <= MAX_SIDE):
+            raise GameError(
+                f"game window size {width}x{height} is out of range; use e.g. 1280x720 "
+                f"(16x9 to {MAX_SIDE}x{MAX_SIDE})"
+            )
+        # The same range config.toml allows for game.channel_port: no privileged ports, and
+        # not 0, which would pick a random port no agent knows.
+        if not 1024 <= self.channel_port <= 65535:
+            raise GameError(f"gamepad port {self.channel_port} is out of range; use 1024-65535")
+        if self.owner_pid < 0:
+            raise GameError(f"owner pid {self.owner_pid} is not a process id")
         if not (math.isfinite(self.fps) and 0 < self.fps <= 240):
             raise GameError(f"game fps {self.fps} is out of range; use 1-240")
         if self.seconds is not None and not self.seconds > 0:
@@ -86,6 +100,9 @@ def add_game_arguments(parser: argparse.ArgumentParser) -> None:
         "--fps", type=float, default=defaults.fps,
         help="window redraws per second (default: %(default)s; physics is always 50 Hz)",
     )  # fmt: skip
+    # Set by `charles drive` when it starts the game; not meant for people.
+    parser.add_argument("--owner-pid", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--lifeline", action="store_true", help=argparse.SUPPRESS)
 
 
 def options_from_args(args: argparse.Namespace) -> GameOptions:
@@ -98,4 +115,6 @@ def options_from_args(args: argparse.Namespace) -> GameOptions:
         autopilot=args.autopilot,
         seconds=args.seconds,
         fps=args.fps,
+        owner_pid=getattr(args, "owner_pid", 0),
+        lifeline=getattr(args, "lifeline", False),
     )

@@ -1,0 +1,166 @@
+"""The bundled game as `charles drive` sees it: found running, or started and tied to the drive.
+
+A running game is found by asking the gamepad port who listens there (`ask_identity`), never by
+window title: a text editor titled "notes on charles carracing" is not the game. A game that
+another `charles drive` started, alive or dead, is refused rather than adopted. A game Charles
+starts itself dies with it (parent-death signal and a lifeline pipe, see `agent.lifetime`), and
+its output goes to a log file, never to a pipe nobody reads (a full pipe would freeze it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.capture.window import WindowError
+from agent.errors import CharlesError
+from agent.game.channel import GameIdentity, ask_identity
+from agent.processes import stop_process
+
+log = logging.getLogger(__name__)
+
+STOP_TIMEOUT = 10.0
+"""Seconds the game gets to quit on SIGTERM before it is killed."""
+
+
+class GameStartError(CharlesError):
+    """The bundled game could not be started or exited during start-up."""
+
+
+@dataclass
+class BundledGame:
+    """The bundled game a drive targets on gamepad port `port`.
+
+    `process` is set when Charles started the game (then `telemetry` and `log_path` are its
+    files); None when it was already running and Charles talks to it.
+    """
+
+    port: int
+    process: subprocess.Popen[bytes] | None = None
+    telemetry: Path | None = None
+    log_path: Path | None = None
+
+    def pid(self) -> int:
+        """The game's process id, asked afresh for a game Charles did not start (it may have
+        been closed and reopened). WindowError while no acceptable game answers."""
+        if self.process is not None:
+            return self.process.pid
+        identity = ask_identity(self.port)
+        if identity is None:
+            raise WindowError(
+                f"the bundled game is not running (nothing answers on port {self.port}); "
+                "start it with `charles game`"
+            )
+        refuse_foreign(identity, self.port)
+        return identity.pid
+
+    def exited(self) -> bool:
+        return self.process is not None and self.process.poll() is not None
+
+    def last_words(self) -> str:
+        """The last line the game logged, or its exit status: why it ended."""
+        text = ""
+        if self.log_path is not None:
+            with contextlib.suppress(OSError):
+                text = _tail(self.log_path)
+        lines = [line for line in text.splitlines() if line.strip()]
+        if lines:
+            return lines[-1].strip()[:300]
+        status = self.process.returncode if self.process is not None else None
+        return f"exit {status}"
+
+
+def connect_or_launch(
+    port: int, size: tuple[int, ...], launch: bool, stack: contextlib.ExitStack
+) -> BundledGame:
+    """The bundled game on `port`: the one running there, else (with `launch`) a new one.
+
+    The new game is stopped when `stack` closes. Raises CharlesError when a running game
+    belongs to another `charles drive`, or when none runs and `launch` is off.
+    """
+    identity = ask_identity(port)
+    if identity is not None:
+        refuse_foreign(identity, port)
+        log.info("driving the bundled game already running on port %d (pid %d)", port, identity.pid)
+        return BundledGame(port)
+    if not launch:
+        raise WindowError(
+            f"the bundled game is not running (nothing answers on port {port}); start it with "
+            "`charles game`, or set game.launch = true"
+        )
+    return launch_game(port, size, stack)
+
+
+def launch_game(port: int, size: tuple[int, ...], stack: contextlib.ExitStack) -> BundledGame:
+    folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="charles-game-")))
+    telemetry, log_path = folder / "telemetry.jsonl", folder / "game.log"
+    width, height = size
+    command = [
+        sys.executable, "-m", "agent.game", "--size", f"{width}x{height}", "--port", str(port),
+        "--telemetry", str(telemetry), "--owner-pid", str(os.getpid()), "--lifeline",
+    ]  # fmt: skip
+    log.info("starting the bundled game (its log: %s)", log_path)
+    process = spawn_logged(command, log_path)
+    stack.callback(_stop_game, process)
+    return BundledGame(port, process, telemetry, log_path)
+
+
+def spawn_logged(command: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+    """Start `command` with its output going to `log_path` and a lifeline pipe as its stdin.
+
+    A file, not a pipe, takes the output: a pipe that nobody reads fills up after 64 KiB and
+    then blocks the child on its next write. The lifeline: the child can quit when it reads end
+    of file, which happens when this process, holding the pipe's other end, is gone.
+    """
+    with log_path.open("wb") as output:
+        return subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=output, stderr=subprocess.STDOUT
+        )
+
+
+def refuse_foreign(identity: GameIdentity, port: int) -> None:
+    """CharlesError when the game on `port` was started by another `charles drive`."""
+    owner = identity.owner_pid
+    if not owner or owner == os.getpid():
+        return
+    if _alive(owner) is False:
+        raise CharlesError(
+            f"a bundled game left over from an earlier charles drive (pid {owner}, gone) is "
+            f"still running on port {port}: close it (kill {identity.pid}) and try again"
+        )
+    raise CharlesError(
+        f"the bundled game on port {port} (pid {identity.pid}) belongs to another charles "
+        f"drive (pid {owner}); stop that one first, or give this one another game.channel_port"
+    )
+
+
+def _alive(pid: int) -> bool | None:
+    """Whether process `pid` exists; None where that cannot be asked safely (Windows)."""
+    if sys.platform == "win32":
+        return None  # os.kill(pid, 0) would terminate it there
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _stop_game(process: subprocess.Popen[bytes]) -> None:
+    stop_process(process, STOP_TIMEOUT)
+    if process.stdin is not None:
+        with contextlib.suppress(OSError):
+            process.stdin.close()
+
+
+def _tail(path: Path, size: int = 4096) -> str:
+    with path.open("rb") as file:
+        file.seek(max(0, file.seek(0, os.SEEK_END) - size))
+        return file.read().decode(errors="replace")
