@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from agent.config import DEFAULT_CONFIG_PATH, Config, load_config, parse_override
 from agent.errors import CharlesError
 from agent.nets.registry import LINE_NAMES, get_line
+from agent.signals import EXIT_STATUS, StopRequested
 
 if TYPE_CHECKING:
     from agent.bench import BenchResult
@@ -43,11 +44,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
     try:
-        config = load_config(args.config, _overrides(args))
+        config = load_config(args.config, *_overrides(args))
         return int(args.handler(args, config) or 0)
     except CharlesError as error:
         print(f"charles: error: {error}", file=sys.stderr)
         return error.exit_status
+    except StopRequested as stopped:
+        print(f"charles: stopped by {stopped.reason} while starting", file=sys.stderr)
+        return EXIT_STATUS.get(stopped.reason, 1)
     except KeyboardInterrupt:
         print("charles: interrupted", file=sys.stderr)
         return 130
@@ -57,14 +61,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
 
-def _overrides(args: argparse.Namespace) -> dict[str, str]:
-    overrides = dict(parse_override(item) for item in args.set or [])
+def _overrides(args: argparse.Namespace) -> tuple[dict[str, str], dict[str, str]]:
+    """Config keys set on the command line, and the flag that set each (for messages)."""
+    overrides: dict[str, str] = {}
+    origins: dict[str, str] = {}
+    for item in args.set or []:
+        key, value = parse_override(item)
+        overrides[key], origins[key] = value, f"--set {key}"
     for dest, key in KEY_FLAGS.items():
         value = getattr(args, dest, None)
         if value is not None:
-            # A JSON string is a valid TOML basic string, so any path or name survives quoting.
-            overrides[key] = json.dumps(value)
-    return overrides
+            # A JSON string is a valid TOML basic string, so any path or name survives quoting
+            # (unescaped non-ASCII: TOML has no surrogate-pair escapes).
+            overrides[key], origins[key] = json.dumps(value, ensure_ascii=False), f"--{dest}"
+    return overrides, origins
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -156,9 +166,10 @@ def _drive(args: argparse.Namespace, config: Config) -> int:
     summary = run_drive(config, args.seconds, live_console=live)
     if args.json:
         print(json.dumps(asdict(summary)))
-        return 0
-    print("\n".join(summary.lines()))
-    return 0
+    else:
+        print("\n".join(summary.lines()))
+    # Stopped by a signal: the summary is printed, and the status says how it ended.
+    return EXIT_STATUS.get(summary.stopped_by, 0)
 
 
 def _game(args: argparse.Namespace, config: Config) -> int:
@@ -185,14 +196,19 @@ def _config_check(args: argparse.Namespace, config: Config) -> int:
 
 
 def _model_list(args: argparse.Namespace, config: Config) -> int:
-    from agent.store import versions
+    from agent.errors import ModelError
+    from agent.store import latest
 
     for name in LINE_NAMES:
         line = get_line(name)
         height, width, _ = line.input_shape
-        stored = versions(Path(config.model.store), name)
-        newest = stored[-1].name if stored else "no checkpoints yet"
-        print(f"{name}  input {width}x{height}  [{newest}]")
+        try:
+            # The newest intact version: what "latest" would drive with.
+            newest = latest(Path(config.model.store), name)
+            shown = newest.name if newest else "no checkpoints yet"
+        except ModelError as error:
+            shown = f"no intact checkpoint: {error}"
+        print(f"{name}  input {width}x{height}  [{shown}]")
         print(f"    {line.description}")
     return 0
 
@@ -204,7 +220,14 @@ def _model_summary(args: argparse.Namespace, config: Config) -> int:
 
     require_tensorflow()
     line = get_line(config.model.line)
-    model = line.build(config.model.pretrained)
+    checkpoint = None
+    if args.checkpoint is not None:  # only when asked: the config's "latest" would load weights
+        from agent.store import load_into, resolve
+
+        checkpoint = resolve(Path(config.model.store), line.name, config.model.checkpoint)
+    model = line.build("none" if checkpoint else config.model.pretrained)
+    if checkpoint is not None:
+        load_into(model, checkpoint, line.name)
     trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
     non_trainable = sum(int(np.prod(w.shape)) for w in model.non_trainable_weights)
     convcam_shape = tuple(model.get_layer(line.convcam_layer).output.shape[1:])
@@ -214,6 +237,7 @@ def _model_summary(args: argparse.Namespace, config: Config) -> int:
         "outputs": [{"name": name, "range": [-1.0, 1.0]} for name in model.output_names],
         "convcam": {"layer": line.convcam_layer, "shape": list(convcam_shape)},
         "pretrained": config.model.pretrained,
+        "checkpoint": checkpoint.name if checkpoint else None,
         "total_params": trainable + non_trainable,
         "trainable_params": trainable,
         "non_trainable_params": non_trainable,
@@ -230,6 +254,8 @@ def _model_summary(args: argparse.Namespace, config: Config) -> int:
     print(f"Outputs: {', '.join(model.output_names)} (each in [-1, 1])")
     print(f"Convcam: {line.convcam_layer} -> {convcam_shape}")
     print(f"Pretrained: {config.model.pretrained}")
+    if args.checkpoint is not None:
+        print(f"Checkpoint: {checkpoint.name if checkpoint else 'none (fresh weights)'}")
     print(f"Total params: {report['total_params']:,}")
     print(f"Trainable params: {trainable:,}")
     print(f"Non-trainable params: {non_trainable:,}")

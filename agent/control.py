@@ -9,6 +9,9 @@ output is therefore lifted into the part of the range the game does react to:
 The order is: reject non-finite values, clamp to [-1, 1], smooth, lift, split throttle into
 accelerate/brake. Smoothing works on the model's own values (before the lift), so it smooths what
 the model means rather than the game-specific rescaling.
+
+`ControlMapper.map` is the one place that decides what a broken (NaN or infinite) prediction
+means: neutral, and no smoothing history carried past it. Clamping is `agent.types.clamp`.
 """
 
 from __future__ import annotations
@@ -17,14 +20,9 @@ import logging
 import math
 
 from agent.config import ControllerConfig
-from agent.types import NEUTRAL, ControllerState
+from agent.types import NEUTRAL, ControllerState, clamp
 
 logger = logging.getLogger(__name__)
-
-
-def clamp(value: float, low: float, high: float) -> float:
-    """`value` limited to [low, high]; the caller has already rejected NaN."""
-    return min(high, max(low, value))
 
 
 def lift_past_deadzone(value: float, deadzone: float) -> float:
@@ -41,13 +39,12 @@ def lift_past_deadzone(value: float, deadzone: float) -> float:
 def to_controller_state(
     throttle: float, steering: float, deadzone_throttle: float = 0.0, deadzone_steering: float = 0.0
 ) -> ControllerState:
-    """One prediction (throttle, steering in [-1, 1]) as controller values, without smoothing.
+    """One finite prediction (throttle, steering in [-1, 1]) as controller values, unsmoothed.
 
     throttle > 0 accelerates, < 0 brakes (reverses in most games). Out-of-range values are
-    clamped; a non-finite value gives NEUTRAL (a broken prediction must not become full lock).
+    clamped. Non-finite input is the mapper's to refuse; the clamp still turns it into rest (0),
+    never into full lock.
     """
-    if not (math.isfinite(throttle) and math.isfinite(steering)):
-        return NEUTRAL
     pedal = lift_past_deadzone(clamp(throttle, -1.0, 1.0), deadzone_throttle)
     stick = lift_past_deadzone(clamp(steering, -1.0, 1.0), deadzone_steering)
     return ControllerState(

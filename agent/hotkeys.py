@@ -7,6 +7,9 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from agent.capture.screen import explain_display_loss
+from agent.errors import CharlesError
+
 log = logging.getLogger(__name__)
 
 
@@ -23,8 +26,9 @@ class Hotkeys:
     """Calls `actions[name]()` when the key called `name` is pressed, in any window.
 
     pynput imports its platform backend at import time (on X11 it needs DISPLAY), so the import
-    happens in `start()`. A failing action is logged and recorded in `error`, never allowed to
-    kill the listener silently.
+    happens in `start()`. A failing action, and the listener's own death (the X server went
+    away), are logged and recorded in `error`: the drive loop stops on it, because a session
+    whose pause and quit keys no longer work must not go on driving.
     """
 
     def __init__(self, actions: Mapping[str, Callable[[], None]]) -> None:
@@ -35,10 +39,24 @@ class Hotkeys:
     def start(self) -> None:
         from pynput import keyboard
 
-        self._listener = keyboard.Listener(on_press=self._on_press)
+        hotkeys = self
+
+        class Listener(keyboard.Listener):  # type: ignore[misc, valid-type]
+            def run(self) -> None:
+                try:
+                    super().run()
+                except Exception as error:  # kept for the drive loop, not printed by threading
+                    hotkeys._listener_died(error)
+
+        self._listener = Listener(on_press=self._on_press)
         self._listener.daemon = True
         self._listener.start()
         self._listener.wait()
+
+    def _listener_died(self, error: Exception) -> None:
+        self.error = explain_display_loss(error)
+        user_problem = isinstance(self.error, CharlesError)
+        log.error("hotkeys stopped working: %s", self.error, exc_info=not user_problem)
 
     def _on_press(self, key: Any) -> None:
         action = self._actions.get(key_name(key) or "")
@@ -52,7 +70,15 @@ class Hotkeys:
 
     def stop(self) -> None:
         if self._listener is not None:
-            self._listener.stop()
+            try:
+                self._listener.stop()
+            except Exception as error:
+                # With the X server gone the listener cannot be told anything, and it is dead
+                # already; this must not hide the error that ended the session.
+                explained = explain_display_loss(error)
+                if not isinstance(explained, CharlesError):
+                    raise
+                log.debug("hotkey listener could not be stopped: %s", explained)
             _unblock_x11_listener(self._listener)
             # Wait for its thread: it holds X connections that must close before the display
             # (possibly our own Xvfb) goes away.

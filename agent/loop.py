@@ -19,6 +19,7 @@ import numpy as np
 
 from agent.control import ControlMapper
 from agent.controllers.base import Controller
+from agent.errors import CharlesError
 from agent.predictor import Predictor
 from agent.ratekeeper import RateKeeper
 from agent.slot import Slot
@@ -44,6 +45,8 @@ class LoopCounters:
     nonfinite: int = 0
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=200_000))
     """Capture -> command seconds of the predictions sent (the last ~2 hours at 30 PPS)."""
+    predict_seconds: deque[float] = field(default_factory=lambda: deque(maxlen=200_000))
+    """The predictor's own seconds per prediction, for the same predictions."""
 
 
 class DriveLoop:
@@ -117,7 +120,10 @@ class DriveLoop:
                 self._drive_one(frame)
         except BaseException as error:
             self.error = error
-            log.error("drive loop stopped: %s", error)
+            # A user problem (the display went away) is one line; anything else is a bug and
+            # keeps its traceback.
+            user_problem = isinstance(_root_cause(error), CharlesError)
+            log.error("drive loop stopped: %s", error, exc_info=not user_problem)
         finally:
             self.lagged = keeper.lagged
             self._controller.neutral()
@@ -125,16 +131,17 @@ class DriveLoop:
 
     def _drive_one(self, frame: Frame) -> None:
         prediction = self._predictor.predict(self._to_model_input(frame.image))
-        if prediction.finite:
-            command = self._mapper.map(prediction.throttle, prediction.steering)
-        else:
-            command = NEUTRAL
-            self._mapper.reset()
+        # A broken (non-finite) prediction maps to neutral; here it is only counted and told.
+        command = self._mapper.map(prediction.throttle, prediction.steering)
+        if not prediction.finite:
             self.counters.nonfinite += 1
+            if self.counters.nonfinite == 1:
+                log.warning("%s produced a non-finite output; sent neutral", self._predictor.name)
         self._controller.set(command)
         now = time.monotonic()
         self.counters.predictions += 1
         self.counters.latencies.append(now - frame.captured_at)
+        self.counters.predict_seconds.append(prediction.seconds)
         self._ticks.put(Tick(DRIVING, frame, prediction, command, now))
 
     def _raise_if_a_part_failed(self) -> None:
@@ -142,3 +149,25 @@ class DriveLoop:
             error = check()
             if error is not None:
                 raise PartFailed(f"{type(error).__name__}: {error}") from error
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    """The part's own error behind a PartFailed; the error itself otherwise."""
+    if isinstance(error, PartFailed) and error.__cause__ is not None:
+        return error.__cause__
+    return error
+
+
+def failure_to_raise(error: BaseException) -> BaseException:
+    """What `charles drive` raises when the loop stopped on `error`.
+
+    A user problem (a CharlesError such as a lost display) is raised as it is, for its one-line
+    message. Anything else is a bug: raised with its traceback, never dressed up as a user
+    error.
+    """
+    cause = _root_cause(error)
+    if isinstance(cause, CharlesError):
+        return cause
+    crash = RuntimeError(f"the drive loop crashed: {type(cause).__name__}: {cause}")
+    crash.__cause__ = cause
+    return crash

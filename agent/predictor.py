@@ -8,8 +8,6 @@ backend fits behind the same `predict()`.
 
 from __future__ import annotations
 
-import logging
-import math
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,8 +21,6 @@ from agent.types import Prediction
 
 if TYPE_CHECKING:
     import keras
-
-log = logging.getLogger(__name__)
 
 
 def require_tensorflow() -> Any:
@@ -61,7 +57,6 @@ class Predictor:
         self.line = line
         self.name = name
         self.model = model
-        self.nonfinite_count = 0
         outputs = list(model.outputs)
         if convcam:
             outputs.append(model.get_layer(line.convcam_layer).output)
@@ -100,7 +95,6 @@ class Predictor:
         frame = np.zeros(self.line.input_shape, dtype=np.uint8)
         for _ in range(max(1, runs)):
             self.predict(frame)
-        self.nonfinite_count = 0
         return time.perf_counter() - start
 
     def predict(self, frame: np.ndarray) -> Prediction:
@@ -116,8 +110,6 @@ class Predictor:
         steering = float(outputs[1].numpy()[0, 0])
         convcam = outputs[2].numpy()[0] if self._with_convcam else None
         seconds = time.perf_counter() - start
-        if not (math.isfinite(throttle) and math.isfinite(steering)):
-            self.nonfinite_count += 1
-            log.warning("%s produced a non-finite output; sending neutral", self.name)
-            return Prediction(0.0, 0.0, finite=False, seconds=seconds, convcam=convcam)
-        return Prediction(throttle, steering, finite=True, seconds=seconds, convcam=convcam)
+        # Passed on as they are, NaN included: what a broken prediction means (neutral) is
+        # decided in one place, the control mapping.
+        return Prediction(throttle, steering, seconds=seconds, convcam=convcam)

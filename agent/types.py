@@ -47,12 +47,17 @@ class ControllerState:
 NEUTRAL = ControllerState()
 
 
+def clamp(value: float, low: float, high: float) -> float:
+    """`value` limited to [low, high]; a non-finite value becomes 0.0, every axis' rest value.
+
+    The one clamp of controller values: without the finite check, `max(-1.0, nan)` is -1.0,
+    and a NaN would become full left lock.
+    """
+    return min(high, max(low, value)) if math.isfinite(value) else 0.0
+
+
 def clamp_state(state: ControllerState) -> ControllerState:
     """`state` limited to its ranges; a non-finite value becomes that axis' rest value (0)."""
-
-    def clamp(value: float, low: float, high: float) -> float:
-        return min(high, max(low, value)) if math.isfinite(value) else 0.0
-
     return ControllerState(
         steering=clamp(state.steering, -1.0, 1.0),
         accelerate=clamp(state.accelerate, 0.0, 1.0),
@@ -62,19 +67,22 @@ def clamp_state(state: ControllerState) -> ControllerState:
 
 @dataclass(frozen=True)
 class Prediction:
-    """One inference result.
+    """One inference result, as the network gave it.
 
-    `throttle` and `steering` are in [-1, 1]. When the network produced NaN or infinity,
-    `finite` is False and both values are 0.0 (neutral): a broken model never steers.
+    `throttle` and `steering` are in [-1, 1], or NaN/infinity from a broken network: then
+    `finite` is False, and the control mapping (`agent.control.ControlMapper`) sends neutral.
     """
 
     throttle: float
     steering: float
-    finite: bool
     seconds: float
     """Wall time of the inference call (perf_counter)."""
     convcam: np.ndarray | None = None
     """Last conv feature map (rows, cols, kernels), float32, when the predictor was asked for it."""
+
+    @property
+    def finite(self) -> bool:
+        return math.isfinite(self.throttle) and math.isfinite(self.steering)
 
 
 @dataclass(frozen=True)

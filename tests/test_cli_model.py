@@ -31,3 +31,21 @@ def test_bench_reports_rate_and_percentiles_as_json(run_charles) -> None:
 def test_bench_refuses_nonsense_arguments(run_charles) -> None:
     result = run_charles("model", "bench", "--seconds", "0", "--checkpoint", "none")
     assert_one_line_error(result, "--seconds must be > 0")
+
+
+def test_summary_loads_the_checkpoint_it_is_given(tmp_path, run_charles) -> None:
+    from agent.nets.registry import get_line
+    from agent.store import publish
+
+    store = tmp_path / "models"
+    publish(get_line("pilotnet_small").build("none"), store, "pilotnet_small", batches=7)
+    common = ("--model", "pilotnet_small", "--set", f"model.store={json.dumps(str(store))}")
+    result = run_charles("model", "summary", *common, "--checkpoint", "v0001", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["checkpoint"] == "pilotnet_small/v0001 (7 batches)"
+    # A checkpoint that is not there is an error, not a summary of fresh weights.
+    result = run_charles("model", "summary", *common, "--checkpoint", "v0002")
+    assert_one_line_error(result, "no version v0002", "have: v0001")
+    # Without --checkpoint nothing is loaded (the config's "latest" is for driving).
+    result = run_charles("model", "summary", *common, "--json")
+    assert json.loads(result.stdout)["checkpoint"] is None

@@ -17,7 +17,7 @@ def text_of(renderable) -> str:
 
 def test_console_shows_raw_and_translated_values_and_rates() -> None:
     frame = Frame(np.zeros((4, 4, 4), np.uint8), captured_at=10.0, seq=7, region=Region(0, 0, 4, 4))
-    prediction = Prediction(throttle=-0.4, steering=0.1, finite=True, seconds=0.004)
+    prediction = Prediction(throttle=-0.4, steering=0.1, seconds=0.004)
     command = ControllerState(steering=0.316, accelerate=0.0, brake=0.4)
     tick = Tick("driving", frame, prediction, command, commanded_at=10.012)
     text = text_of(render(tick, Rates(fps=29.9, pps=28.5), "pilotnet_small/v0002", "game", "Car"))

@@ -8,7 +8,7 @@ import pytest
 
 from agent.config import ControllerConfig
 from agent.control import ControlMapper, lift_past_deadzone, to_controller_state
-from agent.types import NEUTRAL, ControllerState
+from agent.types import NEUTRAL, ControllerState, clamp
 
 
 def test_positive_throttle_accelerates_negative_brakes() -> None:
@@ -55,9 +55,13 @@ def test_out_of_range_predictions_are_clamped() -> None:
     [(math.nan, 0.5), (0.5, math.nan), (math.inf, 0.0), (0.0, -math.inf)],
 )
 def test_non_finite_prediction_is_neutral(throttle: float, steering: float) -> None:
-    assert to_controller_state(throttle, steering, 0.2, 0.2) == NEUTRAL
     mapper = ControlMapper(0.2, 0.2, smoothing=0.5)
     assert mapper.map(throttle, steering) == NEUTRAL
+    # Even unfiltered, the clamp turns a non-finite value into rest, never into full lock.
+    state = to_controller_state(throttle, steering, 0.2, 0.2)
+    assert all(math.isfinite(v) for v in (state.steering, state.accelerate, state.brake))
+    assert abs(state.steering) < 1.0, "a NaN became full lock"
+    assert clamp(math.nan, -1.0, 1.0) == 0.0 and clamp(-math.inf, -1.0, 1.0) == 0.0
 
 
 def test_mapper_from_config_uses_its_deadzones() -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,32 +21,9 @@ from pathlib import Path
 import pytest
 
 from agent.game.telemetry import read_last_telemetry
-from agent.store import publish
 from tests.conftest import REPO
-from tests.models import constant_driver
+from tests.drives import EXIT_STATUS, drive_command, free_udp_port, publish_constant_driver
 from tests.xvfb import focus_window, tap_key, wait_for_window
-
-LINE = "pilotnet_small"
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def publish_constant_driver(store: Path, throttle: float, steering: float) -> None:
-    """A checkpoint that always predicts (throttle, steering), whatever it sees."""
-    model = constant_driver(throttle, steering, LINE)
-    publish(model, store, LINE, batches=0, note=f"constant {throttle}, {steering}")
-
-
-def drive_command(store: Path, port: int, *extra: str) -> list[str]:
-    return [
-        sys.executable, "-m", "agent", "drive", "--config", str(REPO / "config.toml"),
-        "--model", LINE, "--set", f"model.store={json.dumps(str(store))}",
-        "--set", f"game.channel_port={port}", *extra,
-    ]  # fmt: skip
 
 
 def telemetry_samples(path: Path) -> list[dict]:
@@ -132,14 +108,17 @@ def focus_game() -> None:
     focus_window(os.environ["DISPLAY"], window.id)
 
 
-def finish(drive: subprocess.Popen[str]) -> dict:
-    """Wait for `charles drive` to end cleanly; its JSON summary."""
+def finish(drive: subprocess.Popen[str], stopped_by: str = "") -> dict:
+    """Wait for `charles drive` to end cleanly; its JSON summary.
+
+    The exit status is 0, or 128 + the signal's number when a signal stopped it.
+    """
     try:
         out, err = drive.communicate(timeout=30)
     finally:
         if drive.poll() is None:
             drive.kill()
-    assert drive.returncode == 0, err[-3000:]
+    assert drive.returncode == EXIT_STATUS.get(stopped_by, 0), err[-3000:]
     assert "Traceback" not in err, err[-3000:]
     return json.loads(out.strip().splitlines()[-1])
 
@@ -198,7 +177,7 @@ def test_keyboard_driving_leaves_no_key_held_on_every_way_out(
         else:
             drive.send_signal(getattr(signal, way_out))
     finally:
-        summary = finish(drive)
+        summary = finish(drive, way_out)
     assert summary["stopped_by"] == way_out
     assert summary["controller"] == "keyboard"
     assert keys_held() == [], "a key was left pressed"
@@ -271,7 +250,7 @@ def test_a_closed_window_is_waited_for_and_reacquired(display: str, tmp_path: Pa
         )
         drive.send_signal(signal.SIGTERM)
     finally:
-        summary = finish(drive)
+        summary = finish(drive, "SIGTERM")
         if second is not None:
             stop_game(second)
     assert summary["stopped_by"] == "SIGTERM"

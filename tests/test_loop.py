@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from functools import partial
@@ -11,12 +12,13 @@ import pytest
 
 from agent.control import ControlMapper
 from agent.controllers.null import NullController
-from agent.loop import PAUSED, WAITING, DriveLoop, PartFailed
+from agent.errors import CharlesError
+from agent.loop import PAUSED, WAITING, DriveLoop, PartFailed, failure_to_raise
 from agent.nets.registry import get_line
 from agent.predictor import Predictor
 from agent.preprocess import preprocess
 from agent.slot import Slot
-from agent.types import NEUTRAL, Frame, Region, Tick
+from agent.types import NEUTRAL, ControllerState, Frame, Region, Tick
 from tests.models import constant_driver
 
 LINE = get_line("pilotnet_small")
@@ -27,15 +29,16 @@ def predictor() -> Predictor:
     return Predictor(constant_driver(0.5, -0.25), LINE, "constant", warmup_runs=1)
 
 
-def frame(seq: int) -> Frame:
+def frame(seq: int, age: float = 0.0) -> Frame:
+    """A captured frame; `age` seconds old when it is made."""
     image = np.full((720, 1280, 4), seq % 256, dtype=np.uint8)
-    return Frame(image, time.monotonic(), seq, Region(0, 0, 1280, 720))
+    return Frame(image, time.monotonic() - age, seq, Region(0, 0, 1280, 720))
 
 
 class Rig:
     """A loop wired to a null controller; `failure` and `window_ok` steer its inputs."""
 
-    def __init__(self, predictor: Predictor) -> None:
+    def __init__(self, predictor: Predictor, mapper: ControlMapper | None = None) -> None:
         self.frames: Slot[Frame] = Slot()
         self.ticks: Slot[Tick] = Slot()
         self.controller = NullController()
@@ -48,7 +51,7 @@ class Rig:
                 preprocess, capture_size=(1280, 720), crop=(0, 0, 0, 0), input_size=LINE.input_size
             ),
             predictor=predictor,
-            mapper=ControlMapper(),
+            mapper=mapper or ControlMapper(),
             controller=self.controller,
             hz=100,
             ticks=self.ticks,
@@ -134,3 +137,93 @@ def test_pause_and_lost_window_send_neutral_and_resume(predictor) -> None:
 
 def tick_stub() -> Tick:
     return Tick("starting", None, None, NEUTRAL, 0.0)
+
+
+def test_latency_is_measured_from_each_frames_capture_time(predictor) -> None:
+    latencies = []
+    for seq, age in ((1, 0.3), (2, 0.6), (3, 0.0)):
+        rig = Rig(predictor)
+        rig.frames.put(frame(seq, age))
+        rig.loop.run(max_ticks=3)
+        tick, _ = rig.ticks.get()
+        assert tick is not None and tick.frame is not None and tick.frame.seq == seq
+        assert tick.latency == pytest.approx(tick.commanded_at - tick.frame.captured_at)
+        assert list(rig.loop.counters.latencies) == [tick.latency]
+        assert len(rig.loop.counters.predict_seconds) == 1
+        latencies.append(tick.latency)
+    # Each frame's age at capture shows up in its latency, plus the time to predict and send.
+    assert latencies[0] >= 0.3 and latencies[1] >= 0.6
+    assert latencies[1] - latencies[0] == pytest.approx(0.3, abs=0.1)
+    assert 0.0 < latencies[2] < latencies[0]
+
+
+def broken_predictor() -> Predictor:
+    """A real network whose steering output is NaN whatever it sees."""
+    model = constant_driver(0.5, -0.25)
+    layer = model.get_layer("steering")
+    kernel, bias = layer.get_weights()
+    layer.set_weights([kernel, np.full_like(bias, np.nan)])
+    return Predictor(model, LINE, "broken", warmup_runs=1)
+
+
+def test_a_non_finite_prediction_sends_neutral_counts_and_forgets_smoothing(
+    predictor, caplog: pytest.LogCaptureFixture
+) -> None:
+    mapper = ControlMapper(smoothing=0.9)
+    good = Rig(predictor, mapper)
+    good.frames.put(frame(1))
+    good.loop.run(max_ticks=2)
+    assert mapper._previous is not None  # smoothing history from a good prediction
+
+    rig = Rig(broken_predictor(), mapper)
+    rig.controller.set(ControllerState(accelerate=1.0))
+    commands = []
+    thread = rig.run_in_thread()
+    with caplog.at_level(logging.WARNING, logger="agent.loop"):
+        try:
+            rig.feed_until(lambda: rig.loop.counters.predictions >= 3)
+            while (tick := rig.ticks.get()[0]) is None:
+                time.sleep(0.01)
+            commands.append((tick.prediction.finite, tick.command, rig.controller.last))
+        finally:
+            rig.loop.stop()
+            thread.join(5)
+    assert commands == [(False, NEUTRAL, NEUTRAL)]
+    assert rig.loop.counters.nonfinite == rig.loop.counters.predictions >= 3
+    assert mapper._previous is None, "smoothing would blend the next prediction with old ones"
+    assert sum("non-finite" in r.message for r in caplog.records) == 1  # said once, not per frame
+
+
+class Boom(Exception):
+    pass
+
+
+def test_a_bug_in_the_loop_keeps_its_traceback_and_is_not_a_user_error(
+    predictor, caplog: pytest.LogCaptureFixture
+) -> None:
+    rig = Rig(predictor)
+
+    def buggy(image: np.ndarray) -> np.ndarray:
+        raise Boom("a bug in preprocessing")
+
+    rig.loop._to_model_input = buggy
+    rig.frames.put(frame(1))
+    with caplog.at_level(logging.ERROR, logger="agent.loop"):
+        rig.loop.run(max_ticks=3)
+    assert isinstance(rig.loop.error, Boom)
+    assert rig.controller.last == NEUTRAL
+    [record] = [r for r in caplog.records if r.name == "agent.loop"]
+    assert record.exc_info is not None, "a bug must be logged with its traceback"
+    raised = failure_to_raise(rig.loop.error)
+    assert not isinstance(raised, CharlesError) and raised.__cause__ is rig.loop.error
+
+    # A part's user problem stays a one-line user error.
+    lost = CharlesError("lost the X display ':9'")
+    rig = Rig(predictor)
+    rig.failure = lost
+    with caplog.at_level(logging.ERROR, logger="agent.loop"):
+        caplog.clear()
+        rig.loop.run(max_ticks=3)
+    assert failure_to_raise(rig.loop.error) is lost
+    [record] = [r for r in caplog.records if r.name == "agent.loop"]
+    assert not record.exc_info

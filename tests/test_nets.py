@@ -42,10 +42,28 @@ def test_every_line_takes_uint8_frames_and_names_two_outputs(name: str) -> None:
     assert model.get_layer(line.convcam_layer).output.shape[-1] > 0
 
 
-def test_pilotnet_small_is_a_few_hundred_thousand_parameters() -> None:
+def test_pilotnet_small_has_the_readmes_parameter_count() -> None:
     total, trainable, frozen = parameter_counts(get_line("pilotnet_small").build("none"))
-    assert 100_000 < total < 1_000_000
-    assert frozen == 0 and trainable == total
+    assert (total, trainable, frozen) == (475_390, 475_390, 0)
+
+
+@pytest.mark.parametrize("name", LINE_NAMES)
+def test_every_line_scales_pixels_to_minus_one_to_one_inside_the_model(name: str) -> None:
+    """The ImageNet backbone expects [-1, 1]; the scaling lives in the model, exactly there."""
+    line = get_line(name)
+    model = line.build("none")
+    scaled = keras.Model(model.input, model.get_layer("scale_to_unit").output)
+    frame = np.zeros((1, *line.input_shape), np.uint8)
+    frame[0, 0, 0] = (0, 255, 51)
+    frame[0, 1, 1] = (127, 128, 204)
+    out = np.asarray(scaled(frame, training=False))[0]
+    assert out[0, 0] == pytest.approx([-1.0, 1.0, 51 / 127.5 - 1.0], abs=1e-6)
+    expected = [127 / 127.5 - 1.0, 128 / 127.5 - 1.0, 204 / 127.5 - 1.0]
+    assert out[1, 1] == pytest.approx(expected, abs=1e-6)
+    assert out.min() == pytest.approx(-1.0) and out.max() == pytest.approx(1.0)
+    # Nothing between the frame and the scaling: the scaled tensor is what the first layer sees.
+    first = model.get_layer("scale_to_unit")
+    assert first.input is model.input
 
 
 def test_outputs_stay_in_range_even_for_extreme_weights() -> None:

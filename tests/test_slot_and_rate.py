@@ -23,8 +23,15 @@ def test_wait_newer_returns_on_put_and_times_out_without_one() -> None:
     start = time.monotonic()
     assert slot.wait_newer(1, timeout=0.05) == ("a", 1)
     assert time.monotonic() - start >= 0.04
+    # A put wakes the waiter at once: long before the generous timeout would end the wait.
     threading.Timer(0.02, slot.put, args=("b",)).start()
-    assert slot.wait_newer(1, timeout=2.0) == ("b", 2)
+    start = time.monotonic()
+    assert slot.wait_newer(1, timeout=5.0) == ("b", 2)
+    assert time.monotonic() - start < 1.0, "put() did not wake the waiter"
+    # A value newer than `seq` is returned without waiting at all.
+    start = time.monotonic()
+    assert slot.wait_newer(0, timeout=5.0) == ("b", 2)
+    assert time.monotonic() - start < 0.5
 
 
 def test_rate_keeper_holds_the_rate_and_counts_lag() -> None:
@@ -37,4 +44,19 @@ def test_rate_keeper_holds_the_rate_and_counts_lag() -> None:
     assert keeper.lagged == 0
     time.sleep(0.1)  # an overrun of several periods
     assert keeper.keep_time() is True
+    assert keeper.lagged == 1
+
+
+def test_rate_keeper_does_not_burst_to_catch_up_after_a_lag() -> None:
+    """After an overrun the grid restarts from now: the next ticks keep their spacing."""
+    keeper = RateKeeper(hz=50)
+    keeper.keep_time()
+    time.sleep(0.12)  # six periods late
+    assert keeper.keep_time() is True
+    start = time.monotonic()
+    late = [keeper.keep_time() for _ in range(3)]
+    elapsed = time.monotonic() - start
+    assert late == [False, False, False]
+    # Three ticks at 50 Hz take 60 ms; a burst of catch-up ticks would return at once.
+    assert elapsed >= 0.05, f"3 ticks in {elapsed * 1000:.0f} ms: the keeper burst"
     assert keeper.lagged == 1
