@@ -16,13 +16,10 @@ means: neutral, and no smoothing history carried past it. Clamping is `agent.typ
 
 from __future__ import annotations
 
-import logging
 import math
 
 from agent.config import ControllerConfig
 from agent.types import NEUTRAL, ControllerState, clamp
-
-logger = logging.getLogger(__name__)
 
 
 def lift_past_deadzone(value: float, deadzone: float) -> float:
@@ -45,13 +42,10 @@ def to_controller_state(
     clamped. Non-finite input is the mapper's to refuse; the clamp still turns it into rest (0),
     never into full lock.
     """
+    # The lift keeps [-1, 1] in [-1, 1], so only the inputs need clamping.
     pedal = lift_past_deadzone(clamp(throttle, -1.0, 1.0), deadzone_throttle)
     stick = lift_past_deadzone(clamp(steering, -1.0, 1.0), deadzone_steering)
-    return ControllerState(
-        steering=clamp(stick, -1.0, 1.0),
-        accelerate=clamp(pedal, 0.0, 1.0),
-        brake=clamp(-pedal, 0.0, 1.0),
-    )
+    return ControllerState(steering=stick, accelerate=max(0.0, pedal), brake=max(0.0, -pedal))
 
 
 class ControlMapper:
@@ -92,7 +86,6 @@ class ControlMapper:
     def map(self, throttle: float, steering: float) -> ControllerState:
         """Controller values for one prediction (throttle, steering in [-1, 1])."""
         if not (math.isfinite(throttle) and math.isfinite(steering)):
-            logger.debug("non-finite prediction (%r, %r): neutral", throttle, steering)
             self.reset()
             return NEUTRAL
         throttle = clamp(throttle, -1.0, 1.0)

@@ -1,9 +1,13 @@
-"""Errors a user can cause and fix.
+"""Errors a user can cause and fix, and how a thread reports the error that stopped it.
 
 Anything derived from `CharlesError` is printed by the CLI as one line (the message only, no
 traceback) followed by a non-zero exit status. Messages name the problem and the fix. Every
 other exception is a bug and keeps its traceback.
 """
+
+from __future__ import annotations
+
+import logging
 
 
 class CharlesError(Exception):
@@ -24,3 +28,13 @@ class ModelError(CharlesError):
 
 class DependencyError(CharlesError):
     """A package or driver Charles needs is not installed on this machine."""
+
+
+def log_failure(
+    logger: logging.Logger, what: str, error: BaseException, cause: BaseException | None = None
+) -> None:
+    """Log that `what` stopped on `error`: one line for a user problem (a CharlesError such as
+    a lost display), with its traceback for anything else, which is a bug. `cause` is the
+    error to judge by when `error` wraps it."""
+    user_problem = isinstance(cause or error, CharlesError)
+    logger.error("%s: %s", what, error, exc_info=not user_problem)

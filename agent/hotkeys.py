@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from agent.capture.screen import explain_display_loss
-from agent.errors import CharlesError
+from agent.errors import CharlesError, log_failure
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +55,7 @@ class Hotkeys:
 
     def _listener_died(self, error: Exception) -> None:
         self.error = explain_display_loss(error)
-        user_problem = isinstance(self.error, CharlesError)
-        log.error("hotkeys stopped working: %s", self.error, exc_info=not user_problem)
+        log_failure(log, "hotkeys stopped working", self.error)
 
     def _on_press(self, key: Any) -> None:
         action = self._actions.get(key_name(key) or "")

@@ -19,7 +19,7 @@ import numpy as np
 
 from agent.control import ControlMapper
 from agent.controllers.base import Controller
-from agent.errors import CharlesError
+from agent.errors import CharlesError, log_failure
 from agent.predictor import Predictor
 from agent.ratekeeper import RateKeeper
 from agent.slot import Slot
@@ -120,10 +120,7 @@ class DriveLoop:
                 self._drive_one(frame)
         except BaseException as error:
             self.error = error
-            # A user problem (the display went away) is one line; anything else is a bug and
-            # keeps its traceback.
-            user_problem = isinstance(_root_cause(error), CharlesError)
-            log.error("drive loop stopped: %s", error, exc_info=not user_problem)
+            log_failure(log, "drive loop stopped", error, cause=_root_cause(error))
         finally:
             self.lagged = keeper.lagged
             self._controller.neutral()

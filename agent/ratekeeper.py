@@ -14,7 +14,7 @@ class RateKeeper:
     """
 
     def __init__(self, hz: float) -> None:
-        if hz <= 0:
+        if not hz > 0:  # NaN too
             raise ValueError(f"rate must be positive, got {hz}")
         self.period = 1.0 / hz
         self.ticks = 0

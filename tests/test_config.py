@@ -261,6 +261,14 @@ def test_a_blank_key_is_refused(tmp_path: Path) -> None:
     assert "write space for the space bar" in message
 
 
+def accepted_or_refused(tmp_path: Path, text: str, fragment: str | None) -> None:
+    """`text` loads when `fragment` is None, else its one error line contains `fragment`."""
+    if fragment is None:
+        load_config(write(tmp_path, text))
+    else:
+        assert fragment in error_of(tmp_path, text)
+
+
 @pytest.mark.parametrize(
     ("text", "fragment"),
     [
@@ -275,10 +283,7 @@ def test_a_blank_key_is_refused(tmp_path: Path) -> None:
 def test_strings_must_be_plain_non_blank_text(
     tmp_path: Path, text: str, fragment: str | None
 ) -> None:
-    if fragment is None:
-        load_config(write(tmp_path, text))
-    else:
-        assert fragment in error_of(tmp_path, text)
+    accepted_or_refused(tmp_path, text, fragment)
 
 
 def test_long_values_are_refused_and_shortened_in_messages(tmp_path: Path) -> None:
@@ -394,10 +399,7 @@ def test_a_fifo_is_refused_without_blocking(tmp_path: Path, run_charles) -> None
 def test_region_and_crop_must_leave_a_picture(
     tmp_path: Path, text: str, fragment: str | None
 ) -> None:
-    if fragment is None:
-        load_config(write(tmp_path, text))
-    else:
-        assert fragment in error_of(tmp_path, text)
+    accepted_or_refused(tmp_path, text, fragment)
 
 
 def test_controller_hold(tmp_path: Path) -> None:

@@ -64,10 +64,12 @@ def test_non_finite_prediction_is_neutral(throttle: float, steering: float) -> N
     assert clamp(math.nan, -1.0, 1.0) == 0.0 and clamp(-math.inf, -1.0, 1.0) == 0.0
 
 
-def test_mapper_from_config_uses_its_deadzones() -> None:
-    config = ControllerConfig(deadzone_throttle=0.1, deadzone_steering=0.3, smoothing=0.0)
+def test_mapper_from_config_uses_its_deadzones_and_smoothing() -> None:
+    config = ControllerConfig(deadzone_throttle=0.1, deadzone_steering=0.3, smoothing=0.5)
     mapper = ControlMapper.from_config(config)
     assert mapper.map(0.5, 0.5) == to_controller_state(0.5, 0.5, 0.1, 0.3)
+    assert mapper.smoothing == 0.5
+    assert ControlMapper().smoothing == 0.0  # by default each prediction is sent as it is
 
 
 def test_smoothing_zero_passes_each_prediction() -> None:
@@ -105,15 +107,31 @@ def test_non_finite_resets_smoothing_and_reset_forgets_history() -> None:
     assert mapper.map(0.3, 0.3) == ControllerState(0.3, 0.3, 0.0)
 
 
-def test_out_of_range_input_does_not_stick_in_the_filter() -> None:
+@pytest.mark.parametrize("extreme", [100.0, -100.0])
+def test_out_of_range_input_does_not_stick_in_the_filter(extreme: float) -> None:
     mapper = ControlMapper(smoothing=0.5)
-    mapper.map(100.0, 100.0)  # clamped to 1 before it is remembered
-    assert mapper.map(0.0, 0.0).steering == pytest.approx(0.5)
+    mapper.map(extreme, extreme)  # clamped to ±1 before it is remembered
+    state = mapper.map(0.0, 0.0)
+    half = math.copysign(0.5, extreme)
+    assert state.steering == pytest.approx(half)
+    assert (state.accelerate, state.brake) == pytest.approx((max(half, 0.0), max(-half, 0.0)))
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"deadzone_throttle": -0.1}, {"deadzone_steering": 1.0}, {"smoothing": 1.0}]
+    "kwargs",
+    [
+        {"deadzone_throttle": -0.1},
+        {"deadzone_throttle": 0.96},
+        {"deadzone_steering": 1.0},
+        {"smoothing": 1.0},
+    ],
 )
 def test_mapper_rejects_invalid_parameters(kwargs: dict[str, float]) -> None:
-    with pytest.raises(ValueError):
+    [name] = kwargs
+    with pytest.raises(ValueError, match=f"{name} must be between 0 and 0.9"):
         ControlMapper(**kwargs)
+
+
+def test_mapper_accepts_the_largest_allowed_parameters() -> None:
+    mapper = ControlMapper(deadzone_throttle=0.95, deadzone_steering=0.95, smoothing=0.99)
+    assert mapper.map(1.0, -1.0) == ControllerState(-1.0, 1.0, 0.0)

@@ -9,6 +9,7 @@ pynput/XTest on a private Xvfb server, read back as X events by a window that ha
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import select
@@ -51,14 +52,34 @@ def always() -> bool:
 def test_factory_knows_every_backend_the_config_allows() -> None:
     choices = next(f for f in dataclasses.fields(ControllerConfig) if f.name == "backend")
     assert set(BACKENDS) == set(choices.metadata["choices"])
+    with pytest.raises(ValueError, match="unknown controller backend 'joystick'"):
+        open_controller(ControllerConfig(backend="joystick"), 0, always)
+
+
+def test_factory_gives_every_backend_the_configured_hold(
+    monkeypatch: pytest.MonkeyPatch, x_display: str
+) -> None:
+    monkeypatch.setitem(
+        sys.modules, "pyvjoy", types.SimpleNamespace(VJoyDevice=lambda n: FakeVJoy())
+    )
+    monkeypatch.setitem(sys.modules, "vgamepad", types.SimpleNamespace(VX360Gamepad=FakePad))
+    for backend in BACKENDS:
+        controller = open_controller(ControllerConfig(backend=backend, hold=0.3), 47999, always)
+        try:
+            assert controller.name == backend
+            assert controller.hold == 0.3, backend
+        finally:
+            controller.close()
 
 
 def test_null_backend_remembers_the_last_clamped_state() -> None:
     controller = open_controller(ControllerConfig(backend="null"), 0, always)
     assert isinstance(controller, NullController)
-    assert controller.last == NEUTRAL
+    assert controller.last == NEUTRAL and controller.writes == 1  # the factory starts neutral
+    assert NullController().last == NEUTRAL
     controller.set(ControllerState(0.5, 0.25, 0.0))
     assert controller.last == ControllerState(0.5, 0.25, 0.0)
+    assert controller.writes == 2
     controller.set(ControllerState(-3.0, math.nan, 2.0))
     assert controller.last == ControllerState(-1.0, 0.0, 1.0)
     controller.neutral()
@@ -138,6 +159,59 @@ def test_every_device_backend_lets_go_of_a_stale_command_by_itself() -> None:
             assert controller.last == NEUTRAL
         assert controller.releases == 1, controller.name
         controller.close()
+
+
+def test_each_release_is_counted_and_told(caplog: pytest.LogCaptureFixture) -> None:
+    device = FakeVJoy()
+    controller = VJoyController(1, vjoy=device, hold=0.15)
+    try:
+        with caplog.at_level(logging.WARNING, logger="agent.controllers.deadman"):
+            for expected in (1, 2):
+                controller.set(FULL_THROTTLE)
+                deadline = time.monotonic() + 2.0
+                while controller.releases < expected:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.01)
+                assert device.calls[-3:] == [(X, 0x4000), (Z, 0x1), (RZ, 0x1)]
+        assert [r.getMessage() for r in caplog.records] == [
+            "vjoy controller: no new command for 0.1 s; controls neutral until the next one"
+        ] * 2
+    finally:
+        controller.close()
+
+
+def test_the_deadman_tries_again_when_the_driver_failed_to_go_neutral() -> None:
+    device = FakeVJoy()
+    controller = VJoyController(1, vjoy=device, hold=0.2)
+    try:
+        controller.set(FULL_THROTTLE)
+        device.fail = True  # the driver is briefly gone when the command expires
+        time.sleep(0.3)
+        assert controller.releases == 0
+        device.fail = False
+        time.sleep(0.35)  # one hold later it writes neutral
+        assert device.calls[-3:] == [(X, 0x4000), (Z, 0x1), (RZ, 0x1)]
+        assert controller.releases == 1
+    finally:
+        controller.close()
+
+
+@pytest.mark.parametrize("hold", [0.0, -1.0, math.nan, math.inf])
+def test_a_hold_must_be_a_positive_finite_time(hold: float) -> None:
+    with pytest.raises(ValueError, match="hold must be a positive number of seconds"):
+        NullController(hold=hold)
+
+
+def test_a_controller_left_open_does_not_keep_the_program_alive() -> None:
+    code = (
+        "from agent.controllers.null import NullController\n"
+        "from agent.types import ControllerState\n"
+        "NullController(hold=5.0).set(ControllerState(accelerate=1.0))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=30
+    )
+    assert result.returncode == 0, result.stderr
 
 
 def test_a_steady_stream_of_commands_is_never_cut() -> None:
@@ -255,6 +329,9 @@ class FakeVJoy:
         (FULL_THROTTLE, [(X, 0x4000), (Z, 0x8000), (RZ, 0x1)]),
         (FULL_BRAKE, [(X, 0x4000), (Z, 0x1), (RZ, 0x8000)]),
         (ControllerState(0.5, 0.5, 0.0), [(X, 0x6000), (Z, 0x4000), (RZ, 0x1)]),
+        # Each half of the stick has its own span: 0x4000 right of centre, 0x3FFF left of it.
+        (ControllerState(0.9, 0.0, 0.0), [(X, 31130), (Z, 0x1), (RZ, 0x1)]),
+        (ControllerState(-0.9, 0.0, 0.0), [(X, 1639), (Z, 0x1), (RZ, 0x1)]),
     ],
 )
 def test_vjoy_axis_values(state: ControllerState, expected: list[tuple[int, int]]) -> None:
@@ -279,12 +356,18 @@ def test_vjoy_clamps_and_goes_neutral_on_close() -> None:
     assert device.calls == [(X, 0x4000), (Z, 0x1), (RZ, 0x1)]
 
 
-def test_vjoy_driver_failure_surfaces_in_set_but_not_in_neutral_or_close() -> None:
+def test_vjoy_driver_failure_surfaces_in_set_but_not_in_neutral_or_close(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     controller = VJoyController(1, vjoy=FakeVJoy(fail=True))
+    assert controller.device == 1
     with pytest.raises(OSError):
         controller.set(FULL_THROTTLE)
-    controller.neutral()  # logged, not raised: it runs in cleanup paths
-    controller.close()
+    with caplog.at_level(logging.ERROR, logger="agent.controllers.base"):
+        controller.neutral()  # logged, not raised: it runs in cleanup paths
+        controller.close()
+    messages = [r.getMessage() for r in caplog.records]
+    assert "vjoy controller failed to go neutral" in messages, messages
 
 
 def test_vjoy_uses_pyvjoy_device_number(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -318,7 +401,9 @@ def test_vjoy_device_that_cannot_be_acquired_is_a_dependency_error(
         raise RuntimeError("vJoy device is not enabled")
 
     monkeypatch.setitem(sys.modules, "pyvjoy", types.SimpleNamespace(VJoyDevice=vjoy_device))
-    with pytest.raises(DependencyError, match=r"vJoy device 1 cannot be acquired.*not enabled"):
+    with pytest.raises(
+        DependencyError, match=r"vJoy device 1 cannot be acquired \(RuntimeError: vJoy device is"
+    ):
         VJoyController(1)
 
 
@@ -362,6 +447,9 @@ def pad_calls(stick: int, accelerate: int, brake: int) -> list[tuple[Any, ...]]:
         (FULL_THROTTLE, pad_calls(0, 255, 0)),
         (FULL_BRAKE, pad_calls(0, 0, 255)),
         (ControllerState(-0.5, 0.0, 0.5), pad_calls(-16384, 0, 128)),
+        # Each half of the stick has its own span: 32767 to the right, 32768 to the left.
+        (ControllerState(0.9, 0.0, 0.0), pad_calls(29490, 0, 0)),
+        (ControllerState(-0.9, 0.0, 0.0), pad_calls(-29491, 0, 0)),
     ],
 )
 def test_vgamepad_values(state: ControllerState, expected: list[tuple[Any, ...]]) -> None:
@@ -406,7 +494,9 @@ def test_vgamepad_without_bus_is_a_dependency_error(monkeypatch: pytest.MonkeyPa
         raise AssertionError("VIGEM_ERROR_BUS_NOT_FOUND")
 
     monkeypatch.setitem(sys.modules, "vgamepad", types.SimpleNamespace(VX360Gamepad=no_bus))
-    with pytest.raises(DependencyError, match=r"BUS_NOT_FOUND.*ViGEmBus"):
+    with pytest.raises(
+        DependencyError, match=r"\(AssertionError: VIGEM_ERROR_BUS_NOT_FOUND\).*ViGEmBus"
+    ):
         VGamepadController()
 
 
@@ -518,10 +608,11 @@ def key_window(x_display: str) -> Iterator[KeyWindow]:
     window.close()
 
 
-def keyboard(config: KeyboardConfig, has_focus: Callable[[], bool]) -> Any:
+def keyboard(config: KeyboardConfig, has_focus: Callable[[], bool], hold: float = 5.0) -> Any:
+    """A keyboard controller whose dead-man stays out of the way of a test's second or so."""
     from agent.controllers.keyboard import KeyboardController
 
-    return KeyboardController(config, has_focus)
+    return KeyboardController(config, has_focus, hold=hold)
 
 
 def presses(events: list[tuple[str, int, float]], keycode: int) -> list[float]:
@@ -568,6 +659,32 @@ def test_keyboard_pulses_steering_and_holds_full_throttle(key_window: KeyWindow)
         key_window.collect(0.05)
         assert balanced(key_window.events), key_window.events
         assert not key_window.collect(0.25)  # and nothing is pressed again
+        assert controller.error is None and controller.releases == 0
+    finally:
+        controller.close()
+
+
+def test_keyboard_takes_a_capital_letter_as_the_key_without_shift(key_window: KeyWindow) -> None:
+    w = key_window.keycode("w")
+    controller = keyboard(KeyboardConfig(accelerate="W"), always)
+    try:
+        controller.set(FULL_THROTTLE)
+        key_window.collect(0.2)
+    finally:
+        controller.close()
+    key_window.collect(0.05)
+    assert {code for _, code, _ in key_window.events} == {w}, key_window.events
+
+
+def test_keyboard_from_the_factory_presses_only_with_focus(key_window: KeyWindow) -> None:
+    focus = threading.Event()
+    config = ControllerConfig(backend="keyboard", hold=0.5)
+    controller = open_controller(config, 0, focus.is_set)
+    try:
+        controller.set(FULL_THROTTLE)
+        assert key_window.collect(0.2) == []
+        focus.set()
+        assert ("press", key_window.keycode("w")) in [e[:2] for e in key_window.collect(0.2)]
     finally:
         controller.close()
 

@@ -13,7 +13,7 @@ import pytest
 from agent.control import ControlMapper
 from agent.controllers.null import NullController
 from agent.errors import CharlesError
-from agent.loop import PAUSED, WAITING, DriveLoop, PartFailed, failure_to_raise
+from agent.loop import DRIVING, PAUSED, WAITING, DriveLoop, PartFailed, failure_to_raise
 from agent.nets.registry import get_line
 from agent.predictor import Predictor
 from agent.preprocess import preprocess
@@ -83,8 +83,11 @@ def test_drives_with_the_mapped_prediction_and_never_repeats_a_frame(predictor) 
     rig.loop.run(max_ticks=20)
     # One frame, twenty ticks: exactly one prediction, its command sent, then neutral at the end.
     assert rig.loop.counters.predictions == 1
+    assert rig.loop.counters.ticks == 20
+    assert rig.loop.lagged == 0
     tick, _ = rig.ticks.get()
     assert tick is not None and tick.prediction is not None
+    assert tick.state == DRIVING and tick.frame is not None and tick.frame.seq == 1
     assert tick.prediction.throttle == pytest.approx(0.5, abs=1e-5)
     assert tick.command.accelerate == pytest.approx(0.5, abs=1e-5)
     assert tick.command.steering == pytest.approx(-0.25, abs=1e-5)
@@ -102,8 +105,40 @@ def test_a_failed_part_stops_the_loop_with_controls_neutral(predictor) -> None:
     thread.join(timeout=5)
     assert not thread.is_alive()
     assert isinstance(rig.loop.error, PartFailed)
-    assert "capture thread died" in str(rig.loop.error)
+    assert str(rig.loop.error) == "RuntimeError: capture thread died"
     assert rig.controller.last == NEUTRAL
+
+
+def test_the_loop_waits_for_a_new_frame_without_ending(predictor) -> None:
+    rig = Rig(predictor)
+    thread = rig.run_in_thread()
+    try:
+        for count in (1, 2):
+            rig.frames.put(frame(count))
+            deadline = time.monotonic() + 5
+            while rig.loop.counters.predictions < count:
+                assert time.monotonic() < deadline, f"frame {count} was not driven"
+                time.sleep(0.01)
+            time.sleep(0.3)  # thirty ticks with no new frame
+            assert thread.is_alive() and not rig.loop.stopping
+            assert rig.loop.counters.predictions == count
+    finally:
+        rig.loop.stop()
+        thread.join(timeout=5)
+
+
+def test_an_overrunning_tick_is_counted_as_late(predictor) -> None:
+    rig = Rig(predictor)
+    slow_input = rig.loop._to_model_input
+
+    def slow(image: np.ndarray) -> np.ndarray:
+        time.sleep(0.05)  # five periods of the rig's 100 Hz
+        return slow_input(image)
+
+    rig.loop._to_model_input = slow
+    rig.frames.put(frame(1))
+    rig.loop.run(max_ticks=5)
+    assert rig.loop.lagged == 1
 
 
 def test_pause_and_lost_window_send_neutral_and_resume(predictor) -> None:
@@ -114,6 +149,9 @@ def test_pause_and_lost_window_send_neutral_and_resume(predictor) -> None:
         rig.loop.toggle_pause()
         rig.feed_until(lambda: (rig.ticks.get()[0] or tick_stub()).state == PAUSED)
         assert rig.controller.last == NEUTRAL
+        paused_tick = rig.ticks.get()[0]
+        assert paused_tick.command == NEUTRAL and paused_tick.prediction is None
+        assert paused_tick.commanded_at <= time.monotonic()
         paused_at = rig.loop.counters.predictions
         rig.feed_for(0.3)
         assert rig.loop.counters.predictions == paused_at  # new frames, but no predictions
@@ -175,23 +213,31 @@ def test_a_non_finite_prediction_sends_neutral_counts_and_forgets_smoothing(
     good.loop.run(max_ticks=2)
     assert mapper._previous is not None  # smoothing history from a good prediction
 
-    rig = Rig(broken_predictor(), mapper)
-    rig.controller.set(ControllerState(accelerate=1.0))
-    commands = []
-    thread = rig.run_in_thread()
+    broken = broken_predictor()
     with caplog.at_level(logging.WARNING, logger="agent.loop"):
+        first = Rig(broken, mapper)
+        first.controller.set(ControllerState(accelerate=1.0))
+        first.frames.put(frame(1))
+        first.loop.run(max_ticks=2)
+        # Told at once, with the model's name; then only counted.
+        warnings = [r.getMessage() for r in caplog.records if "non-finite" in r.getMessage()]
+        assert warnings == ["broken produced a non-finite output; sent neutral"]
+        tick = first.ticks.get()[0]
+        assert tick is not None and tick.prediction is not None
+        assert (tick.prediction.finite, tick.command) == (False, NEUTRAL)
+        assert mapper._previous is None, "smoothing would blend the next prediction with old ones"
+
+        rig = Rig(broken, mapper)
+        thread = rig.run_in_thread()
         try:
             rig.feed_until(lambda: rig.loop.counters.predictions >= 3)
-            while (tick := rig.ticks.get()[0]) is None:
-                time.sleep(0.01)
-            commands.append((tick.prediction.finite, tick.command, rig.controller.last))
         finally:
             rig.loop.stop()
             thread.join(5)
-    assert commands == [(False, NEUTRAL, NEUTRAL)]
     assert rig.loop.counters.nonfinite == rig.loop.counters.predictions >= 3
-    assert mapper._previous is None, "smoothing would blend the next prediction with old ones"
-    assert sum("non-finite" in r.message for r in caplog.records) == 1  # said once, not per frame
+    assert rig.controller.last == NEUTRAL
+    assert sum("non-finite" in r.getMessage() for r in caplog.records) == 2  # once per loop
+    assert all(seconds > 0 for seconds in rig.loop.counters.predict_seconds)
 
 
 class Boom(Exception):
@@ -213,9 +259,11 @@ def test_a_bug_in_the_loop_keeps_its_traceback_and_is_not_a_user_error(
     assert isinstance(rig.loop.error, Boom)
     assert rig.controller.last == NEUTRAL
     [record] = [r for r in caplog.records if r.name == "agent.loop"]
-    assert record.exc_info is not None, "a bug must be logged with its traceback"
+    assert record.getMessage() == "drive loop stopped: a bug in preprocessing"
+    assert record.exc_info, "a bug must be logged with its traceback"
     raised = failure_to_raise(rig.loop.error)
     assert not isinstance(raised, CharlesError) and raised.__cause__ is rig.loop.error
+    assert str(raised) == "the drive loop crashed: Boom: a bug in preprocessing"
 
     # A part's user problem stays a one-line user error.
     lost = CharlesError("lost the X display ':9'")
@@ -227,3 +275,8 @@ def test_a_bug_in_the_loop_keeps_its_traceback_and_is_not_a_user_error(
     assert failure_to_raise(rig.loop.error) is lost
     [record] = [r for r in caplog.records if r.name == "agent.loop"]
     assert not record.exc_info
+    # A user error raised from another error is still that user error, not its cause.
+    try:
+        raise lost from OSError("connection reset")
+    except CharlesError as error:
+        assert failure_to_raise(error) is lost

@@ -15,7 +15,7 @@ import numpy as np
 
 from agent.capture.screen import explain_display_loss, open_mss, screen_bounds
 from agent.capture.window import GameWindow, WindowError, clip_to
-from agent.errors import CharlesError
+from agent.errors import log_failure
 from agent.ratekeeper import RateKeeper
 from agent.slot import Slot
 from agent.types import Frame, Region
@@ -93,9 +93,7 @@ class Grabber:
                 self._capture(sct)
         except BaseException as error:
             self.error = explain_display_loss(error)
-            # A user problem is one line; anything else is a bug and keeps its traceback.
-            user_problem = isinstance(self.error, CharlesError)
-            log.error("capture stopped: %s", self.error, exc_info=not user_problem)
+            log_failure(log, "capture stopped", self.error)
 
     def _capture(self, sct: Any) -> None:
         screen = screen_bounds(sct)

@@ -50,6 +50,11 @@ class Controller(ABC):
     def releases(self) -> int:
         """How many times the dead-man made the controls neutral because no command came."""
 
+    @property
+    @abstractmethod
+    def hold(self) -> float:
+        """Seconds a command stays applied without a newer one (config `controller.hold`)."""
+
     def __enter__(self) -> Controller:
         return self
 
@@ -97,6 +102,10 @@ class DeviceController(Controller):
     def releases(self) -> int:
         return self._deadman.releases
 
+    @property
+    def hold(self) -> float:
+        return self._deadman.hold
+
     @abstractmethod
     def _write(self, state: ControllerState) -> None: ...
 
@@ -106,7 +115,6 @@ class DeviceController(Controller):
     def set(self, state: ControllerState) -> None:
         with self._lock:
             if self._closed:
-                logger.debug("%s controller is closed; ignoring %s", self.name, state)
                 return
             self._apply(clamp_state(state))
         self._changed.set()

@@ -26,7 +26,6 @@ class GameController(DeviceController):
     repeat_every = REPEAT_PERIOD
 
     def __init__(self, port: int, hold: float = DEFAULT_HOLD) -> None:
-        self.port = port
         self._sender = GamepadSender(port)
         super().__init__(hold)
 

@@ -33,7 +33,7 @@ from agent.capture.screen import display_gone, explain_display_loss
 from agent.config import KeyboardConfig
 from agent.controllers.base import Controller
 from agent.controllers.deadman import DEFAULT_HOLD, DeadMan
-from agent.errors import CharlesError, ConfigError, DependencyError
+from agent.errors import ConfigError, DependencyError, log_failure
 from agent.types import NEUTRAL, ControllerState, clamp_state
 
 logger = logging.getLogger(__name__)
@@ -150,6 +150,10 @@ class KeyboardController(Controller):
     def releases(self) -> int:
         return self._deadman.releases
 
+    @property
+    def hold(self) -> float:
+        return self._deadman.hold
+
     def set(self, state: ControllerState) -> None:
         if self.error is not None:
             raise RuntimeError(f"keyboard controller stopped: {self.error!r}") from self.error
@@ -212,11 +216,7 @@ class KeyboardController(Controller):
                 self._wake.clear()
         except Exception as error:
             self.error = explain_display_loss(error)
-            user_problem = isinstance(self.error, CharlesError)
-            logger.error(
-                "keyboard controller stopped (%s); releasing all keys",
-                self.error, exc_info=not user_problem,
-            )  # fmt: skip
+            log_failure(logger, "keyboard controller stopped; releasing all keys", self.error)
             self._release_all()
 
     def _hold(self, wanted: set[Any]) -> None:
