@@ -107,7 +107,12 @@ def test_bad_override_from_the_command_line(tmp_path: Path, run_charles) -> None
     result = run_charles("config", "check", "--config", str(path), "--set", "capture.fps")
     assert_one_line_error(result, "expected KEY=VALUE")
     result = run_charles("model", "summary", "--config", str(path), "--model", "nope")
-    assert_one_line_error(result, "model.line must be one of")
+    line = assert_one_line_error(result, "model.line must be one of")
+    # The flag is named, not the file, which is not at fault.
+    assert line.startswith("charles: error: --model: ") and str(path) not in line
+    result = run_charles("config", "check", "--config", str(path), "--set", "capture.fps=0")
+    line = assert_one_line_error(result, "capture.fps must be between 1 and 240")
+    assert line.startswith("charles: error: --set capture.fps: ")
 
 
 def test_check_prints_the_effective_values(tmp_path: Path, run_charles) -> None:

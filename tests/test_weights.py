@@ -155,6 +155,50 @@ def test_files_that_reach_outside_themselves_are_refused(donor, tmp_path: Path) 
     assert "holds a link" in refused(edited(donor[0], tmp_path, link))
 
 
+def replace_last_bias(file: h5py.File, make: Callable[[h5py.Group, str], object]) -> None:
+    """Swap the last layer's (1,) bias for a dataset made by `make(group, name)`."""
+    group = file["layers/dense_6/vars"]
+    del group["1"]
+    make(group, "1")
+
+
+def test_arrays_stored_outside_the_file_are_refused(donor, tmp_path: Path) -> None:
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes(bytes(4))
+
+    def external(group: h5py.Group, name: str) -> object:
+        return group.create_dataset(name, (1,), "float32", external=[(str(outside), 0, 4)])
+
+    path = edited(donor[0], tmp_path, lambda f: replace_last_bias(f, external))
+    assert "stores layers/dense_6/vars/1 outside itself" in refused(path)
+
+
+def test_a_filter_that_would_load_a_plugin_is_refused(donor, tmp_path: Path) -> None:
+    def plugin_filtered(group: h5py.Group, name: str) -> object:
+        plist = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        plist.set_chunk((1,))
+        plist.set_filter(307, h5py.h5z.FLAG_OPTIONAL, (1,))  # bzip2's id: not built in
+        space = h5py.h5s.create_simple((1,))
+        return h5py.h5d.create(group.id, name.encode(), h5py.h5t.IEEE_F32LE, space, dcpl=plist)
+
+    path = edited(donor[0], tmp_path, lambda f: replace_last_bias(f, plugin_filtered))
+    assert "with HDF5 filter 307, which would need a plugin" in refused(path)
+
+    def deflated(group: h5py.Group, name: str) -> object:  # built in: fine
+        return group.create_dataset(name, data=np.zeros(1, "float32"), compression="gzip")
+
+    path = edited(donor[0], tmp_path, lambda f: replace_last_bias(f, deflated))
+    load_weights_strictly(build(), path, "a deflated file")
+
+
+def test_text_where_an_array_belongs_is_refused(donor, tmp_path: Path) -> None:
+    def text(group: h5py.Group, name: str) -> object:
+        return group.create_dataset(name, data=np.array([b"import os"]))
+
+    path = edited(donor[0], tmp_path, lambda f: replace_last_bias(f, text))
+    assert "holds layers/dense_6/vars/1, which is not a numeric array" in refused(path)
+
+
 def test_only_hdf5_weight_files_are_opened(tmp_path: Path) -> None:
     path = tmp_path / "model.keras"
     path.write_bytes(b"PK")
