@@ -301,6 +301,28 @@ def test_game_backend_holds_its_state_between_slow_predictions_then_lets_go() ->
         receiver.close()
 
 
+def test_game_backend_repeats_the_held_state_ten_times_a_second() -> None:
+    """Often enough for the game's 0.5 s silence rule, without flooding the channel."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as pad:
+        pad.bind(("127.0.0.1", 0))
+        pad.settimeout(0.05)
+        controller = GameController(pad.getsockname()[1], hold=5.0)
+        try:
+            controller.set(FULL_THROTTLE)
+            packets, end = 0, time.monotonic() + 1.0
+            while time.monotonic() < end:
+                try:
+                    pad.recv(64)
+                    packets += 1
+                except TimeoutError:
+                    pass
+        finally:
+            controller.close()
+    assert 8 <= packets <= 13, packets  # the set() and about ten repeats
+
+
 # --- vJoy (fake device at the pyvjoy boundary) --------------------------------------------
 
 X, Z, RZ = 0x30, 0x32, 0x35
