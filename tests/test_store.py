@@ -29,6 +29,7 @@ from agent.store import (
     read_manifest,
     resolve,
     sha256_of,
+    version_number,
     versions,
 )
 from tests.conftest import assert_one_line_error
@@ -64,6 +65,22 @@ def test_resolve_settings(tmp_path: Path) -> None:
         resolve(tmp_path, LINE, "v0009")
     with pytest.raises(ModelError, match='not "latest"'):
         resolve(tmp_path, LINE, str(tmp_path / "elsewhere"))
+    # A checkpoint folder anywhere (a trainer's output, a shared drive) by its path.
+    assert resolve(tmp_path / "other", LINE, str(checkpoint.folder)) == checkpoint
+
+
+def test_a_version_has_one_spelling() -> None:
+    assert version_number("v0007") == 7 and version_number("v10000") == 10000
+    for name in ("v00007", "x0007", "V0007", "0007", "v007", "v00a7", "v\uff10\uff10\uff10\uff17"):
+        assert version_number(name) is None, name
+
+
+def test_a_manifest_without_a_note_loads(store: Path) -> None:
+    path = store / LINE / "v0001" / MANIFEST_FILE
+    data = json.loads(path.read_text())
+    del data["note"]
+    path.write_text(json.dumps(data))
+    assert read_manifest(path.parent).note == ""
 
 
 def test_a_damaged_or_foreign_checkpoint_is_refused(tmp_path: Path) -> None:
