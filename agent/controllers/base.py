@@ -35,6 +35,8 @@ class Controller(ABC):
     """
 
     name: ClassVar[str]
+    _deadman: DeadMan
+    """Set by every backend: its dead-man (see `agent.controllers.deadman`)."""
 
     @abstractmethod
     def set(self, state: ControllerState) -> None: ...
@@ -46,14 +48,14 @@ class Controller(ABC):
     def close(self) -> None: ...
 
     @property
-    @abstractmethod
     def releases(self) -> int:
         """How many times the dead-man made the controls neutral because no command came."""
+        return self._deadman.releases
 
     @property
-    @abstractmethod
     def hold(self) -> float:
         """Seconds a command stays applied without a newer one (config `controller.hold`)."""
+        return self._deadman.hold
 
     def __enter__(self) -> Controller:
         return self
@@ -97,14 +99,6 @@ class DeviceController(Controller):
     @property
     def closed(self) -> bool:
         return self._closed
-
-    @property
-    def releases(self) -> int:
-        return self._deadman.releases
-
-    @property
-    def hold(self) -> float:
-        return self._deadman.hold
 
     @abstractmethod
     def _write(self, state: ControllerState) -> None: ...

@@ -146,14 +146,6 @@ class KeyboardController(Controller):
         with self._lock:
             return frozenset(self._held)
 
-    @property
-    def releases(self) -> int:
-        return self._deadman.releases
-
-    @property
-    def hold(self) -> float:
-        return self._deadman.hold
-
     def set(self, state: ControllerState) -> None:
         if self.error is not None:
             raise RuntimeError(f"keyboard controller stopped: {self.error!r}") from self.error
