@@ -56,8 +56,7 @@ class Stop:
     @contextlib.contextmanager
     def interrupting(self) -> Iterator[None]:
         """While the block runs (start-up), a stop signal raises StopRequested in it."""
-        if self.requested:
-            raise StopRequested(self.reason or "stop")
+        self.raise_if_requested()
         self._interrupting = True
         try:
             yield
