@@ -33,6 +33,9 @@ KEY_FLAGS = {
     "pretrained": "model.pretrained",
     "checkpoint": "model.checkpoint",
     "backend": "controller.backend",
+    "source": "collect.source",
+    "render": "collect.render",
+    "data": "data.folder",
 }
 
 
@@ -113,6 +116,33 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     drive.add_argument("--json", action="store_true", help="print the summary as JSON")
 
+    collect = commands.add_parser(
+        "collect", parents=[common, model_flags],
+        help="record labelled driving samples into the data folder (balanced shards)",
+        description="Collect samples for training: frames through the same capture and "
+        "preprocess as charles drive, labelled by the autopilot (autopilot, dagger) or a "
+        "person (human), balanced per output and written as shards into data.folder.",
+    )  # fmt: skip
+    collect.set_defaults(handler=_collect)
+    collect.add_argument("--source", help="autopilot, dagger or human (collect.source)")
+    collect.add_argument(
+        "--render", help="window (capture the game window) or offscreen (collect.render)"
+    )
+    collect.add_argument("--data", metavar="FOLDER", help="data folder (data.folder)")
+    collect.add_argument("--seconds", type=float, help="stop after this many seconds")
+    collect.add_argument("--frames", type=int, help="stop after this many frames")
+
+    train = commands.add_parser(
+        "train", parents=[common, model_flags],
+        help="train the model line from the data folder and publish checkpoints",
+        description="The background trainer: loads new shards into one buffer per output, "
+        "trains, and publishes checkpoints into the model store; run it beside charles drive.",
+    )  # fmt: skip
+    train.set_defaults(handler=_train)
+    train.add_argument("--data", metavar="FOLDER", help="data folder (data.folder)")
+    train.add_argument("--seconds", type=float, help="stop after this many seconds")
+    train.add_argument("--batches", type=int, help="stop after this many batches")
+
     game = commands.add_parser(
         "game", parents=[common],
         help="open the bundled game (CarRacing) to play or for a separate agent",
@@ -169,6 +199,31 @@ def _drive(args: argparse.Namespace, config: Config) -> int:
     else:
         print("\n".join(summary.lines()))
     # Stopped by a signal: the summary is printed, and the status says how it ended.
+    return EXIT_STATUS.get(summary.stopped_by, 0)
+
+
+def _positive_limit(value: float | None, flag: str) -> None:
+    if value is not None and not (value > 0 and math.isfinite(value)):
+        raise CharlesError(f"{flag} must be a positive number")
+
+
+def _collect(args: argparse.Namespace, config: Config) -> int:
+    from agent.learn.collect import run_collect
+
+    _positive_limit(args.seconds, "--seconds")
+    _positive_limit(args.frames, "--frames")
+    summary = run_collect(config, args.seconds, args.frames)
+    print("\n".join(summary.lines()))
+    return EXIT_STATUS.get(summary.stopped_by, 0)
+
+
+def _train(args: argparse.Namespace, config: Config) -> int:
+    from agent.learn.trainer import run_train
+
+    _positive_limit(args.seconds, "--seconds")
+    _positive_limit(args.batches, "--batches")
+    summary = run_train(config, args.seconds, args.batches)
+    print("\n".join(summary.lines()))
     return EXIT_STATUS.get(summary.stopped_by, 0)
 
 

@@ -192,6 +192,80 @@ class RecordConfig:
 
 
 @dataclass(frozen=True)
+class DataConfig:
+    """Where collectors publish sample shards and the trainer reads them."""
+
+    folder: str = field(default="data", metadata=_spec())
+    """Data folder; several collectors (processes or machines) may share it."""
+    samples_per_shard: int = field(default=500, metadata=_spec(minimum=1, maximum=100_000))
+    """Samples per shard file; a shard becomes visible to the trainer only when complete."""
+
+
+@dataclass(frozen=True)
+class CollectConfig:
+    """`charles collect`: where labelled samples come from and which ones are kept."""
+
+    source: str = field(
+        default="autopilot", metadata=_spec(choices=("autopilot", "dagger", "human"))
+    )
+    """"autopilot": the bundled game drives itself; "dagger": the agent drives and the
+    autopilot labels; "human": a person drives with the keyboard."""
+    render: str = field(default="window", metadata=_spec(choices=("window", "offscreen")))
+    """"window": capture the game's window; "offscreen": the bundled game rendered in-process,
+    unpaced (same pixels as the window, several times faster; autopilot and dagger only)."""
+    autopilot_share: float = field(default=0.5, metadata=_spec(minimum=0.0, maximum=1.0))
+    """dagger: fraction of the driving time the autopilot has the wheel (in stretches of a
+    few seconds); the rest the agent drives with its current checkpoint."""
+    steering_noise: float = field(default=0.0, metadata=_spec(minimum=0.0, maximum=1.0))
+    """autopilot/dagger: size of random steering disturbances applied to the car (labels stay
+    the autopilot's clean commands), so the data shows how to recover from drifting off."""
+    balance_ratio: float = field(default=2.0, metadata=_spec(minimum=1.0, maximum=1000.0))
+    """Balancing v3: a bin keeps a sample while it holds fewer than ratio x the mean bin."""
+    seed: int = field(default=0, metadata=_spec(minimum=0, maximum=2**31 - 1))
+    """Track seed of the first track; later tracks follow from it."""
+    histogram: bool = field(default=True, metadata=_spec())
+    """Write <data>/histogram-<writer>.png: samples seen and kept per bin, per output."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """`charles train`: buffers, schedule, publishing and how much of the machine it takes."""
+
+    buffer_size: int = field(default=25_000, metadata=_spec(minimum=10, maximum=10_000_000))
+    """Samples per output buffer (one buffer per output)."""
+    start_fill: float = field(default=0.9, metadata=_spec(minimum=0.01, maximum=1.0))
+    """Batches are drawn only while every buffer is at least this full."""
+    max_uses: int = field(default=1, metadata=_spec(minimum=1, maximum=1000))
+    """Times a sample may be drawn before it leaves its buffer (1: the seed's rule)."""
+    batch_per_buffer: int = field(default=32, metadata=_spec(minimum=1, maximum=4096))
+    """Samples drawn from each buffer per batch (a batch holds this times the outputs)."""
+    learning_rate: float = field(default=1e-3, metadata=_spec(minimum=1e-7, maximum=1.0))
+    warmup_batches: int = field(default=1000, metadata=_spec(minimum=0, maximum=10_000_000))
+    """Batches over which the learning rate rises linearly from 0 to learning_rate."""
+    publish_batches: int = field(default=1000, metadata=_spec(minimum=1, maximum=10_000_000))
+    """Publish a checkpoint every this many batches ..."""
+    publish_seconds: float = field(default=300.0, metadata=_spec(minimum=1.0, maximum=86400.0))
+    """... or after this many seconds with new batches, whichever comes first."""
+    keep_versions: int = field(default=10, metadata=_spec(minimum=2, maximum=100_000))
+    """Published versions kept per line; older ones are pruned (never the newest two)."""
+    state: str = field(default="training", metadata=_spec())
+    """Trainer state folder: buffer copies, optimizer state, TensorBoard logs."""
+    save_buffers_seconds: float = field(default=300.0, metadata=_spec(minimum=1.0, maximum=86400.0))
+    """How often the rotating on-disk copy of the buffers is written."""
+    threads: int = field(default=0, metadata=_spec(minimum=0, maximum=1024))
+    """CPU threads TensorFlow may use for training (0: all cores)."""
+    nice: int = field(default=10, metadata=_spec(minimum=0, maximum=19))
+    """Scheduling niceness added to the trainer (0..19; higher yields more to charles drive)."""
+    strategy: str = field(
+        default="default", metadata=_spec(choices=("default", "mirrored", "multiworker"))
+    )
+    """tf.distribute strategy: "default" (one device), "mirrored" (all GPUs of this machine),
+    "multiworker" (several machines; TF_CONFIG names them)."""
+    seed: int = field(default=0, metadata=_spec(minimum=0, maximum=2**31 - 1))
+    """Seed of the buffers' random draws and of fresh weights."""
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole of config.toml."""
 
@@ -201,6 +275,9 @@ class Config:
     controller: ControllerConfig = field(default_factory=ControllerConfig)
     hotkeys: HotkeysConfig = field(default_factory=HotkeysConfig)
     record: RecordConfig = field(default_factory=RecordConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    collect: CollectConfig = field(default_factory=CollectConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     source: str = field(default="<defaults>", metadata={"internal": True}, compare=False)
     """Where the values came from (for messages); not a TOML key."""
 

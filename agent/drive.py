@@ -15,7 +15,6 @@ import threading
 import time
 from collections.abc import Callable
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 from agent.capture import Grabber
@@ -31,9 +30,9 @@ from agent.loop import DriveLoop, failure_to_raise
 from agent.nets.registry import get_line
 from agent.predictor import Predictor
 from agent.preprocess import preprocess
+from agent.reference import checkpoint_to_drive
 from agent.signals import Stop, on_stop_signals
 from agent.slot import Slot
-from agent.store import resolve
 from agent.summary import DriveSummary, median_ms, percentiles_ms
 from agent.target import acquire_window, is_bundled_game
 from agent.types import Frame, Tick
@@ -56,7 +55,7 @@ def run_drive(config: Config, seconds: float | None, live_console: bool) -> Driv
         with stop.interrupting():
             stack.enter_context(display_for_this_process())
             line = get_line(config.model.line)
-            checkpoint = resolve(Path(config.model.store), line.name, config.model.checkpoint)
+            checkpoint = checkpoint_to_drive(config)
             game = None
             if is_bundled_game(config):
                 game = connect_or_launch(

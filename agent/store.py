@@ -83,6 +83,13 @@ class Manifest:
     note: str = ""
     weights_bytes: int | None = None
     """Size of the weights file; None in manifests written before it was recorded."""
+    loss: tuple[tuple[str, float], ...] = ()
+    """Training loss per head (and "total") over the batches before publishing; on disk a
+    JSON object. Empty when unknown (a fresh model, an older writer)."""
+
+    @property
+    def loss_by_name(self) -> dict[str, float]:
+        return dict(self.loss)
 
 
 @dataclass(frozen=True)
@@ -200,6 +207,15 @@ def _manifest_from(data: Any, path: Path) -> Manifest:
     created, note = data["created"], data.get("note", "")
     if not isinstance(created, str) or not isinstance(note, str):
         raise _bad_manifest(path, "created and note must be text")
+    loss = data.get("loss", {})
+    if not (
+        isinstance(loss, dict)
+        and all(
+            isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+            for value in loss.values()
+        )
+    ):
+        raise _bad_manifest(path, f"loss {_show(loss)} is not an object of finite numbers")
     return Manifest(
         model_line=line,
         version=version,
@@ -209,6 +225,7 @@ def _manifest_from(data: Any, path: Path) -> Manifest:
         input_shape=expected,
         note=note,
         weights_bytes=size,
+        loss=tuple((str(name), float(value)) for name, value in loss.items()),
     )
 
 
@@ -482,8 +499,17 @@ def load_into(model: keras.Model, checkpoint: Checkpoint, line: str) -> None:
 # --- publishing ------------------------------------------------------------------------------
 
 
-def publish(model: keras.Model, store: Path, line: str, batches: int, note: str = "") -> Checkpoint:
+def publish(
+    model: keras.Model,
+    store: Path,
+    line: str,
+    batches: int,
+    note: str = "",
+    loss: dict[str, float] | None = None,
+) -> Checkpoint:
     """Save `model`'s weights as the next version of `line`, atomically.
+
+    `loss` (per head, finite numbers) goes into the manifest beside the batch count.
 
     Only the network's weights are saved (no optimizer state). Concurrent publishers (threads
     or processes, on this machine or sharing the folder) each get their own version: on a
@@ -519,9 +545,32 @@ def publish(model: keras.Model, store: Path, line: str, batches: int, note: str 
             weights_bytes=weights.stat().st_size,
             input_shape=takes,
             note=note,
+            loss=tuple((name, float(value)) for name, value in (loss or {}).items()),
         )
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # gone already after a successful rename
+
+
+def prune(store: Path, line: str, keep: int) -> list[str]:
+    """Delete all but the newest `keep` versions of `line` (never fewer than two); returns
+    the names removed, oldest first.
+
+    A version is first renamed to a hidden name (one atomic step, so a scanner sees it either
+    whole or not at all), then deleted. A version another pruner took first is skipped.
+    """
+    keep = max(2, keep)
+    root = store / line
+    found = versions(store, line)
+    removed = []
+    for checkpoint in found[: max(0, len(found) - keep)]:
+        doomed = root / f".pruned-{checkpoint.folder.name}-{secrets.token_hex(4)}"
+        try:
+            os.rename(checkpoint.folder, doomed)
+        except OSError:
+            continue
+        shutil.rmtree(doomed, ignore_errors=True)
+        removed.append(checkpoint.folder.name)
+    return removed
 
 
 def _refuse_non_finite(model: keras.Model, line: str) -> None:
@@ -597,7 +646,12 @@ def _next_number(root: Path) -> int:
 
 
 def _write_manifest(path: Path, manifest: Manifest) -> None:
-    text = json.dumps({**asdict(manifest), "input_shape": list(manifest.input_shape)}, indent=2)
+    fields = {
+        **asdict(manifest),
+        "input_shape": list(manifest.input_shape),
+        "loss": manifest.loss_by_name,
+    }
+    text = json.dumps(fields, indent=2)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o644)
     with os.fdopen(fd, "wb") as stream:
         stream.write((text + "\n").encode("utf-8"))

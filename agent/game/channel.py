@@ -12,6 +12,12 @@ The same port answers "who are you?" (b"CHWH", uint32 nonce) with b"CHIS", the n
 process id and the process id of the `charles drive` that started it (0 when a person did). That
 is how an agent finds *this* game's window among windows with lookalike titles, and tells a game
 it may drive from one that another (or a dead) agent started.
+
+A collector can also subscribe (b"CHSB", uint32 nonce, renewed every second): the game then sends
+it one frame record (b"CHFR") for each picture it shows: the frame number, the monotonic time
+the picture was shown, the input in effect when it was rendered, what the autopilot would have
+done (NaN when it is off) and the car's speed. That pairs a captured frame with the command of
+the moment the game drew it, not the later moment it was captured.
 """
 
 from __future__ import annotations
@@ -36,6 +42,49 @@ _WHO = struct.Struct("<4sI")
 _WHO_MAGIC = b"CHWH"
 _IDENTITY = struct.Struct("<4sIII")
 _IDENTITY_MAGIC = b"CHIS"
+_SUBSCRIBE_MAGIC = b"CHSB"
+_FRAME = struct.Struct("<4sIIdfffffff")
+_FRAME_MAGIC = b"CHFR"
+SUBSCRIPTION_SECONDS = 5.0
+"""A subscriber that has not renewed for this long gets no more frame records."""
+
+
+@dataclass(frozen=True)
+class FrameRecord:
+    """What the game knew when it showed one picture (see the module docstring)."""
+
+    frame: int
+    episode: int
+    shown_at: float
+    """time.monotonic() right after the picture went to the display (same clock as captures)."""
+    applied: ControllerState
+    autopilot: ControllerState | None
+    speed: float
+
+    def pack(self) -> bytes:
+        suggestion = self.autopilot or ControllerState(math.nan, math.nan, math.nan)
+        return _FRAME.pack(
+            _FRAME_MAGIC, self.frame & 0xFFFFFFFF, self.episode & 0xFFFFFFFF, self.shown_at,
+            *astuple(self.applied), *astuple(suggestion), self.speed,
+        )  # fmt: skip
+
+    @classmethod
+    def unpack(cls, packet: bytes) -> FrameRecord | None:
+        if len(packet) != _FRAME.size:
+            return None
+        magic, frame, episode, shown_at, *values = _FRAME.unpack(packet)
+        if magic != _FRAME_MAGIC or not all(math.isfinite(v) for v in values[:3]):
+            return None
+        suggestion = ControllerState(*values[3:6])
+        known = all(math.isfinite(v) for v in values[3:6])
+        return cls(
+            frame, episode, shown_at, clamp_state(ControllerState(*values[:3])),
+            clamp_state(suggestion) if known else None, values[6],
+        )  # fmt: skip
+
+
+def subscribe_packet(nonce: int) -> bytes:
+    return _WHO.pack(_SUBSCRIBE_MAGIC, nonce & 0xFFFFFFFF)
 
 
 @dataclass(frozen=True)
@@ -106,6 +155,7 @@ class GamepadReceiver:
         self._timeout = timeout
         self._state = NEUTRAL
         self._received_at = -math.inf
+        self._subscribers: dict[tuple[str, int], float] = {}
 
     @property
     def port(self) -> int:
@@ -131,9 +181,24 @@ class GamepadReceiver:
             return NEUTRAL
         return self._state
 
+    def publish_frame(self, record: FrameRecord) -> None:
+        """Send `record` to every collector that subscribed within SUBSCRIPTION_SECONDS."""
+        now = time.monotonic()
+        packet = record.pack()
+        for address, renewed in list(self._subscribers.items()):
+            if now - renewed > SUBSCRIPTION_SECONDS:
+                del self._subscribers[address]
+                continue
+            with contextlib.suppress(OSError):
+                self._socket.sendto(packet, address)
+
     def _answer(self, packet: bytes, sender: tuple[str, int]) -> None:
         magic, nonce = _WHO.unpack(packet)
-        if magic == _WHO_MAGIC:
+        if magic == _SUBSCRIBE_MAGIC:
+            # A handful at most: a flood of fake subscribers must not slow the game down.
+            if sender in self._subscribers or len(self._subscribers) < 8:
+                self._subscribers[sender] = time.monotonic()
+        elif magic == _WHO_MAGIC:
             magic, pid, owner = self._identity
             with contextlib.suppress(OSError):
                 self._socket.sendto(_IDENTITY.pack(magic, nonce, pid, owner), sender)

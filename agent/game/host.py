@@ -18,10 +18,11 @@ from functools import partial
 import pygame
 
 from agent.game.autopilot import Autopilot
-from agent.game.channel import GamepadReceiver
+from agent.game.channel import FrameRecord, GamepadReceiver
 from agent.game.inputs import choose_input, keyboard_state
 from agent.game.options import GameError, GameOptions
 from agent.game.sim import PHYSICS_HZ, HostedCarRacing, view_rect
+from agent.game.stamp import draw_stamp
 from agent.game.telemetry import TelemetryRecord, TelemetryWriter
 from agent.lifetime import die_with_parent
 from agent.ratekeeper import RateKeeper
@@ -155,6 +156,7 @@ class _Session:
         self.episode = 1
         self.distance = 0.0
         self.frames = 0
+        self.suggestion: ControllerState | None = None
 
     def run(self, stop: threading.Event) -> None:
         self.env.reset(seed=self.options.seed)
@@ -174,7 +176,7 @@ class _Session:
             if over:
                 self._next_episode(info)
             if now >= next_frame:
-                self._draw()
+                self._draw(state)
                 next_frame = max(next_frame + 1.0 / self.options.fps, now)
             rate.keep_time()
         elapsed = time.monotonic() - start
@@ -202,6 +204,7 @@ class _Session:
         autopilot = None
         if self.autopilot is not None and keyboard is None:
             autopilot = self.autopilot.act(self.env)
+        self.suggestion = autopilot
         return choose_input(keyboard, gamepad, autopilot)
 
     def _next_episode(self, info: dict[str, object]) -> None:
@@ -215,11 +218,19 @@ class _Session:
             self.autopilot.reset()
         self.episode += 1
 
-    def _draw(self) -> None:
+    def _draw(self, state: ControllerState) -> None:
         picture = self.env.render().subsurface(self.view)
         pygame.transform.scale(picture, self.screen.get_size(), self.screen)
-        pygame.display.flip()
         self.frames += 1
+        if self.options.stamp:
+            draw_stamp(self.screen, self.frames)
+        pygame.display.flip()
+        self.receiver.publish_frame(
+            FrameRecord(
+                self.frames, self.episode, time.monotonic(), state, self.suggestion,
+                self.env.speed,
+            )
+        )  # fmt: skip
 
     def _record(self, elapsed: float, state: ControllerState, source: str) -> TelemetryRecord:
         return TelemetryRecord(

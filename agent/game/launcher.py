@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,7 +78,11 @@ class BundledGame:
 
 
 def connect_or_launch(
-    port: int, size: tuple[int, ...], launch: bool, stack: contextlib.ExitStack
+    port: int,
+    size: tuple[int, ...],
+    launch: bool,
+    stack: contextlib.ExitStack,
+    extra_args: Sequence[str] = (),
 ) -> BundledGame:
     """The bundled game on `port`: the one running there, else (with `launch`) a new one.
 
@@ -94,16 +99,20 @@ def connect_or_launch(
             f"the bundled game is not running (nothing answers on port {port}); start it with "
             "`charles game`, or set game.launch = true"
         )
-    return launch_game(port, size, stack)
+    return launch_game(port, size, stack, extra_args)
 
 
-def launch_game(port: int, size: tuple[int, ...], stack: contextlib.ExitStack) -> BundledGame:
+def launch_game(
+    port: int, size: tuple[int, ...], stack: contextlib.ExitStack, extra_args: Sequence[str] = ()
+) -> BundledGame:
+    """Start the bundled game for this process; `extra_args` are more `agent.game` flags."""
     folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="charles-game-")))
     telemetry, log_path = folder / "telemetry.jsonl", folder / "game.log"
     width, height = size
     command = [
         sys.executable, "-m", "agent.game", "--size", f"{width}x{height}", "--port", str(port),
         "--telemetry", str(telemetry), "--owner-pid", str(os.getpid()), "--lifeline",
+        *extra_args,
     ]  # fmt: skip
     log.info("starting the bundled game (its log: %s)", log_path)
     process = spawn_logged(command, log_path)

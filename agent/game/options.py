@@ -30,6 +30,8 @@ class GameOptions:
     the physics always runs at CarRacing's 50 Hz. owner_pid: the `charles drive` that started
     this game (0: a person did); the game reports it to agents and dies with it. lifeline: quit
     when standard input reaches end of file, i.e. when the process holding its pipe is gone.
+    stamp: draw each frame's number into the picture's top-left corner (agent.game.stamp), to
+    measure how captured frames pair with the game's frame records.
     """
 
     size: tuple[int, int] = (1280, 720)
@@ -41,6 +43,7 @@ class GameOptions:
     fps: float = 30.0
     owner_pid: int = 0
     lifeline: bool = False
+    stamp: bool = False
 
     def __post_init__(self) -> None:
         width, height = self.size
@@ -100,6 +103,10 @@ def add_game_arguments(parser: argparse.ArgumentParser) -> None:
         "--fps", type=float, default=defaults.fps,
         help="window redraws per second (default: %(default)s; physics is always 50 Hz)",
     )  # fmt: skip
+    parser.add_argument(
+        "--stamp", action="store_true",
+        help="draw the frame number in the top-left corner (for measuring frame pairing)",
+    )  # fmt: skip
     # Set by `charles drive` when it starts the game; not meant for people.
     parser.add_argument("--owner-pid", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--lifeline", action="store_true", help=argparse.SUPPRESS)
@@ -117,4 +124,5 @@ def options_from_args(args: argparse.Namespace) -> GameOptions:
         fps=args.fps,
         owner_pid=getattr(args, "owner_pid", 0),
         lifeline=getattr(args, "lifeline", False),
+        stamp=getattr(args, "stamp", False),
     )

@@ -1,0 +1,56 @@
+"""The game window's picture without a window: what capture + `preprocess` would give, faster.
+
+The host draws a frame by taking CarRacing's 1000x800 picture, cutting the 16:9 view out of it
+and scaling that to the window with `pygame.transform.scale`; the agent grabs the window and
+calls `preprocess`. `OffscreenCamera` does the same three steps on an in-memory surface of the
+window's size, so a collector can render the game with no window, no X server and no pacing,
+and still produce the very samples window capture would (tests/test_camera.py checks this
+pixel for pixel against a real window on Xvfb).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pygame
+
+from agent.game.sim import HostedCarRacing, view_rect
+from agent.preprocess import preprocess
+
+ASPECT = 16 / 9
+
+
+class OffscreenCamera:
+    """Renders a `HostedCarRacing` the way a 16:9 game window of `capture_size` shows it.
+
+    capture_size: (width, height) of the window (config capture.size); crop and input_size as
+    `preprocess` takes them.
+    """
+
+    def __init__(
+        self,
+        capture_size: tuple[int, int],
+        crop: tuple[int, int, int, int],
+        input_size: tuple[int, int],
+    ) -> None:
+        width, height = capture_size
+        if abs(width / height - ASPECT) > 0.01:
+            # The host letterboxes other shapes; that black border is not modelled here.
+            raise ValueError(f"the offscreen camera needs a 16:9 size, not {width}x{height}")
+        self.capture_size = capture_size
+        self.crop = crop
+        self.input_size = input_size
+        self._view = view_rect(ASPECT)
+        self._screen = pygame.Surface(capture_size)
+
+    def window_picture(self, env: HostedCarRacing) -> np.ndarray:
+        """The window's pixels as uint8 RGB (height, width, 3), as the host would show them."""
+        picture = env.render().subsurface(self._view)
+        pygame.transform.scale(picture, self.capture_size, self._screen)
+        # surfarray is (width, height, 3); the copy makes it C-contiguous for OpenCV.
+        return np.ascontiguousarray(pygame.surfarray.array3d(self._screen).swapaxes(0, 1))
+
+    def frame(self, env: HostedCarRacing) -> np.ndarray:
+        """The model's input for the current game state (uint8 RGB at `input_size`)."""
+        return preprocess(
+            self.window_picture(env), self.capture_size, self.crop, self.input_size, order="rgb"
+        )

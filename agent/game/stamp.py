@@ -1,0 +1,30 @@
+"""A frame number drawn into the picture, to measure which frame a capture really got.
+
+Sixteen 8x8-pixel cells along the top-left edge, one bit each (white = 1), least significant
+first. Only `--stamp` games draw it (it would be noise in training data); `charles bench
+pairing` reads it back from captured frames.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pygame
+
+BITS = 16
+CELL = 8
+
+
+def draw_stamp(surface: pygame.Surface, number: int) -> None:
+    for bit in range(BITS):
+        colour = (255, 255, 255) if number >> bit & 1 else (0, 0, 0)
+        surface.fill(colour, pygame.Rect(bit * CELL, 0, CELL, CELL))
+
+
+def read_stamp(image: np.ndarray) -> int:
+    """The number in a captured frame (uint8, RGB or BGRA, top-left at [0, 0])."""
+    centre = CELL // 2
+    number = 0
+    for bit in range(BITS):
+        if int(image[centre, bit * CELL + centre, 1]) > 127:
+            number |= 1 << bit
+    return number

@@ -1,0 +1,1 @@
+"""Learning: balanced sample sets, shard files, training buffers, the trainer."""

@@ -1,0 +1,40 @@
+"""`charles collect`: labelled samples for training, from the configured source.
+
+- render = "offscreen" (autopilot, dagger): the bundled game simulated and drawn in this
+  process, unpaced (`agent.learn.offscreen`);
+- render = "window": the game's real window, captured like `charles drive` captures it
+  (`agent.learn.window`): the bundled game labels each frame it draws (autopilot, dagger, or a
+  person at its keyboard), any other game is labelled by a person's keys (human).
+"""
+
+from __future__ import annotations
+
+from agent.config import Config
+from agent.errors import ConfigError
+from agent.learn.sink import CollectSummary
+from agent.signals import Stop, on_stop_signals
+from agent.target import is_bundled_game
+
+
+def run_collect(config: Config, seconds: float | None, frames: int | None) -> CollectSummary:
+    """Collect until a stop signal, `seconds` or `frames`; returns the summary."""
+    source, render = config.collect.source, config.collect.render
+    if render == "offscreen" and source == "human":
+        raise ConfigError(
+            'collect.render = "offscreen" draws the game with nobody at the keyboard; a human '
+            'source needs the window: set collect.render = "window"'
+        )
+    if source != "human" and not is_bundled_game(config):
+        raise ConfigError(
+            f"collect.source = {source!r} needs the bundled game's autopilot, but game.title is "
+            f"{config.game.title!r}; use --source human for other games"
+        )
+    stop = Stop()
+    with on_stop_signals(stop.on_signal):
+        if render == "offscreen":
+            from agent.learn.offscreen import collect_offscreen
+
+            return collect_offscreen(config, stop, seconds, frames)
+        from agent.learn.window import collect_from_window
+
+        return collect_from_window(config, stop, seconds, frames)

@@ -1,0 +1,68 @@
+"""Labels from a person's keys, for games other than the bundled one.
+
+A pynput listener follows the driving keys of [controller.keyboard]; the label of a grab is
+the keys held at that moment, as full-value controls (the same mapping the bundled game uses
+for its own keys). Keys count only while the game window has focus, so typing elsewhere never
+becomes a label.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from agent.config import KeyboardConfig
+from agent.hotkeys import key_name
+from agent.types import ControllerState
+
+
+class KeyLabels:
+    """Which driving keys are held now."""
+
+    def __init__(self, keys: KeyboardConfig, has_focus: Callable[[], bool]) -> None:
+        from pynput import keyboard
+
+        self._names = {
+            keys.accelerate.lower(): "accelerate",
+            keys.brake.lower(): "brake",
+            keys.left.lower(): "left",
+            keys.right.lower(): "right",
+        }
+        self._held: set[str] = set()
+        self._lock = threading.Lock()
+        self._has_focus = has_focus
+        self._listener = keyboard.Listener(on_press=self._press, on_release=self._release)
+        self._listener.start()
+
+    def __enter__(self) -> KeyLabels:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+    def _press(self, key: Any) -> None:
+        name = self._names.get(key_name(key) or "")
+        if name is not None:
+            with self._lock:
+                self._held.add(name)
+
+    def _release(self, key: Any) -> None:
+        name = self._names.get(key_name(key) or "")
+        if name is not None:
+            with self._lock:
+                self._held.discard(name)
+
+    def state(self) -> ControllerState:
+        if not self._has_focus():
+            return ControllerState()
+        with self._lock:
+            held = set(self._held)
+        return ControllerState(
+            steering=float("right" in held) - float("left" in held),
+            accelerate=float("accelerate" in held),
+            brake=float("brake" in held),
+        )
+
+    def stop(self) -> None:
+        self._listener.stop()

@@ -1,0 +1,158 @@
+"""Collect from the bundled game rendered in this process: no window, no pacing.
+
+The game's physics runs at its fixed 50 Hz of simulated time and a picture is taken on the
+same 30-a-second grid the window would show, through `OffscreenCamera`, which yields exactly
+the pixels window capture + `preprocess` give (tests/test_camera.py). Nothing waits for a
+wall clock, so this collects several times faster than real time on one core; and every
+label is exact: the frame and the command come from the same simulation step, so there is
+no pairing error at all.
+
+Sources:
+- autopilot: the autopilot drives and labels.
+- dagger: in stretches of `DAGGER_STRETCH_SECONDS`, the agent (the newest checkpoint) drives
+  for a `1 - collect.autopilot_share` share of the time, the autopilot the rest; every frame
+  is labelled with what the autopilot would have done. The agent's command takes effect one
+  physics step after its frame, like the latency of a real drive.
+Both may add steering disturbances (`collect.steering_noise`): the car is pushed off its line
+now and then while the labels stay the autopilot's clean commands, so the data shows how to
+get back.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from agent.config import Config
+from agent.control import ControlMapper
+from agent.game.autopilot import Autopilot
+from agent.game.camera import OffscreenCamera
+from agent.game.sim import PHYSICS_HZ, HostedCarRacing
+from agent.learn.sink import CollectSummary, SampleSink
+from agent.nets.registry import get_line
+from agent.signals import Stop
+from agent.types import ControllerState
+
+if TYPE_CHECKING:
+    from agent.predictor import Predictor
+
+log = logging.getLogger("agent.learn.collect")
+
+DAGGER_STRETCH_SECONDS = 3.0
+"""Simulated seconds one driver keeps the wheel before the dagger mix is drawn again."""
+EPISODE_SECONDS = 90.0
+"""Simulated seconds after which a track is given up (a lap takes the autopilot about 35)."""
+OFF_TRACK_SECONDS = 4.0
+"""Simulated seconds off the road after which the autopilot takes the wheel back (dagger)."""
+
+
+class Disturbance:
+    """Random steering offsets held for a while: a push off the line now and then."""
+
+    def __init__(self, size: float, rng: np.random.Generator) -> None:
+        self.size = size
+        self.rng = rng
+        self.offset = 0.0
+        self.steps_left = 0
+
+    def apply(self, command: ControllerState) -> ControllerState:
+        if self.size <= 0.0:
+            return command
+        if self.steps_left <= 0:
+            pushing = self.rng.random() < 0.3
+            self.offset = float(self.rng.normal(0.0, self.size)) if pushing else 0.0
+            self.steps_left = int(self.rng.integers(10, 40))
+        self.steps_left -= 1
+        steering = float(np.clip(command.steering + self.offset, -1.0, 1.0))
+        return ControllerState(steering, command.accelerate, command.brake)
+
+
+def collect_offscreen(
+    config: Config, stop: Stop, seconds: float | None, frames_limit: int | None
+) -> CollectSummary:
+    source = config.collect.source
+    line = get_line(config.model.line)
+    camera = OffscreenCamera(
+        tuple(config.capture.size), tuple(config.capture.crop), line.input_size
+    )  # type: ignore[arg-type]
+    agent = load_agent(config) if source == "dagger" else None
+    mapper = ControlMapper.from_config(config.controller)
+    sink = SampleSink(config, source, line.input_shape)
+    rng = np.random.default_rng(config.collect.seed)
+    disturbance = Disturbance(config.collect.steering_noise, rng)
+    env = HostedCarRacing()
+    autopilot = Autopilot()
+    seed = config.collect.seed
+    tracks = [seed]
+    env.reset(seed=seed)
+    steps_per_frame = PHYSICS_HZ / config.capture.fps
+    stretch = round(DAGGER_STRETCH_SECONDS * PHYSICS_HZ)
+    step = episode_step = off_track = 0
+    next_frame = 0.0
+    agent_drives = False
+    agent_command: ControllerState | None = None
+    started = time.monotonic()
+    try:
+        while not stop.requested:
+            if seconds is not None and time.monotonic() - started >= seconds:
+                stop("time limit")
+                break
+            if frames_limit is not None and sink.frames >= frames_limit:
+                stop("frame limit")
+                break
+            label = autopilot.act(env)
+            if agent is not None and episode_step % stretch == 0:
+                agent_drives = rng.random() >= config.collect.autopilot_share
+                agent_command = None
+            if episode_step >= next_frame:
+                next_frame += steps_per_frame
+                frame = camera.frame(env)
+                sink.offer(frame, label.accelerate - label.brake, label.steering, env.speed)
+                if off_track >= OFF_TRACK_SECONDS * PHYSICS_HZ:
+                    agent_drives = False  # lost: the autopilot brings the car back
+                if agent is not None and agent_drives:
+                    prediction = agent.predict(frame)
+                    agent_command = mapper.map(prediction.throttle, prediction.steering)
+            command = agent_command if agent_drives and agent_command is not None else label
+            _reward, over, _info = env.apply(disturbance.apply(command))
+            step += 1
+            episode_step += 1
+            off_track = 0 if env.on_track else off_track + 1
+            if over or episode_step >= EPISODE_SECONDS * PHYSICS_HZ:
+                seed += 1
+                tracks.append(seed)
+                env.reset(seed=seed)
+                autopilot.reset()
+                mapper.reset()
+                episode_step = off_track = 0
+                next_frame = 0.0
+    finally:
+        env.close()
+        histogram = sink.close()
+    return CollectSummary(
+        source=source,
+        render="offscreen",
+        frames=sink.frames,
+        kept=sink.kept,
+        shards=sink.writer.shards_written,
+        seconds=time.monotonic() - started,
+        tracks=tracks,
+        stopped_by=stop.reason or "end",
+        histogram=histogram,
+        pairing="exact (frame and command from the same simulation step)",
+    )
+
+
+def load_agent(config: Config) -> Predictor:
+    from agent.predictor import Predictor
+    from agent.reference import checkpoint_to_drive
+
+    checkpoint = checkpoint_to_drive(config)
+    if checkpoint is None:
+        log.info("dagger: no checkpoint yet, so the agent drives with fresh weights")
+    predictor = Predictor.load(config.model.line, checkpoint, config.model.pretrained)
+    log.info("dagger: the agent drives with %s", predictor.name)
+    return predictor

@@ -1,0 +1,83 @@
+"""The trainer's progress: a console line every few seconds and TensorBoard scalars."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from pathlib import Path
+
+from agent.config import TrainConfig
+from agent.learn.buffers import BufferSet
+from agent.learn.shards import ShardWatcher
+from agent.predictor import require_tensorflow
+
+log = logging.getLogger("agent.learn.trainer")
+
+CONSOLE_SECONDS = 5.0
+SCALARS_EVERY = 10
+"""Batches between TensorBoard points (each write costs about a millisecond)."""
+
+
+class TrainProgress:
+    """Tells a person (console) and TensorBoard how training goes."""
+
+    def __init__(self, logdir: Path, train: TrainConfig, buffers: BufferSet) -> None:
+        tf = require_tensorflow()
+        self._tf = tf
+        self._writer = tf.summary.create_file_writer(str(logdir))
+        self._train = train
+        self._buffers = buffers
+        self._times: deque[float] = deque(maxlen=200)
+        self._next_line = 0.0
+        self._last_wait_line = 0.0
+        self._published_at_batch: int | None = None
+
+    def batch_done(self, batch: int, loss: dict[str, float], rate: float) -> None:
+        now = time.monotonic()
+        self._times.append(now)
+        per_second = self.batches_per_second
+        if batch % SCALARS_EVERY == 0:
+            samples = per_second * self._train.batch_per_buffer * len(self._buffers.fills)
+            with self._writer.as_default(step=batch):
+                for name, value in loss.items():
+                    self._tf.summary.scalar(f"loss/{name}", value)
+                self._tf.summary.scalar("learning_rate", rate)
+                self._tf.summary.scalar("samples_per_second", samples)
+                for name, fill in self._buffers.fills.items():
+                    self._tf.summary.scalar(f"buffer_fill/{name}", fill)
+        if now >= self._next_line:
+            self._next_line = now + CONSOLE_SECONDS
+            to_go = self._train.publish_batches - batch % self._train.publish_batches
+            eta = to_go / per_second if per_second > 0 else float("inf")
+            eta = min(eta, self._train.publish_seconds)
+            fills = " ".join(f"{n} {100 * f:.0f}%" for n, f in self._buffers.fills.items())
+            log.info(
+                "batch %d | loss %s | lr %.2g | %.1f batches/s | buffers %s | "
+                "next checkpoint in about %.0f s",
+                batch, " ".join(f"{k} {v:.4f}" for k, v in loss.items()), rate, per_second,
+                fills, eta,
+            )  # fmt: skip
+
+    def waiting(self, watcher: ShardWatcher, samples: int) -> None:
+        now = time.monotonic()
+        if now - self._last_wait_line < CONSOLE_SECONDS:
+            return
+        self._last_wait_line = now
+        fills = " ".join(f"{n} {100 * f:.0f}%" for n, f in self._buffers.fills.items())
+        log.info(
+            "waiting for data: buffers %s (training starts at %.0f%% each); %d samples from "
+            "%d shards loaded so far",
+            fills, 100 * self._train.start_fill, samples, len(watcher.loaded_names),
+        )  # fmt: skip
+
+    @property
+    def batches_per_second(self) -> float:
+        if len(self._times) < 2:
+            return 0.0
+        span = self._times[-1] - self._times[0]
+        return (len(self._times) - 1) / span if span > 0 else 0.0
+
+    def close(self) -> None:
+        self._writer.flush()
+        self._writer.close()

@@ -1,0 +1,292 @@
+"""`charles train`: the background trainer.
+
+It watches the data folder, loads every new shard into one buffer per output, and while every
+buffer is at least `train.start_fill` full it trains on batches that draw the same number of
+samples from each buffer (`agent.learn.buffers`). Every `train.publish_batches` batches or
+`train.publish_seconds` seconds it publishes a checkpoint into the model store, where a driving
+agent picks it up. It keeps in `train.state`: the optimizer's state, the names of the shards
+already loaded, a rotating copy of the buffers and TensorBoard event files.
+
+Crash safety: everything it writes appears atomically (store versions, shards, state files), so
+after `kill -9` a restart resumes from the last published checkpoint and its batch count, with
+the optimizer state saved at that publish (when it matches) and the buffers' last copy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agent.config import Config, TrainConfig
+from agent.errors import CharlesError, ModelError
+from agent.learn.buffers import BufferSet
+from agent.learn.progress import TrainProgress
+from agent.learn.schedule import WarmupSchedule
+from agent.learn.shards import ShardError, ShardWatcher
+from agent.learn.state import TrainerState
+from agent.nets.registry import OUTPUT_NAMES, ModelLine, get_line
+from agent.predictor import require_tensorflow
+from agent.signals import Stop, on_stop_signals
+from agent.store import latest, load_into, prune, publish
+
+log = logging.getLogger(__name__)
+
+POLL_SECONDS = 1.0
+"""How often the data folder is listed for new shards (and how long an idle trainer sleeps)."""
+
+
+@dataclass
+class TrainSummary:
+    """What one `charles train` run did."""
+
+    batches: int
+    """Batch count of the model at the end (including batches before a resume)."""
+    batches_this_run: int
+    published: list[str] = field(default_factory=list)
+    samples_loaded: int = 0
+    shards_skipped: int = 0
+    seconds: float = 0.0
+    stopped_by: str = ""
+    resumed_from: str = ""
+
+    def lines(self) -> list[str]:
+        rate = self.batches_this_run / self.seconds if self.seconds > 0 else 0.0
+        return [
+            f"trained {self.batches_this_run} batches in {self.seconds:.0f} s ({rate:.1f}/s); "
+            f"model at batch {self.batches}",
+            f"resumed from: {self.resumed_from or 'fresh weights'}",
+            f"published: {', '.join(self.published) or 'nothing'}",
+            f"samples loaded: {self.samples_loaded}, shards skipped: {self.shards_skipped}",
+            f"stopped by: {self.stopped_by}",
+        ]
+
+
+def limit_cpu(train: TrainConfig) -> None:
+    """Give way to `charles drive` on the same machine: niceness and TensorFlow's thread pools.
+
+    Must run before TensorFlow executes anything (its thread pools are fixed at first use).
+    """
+    if train.nice > 0 and hasattr(os, "nice"):
+        with contextlib.suppress(OSError):
+            os.nice(train.nice)
+    if train.threads > 0:
+        tf = require_tensorflow()
+        tf.config.threading.set_intra_op_parallelism_threads(train.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(max(1, train.threads // 2))
+
+
+def make_strategy(name: str) -> Any:
+    """The tf.distribute strategy `train.strategy` names.
+
+    "mirrored" mirrors the model on every GPU of this machine, or on every logical CPU device
+    when there is no GPU (tests split the CPU into two); "multiworker" spans the machines
+    listed in the TF_CONFIG environment variable.
+    """
+    tf = require_tensorflow()
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        gpus = tf.config.list_logical_devices("GPU")
+        devices = gpus or tf.config.list_logical_devices("CPU")
+        return tf.distribute.MirroredStrategy(devices=[device.name for device in devices])
+    if name == "multiworker":
+        if "TF_CONFIG" not in os.environ:
+            raise CharlesError(
+                'train.strategy = "multiworker" needs the TF_CONFIG environment variable '
+                "(the cluster's workers and this one's index); see the README"
+            )
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise CharlesError(f"unknown train.strategy {name!r}")
+
+
+def check_data_folder(folder: Path) -> None:
+    """A one-line error unless `folder` is a folder the trainer can list."""
+    if not folder.exists():
+        raise CharlesError(
+            f"data folder {folder} does not exist; run charles collect first, or set "
+            "data.folder to the folder collectors write to"
+        )
+    if not folder.is_dir():
+        raise CharlesError(f"data folder {folder} is not a folder; set data.folder")
+    try:
+        next(os.scandir(folder), None)
+    except OSError as error:
+        raise CharlesError(f"cannot read data folder {folder}: {error.strerror}") from None
+
+
+class Trainer:
+    """One model line trained from one data folder into one store."""
+
+    def __init__(self, config: Config, strategy: Any, stop: Stop) -> None:
+        self.config = config
+        self.train = config.train
+        self.line: ModelLine = get_line(config.model.line)
+        self.store = Path(config.model.store)
+        self.data = Path(config.data.folder)
+        self.stop = stop
+        self.strategy = strategy
+        check_data_folder(self.data)
+        self.state = TrainerState(Path(self.train.state), self.line.name)
+        self.schedule = WarmupSchedule(self.train.learning_rate, self.train.warmup_batches)
+        self.model, self.batches, self.resumed_from = self._build_model()
+        self.buffers = BufferSet(
+            self.train.buffer_size,
+            self.line.input_shape,
+            max_uses=self.train.max_uses,
+            start_fill=self.train.start_fill,
+            rng=np.random.default_rng(self.train.seed + self.batches),
+        )
+        if self.state.load_buffers(self.buffers):
+            log.info("buffers refilled from their last copy: %s", _fills(self.buffers))
+        self.watcher = ShardWatcher(
+            self.data, self.line.input_shape, already_loaded=self.state.loaded_shards()
+        )
+        self.samples_loaded = 0
+
+    def _build_model(self) -> tuple[Any, int, str]:
+        import keras
+
+        tf = require_tensorflow()
+        checkpoint = latest(self.store, self.line.name)
+        with self.strategy.scope():
+            keras.utils.set_random_seed(self.train.seed)
+            model = self.line.build("none" if checkpoint else self.config.model.pretrained)
+            batches, resumed = 0, ""
+            if checkpoint is not None:
+                load_into(model, checkpoint, self.line.name)
+                batches, resumed = checkpoint.manifest.batches, checkpoint.name
+            optimizer = keras.optimizers.Adam(learning_rate=self.schedule)
+            model.compile(
+                optimizer=optimizer, loss={name: "mse" for name in OUTPUT_NAMES}, jit_compile=False
+            )
+            optimizer.build(model.trainable_variables)
+            if not self.state.load_optimizer(optimizer, batches) and batches:
+                log.info("no optimizer state saved at batch %d; Adam starts afresh", batches)
+            # The warm-up and Adam's bias correction follow the batch count, also after resume.
+            optimizer.iterations.assign(tf.constant(batches, dtype=optimizer.iterations.dtype))
+        return model, batches, resumed
+
+    def run(self, seconds: float | None = None, max_batches: int | None = None) -> TrainSummary:
+        started = time.monotonic()
+        first_batch = self.batches
+        summary = TrainSummary(self.batches, 0, resumed_from=self.resumed_from)
+        progress = TrainProgress(self.state.tensorboard, self.train, self.buffers)
+        last_publish = time.monotonic()
+        last_buffer_copy = time.monotonic()
+        next_poll = 0.0
+        losses: list[dict[str, float]] = []
+        log.info(
+            "training %s from %s; data %s; buffers of %d (start at %.0f%%), %d uses a sample",
+            self.line.name, self.resumed_from or "fresh weights", self.data,
+            self.train.buffer_size, 100 * self.train.start_fill, self.train.max_uses,
+        )  # fmt: skip
+        try:
+            while not self.stop.requested:
+                now = time.monotonic()
+                if seconds is not None and now - started >= seconds:
+                    self.stop("time limit")
+                    break
+                if max_batches is not None and self.batches - first_batch >= max_batches:
+                    self.stop("batch limit")
+                    break
+                if now >= next_poll:
+                    self._load_new_shards()
+                    next_poll = now + POLL_SECONDS
+                if not self.buffers.ready:
+                    progress.waiting(self.watcher, self.samples_loaded)
+                    self.stop.event.wait(POLL_SECONDS)
+                    next_poll = 0.0
+                    continue
+                losses.append(self._train_one_batch())
+                progress.batch_done(self.batches, losses[-1], self.schedule.rate_at(self.batches))
+                due = self.batches % self.train.publish_batches == 0 or (
+                    now - last_publish >= self.train.publish_seconds
+                )
+                if due:
+                    summary.published.append(self._publish(losses))
+                    losses, last_publish = [], time.monotonic()
+                if time.monotonic() - last_buffer_copy >= self.train.save_buffers_seconds:
+                    self.state.save_buffers(self.buffers)
+                    last_buffer_copy = time.monotonic()
+            if losses:  # a clean stop keeps the batches trained since the last publish
+                summary.published.append(self._publish(losses))
+            self.state.save_buffers(self.buffers)
+        finally:
+            progress.close()
+        summary.batches = self.batches
+        summary.batches_this_run = self.batches - first_batch
+        summary.samples_loaded = self.samples_loaded
+        summary.shards_skipped = self.watcher.skipped
+        summary.seconds = time.monotonic() - started
+        summary.stopped_by = self.stop.reason or "end"
+        return summary
+
+    def _load_new_shards(self) -> None:
+        # One shard at a time, and only while a buffer has room: shards that arrive faster
+        # than training uses samples wait on disk instead of pushing unused samples out.
+        while min(self.buffers.fills.values()) < 1.0 and not self.stop.requested:
+            try:
+                shards = self.watcher.poll(limit=1)
+            except ShardError as error:
+                raise CharlesError(str(error)) from None
+            if not shards:
+                return
+            shard = shards[0]
+            self.buffers.add_shard(shard.frames, shard.labels, shard.sets)
+            self.samples_loaded += len(shard)
+            self.state.remember_shards([shard.path.name])
+
+    def _train_one_batch(self) -> dict[str, float]:
+        frames, labels = self.buffers.draw_batch(self.train.batch_per_buffer)
+        targets = {name: labels[:, index : index + 1] for index, name in enumerate(OUTPUT_NAMES)}
+        result = self.model.train_on_batch(frames, targets, return_dict=True)
+        self.batches += 1
+        loss = {name: float(result[f"{name}_loss"]) for name in OUTPUT_NAMES}
+        loss["total"] = float(result["loss"])
+        if not all(math.isfinite(value) for value in loss.values()):
+            raise ModelError(
+                f"training diverged at batch {self.batches} (loss {loss}); lower "
+                "train.learning_rate or raise train.warmup_batches, and check the data"
+            )
+        return loss
+
+    def _publish(self, losses: list[dict[str, float]]) -> str:
+        mean = {name: float(np.mean([loss[name] for loss in losses])) for name in losses[0]}
+        note = json.dumps({"trainer": "charles train", "data": str(self.data)})
+        checkpoint = publish(self.model, self.store, self.line.name, self.batches, note, mean)
+        # Saved after the checkpoint: a crash in between leaves the older state, which the
+        # restart sees does not match the checkpoint's batch count and leaves unused.
+        self.state.save_optimizer(self.model.optimizer, self.batches)
+        removed = prune(self.store, self.line.name, self.train.keep_versions)
+        log.info(
+            "published %s (loss %s)%s", checkpoint.name,
+            " ".join(f"{k} {v:.4f}" for k, v in mean.items()),
+            f"; pruned {', '.join(removed)}" if removed else "",
+        )  # fmt: skip
+        return checkpoint.manifest.version
+
+
+def _fills(buffers: BufferSet) -> str:
+    return ", ".join(f"{name} {100 * fill:.0f}%" for name, fill in buffers.fills.items())
+
+
+def run_train(
+    config: Config, seconds: float | None = None, max_batches: int | None = None
+) -> TrainSummary:
+    """Train until a stop signal, `seconds` or `max_batches`; returns the summary."""
+    stop = Stop()
+    with on_stop_signals(stop.on_signal), stop.interrupting():
+        limit_cpu(config.train)
+        strategy = make_strategy(config.train.strategy)
+        trainer = Trainer(config, strategy, stop)
+    with on_stop_signals(stop):
+        return trainer.run(seconds, max_batches)
