@@ -163,11 +163,21 @@ class _Session:
         rate = RateKeeper(PHYSICS_HZ)
         start = time.monotonic()
         next_sample = next_frame = start
+        waiting = self.options.wait_for_input
         while not stop.is_set() and self._events_allow_running():
             now = time.monotonic()
             if self.options.seconds is not None and now - start >= self.options.seconds:
                 break
             state, source = self._input()
+            if waiting and source != "none":
+                waiting = False
+                log.info("first input (%s): the race starts", source)
+            if waiting:  # the car stands on the grid, and the episode's clock with it
+                if now >= next_frame:
+                    self._draw(state)
+                    next_frame = max(next_frame + 1.0 / self.options.fps, now)
+                rate.keep_time()
+                continue
             _reward, over, info = self.env.apply(state)
             self.distance += self.env.speed / PHYSICS_HZ
             if self.telemetry is not None and now >= next_sample:

@@ -31,7 +31,9 @@ class GameOptions:
     this game (0: a person did); the game reports it to agents and dies with it. lifeline: quit
     when standard input reaches end of file, i.e. when the process holding its pipe is gone.
     stamp: draw each frame's number into the picture's top-left corner (agent.game.stamp), to
-    measure how captured frames pair with the game's frame records.
+    measure how captured frames pair with the game's frame records. wait_for_input: hold the
+    first episode (no physics, no score lost) until some input drives, so a driver that takes
+    seconds to load starts on equal terms (the learning benchmark's evaluations).
     """
 
     size: tuple[int, int] = (1280, 720)
@@ -44,6 +46,7 @@ class GameOptions:
     owner_pid: int = 0
     lifeline: bool = False
     stamp: bool = False
+    wait_for_input: bool = False
 
     def __post_init__(self) -> None:
         width, height = self.size
@@ -107,6 +110,10 @@ def add_game_arguments(parser: argparse.ArgumentParser) -> None:
         "--stamp", action="store_true",
         help="draw the frame number in the top-left corner (for measuring frame pairing)",
     )  # fmt: skip
+    parser.add_argument(
+        "--wait-for-input", action="store_true",
+        help="hold the car on the grid until the first input (keyboard, gamepad or autopilot)",
+    )  # fmt: skip
     # Set by `charles drive` when it starts the game; not meant for people.
     parser.add_argument("--owner-pid", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--lifeline", action="store_true", help=argparse.SUPPRESS)
@@ -125,4 +132,5 @@ def options_from_args(args: argparse.Namespace) -> GameOptions:
         owner_pid=getattr(args, "owner_pid", 0),
         lifeline=getattr(args, "lifeline", False),
         stamp=getattr(args, "stamp", False),
+        wait_for_input=getattr(args, "wait_for_input", False),
     )

@@ -124,10 +124,27 @@ class Balancer:
         self._kept_total = [0] * len(self._bins)
         self._bins_seen = [0] * len(self._bins)
 
-    def offer(self, throttle: float, steering: float) -> tuple[bool, bool]:
-        """Count one sample; whether it joins each output's set, in OUTPUT_NAMES order."""
-        row = self.offer_many(np.asarray([throttle]), np.asarray([steering]))[0]
-        return bool(row[0]), bool(row[1])
+    def offer(
+        self, throttle: float, steering: float, outputs: tuple[str, ...] = OUTPUT_NAMES
+    ) -> tuple[bool, bool]:
+        """Count one sample; whether it joins each output's set, in OUTPUT_NAMES order.
+
+        Only the sets of `outputs` are offered the sample (and count it): a label that is not
+        trustworthy for one output (dagger's pedal label while the agent drives) stays out of
+        that output's set without skewing its counts.
+        """
+        for name in outputs:
+            self._column(name)
+        if outputs == OUTPUT_NAMES:
+            row = self.offer_many(np.asarray([throttle]), np.asarray([steering]))[0]
+            return bool(row[0]), bool(row[1])
+        values = {"throttle": throttle, "steering": steering}
+        decision = [False] * len(OUTPUT_NAMES)
+        for column, (name, bins) in enumerate(zip(OUTPUT_NAMES, self._bins, strict=True)):
+            if name in outputs:
+                index = bins.indices(np.asarray([values[name]]))
+                decision[column] = bool(self._decide(column, index)[0])
+        return decision[0], decision[1]
 
     def offer_many(self, throttle: np.ndarray, steering: np.ndarray) -> np.ndarray:
         """`offer` for N samples in order: (N, 2) bool, exactly as N calls would decide."""

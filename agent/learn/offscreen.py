@@ -12,7 +12,8 @@ Sources:
 - dagger: in stretches of `DAGGER_STRETCH_SECONDS`, the agent (the newest checkpoint) drives
   for a `1 - collect.autopilot_share` share of the time, the autopilot the rest; every frame
   is labelled with what the autopilot would have done. The agent's command takes effect one
-  physics step after its frame, like the latency of a real drive.
+  physics step after its frame, like the latency of a real drive. Frames the agent drives
+  join the steering set only (see STEERING_ONLY's comment).
 Both may add steering disturbances (`collect.steering_noise`): the car is pushed off its line
 now and then while the labels stay the autopilot's clean commands, so the data shows how to
 get back.
@@ -32,7 +33,7 @@ from agent.game.autopilot import Autopilot
 from agent.game.camera import OffscreenCamera
 from agent.game.sim import PHYSICS_HZ, HostedCarRacing
 from agent.learn.sink import CollectSummary, SampleSink
-from agent.nets.registry import get_line
+from agent.nets.registry import OUTPUT_NAMES, get_line
 from agent.signals import Stop
 from agent.types import ControllerState
 
@@ -45,6 +46,7 @@ DAGGER_STRETCH_SECONDS = 3.0
 """Simulated seconds one driver keeps the wheel before the dagger mix is drawn again."""
 EPISODE_SECONDS = 90.0
 """Simulated seconds after which a track is given up (a lap takes the autopilot about 35)."""
+STEERING_ONLY = ("steering",)
 OFF_TRACK_SECONDS = 4.0
 """Simulated seconds off the road after which the autopilot takes the wheel back (dagger)."""
 
@@ -110,7 +112,13 @@ def collect_offscreen(
             if episode_step >= next_frame:
                 next_frame += steps_per_frame
                 frame = camera.frame(env)
-                sink.offer(frame, label.accelerate - label.brake, label.steering, env.speed)
+                # The autopilot's pedals answer the car's speed, which one frame does not show:
+                # at the agent's (different) speed they would teach braking or flooring it from
+                # a picture alone, so agent-driven frames teach steering only.
+                trusted = STEERING_ONLY if agent_drives else OUTPUT_NAMES
+                sink.offer(
+                    frame, label.accelerate - label.brake, label.steering, env.speed, trusted
+                )
                 if off_track >= OFF_TRACK_SECONDS * PHYSICS_HZ:
                     agent_drives = False  # lost: the autopilot brings the car back
                 if agent is not None and agent_drives:

@@ -77,12 +77,23 @@ class SampleSink:
         self._started = time.monotonic()
         self._next_line = self._started + PROGRESS_SECONDS
 
-    def offer(self, frame: np.ndarray, throttle: float, steering: float, speed: float) -> None:
-        """One labelled frame; throttle = accelerate - brake, both labels in [-1, 1]."""
+    def offer(
+        self,
+        frame: np.ndarray,
+        throttle: float,
+        steering: float,
+        speed: float,
+        outputs: tuple[str, ...] = OUTPUT_NAMES,
+    ) -> None:
+        """One labelled frame; throttle = accelerate - brake, both labels in [-1, 1].
+
+        `outputs`: the outputs whose labels are trustworthy for this frame; the sample may
+        join only their balanced sets.
+        """
         self.frames += 1
         throttle = min(1.0, max(-1.0, throttle))
         steering = min(1.0, max(-1.0, steering))
-        sets = self.balancer.offer(throttle, steering)
+        sets = self.balancer.offer(throttle, steering, outputs)
         if any(sets):
             self.kept += 1
             self.writer.add(frame, throttle, steering, speed, time.time(), sets)

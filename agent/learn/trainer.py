@@ -246,9 +246,13 @@ class Trainer:
             self.state.remember_shards([shard.path.name])
 
     def _train_one_batch(self) -> dict[str, float]:
-        frames, labels = self.buffers.draw_batch(self.train.batch_per_buffer)
-        targets = {name: labels[:, index : index + 1] for index, name in enumerate(OUTPUT_NAMES)}
-        result = self.model.train_on_batch(frames, targets, return_dict=True)
+        per_buffer = self.train.batch_per_buffer
+        frames, labels = self.buffers.draw_batch(per_buffer)
+        # Lists in the model's output order (OUTPUT_NAMES): Keras matches weights by position.
+        targets = [labels[:, index : index + 1] for index in range(len(OUTPUT_NAMES))]
+        result = self.model.train_on_batch(
+            frames, targets, sample_weight=self._head_weights(per_buffer), return_dict=True
+        )
         self.batches += 1
         loss = {name: float(result[f"{name}_loss"]) for name in OUTPUT_NAMES}
         loss["total"] = float(result["loss"])
@@ -258,6 +262,23 @@ class Trainer:
                 "train.learning_rate or raise train.warmup_batches, and check the data"
             )
         return loss
+
+    def _head_weights(self, per_buffer: int) -> list[np.ndarray]:
+        """Each head learns from its own output's balanced set only.
+
+        The batch is `per_buffer` samples from each buffer in OUTPUT_NAMES order. A set is
+        balanced for its output, not the other (the throttle set is mostly straight ahead), and
+        a sample may carry a label only one output can trust (dagger), so the rows drawn from
+        one output's buffer weigh 1 for that head and 0 for the others. The weights are scaled
+        so each head's loss is a mean over its own rows.
+        """
+        count = len(OUTPUT_NAMES)
+        weights = []
+        for index in range(count):
+            weight = np.zeros(per_buffer * count, dtype=np.float32)
+            weight[index * per_buffer : (index + 1) * per_buffer] = count
+            weights.append(weight)
+        return weights
 
     def _publish(self, losses: list[dict[str, float]]) -> str:
         mean = {name: float(np.mean([loss[name] for loss in losses])) for name in losses[0]}

@@ -31,10 +31,10 @@ from agent.display import display_for_this_process
 from agent.errors import CharlesError
 from agent.game.launcher import connect_or_launch
 from agent.learn.keylabels import KeyLabels
-from agent.learn.offscreen import DAGGER_STRETCH_SECONDS
+from agent.learn.offscreen import DAGGER_STRETCH_SECONDS, STEERING_ONLY
 from agent.learn.pairing import FrameRecordListener
 from agent.learn.sink import CollectSummary, SampleSink
-from agent.nets.registry import get_line
+from agent.nets.registry import OUTPUT_NAMES, get_line
 from agent.preprocess import preprocess
 from agent.signals import Stop
 from agent.slot import Slot
@@ -121,7 +121,10 @@ def collect_from_window(
                     unpaired += 1
                     continue
                 model_input = to_input(frame.image)
-                sink.offer(model_input, label.accelerate - label.brake, label.steering, speed)
+                trusted = STEERING_ONLY if agent_drives else OUTPUT_NAMES
+                sink.offer(
+                    model_input, label.accelerate - label.brake, label.steering, speed, trusted
+                )
                 if agent is not None and controller is not None:
                     if now >= next_draw:
                         next_draw = now + DAGGER_STRETCH_SECONDS

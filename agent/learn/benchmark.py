@@ -1,0 +1,352 @@
+"""The learning benchmark: collect, train, then drive unseen tracks through window capture.
+
+    .venv/bin/python -m agent.learn.benchmark [--collect-minutes 4 --train-minutes 4 ...]
+    (scripts/bench-learn runs it)
+
+Every phase is a real `charles` command in its own process, in a fresh work folder:
+1. behaviour cloning: `charles collect --source autopilot --render offscreen` on tracks from
+   seed 1000 up, then `charles train`;
+2. dagger: `charles collect --source dagger` (the BC checkpoint drives half the time, the
+   autopilot labels every frame) on tracks from seed 2000 up, then `charles train` again, which
+   resumes from the BC checkpoint;
+3. evaluation on tracks 1-5 (never collected on): `charles game --seed S --wait-for-input`,
+   driven by `charles drive` (window capture, the game's gamepad) with the untrained model, the
+   BC checkpoint and the dagger checkpoint, and by the game's own autopilot for reference.
+   A run ends when the lap is done or after `--cap` seconds of driving; its score is
+   CarRacing's (+1000/N per new tile of N, -0.1 per 50 Hz step), as the game logs it.
+
+Prints one table and writes results.json and score-vs-training.png into the work folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from agent.display import display_for_this_process
+from agent.game.channel import ask_identity
+
+REPO = Path(__file__).resolve().parents[2]
+EVAL_SEEDS = (1, 2, 3, 4, 5)
+BC_SEED = 1000
+DAGGER_SEED = 2000
+# The recipe's settings (also what the reference checkpoint's manifest records).
+COLLECT_SETTINGS = ["collect.steering_noise=0.3", "data.samples_per_shard=250"]
+TRAIN_SETTINGS = [
+    "train.max_uses=10",
+    "train.warmup_batches=300",
+    "train.publish_seconds=60",
+    "train.publish_batches=1000",
+    "train.save_buffers_seconds=120",
+    "train.nice=0",
+]
+_EPISODE_LINE = re.compile(r"episode 1 over \((?P<how>[^)]*)\): score (?P<score>-?[\d.]+)")
+
+
+@dataclass
+class Run:
+    policy: str
+    seed: int
+    score: float
+    distance: float
+    finished: bool
+    seconds: float
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--work", type=Path, default=None, help="work folder (default: new)")
+    parser.add_argument("--collect-minutes", type=float, default=4.0)
+    parser.add_argument("--train-minutes", type=float, default=4.0)
+    parser.add_argument("--dagger-collect-minutes", type=float, default=2.0)
+    parser.add_argument("--dagger-train-minutes", type=float, default=3.0)
+    parser.add_argument("--cap", type=float, default=60.0, help="seconds of driving per run")
+    parser.add_argument("--seeds", default=",".join(map(str, EVAL_SEEDS)))
+    parser.add_argument(
+        "--buffer", type=int, default=4000, help="train.buffer_size (default: %(default)s)"
+    )
+    parser.add_argument("--skip-eval", action="store_true", help="only collect and train")
+    args = parser.parse_args(argv)
+    work = args.work or REPO / "bench-learn" / time.strftime("%Y%m%d-%H%M%S")
+    work.mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO / "config.toml", work / "config.toml")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    # One display for every game and drive of the evaluation (each would start its own).
+    with display_for_this_process():
+        return _run(args, work, seeds)
+
+
+def _run(args: argparse.Namespace, work: Path, seeds: list[int]) -> int:
+    bench = Bench(work)
+    train_settings = [*TRAIN_SETTINGS, f"train.buffer_size={args.buffer}"]
+    phases = {}
+    phases["collect_bc"] = bench.charles(
+        "collect", "--source", "autopilot", "--render", "offscreen",
+        "--seconds", str(60 * args.collect_minutes), *_sets([*COLLECT_SETTINGS,
+        f"collect.seed={BC_SEED}"]),
+    )  # fmt: skip
+    phases["train_bc"] = bench.charles(
+        "train", "--seconds", str(60 * args.train_minutes), *_sets(train_settings)
+    )
+    bc = bench.newest_version()
+    phases["collect_dagger"] = bench.charles(
+        "collect", "--source", "dagger", "--render", "offscreen",
+        "--seconds", str(60 * args.dagger_collect_minutes), *_sets([*COLLECT_SETTINGS,
+        f"collect.seed={DAGGER_SEED}", "collect.autopilot_share=0.5"]),
+    )  # fmt: skip
+    phases["train_dagger"] = bench.charles(
+        "train", "--seconds", str(60 * args.dagger_train_minutes), *_sets(train_settings)
+    )
+    dagger = bench.newest_version()
+    batches = {"bc": bench.batches(bc), "dagger": bench.batches(dagger)}
+    runs: list[Run] = []
+    if not args.skip_eval:
+        for seed in seeds:
+            runs.append(bench.evaluate("autopilot", seed, args.cap))
+            runs.append(bench.evaluate("untrained", seed, args.cap, checkpoint="none"))
+            runs.append(bench.evaluate("bc", seed, args.cap, checkpoint=str(bc)))
+            runs.append(bench.evaluate("dagger", seed, args.cap, checkpoint=str(dagger)))
+    minutes = {name: seconds / 60 for name, seconds in phases.items()}
+    report = {
+        "work": str(work),
+        "minutes": minutes,
+        "batches": batches,
+        "checkpoints": {"bc": str(bc), "dagger": str(dagger)},
+        "cap_seconds": args.cap,
+        "cpu_cores": os.cpu_count(),
+        "settings": {"collect": COLLECT_SETTINGS, "train": train_settings},
+        "runs": [asdict(run) for run in runs],
+    }
+    (work / "results.json").write_text(json.dumps(report, indent=2))
+    print_table(report, runs, seeds)
+    if runs:
+        plot(work / "score-vs-training.png", report, runs)
+    return 0
+
+
+def _sets(settings: list[str]) -> list[str]:
+    return [item for setting in settings for item in ("--set", setting)]
+
+
+class Bench:
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.python = sys.executable
+
+    def charles(self, *args: str) -> float:
+        """Run one charles command in the work folder; returns its wall seconds."""
+        started = time.monotonic()
+        log = self.work / f"{args[0]}-{int(time.time())}.log"
+        print(f"[bench] charles {' '.join(args)}  (log: {log.name})", flush=True)
+        with log.open("w") as out:
+            status = subprocess.call(
+                [self.python, "-m", "agent", *args], cwd=self.work, stdout=out, stderr=out
+            )
+        if status not in (0, 130, 143):
+            raise SystemExit(f"charles {args[0]} failed with status {status}; see {log}")
+        seconds = time.monotonic() - started
+        tail = log.read_text().strip().splitlines()[-6:]
+        print("\n".join(f"    {line}" for line in tail), flush=True)
+        return seconds
+
+    def newest_version(self) -> Path:
+        root = self.work / "models" / "pilotnet_small"
+        versions = sorted(p for p in root.iterdir() if p.name.startswith("v"))
+        return versions[-1]
+
+    def batches(self, folder: Path) -> int:
+        return int(json.loads((folder / "manifest.json").read_text())["batches"])
+
+    def evaluate(self, policy: str, seed: int, cap: float, checkpoint: str = "") -> Run:
+        port = _free_udp_port()
+        game_log = self.work / f"eval-{policy}-{seed}-game.log"
+        telemetry = self.work / f"eval-{policy}-{seed}.jsonl"
+        game_cmd = [
+            self.python, "-m", "agent", "game", "--seed", str(seed), "--port", str(port),
+            "--telemetry", str(telemetry), "--wait-for-input",
+        ]  # fmt: skip
+        if policy == "autopilot":
+            game_cmd.append("--autopilot")
+        game = subprocess.Popen(
+            game_cmd, cwd=self.work, stdout=game_log.open("w"), stderr=subprocess.STDOUT
+        )
+        drive = None
+        try:
+            # The drive must find this game on its port, not start one of its own.
+            deadline = time.monotonic() + 60
+            while ask_identity(port) is None:
+                if time.monotonic() > deadline or game.poll() is not None:
+                    raise SystemExit(f"the game for {policy} seed {seed} did not start; see "
+                                     f"{game_log}")  # fmt: skip
+                time.sleep(0.2)
+            if policy != "autopilot":
+                drive_log = self.work / f"eval-{policy}-{seed}-drive.log"
+                drive = subprocess.Popen(
+                    [
+                        self.python,
+                        "-m",
+                        "agent",
+                        "drive",
+                        "--checkpoint",
+                        checkpoint,
+                        "--seconds",
+                        str(cap + 60),
+                        "--set",
+                        f"game.channel_port={port}",
+                    ],
+                    cwd=self.work,
+                    stdout=drive_log.open("w"),
+                    stderr=subprocess.STDOUT,
+                )
+            run = self._watch(policy, seed, cap, game_log, telemetry)
+        finally:
+            for process in (drive, game):
+                if process is not None and process.poll() is None:
+                    process.send_signal(signal.SIGINT)
+                    try:
+                        process.wait(timeout=15)
+                    except subprocess.TimeoutExpired:
+                        process.kill()
+        print(
+            f"[bench] {policy:9s} seed {seed}: score {run.score:7.1f}, "
+            f"{run.distance:6.0f} m, {'lap done' if run.finished else 'cap'} "
+            f"after {run.seconds:.1f} s",
+            flush=True,
+        )
+        return run
+
+    def _watch(self, policy: str, seed: int, cap: float, game_log: Path, telemetry: Path) -> Run:
+        """Wait for the lap's end or `cap` seconds of driving; score from the game's own log."""
+        started_driving = None
+        deadline = time.monotonic() + cap + 120  # start-up allowance
+        while time.monotonic() < deadline:
+            time.sleep(0.2)
+            text = game_log.read_text() if game_log.exists() else ""
+            match = _EPISODE_LINE.search(text)
+            records = _records(telemetry)
+            if started_driving is None and "the race starts" in text:
+                started_driving = time.monotonic()
+            if match:
+                last = [r for r in records if r["episode"] == 1]
+                distance = last[-1]["distance"] if last else 0.0
+                return Run(
+                    policy, seed, float(match["score"]), distance,
+                    "lap finished" in match["how"], last[-1]["t"] if last else 0.0,
+                )  # fmt: skip
+            if started_driving is not None and time.monotonic() - started_driving >= cap:
+                last = records[-1] if records else {"score": 0.0, "distance": 0.0}
+                return Run(policy, seed, last["score"], last["distance"], False, cap)
+        return Run(policy, seed, float("nan"), 0.0, False, 0.0)
+
+
+def _records(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return records
+
+
+def _free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def print_table(report: dict, runs: list[Run], seeds: list[int]) -> None:
+    minutes = report["minutes"]
+    collect = minutes["collect_bc"] + minutes["collect_dagger"]
+    train = minutes["train_bc"] + minutes["train_dagger"]
+    print()
+    print(f"work folder: {report['work']} ({report['cpu_cores']} CPU cores)")
+    print(
+        f"collection: {minutes['collect_bc']:.1f} min autopilot + "
+        f"{minutes['collect_dagger']:.1f} min dagger = {collect:.1f} min; "
+        f"training: {minutes['train_bc']:.1f} + {minutes['train_dagger']:.1f} = {train:.1f} min "
+        f"(wall time of each command, start-up included); total {collect + train:.1f} min"
+    )
+    print(
+        f"batches: bc {report['batches']['bc']}, dagger {report['batches']['dagger']} "
+        f"(samples drawn up to 10 times: train.max_uses=10)"
+    )
+    if not runs:
+        return
+    header = "policy     " + "".join(f"  seed {s:<13d}" for s in seeds) + "  mean score  mean m"
+    print(header)
+    print("           " + "".join("  score    metres " for _ in seeds))
+    for policy in ("autopilot", "untrained", "bc", "dagger"):
+        mine = [r for r in runs if r.policy == policy]
+        cells = "".join(f"  {r.score:7.1f} {r.distance:7.0f}  " for r in mine)
+        mean = float(np.mean([r.score for r in mine]))
+        metres = float(np.mean([r.distance for r in mine]))
+        print(f"{policy:11s}{cells}  {mean:9.1f}  {metres:6.0f}")
+
+
+def plot(path: Path, report: dict, runs: list[Run]) -> None:
+    """Mean score against training minutes: untrained (0), BC, dagger; the autopilot as a line."""
+    minutes = report["minutes"]
+    points = [
+        (0.0, "untrained"),
+        (minutes["train_bc"], "bc"),
+        (minutes["train_bc"] + minutes["train_dagger"], "dagger"),
+    ]
+    means = {p: float(np.nanmean([r.score for r in runs if r.policy == p])) for _, p in points}
+    autopilot = float(np.nanmean([r.score for r in runs if r.policy == "autopilot"]))
+    if not all(np.isfinite([*means.values(), autopilot])):
+        print("plot: skipped (a policy has no finished evaluation)")
+        return
+    width, height, margin = 800, 500, 70
+    image = np.full((height, width, 3), 255, np.uint8)
+    low, high = min(-400.0, *means.values()), 1000.0
+    span_x = max(points[-1][0], 1.0)
+
+    def to_px(x: float, y: float) -> tuple[int, int]:
+        px = margin + int((width - 2 * margin) * x / span_x)
+        py = height - margin - int((height - 2 * margin) * (y - low) / (high - low))
+        return px, py
+
+    cv2.line(image, to_px(0, low), to_px(span_x, low), (0, 0, 0), 1)
+    cv2.line(image, to_px(0, low), to_px(0, high), (0, 0, 0), 1)
+    for level in (-400, 0, 400, 800, 900):
+        if low <= level <= high:
+            cv2.putText(image, str(level), (5, to_px(0, level)[1] + 5), 0, 0.45, (0, 0, 0), 1)
+            cv2.line(image, to_px(0, level), to_px(span_x, level), (225, 225, 225), 1)
+    cv2.line(image, to_px(0, autopilot), to_px(span_x, autopilot), (0, 160, 0), 1)
+    cv2.putText(image, f"autopilot {autopilot:.0f}", to_px(0.02 * span_x, autopilot + 15), 0, 0.5,
+                (0, 130, 0), 1)  # fmt: skip
+    previous = None
+    for x, policy in points:
+        point = to_px(x, means[policy])
+        cv2.circle(image, point, 5, (200, 60, 0), -1)
+        cv2.putText(image, f"{policy} {means[policy]:.0f}", (point[0] + 8, point[1] - 8), 0, 0.5,
+                    (200, 60, 0), 1)  # fmt: skip
+        if previous is not None:
+            cv2.line(image, previous, point, (200, 60, 0), 2)
+        previous = point
+    cv2.putText(image, "mean score on unseen tracks vs training minutes (2 CPU cores)",
+                (margin, 30), 0, 0.6, (0, 0, 0), 1)  # fmt: skip
+    cv2.putText(image, f"training minutes (0 - {span_x:.1f})", (width // 2 - 80, height - 20), 0,
+                0.5, (0, 0, 0), 1)  # fmt: skip
+    cv2.imwrite(str(path), image)
+    print(f"plot: {path}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
