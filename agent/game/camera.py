@@ -19,6 +19,15 @@ from agent.preprocess import preprocess
 ASPECT = 16 / 9
 
 
+def draw_view(env: HostedCarRacing, view: pygame.Rect, target: pygame.Surface) -> None:
+    """Draw the game's `view` of its current state onto `target`, scaled to fill it.
+
+    The one drawing step of both the window (agent.game.host) and `OffscreenCamera`.
+    """
+    picture = env.render().subsurface(view)
+    pygame.transform.scale(picture, target.get_size(), target)
+
+
 class OffscreenCamera:
     """Renders a `HostedCarRacing` the way a 16:9 game window of `capture_size` shows it.
 
@@ -44,8 +53,7 @@ class OffscreenCamera:
 
     def window_picture(self, env: HostedCarRacing) -> np.ndarray:
         """The window's pixels as uint8 RGB (height, width, 3), as the host would show them."""
-        picture = env.render().subsurface(self._view)
-        pygame.transform.scale(picture, self.capture_size, self._screen)
+        draw_view(env, self._view, self._screen)
         # surfarray is (width, height, 3); the copy makes it C-contiguous for OpenCV.
         return np.ascontiguousarray(pygame.surfarray.array3d(self._screen).swapaxes(0, 1))
 

@@ -18,6 +18,7 @@ from functools import partial
 import pygame
 
 from agent.game.autopilot import Autopilot
+from agent.game.camera import draw_view
 from agent.game.channel import FrameRecord, GamepadReceiver
 from agent.game.inputs import choose_input, keyboard_state
 from agent.game.options import GameError, GameOptions
@@ -229,8 +230,7 @@ class _Session:
         self.episode += 1
 
     def _draw(self, state: ControllerState) -> None:
-        picture = self.env.render().subsurface(self.view)
-        pygame.transform.scale(picture, self.screen.get_size(), self.screen)
+        draw_view(self.env, self.view, self.screen)
         self.frames += 1
         if self.options.stamp:
             draw_stamp(self.screen, self.frames)

@@ -110,7 +110,7 @@ def collect_from_window(
                     break
                 if grabber.error is not None:
                     raise grabber.error
-                if game is not None and game.exited:
+                if game is not None and game.exited():
                     raise CharlesError(f"the game closed ({game.last_words()})")
                 frame, new_seq = frames.wait_newer(seq, WAIT_SECONDS)
                 if frame is None or new_seq == seq:

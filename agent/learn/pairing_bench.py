@@ -1,0 +1,105 @@
+"""How often a captured frame is paired with the record of the picture it really shows.
+
+    .venv/bin/python -m agent.learn.pairing_bench [--seconds 20]   (scripts/bench-pairing)
+
+Starts the bundled game with `--stamp` (each picture carries its frame number in its top-left
+corner) and its autopilot, captures the window as `charles collect` does, pairs every grab with
+a frame record by display time (`FrameRecordListener.record_for`), reads the stamp from the
+grabbed pixels and counts: exact, off by one frame, further off, unpaired.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.capture import Grabber
+from agent.config import Config, GameConfig
+from agent.display import display_for_this_process
+from agent.game.launcher import connect_or_launch
+from agent.game.stamp import BITS, read_stamp
+from agent.learn.pairing import FrameRecordListener
+from agent.signals import Stop
+from agent.slot import Slot
+from agent.target import acquire_window
+from agent.types import Frame
+
+_MASK = (1 << BITS) - 1
+
+
+@dataclass
+class PairingResult:
+    grabs: int = 0
+    exact: int = 0
+    off_by_one: int = 0
+    further: int = 0
+    unpaired: int = 0
+    seconds: float = 0.0
+
+    def describe(self) -> str:
+        share = 100 / max(self.grabs, 1)
+        return (
+            f"{self.grabs} grabs in {self.seconds:.1f} s: {self.exact} exact "
+            f"({self.exact * share:.1f}%), {self.off_by_one} off by one frame "
+            f"({self.off_by_one * share:.1f}%), {self.further} further off, "
+            f"{self.unpaired} unpaired"
+        )
+
+
+def measure_pairing(seconds: float, port: int, log_folder: Path | None = None) -> PairingResult:
+    config = dataclasses.replace(Config(), game=GameConfig(channel_port=port))
+    result = PairingResult()
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(display_for_this_process())
+        game = connect_or_launch(port, config.capture.size, True, stack, ["--stamp", "--autopilot"])
+        window = acquire_window(config, game, Stop())
+        listener = stack.enter_context(FrameRecordListener(port))
+        frames: Slot[Frame] = Slot()
+        grabber = Grabber(window, config.capture.fps, frames)
+        grabber.start()
+        stack.callback(grabber.stop)
+        time.sleep(1.0)  # the subscription and the first pictures
+        started = time.monotonic()
+        seq = 0
+        while time.monotonic() - started < seconds:
+            frame, new_seq = frames.wait_newer(seq, 0.5)
+            if frame is None or new_seq == seq:
+                continue
+            seq = new_seq
+            result.grabs += 1
+            record = listener.record_for(frame.captured_at)
+            if record is None:
+                result.unpaired += 1
+                continue
+            shown = read_stamp(frame.image)
+            difference = (shown - record.frame) & _MASK
+            difference = min(difference, _MASK + 1 - difference)
+            if difference == 0:
+                result.exact += 1
+            elif difference == 1:
+                result.off_by_one += 1
+            else:
+                result.further += 1
+        result.seconds = time.monotonic() - started
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--port", type=int, default=47811)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as folder:
+        result = measure_pairing(args.seconds, args.port, Path(folder))
+    print(f"frame/command pairing: {result.describe()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
