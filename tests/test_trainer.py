@@ -309,3 +309,31 @@ def test_config_defaults_are_the_seeds() -> None:
     train = TrainConfig()
     assert (train.buffer_size, train.start_fill, train.max_uses) == (25_000, 0.9, 1)
     assert train.warmup_batches == 1000
+
+
+@pytest.mark.parametrize(
+    ("tf_config", "chief"),
+    [
+        (None, True),
+        ({"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 0}}, True),
+        ({"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 1}}, False),
+        (
+            {
+                "cluster": {"chief": ["c:1"], "worker": ["a:1"]},
+                "task": {"type": "worker", "index": 0},
+            },
+            False,
+        ),
+        ({"cluster": {"chief": ["c:1"]}, "task": {"type": "chief", "index": 0}}, True),
+    ],
+)
+def test_only_the_chief_of_a_cluster_publishes(
+    monkeypatch: pytest.MonkeyPatch, tf_config: dict | None, chief: bool
+) -> None:
+    from agent.learn.trainer import is_chief
+
+    if tf_config is None:
+        monkeypatch.delenv("TF_CONFIG", raising=False)
+    else:
+        monkeypatch.setenv("TF_CONFIG", json.dumps(tf_config))
+    assert is_chief() is chief

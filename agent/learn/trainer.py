@@ -108,6 +108,23 @@ def make_strategy(name: str) -> Any:
     raise CharlesError(f"unknown train.strategy {name!r}")
 
 
+def is_chief() -> bool:
+    """Whether this process publishes: always, except on a non-chief multi-worker member.
+
+    Every member of a MultiWorkerMirroredStrategy cluster runs the same loop on the same
+    weights; only the chief (task "chief", or worker 0 when there is none) writes checkpoints.
+    """
+    try:
+        task = json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {})
+        cluster = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
+    except (ValueError, AttributeError):
+        return True
+    kind, index = task.get("type", "chief"), task.get("index", 0)
+    if kind == "chief":
+        return True
+    return kind == "worker" and index == 0 and "chief" not in cluster
+
+
 def check_data_folder(folder: Path) -> None:
     """A one-line error unless `folder` is a folder the trainer can list."""
     if not folder.exists():
@@ -151,6 +168,7 @@ class Trainer:
             self.data, self.line.input_shape, already_loaded=self.state.loaded_shards()
         )
         self.samples_loaded = 0
+        self.chief = is_chief()
 
     def _build_model(self) -> tuple[Any, int, str]:
         import keras
@@ -219,6 +237,7 @@ class Trainer:
                     last_buffer_copy = time.monotonic()
             if losses:  # a clean stop keeps the batches trained since the last publish
                 summary.published.append(self._publish(losses))
+            summary.published = [version for version in summary.published if version]
             self.state.save_buffers(self.buffers)
         finally:
             progress.close()
@@ -282,6 +301,8 @@ class Trainer:
 
     def _publish(self, losses: list[dict[str, float]]) -> str:
         mean = {name: float(np.mean([loss[name] for loss in losses])) for name in losses[0]}
+        if not self.chief:
+            return ""
         note = json.dumps({"trainer": "charles train", "data": str(self.data)})
         checkpoint = publish(self.model, self.store, self.line.name, self.batches, note, mean)
         # Saved after the checkpoint: a crash in between leaves the older state, which the
