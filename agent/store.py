@@ -22,6 +22,7 @@ import errno
 import hashlib
 import json
 import logging
+import math
 import os
 import secrets
 import shutil
@@ -208,13 +209,7 @@ def _manifest_from(data: Any, path: Path) -> Manifest:
     if not isinstance(created, str) or not isinstance(note, str):
         raise _bad_manifest(path, "created and note must be text")
     loss = data.get("loss", {})
-    if not (
-        isinstance(loss, dict)
-        and all(
-            isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
-            for value in loss.values()
-        )
-    ):
+    if not (isinstance(loss, dict) and all(_is_finite_number(v) for v in loss.values())):
         raise _bad_manifest(path, f"loss {_show(loss)} is not an object of finite numbers")
     return Manifest(
         model_line=line,
@@ -230,7 +225,17 @@ def _manifest_from(data: Any, path: Path) -> Manifest:
 
 
 def _is_count(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    # Bounded: a batch count is also a TensorFlow int64 step counter.
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**62
+
+
+def _is_finite_number(value: object) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:  # an integer too big for a float
+        return False
 
 
 def _show(value: object) -> str:

@@ -277,3 +277,39 @@ def test_key_labels_follow_the_driving_keys_only_while_the_game_has_focus(
         while labels.state() != ControllerState() and time.monotonic() < deadline:
             time.sleep(0.02)
         assert labels.state() == ControllerState()
+
+
+def test_frame_records_with_impossible_values_are_dropped_or_cleaned() -> None:
+    import math
+    import struct
+
+    def packet(shown_at: float, speed: float) -> bytes:
+        return struct.pack("<4sIIdfffffff", b"CHFR", 1, 1, shown_at, 0, 0, 0, 0, 0, 0, speed)
+
+    assert FrameRecord.unpack(packet(float("nan"), 1.0)) is None
+    assert FrameRecord.unpack(packet(float("inf"), 1.0)) is None
+    record = FrameRecord.unpack(packet(5.0, float("inf")))
+    assert record is not None and math.isnan(record.speed)
+
+
+def test_a_nan_label_is_never_clamped_into_full_lock(tmp_path: Path) -> None:
+    from agent.config import Config, DataConfig
+    from agent.learn.sink import SampleSink
+
+    sink = SampleSink(Config(data=DataConfig(folder=str(tmp_path))), "test", SHAPE)
+    frame = np.zeros(SHAPE, np.uint8)
+    sink.offer(frame, float("nan"), 0.0, 0.0)
+    sink.offer(frame, 0.2, float("nan"), 0.0)
+    sink.offer(frame, 0.2, 0.3, 0.0)
+    sink.close()
+    assert (sink.frames, sink.unlabelled, sink.kept) == (3, 2, 1)
+    _frames, labels, _sets = _all_samples(tmp_path)
+    np.testing.assert_allclose(labels, [[0.2, 0.3]])
+
+
+def test_window_dagger_needs_the_games_own_gamepad(tmp_path: Path, run_charles) -> None:
+    result = run_charles(
+        "collect", *CONFIG, "--source", "dagger", "--render", "window", "--frames", "5",
+        "--set", "controller.backend=keyboard", cwd=tmp_path,
+    )  # fmt: skip
+    assert_one_line_error(result, "controller.backend", '"game"')

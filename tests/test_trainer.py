@@ -337,3 +337,41 @@ def test_only_the_chief_of_a_cluster_publishes(
     else:
         monkeypatch.setenv("TF_CONFIG", json.dumps(tf_config))
     assert is_chief() is chief
+
+
+def test_without_saved_optimizer_state_adam_warms_up_again(tmp_path: Path) -> None:
+    """Full-size steps from empty moment estimates are what the warm-up prevents."""
+    write_shards(tmp_path / "data", 100)
+    config = small_config(tmp_path, warmup_batches=20, learning_rate=1e-2)
+    Trainer(config, _default_strategy(), Stop()).run(max_batches=6)
+    (tmp_path / "training" / "pilotnet_small" / "optimizer.npz").unlink()
+    resumed = Trainer(config, _default_strategy(), Stop())
+    assert resumed.batches == 6  # the model's count goes on ...
+    assert int(resumed.model.optimizer.iterations.numpy()) == 0  # ... Adam's starts again
+    assert float(resumed.model.optimizer.learning_rate) == pytest.approx(1e-2 / 20)
+
+
+def test_a_damaged_optimizer_state_starts_adam_afresh(tmp_path: Path) -> None:
+    write_shards(tmp_path / "data", 100)
+    config = small_config(tmp_path)
+    Trainer(config, _default_strategy(), Stop()).run(max_batches=5)
+    state = tmp_path / "training" / "pilotnet_small" / "optimizer.npz"
+    for damage in (b"", b"PK\x03\x04truncated", state.read_bytes()[:1000]):
+        state.write_bytes(damage)
+        resumed = Trainer(config, _default_strategy(), Stop())
+        assert int(resumed.model.optimizer.iterations.numpy()) == 0
+
+
+def test_a_hostile_loss_in_a_manifest_is_refused_not_a_crash(tmp_path: Path) -> None:
+    from agent.errors import ModelError
+
+    store = tmp_path / "models"
+    checkpoint = publish(get_line("pilotnet_small").build("none"), store, "pilotnet_small", 1)
+    path = checkpoint.folder / "manifest.json"
+    for loss, batches in (({"total": 2**64}, 1), ({"total": "x"}, 1), ({}, 2**63)):
+        manifest = json.loads(path.read_text())
+        manifest["loss"], manifest["batches"] = loss, batches
+        path.write_text(json.dumps(manifest))
+        assert versions(store, "pilotnet_small") == []
+        with pytest.raises(ModelError, match="manifest"):
+            latest(store, "pilotnet_small")

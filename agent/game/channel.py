@@ -73,13 +73,14 @@ class FrameRecord:
         if len(packet) != _FRAME.size:
             return None
         magic, frame, episode, shown_at, *values = _FRAME.unpack(packet)
-        if magic != _FRAME_MAGIC or not all(math.isfinite(v) for v in values[:3]):
+        if magic != _FRAME_MAGIC or not all(math.isfinite(v) for v in (shown_at, *values[:3])):
             return None
+        speed = values[6] if math.isfinite(values[6]) else math.nan
         suggestion = ControllerState(*values[3:6])
         known = all(math.isfinite(v) for v in values[3:6])
         return cls(
             frame, episode, shown_at, clamp_state(ControllerState(*values[:3])),
-            clamp_state(suggestion) if known else None, values[6],
+            clamp_state(suggestion) if known else None, speed,
         )  # fmt: skip
 
 

@@ -52,6 +52,7 @@ TRAIN_SETTINGS = [
     "train.publish_batches=1000",
     "train.save_buffers_seconds=120",
     "train.nice=0",
+    "train.keep_versions=1000",  # the BC checkpoint must survive until it is evaluated
 ]
 _EPISODE_LINE = re.compile(r"episode 1 over \((?P<how>[^)]*)\): score (?P<score>-?[\d.]+)")
 

@@ -29,6 +29,20 @@ def run_collect(config: Config, seconds: float | None, frames: int | None) -> Co
             f"collect.source = {source!r} needs the bundled game's autopilot, but game.title is "
             f"{config.game.title!r}; use --source human for other games"
         )
+    if source == "dagger" and render == "window" and config.controller.backend != "game":
+        raise ConfigError(
+            f"collect.source = 'dagger' drives the bundled game through its own gamepad, not "
+            f"controller.backend = {config.controller.backend!r}; set controller.backend = "
+            '"game" (or use --render offscreen)'
+        )
+    if (
+        render == "offscreen"
+        and abs(config.capture.size[0] / config.capture.size[1] - 16 / 9) > 0.01
+    ):
+        raise ConfigError(
+            f"collect.render = 'offscreen' draws the bundled game's 16:9 picture, but "
+            f"capture.size is {list(config.capture.size)}; use a 16:9 size such as [1280, 720]"
+        )
     stop = Stop()
     with on_stop_signals(stop.on_signal):
         if render == "offscreen":

@@ -53,9 +53,11 @@ class KeyLabels:
             with self._lock:
                 self._held.discard(name)
 
-    def state(self) -> ControllerState:
+    def state(self) -> ControllerState | None:
+        """The held keys as controls; None while the game window lacks focus (the person is
+        not driving then, so the frame gets no label)."""
         if not self._has_focus():
-            return ControllerState()
+            return None
         with self._lock:
             held = set(self._held)
         return ControllerState(
@@ -66,3 +68,4 @@ class KeyLabels:
 
     def stop(self) -> None:
         self._listener.stop()
+        self._listener.join(timeout=2.0)

@@ -57,12 +57,17 @@ class FrameRecordListener:
                     self._socket.sendto(subscribe_packet(self._nonce), self._game)
                 renew_at = now + RENEW_SECONDS
             try:
-                packet = self._socket.recv(256)
+                packet, sender = self._socket.recvfrom(256)
             except (TimeoutError, OSError):
                 continue
+            if sender != self._game:
+                continue  # only the game we subscribed to labels frames
             record = FrameRecord.unpack(packet)
-            if record is not None:
-                with self._lock:
+            if record is None:
+                continue
+            with self._lock:
+                # Times only grow (one game, one clock); anything else is not its record.
+                if not self._records or record.shown_at > self._records[-1].shown_at:
                     self._records.append(record)
 
     def record_for(self, captured_at: float) -> FrameRecord | None:
@@ -79,7 +84,7 @@ class FrameRecordListener:
     def describe(self, unpaired: int) -> str:
         return (
             f"{self.paired} frames paired by display time, {unpaired} left unpaired "
-            "(charles bench pairing measures how often the pair is the right frame)"
+            "(scripts/bench-pairing measures how often the pair is the right frame)"
         )
 
     def close(self) -> None:

@@ -74,6 +74,7 @@ class SampleSink:
         )
         self.frames = 0
         self.kept = 0
+        self.unlabelled = 0
         self._started = time.monotonic()
         self._next_line = self._started + PROGRESS_SECONDS
 
@@ -91,6 +92,9 @@ class SampleSink:
         join only their balanced sets.
         """
         self.frames += 1
+        if not (math.isfinite(throttle) and math.isfinite(steering)):
+            self.unlabelled += 1  # never clamp NaN into a full-lock label
+            return
         throttle = min(1.0, max(-1.0, throttle))
         steering = min(1.0, max(-1.0, steering))
         sets = self.balancer.offer(throttle, steering, outputs)

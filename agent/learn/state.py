@@ -58,10 +58,12 @@ class TrainerState:
             with np.load(path, allow_pickle=False) as saved:
                 meta = json.loads(str(saved["meta"]))
                 values = [saved[f"v{index}"] for index in range(len(optimizer.variables))]
-        except (OSError, ValueError, KeyError) as error:
+        except Exception as error:  # any damage (truncated, empty, odd meta): start afresh
             log.warning("optimizer state %s is unreadable (%s); Adam starts afresh", path, error)
             return False
         names = [v.path for v in optimizer.variables]
+        if not isinstance(meta, dict):
+            return False
         if meta.get("batches") != batches or meta.get("names") != names:
             return False
         if any(

@@ -162,11 +162,13 @@ class Trainer:
             start_fill=self.train.start_fill,
             rng=np.random.default_rng(self.train.seed + self.batches),
         )
+        # The list of shards already loaded belongs to the buffers' copy: without a copy,
+        # every shard is read again.
+        already_loaded: set[str] = set()
         if self.state.load_buffers(self.buffers):
             log.info("buffers refilled from their last copy: %s", _fills(self.buffers))
-        self.watcher = ShardWatcher(
-            self.data, self.line.input_shape, already_loaded=self.state.loaded_shards()
-        )
+            already_loaded = self.state.loaded_shards()
+        self.watcher = ShardWatcher(self.data, self.line.input_shape, already_loaded=already_loaded)
         self.samples_loaded = 0
         self.chief = is_chief()
 
@@ -187,10 +189,17 @@ class Trainer:
                 optimizer=optimizer, loss={name: "mse" for name in OUTPUT_NAMES}, jit_compile=False
             )
             optimizer.build(model.trainable_variables)
-            if not self.state.load_optimizer(optimizer, batches) and batches:
-                log.info("no optimizer state saved at batch %d; Adam starts afresh", batches)
-            # The warm-up and Adam's bias correction follow the batch count, also after resume.
-            optimizer.iterations.assign(tf.constant(batches, dtype=optimizer.iterations.dtype))
+            # The warm-up and Adam's bias correction follow the optimizer's own step count:
+            # restored with its state, the ramp goes on where it was; a fresh Adam (empty
+            # moment estimates) counts from 0 again, so it warms up again instead of taking
+            # full-size steps from empty estimates.
+            if self.state.load_optimizer(optimizer, batches):
+                optimizer.iterations.assign(tf.constant(batches, dtype=optimizer.iterations.dtype))
+            elif batches:
+                log.info(
+                    "no optimizer state saved at batch %d; Adam starts afresh and warms up again",
+                    batches,
+                )
         return model, batches, resumed
 
     def run(self, seconds: float | None = None, max_batches: int | None = None) -> TrainSummary:
@@ -225,7 +234,7 @@ class Trainer:
                     next_poll = 0.0
                     continue
                 losses.append(self._train_one_batch())
-                progress.batch_done(self.batches, losses[-1], self.schedule.rate_at(self.batches))
+                progress.batch_done(self.batches, losses[-1], self._rate())
                 due = self.batches % self.train.publish_batches == 0 or (
                     now - last_publish >= self.train.publish_seconds
                 )
@@ -239,6 +248,13 @@ class Trainer:
                 summary.published.append(self._publish(losses))
             summary.published = [version for version in summary.published if version]
             self.state.save_buffers(self.buffers)
+        except Exception:
+            # Whatever ended training, batches trained since the last publish are kept when
+            # the weights are sound (a diverged model is refused by publish itself).
+            if losses:
+                with contextlib.suppress(Exception):
+                    summary.published.append(self._publish(losses))
+            raise
         finally:
             progress.close()
         summary.batches = self.batches
@@ -250,13 +266,18 @@ class Trainer:
         return summary
 
     def _load_new_shards(self) -> None:
-        # One shard at a time, and only while a buffer has room: shards that arrive faster
-        # than training uses samples wait on disk instead of pushing unused samples out.
-        while min(self.buffers.fills.values()) < 1.0 and not self.stop.requested:
+        # One shard at a time: until every buffer is ready, and then only while no buffer is
+        # full, so shards that arrive faster than training uses samples wait on disk instead
+        # of pushing unused samples out.
+        while (
+            not self.buffers.ready or max(self.buffers.fills.values()) < 1.0
+        ) and not self.stop.requested:
             try:
                 shards = self.watcher.poll(limit=1)
             except ShardError as error:
-                raise CharlesError(str(error)) from None
+                # A shared folder can blink (network storage); training goes on meanwhile.
+                log.warning("cannot read new shards now (%s); trying again", error)
+                return
             if not shards:
                 return
             shard = shards[0]
@@ -281,6 +302,9 @@ class Trainer:
                 "train.learning_rate or raise train.warmup_batches, and check the data"
             )
         return loss
+
+    def _rate(self) -> float:
+        return self.schedule.rate_at(int(self.model.optimizer.iterations.numpy()) - 1)
 
     def _head_weights(self, per_buffer: int) -> list[np.ndarray]:
         """Each head learns from its own output's balanced set only.
@@ -326,9 +350,13 @@ def run_train(
 ) -> TrainSummary:
     """Train until a stop signal, `seconds` or `max_batches`; returns the summary."""
     stop = Stop()
-    with on_stop_signals(stop.on_signal), stop.interrupting():
-        limit_cpu(config.train)
-        strategy = make_strategy(config.train.strategy)
-        trainer = Trainer(config, strategy, stop)
-    with on_stop_signals(stop):
-        return trainer.run(seconds, max_batches)
+    try:
+        with on_stop_signals(stop.on_signal), stop.interrupting():
+            limit_cpu(config.train)
+            strategy = make_strategy(config.train.strategy)
+            trainer = Trainer(config, strategy, stop)
+        with on_stop_signals(stop):
+            return trainer.run(seconds, max_batches)
+    except OSError as error:  # disk full, no permission: the user's to fix, in one line
+        where = f" ({error.filename})" if error.filename else ""
+        raise CharlesError(f"training stopped: {error.strerror or error}{where}") from None

@@ -44,6 +44,8 @@ from agent.types import NEUTRAL, ControllerState, Frame
 log = logging.getLogger("agent.learn.collect")
 
 WAIT_SECONDS = 0.5
+NO_AUTOPILOT_FRAMES = 90
+"""Grabs in a row without an autopilot suggestion (3 s) before collecting gives up."""
 
 
 def collect_from_window(
@@ -96,7 +98,7 @@ def collect_from_window(
         log.info("collecting from %r (%s)", window.title, source)
         started = time.monotonic()
         seq = 0
-        unpaired = 0
+        unpaired = without_suggestion = 0
         agent_drives = False
         next_draw = started
         try:
@@ -116,12 +118,19 @@ def collect_from_window(
                 if frame is None or new_seq == seq:
                     continue
                 seq = new_seq
-                label, speed = _label(source, frame, records, keys)
+                label, speed, trusted = _label(source, frame, records, keys)
                 if label is None:
                     unpaired += 1
+                    without_suggestion = without_suggestion + 1 if trusted == () else 0
+                    if without_suggestion >= NO_AUTOPILOT_FRAMES:
+                        raise CharlesError(
+                            "the bundled game sends no autopilot suggestions (its autopilot is "
+                            "off, or a person holds its keys), so it cannot label frames; close "
+                            "it and let charles collect start the game, or use --source human"
+                        )
                     continue
+                without_suggestion = 0
                 model_input = to_input(frame.image)
-                trusted = STEERING_ONLY if agent_drives else OUTPUT_NAMES
                 sink.offer(
                     model_input, label.accelerate - label.brake, label.steering, speed, trusted
                 )
@@ -156,21 +165,23 @@ def collect_from_window(
 
 def _label(
     source: str, frame: Frame, records: FrameRecordListener | None, keys: KeyLabels | None
-) -> tuple[ControllerState | None, float]:
+) -> tuple[ControllerState | None, float, tuple[str, ...]]:
+    """(label, speed, outputs the label is good for) of one grab; label None: unpaired
+    (outputs () then means "paired, but the game made no autopilot suggestion")."""
     if records is not None:
         record = records.record_for(frame.captured_at)
         if record is None:
-            return None, math.nan
+            return None, math.nan, OUTPUT_NAMES
         if source == "human":
-            return record.applied, record.speed
+            return record.applied, record.speed, OUTPUT_NAMES
         if record.autopilot is None:
-            raise CharlesError(
-                "the running bundled game has its autopilot off, so it cannot label frames; "
-                "close it and let charles collect start the game, or use --source human"
-            )
-        return record.autopilot, record.speed
+            return None, math.nan, ()
+        # Who drove when the picture was rendered: while the agent did, the autopilot's pedal
+        # suggestion answers a speed the frame does not show (see STEERING_ONLY).
+        trusted = OUTPUT_NAMES if record.applied == record.autopilot else STEERING_ONLY
+        return record.autopilot, record.speed, trusted
     assert keys is not None
-    return keys.state(), math.nan
+    return keys.state(), math.nan, OUTPUT_NAMES
 
 
 def keys_note(keys: KeyLabels | None) -> str:
