@@ -243,9 +243,12 @@ class Bench:
             if match:
                 last = [r for r in records if r["episode"] == 1]
                 distance = last[-1]["distance"] if last else 0.0
+                # Lap time from the first input on (the game holds the car until then).
+                moving = [r["t"] for r in last if r["source"] != "none"]
+                lap = last[-1]["t"] - moving[0] if moving else 0.0
                 return Run(
                     policy, seed, float(match["score"]), distance,
-                    "lap finished" in match["how"], last[-1]["t"] if last else 0.0,
+                    "lap finished" in match["how"], lap,
                 )  # fmt: skip
             if started_driving is not None and time.monotonic() - started_driving >= cap:
                 last = records[-1] if records else {"score": 0.0, "distance": 0.0}
