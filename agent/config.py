@@ -240,6 +240,9 @@ class TrainConfig:
     batch_per_buffer: int = field(default=32, metadata=_spec(minimum=1, maximum=4096))
     """Samples drawn from each buffer per batch (a batch holds this times the outputs)."""
     learning_rate: float = field(default=1e-3, metadata=_spec(minimum=1e-7, maximum=1.0))
+    clip_norm: float = field(default=1.0, metadata=_spec(minimum=0.0, maximum=1e6))
+    """Largest global gradient norm a batch may apply (0: no clipping); one odd batch (a
+    recovery manoeuvre, a mislabelled shard) then cannot throw the network into saturation."""
     warmup_batches: int = field(default=1000, metadata=_spec(minimum=0, maximum=10_000_000))
     """Batches over which the learning rate rises linearly from 0 to learning_rate."""
     publish_batches: int = field(default=1000, metadata=_spec(minimum=1, maximum=10_000_000))

@@ -36,6 +36,11 @@ PICTURE_SIZE = (WINDOW_W, WINDOW_H)
 # CarRacing draws its indicator bar (speed, ABS, score) along the bottom eighth of the picture.
 _HUD_HEIGHT = WINDOW_H // 8
 
+SPEEDOMETER_BOX = (10, WINDOW_H - _HUD_HEIGHT - 45, 340, 36)
+"""(left, top, width, height) of the speed bar in the picture: bottom-left of the view."""
+SPEEDOMETER_PX_PER_MPS = 5.0
+"""Bar length per m/s: 332 px of bar hold 66 m/s, faster than the car gets."""
+
 # CarRacing's background: the playfield square and a 20x20 checkerboard of grass patches, in
 # world units, the same for every track (as CarRacing._render_road builds them each frame).
 _FIELD = [
@@ -85,6 +90,18 @@ class HostedCarRacing(CarRacing):
         if mode == "state_pixels":
             return None
         return super()._render(mode)
+
+    def _render_indicators(self, W: int, H: int) -> None:
+        super()._render_indicators(W, H)
+        # The speedometer the window shows. A driver cannot choose its pedals without knowing
+        # its speed, and CarRacing's own indicator bar is outside the view (it also shows the
+        # steering input, which a model would learn to copy); this shows speed alone.
+        box = pygame.Rect(SPEEDOMETER_BOX)
+        pygame.draw.rect(self.surf, (0, 0, 0), box)
+        length = min(box.width - 8, round(SPEEDOMETER_PX_PER_MPS * self.speed))
+        if length > 0:
+            bar = pygame.Rect(box.left + 4, box.top + 4, length, box.height - 8)
+            pygame.draw.rect(self.surf, (255, 255, 255), bar)
 
     def _render_road(self, zoom: float, translation: Any, angle: float) -> None:
         # CarRacing's own road drawing walks all ~800 polygons in Python every frame to find the

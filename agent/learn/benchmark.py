@@ -46,7 +46,7 @@ DAGGER_SEED = 2000
 # The recipe's settings (also what the reference checkpoint's manifest records).
 COLLECT_SETTINGS = ["collect.steering_noise=0.3", "data.samples_per_shard=250"]
 TRAIN_SETTINGS = [
-    "train.max_uses=10",
+    "train.max_uses=30",
     "train.warmup_batches=300",
     "train.publish_seconds=60",
     "train.publish_batches=1000",
@@ -288,7 +288,7 @@ def print_table(report: dict, runs: list[Run], seeds: list[int]) -> None:
     )
     print(
         f"batches: bc {report['batches']['bc']}, dagger {report['batches']['dagger']} "
-        f"(samples drawn up to 10 times: train.max_uses=10)"
+        f"(samples drawn up to 30 times: train.max_uses=30)"
     )
     if not runs:
         return

@@ -52,12 +52,14 @@ OFF_TRACK_SECONDS = 4.0
 
 
 class Disturbance:
-    """Random steering offsets held for a while: a push off the line now and then."""
+    """Random pushes held for a while: steering offsets off the line, and now and then a stab
+    on the brake, so the data also holds slow and stopped cars and how to get going again."""
 
     def __init__(self, size: float, rng: np.random.Generator) -> None:
         self.size = size
         self.rng = rng
         self.offset = 0.0
+        self.brake = 0.0
         self.steps_left = 0
 
     def apply(self, command: ControllerState) -> ControllerState:
@@ -66,9 +68,13 @@ class Disturbance:
         if self.steps_left <= 0:
             pushing = self.rng.random() < 0.3
             self.offset = float(self.rng.normal(0.0, self.size)) if pushing else 0.0
-            self.steps_left = int(self.rng.integers(10, 40))
+            braking = self.rng.random() < 0.1
+            self.brake = float(self.rng.uniform(0.5, 1.0)) if braking else 0.0
+            self.steps_left = int(self.rng.integers(10, 40)) * (3 if braking else 1)
         self.steps_left -= 1
         steering = float(np.clip(command.steering + self.offset, -1.0, 1.0))
+        if self.brake > 0.0:
+            return ControllerState(steering, 0.0, self.brake)
         return ControllerState(steering, command.accelerate, command.brake)
 
 

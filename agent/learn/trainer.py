@@ -184,7 +184,8 @@ class Trainer:
             if checkpoint is not None:
                 load_into(model, checkpoint, self.line.name)
                 batches, resumed = checkpoint.manifest.batches, checkpoint.name
-            optimizer = keras.optimizers.Adam(learning_rate=self.schedule)
+            clip = {"global_clipnorm": self.train.clip_norm} if self.train.clip_norm > 0 else {}
+            optimizer = keras.optimizers.Adam(learning_rate=self.schedule, **clip)
             model.compile(
                 optimizer=optimizer, loss={name: "mse" for name in OUTPUT_NAMES}, jit_compile=False
             )
