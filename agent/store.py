@@ -539,7 +539,7 @@ def publish(
         model.save_weights(str(weights))
         _drop_optimizer_state(weights)
         weights.chmod(weights.stat().st_mode & 0o644)  # h5py creates 0o666 less the umask
-        _fsync(weights)
+        fsync_path(weights)
         return _rename_into_place(
             staging,
             root,
@@ -638,7 +638,7 @@ def _rename_into_place(staging: Path, root: Path, line: str, **fields: Any) -> C
                 if error.errno not in (errno.EEXIST, errno.ENOTEMPTY):
                     raise
             else:
-                _fsync(root)
+                fsync_path(root)
                 return Checkpoint(target, manifest)
         log.info("model store: %s of %s was taken meanwhile; trying the next", version, line)
         number = max(number + 1, _next_number(root))
@@ -664,7 +664,7 @@ def _write_manifest(path: Path, manifest: Manifest) -> None:
         os.fsync(stream.fileno())
 
 
-def _fsync(path: Path) -> None:
+def fsync_path(path: Path) -> None:
     """Flush `path` (a file, or a folder's entries) to disk, where the platform allows it."""
     try:
         fd = os.open(path, os.O_RDONLY)

@@ -46,6 +46,7 @@ import numpy as np
 
 from agent.errors import CharlesError
 from agent.nets.registry import OUTPUT_NAMES
+from agent.store import fsync_path
 from agent.weights import one_line
 
 log = logging.getLogger(__name__)
@@ -120,21 +121,7 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
-    _fsync_folder(folder)
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make a rename in `folder` durable, where the platform allows it."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # folders cannot be fsynced on Windows
-    finally:
-        os.close(fd)
+    fsync_path(folder)
 
 
 # --- reading .npz files safely ---------------------------------------------------------------

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import secrets
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from agent.learn.buffers import BufferSet
+from agent.learn.shards import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +43,7 @@ class TrainerState:
         arrays = {f"v{index}": np.asarray(v.numpy()) for index, v in enumerate(optimizer.variables)}
         names = [v.path for v in optimizer.variables]
         meta = json.dumps({"batches": batches, "names": names})
-        _replace_atomically(
+        write_atomically(
             self.folder / OPTIMIZER_FILE,
             lambda stream: np.savez(stream, meta=np.array(meta), **arrays),
         )
@@ -95,19 +94,7 @@ class TrainerState:
     def save_buffers(self, buffers: BufferSet) -> None:
         buffers.save(self.folder)
         text = "".join(f"{name}\n" for name in sorted(self._shards))
-        _replace_atomically(self.folder / SHARDS_FILE, lambda s: s.write(text.encode("utf-8")))
+        write_atomically(self.folder / SHARDS_FILE, lambda s: s.write(text.encode("utf-8")))
 
     def load_buffers(self, buffers: BufferSet) -> bool:
         return buffers.load(self.folder)
-
-
-def _replace_atomically(path: Path, write: Any) -> None:
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        with temporary.open("wb") as stream:
-            write(stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
