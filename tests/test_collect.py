@@ -269,7 +269,7 @@ def test_key_labels_follow_the_driving_keys_only_while_the_game_has_focus(
             time.sleep(0.02)
         assert labels.state() == ControllerState(-1.0, 1.0, 0.0)
         focused[0] = False
-        assert labels.state() == ControllerState()
+        assert labels.state() is None  # not driving the game: no label at all
         focused[0] = True
         key_up(x_display, "w")
         key_up(x_display, "a")
@@ -313,3 +313,20 @@ def test_window_dagger_needs_the_games_own_gamepad(tmp_path: Path, run_charles) 
         "--set", "controller.backend=keyboard", cwd=tmp_path,
     )  # fmt: skip
     assert_one_line_error(result, "controller.backend", '"game"')
+
+
+def test_dagger_frames_the_agent_drives_teach_steering_only(tmp_path: Path, run_charles) -> None:
+    """With the agent at the wheel all the time, no frame may join the throttle set: the
+    autopilot's pedal label answers a speed the agent, not the autopilot, chose."""
+    from tests.drives import publish_constant_driver
+
+    publish_constant_driver(tmp_path / "models", throttle=0.3, steering=0.0)
+    result = _collect(
+        run_charles, tmp_path, "--source", "dagger", "--frames", "150",
+        "--set", "collect.autopilot_share=0.0", "--set", f"model.store='{tmp_path / 'models'}'",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    _frames, _labels, sets = _all_samples(tmp_path / "data")
+    assert len(sets) > 20
+    assert not sets[:, 0].any()  # throttle set: none
+    assert sets[:, 1].all()  # every kept frame is in the steering set

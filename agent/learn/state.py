@@ -41,7 +41,7 @@ class TrainerState:
 
     def save_optimizer(self, optimizer: Any, batches: int) -> None:
         arrays = {f"v{index}": np.asarray(v.numpy()) for index, v in enumerate(optimizer.variables)}
-        names = [v.path for v in optimizer.variables]
+        names = [_name(v) for v in optimizer.variables]
         meta = json.dumps({"batches": batches, "names": names})
         write_atomically(
             self.folder / OPTIMIZER_FILE,
@@ -60,7 +60,7 @@ class TrainerState:
         except Exception as error:  # any damage (truncated, empty, odd meta): start afresh
             log.warning("optimizer state %s is unreadable (%s); Adam starts afresh", path, error)
             return False
-        names = [v.path for v in optimizer.variables]
+        names = [_name(v) for v in optimizer.variables]
         if not isinstance(meta, dict):
             return False
         if meta.get("batches") != batches or meta.get("names") != names:
@@ -98,3 +98,9 @@ class TrainerState:
 
     def load_buffers(self, buffers: BufferSet) -> bool:
         return buffers.load(self.folder)
+
+
+def _name(variable: Any) -> str:
+    """A variable's path without the optimizer's own name, which Keras numbers per process
+    ("adam", "adam_1", ...): the same variable must match across trainers."""
+    return variable.path.split("/", 1)[-1]
