@@ -60,7 +60,7 @@ _PUBLISH_ATTEMPTS = 100
 _HASH_CACHE_SIZE = 16
 # O_NOFOLLOW refuses a link as the last path component; O_NONBLOCK keeps a FIFO from blocking
 # the open (it is then refused as not a regular file). Both are absent on Windows.
-_OPEN_FLAGS = (
+SAFE_OPEN_FLAGS = (
     os.O_RDONLY
     | getattr(os, "O_NOFOLLOW", 0)
     | getattr(os, "O_NONBLOCK", 0)
@@ -260,7 +260,7 @@ def _open_regular(path: Path, what: str, missing: str) -> Iterator[tuple[BinaryI
     if not hasattr(os, "O_NOFOLLOW") and path.is_symlink():
         raise _link_error(path, what)
     try:
-        fd = os.open(path, _OPEN_FLAGS)
+        fd = os.open(path, SAFE_OPEN_FLAGS)
     except FileNotFoundError:
         raise ModelError(f"{what} has no {path.name}; {missing}") from None
     except OSError as error:

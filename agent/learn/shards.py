@@ -46,7 +46,7 @@ import numpy as np
 
 from agent.errors import CharlesError
 from agent.nets.registry import OUTPUT_NAMES
-from agent.store import fsync_path
+from agent.store import SAFE_OPEN_FLAGS, fsync_path
 from agent.weights import one_line
 
 log = logging.getLogger(__name__)
@@ -71,15 +71,6 @@ _LAYOUT: dict[str, tuple[np.dtype, int]] = {
 }
 """Every array of a shard but meta: its dtype and number of dimensions."""
 
-# O_NOFOLLOW refuses a link as the last path component; O_NONBLOCK keeps a FIFO from blocking
-# the open (it is then refused as not a regular file). Both are absent on Windows.
-_OPEN_FLAGS = (
-    os.O_RDONLY
-    | getattr(os, "O_NOFOLLOW", 0)
-    | getattr(os, "O_NONBLOCK", 0)
-    | getattr(os, "O_CLOEXEC", 0)
-    | getattr(os, "O_BINARY", 0)
-)
 # What reading a damaged zip or .npy can raise (CRC mismatch, bad header, short data, ...).
 _READ_ERRORS = (
     zipfile.BadZipFile,
@@ -193,7 +184,7 @@ def _open_regular(path: Path) -> tuple[BinaryIO, int]:
     if not hasattr(os, "O_NOFOLLOW") and path.is_symlink():
         raise NpzError("it is a symbolic link, which Charles never follows")
     try:
-        fd = os.open(path, _OPEN_FLAGS)
+        fd = os.open(path, SAFE_OPEN_FLAGS)
     except FileNotFoundError:
         raise NpzError("it does not exist (deleted meanwhile?)") from None
     except OSError as error:
