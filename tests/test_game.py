@@ -322,3 +322,19 @@ def test_the_gamepad_port_says_which_game_listens_and_who_started_it() -> None:
         sender.close()
     finally:
         receiver.close()
+
+
+def test_wait_for_input_holds_the_race_until_something_drives(
+    display: str, start_game: Any
+) -> None:
+    """A driver that takes seconds to load starts on equal terms: no step, no score lost."""
+    idle = start_game("--wait-for-input", "--seconds", "2")
+    status, stderr = idle.finish(timeout=30)
+    assert status == 0, stderr
+    assert "the race starts" not in stderr
+    assert not idle.telemetry.exists() or idle.records() == []
+    driven = start_game("--wait-for-input", "--autopilot", "--seconds", "3")
+    status, stderr = driven.finish(timeout=30)
+    assert status == 0, stderr
+    assert "first input (autopilot): the race starts" in stderr
+    assert driven.records() and driven.records()[-1]["distance"] > 0

@@ -158,12 +158,13 @@ class _Session:
         self.distance = 0.0
         self.frames = 0
         self.suggestion: ControllerState | None = None
+        self._next_sample = 0.0
 
     def run(self, stop: threading.Event) -> None:
         self.env.reset(seed=self.options.seed)
         rate = RateKeeper(PHYSICS_HZ)
         start = time.monotonic()
-        next_sample = next_frame = start
+        self._next_sample = next_frame = start
         waiting = self.options.wait_for_input
         while not stop.is_set() and self._events_allow_running():
             now = time.monotonic()
@@ -173,19 +174,9 @@ class _Session:
             if waiting and source != "none":
                 waiting = False
                 log.info("first input (%s): the race starts", source)
-            if waiting:  # the car stands on the grid, and the episode's clock with it
-                if now >= next_frame:
-                    self._draw(state)
-                    next_frame = max(next_frame + 1.0 / self.options.fps, now)
-                rate.keep_time()
-                continue
-            _reward, over, info = self.env.apply(state)
-            self.distance += self.env.speed / PHYSICS_HZ
-            if self.telemetry is not None and now >= next_sample:
-                self.telemetry.write(self._record(now - start, state, source))
-                next_sample = max(next_sample + 1.0 / TELEMETRY_HZ, now)
-            if over:
-                self._next_episode(info)
+            # While waiting the car stands on the grid, and the episode's clock with it.
+            if not waiting:
+                self._step(state, source, now - start)
             if now >= next_frame:
                 self._draw(state)
                 next_frame = max(next_frame + 1.0 / self.options.fps, now)
@@ -197,6 +188,17 @@ class _Session:
             elapsed, self.episode, self.distance, rate.ticks / max(elapsed, 1e-9),
             rate.lagged, self.frames / max(elapsed, 1e-9),
         )  # fmt: skip
+
+    def _step(self, state: ControllerState, source: str, elapsed: float) -> None:
+        """One physics step with `state`, then telemetry and the episode's end."""
+        _reward, over, info = self.env.apply(state)
+        self.distance += self.env.speed / PHYSICS_HZ
+        now = time.monotonic()
+        if self.telemetry is not None and now >= self._next_sample:
+            self.telemetry.write(self._record(elapsed, state, source))
+            self._next_sample = max(self._next_sample + 1.0 / TELEMETRY_HZ, now)
+        if over:
+            self._next_episode(info)
 
     def _events_allow_running(self) -> bool:
         running = True

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import socket
 import time
 from dataclasses import dataclass
@@ -68,7 +69,7 @@ class SampleSink:
             self.folder, source, input_shape, samples_per_shard=config.data.samples_per_shard
         )
         self.histogram_path = (
-            self.folder / f"histogram-{_safe(socket.gethostname())}-{_pid()}.png"
+            self.folder / f"histogram-{_safe(socket.gethostname())}-{os.getpid()}.png"
             if config.collect.histogram
             else None
         )
@@ -127,12 +128,6 @@ class SampleSink:
             return ""
         write_histogram_png(self.histogram_path, self.balancer)
         return str(self.histogram_path)
-
-
-def _pid() -> int:
-    import os
-
-    return os.getpid()
 
 
 def _safe(text: str) -> str:

@@ -253,8 +253,10 @@ class Trainer:
             # Whatever ended training, batches trained since the last publish are kept when
             # the weights are sound (a diverged model is refused by publish itself).
             if losses:
-                with contextlib.suppress(Exception):
+                try:
                     summary.published.append(self._publish(losses))
+                except Exception as error:  # the first error is the one to report
+                    log.warning("could not keep the last %d batches: %s", len(losses), error)
             raise
         finally:
             progress.close()
