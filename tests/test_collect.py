@@ -284,7 +284,7 @@ def test_frame_records_with_impossible_values_are_dropped_or_cleaned() -> None:
     import struct
 
     def packet(shown_at: float, speed: float) -> bytes:
-        return struct.pack("<4sIIdfffffff", b"CHFR", 1, 1, shown_at, 0, 0, 0, 0, 0, 0, speed)
+        return struct.pack("<4sIIdfffffffB", b"CHFR", 1, 1, shown_at, 0, 0, 0, 0, 0, 0, speed, 0)
 
     assert FrameRecord.unpack(packet(float("nan"), 1.0)) is None
     assert FrameRecord.unpack(packet(float("inf"), 1.0)) is None

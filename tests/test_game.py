@@ -277,6 +277,7 @@ def test_read_last_telemetry_skips_a_partial_line(tmp_path: Path) -> None:
         record = TelemetryRecord(
             t=n / 10, episode=1, speed=1.5, on_track=True, score=-0.1 * n, distance=0.15 * n,
             tiles=0.0, heading=math.pi, steering=0.0, accelerate=1.0, brake=0.0, source="none",
+            paused=False, resets=0, x=1.0, y=-2.0,
         )  # fmt: skip
         writer.write(record)
     writer.close()

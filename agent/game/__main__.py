@@ -16,7 +16,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m agent.game",
         description="CarRacing in a window titled 'Charles CarRacing': arrows/WASD, the "
-        "virtual gamepad, or --autopilot drive; Esc quits.",
+        "virtual gamepad, or --autopilot drive; P pauses, Esc quits.",
     )
     add_game_arguments(parser)
     args = parser.parse_args(argv)

@@ -13,11 +13,17 @@ process id and the process id of the `charles drive` that started it (0 when a p
 is how an agent finds *this* game's window among windows with lookalike titles, and tells a game
 it may drive from one that another (or a dead) agent started.
 
+A reset request (b"CHRS", uint32 nonce; `request_reset`) asks the game to put the car back on
+the track, at rest, in the same episode. Nothing answers it; a paused game ignores it.
+
 A collector can also subscribe (b"CHSB", uint32 nonce, renewed every second): the game then sends
-it one frame record (b"CHFR") for each picture it shows: the frame number, the monotonic time
-the picture was shown, the input in effect when it was rendered, what the autopilot would have
-done (NaN when it is off) and the car's speed. That pairs a captured frame with the command of
-the moment the game drew it, not the later moment it was captured.
+it one frame record (b"CHFR") for each picture it shows: the frame number, the episode, the
+monotonic time the picture was shown, the input in effect when it was rendered, what the
+autopilot would have done (NaN when it is off or the game is paused), the car's speed and a flags
+byte (bit 0: the game was paused, so the picture is a still and the input did nothing). That
+pairs a captured frame with the command of the moment the game drew it, not the later moment it
+was captured. Record packet, little-endian: magic, uint32 frame, uint32 episode, float64 shown_at,
+float32 x3 applied, float32 x3 autopilot, float32 speed, uint8 flags (49 bytes).
 """
 
 from __future__ import annotations
@@ -43,8 +49,10 @@ _WHO_MAGIC = b"CHWH"
 _IDENTITY = struct.Struct("<4sIII")
 _IDENTITY_MAGIC = b"CHIS"
 _SUBSCRIBE_MAGIC = b"CHSB"
-_FRAME = struct.Struct("<4sIIdfffffff")
+_RESET_MAGIC = b"CHRS"
+_FRAME = struct.Struct("<4sIIdfffffffB")
 _FRAME_MAGIC = b"CHFR"
+_PAUSED_FLAG = 0x01
 SUBSCRIPTION_SECONDS = 5.0
 """A subscriber that has not renewed for this long gets no more frame records."""
 
@@ -60,19 +68,22 @@ class FrameRecord:
     applied: ControllerState
     autopilot: ControllerState | None
     speed: float
+    paused: bool = False
+    """The game was paused: the picture is a still and `applied` moved nothing."""
 
     def pack(self) -> bytes:
         suggestion = self.autopilot or ControllerState(math.nan, math.nan, math.nan)
+        flags = _PAUSED_FLAG if self.paused else 0
         return _FRAME.pack(
             _FRAME_MAGIC, self.frame & 0xFFFFFFFF, self.episode & 0xFFFFFFFF, self.shown_at,
-            *astuple(self.applied), *astuple(suggestion), self.speed,
+            *astuple(self.applied), *astuple(suggestion), self.speed, flags,
         )  # fmt: skip
 
     @classmethod
     def unpack(cls, packet: bytes) -> FrameRecord | None:
         if len(packet) != _FRAME.size:
             return None
-        magic, frame, episode, shown_at, *values = _FRAME.unpack(packet)
+        magic, frame, episode, shown_at, *values, flags = _FRAME.unpack(packet)
         if magic != _FRAME_MAGIC or not all(math.isfinite(v) for v in (shown_at, *values[:3])):
             return None
         speed = values[6] if math.isfinite(values[6]) else math.nan
@@ -80,12 +91,24 @@ class FrameRecord:
         known = all(math.isfinite(v) for v in values[3:6])
         return cls(
             frame, episode, shown_at, clamp_state(ControllerState(*values[:3])),
-            clamp_state(suggestion) if known else None, speed,
+            clamp_state(suggestion) if known else None, speed, bool(flags & _PAUSED_FLAG),
         )  # fmt: skip
 
 
 def subscribe_packet(nonce: int) -> bytes:
     return _WHO.pack(_SUBSCRIBE_MAGIC, nonce & 0xFFFFFFFF)
+
+
+def request_reset(port: int) -> None:
+    """Ask the game on `port` to put the car back on the track; sent once, never answered.
+
+    Loopback UDP is not lost under normal load; a caller that must know whether it worked reads
+    the game's telemetry (`resets`).
+    """
+    packet = _WHO.pack(_RESET_MAGIC, secrets.randbits(32))
+    # Nobody listening (no game, or it is gone): there is no car to put back.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender, contextlib.suppress(OSError):
+        sender.sendto(packet, (HOST, port))
 
 
 @dataclass(frozen=True)
@@ -140,7 +163,10 @@ class GamepadSender:
 
 
 class GamepadReceiver:
-    """The game's end: `poll()` returns the newest pad state, neutral when silent."""
+    """The game's end: `poll()` returns the newest pad state, neutral when silent.
+
+    Reset requests received while polling are counted; `take_reset_requests` hands them over.
+    """
 
     def __init__(self, port: int = DEFAULT_PORT, timeout: float = 0.5, owner_pid: int = 0) -> None:
         self._identity = _IDENTITY_MAGIC, os.getpid(), owner_pid
@@ -157,13 +183,17 @@ class GamepadReceiver:
         self._state = NEUTRAL
         self._received_at = -math.inf
         self._subscribers: dict[tuple[str, int], float] = {}
+        self._reset_requests = 0
 
     @property
     def port(self) -> int:
         return self._socket.getsockname()[1]
 
     def poll(self) -> ControllerState:
-        """The newest pad state (neutral when silent); answers identity requests on the way."""
+        """The newest pad state (neutral when silent).
+
+        On the way it answers identity requests and notes subscriptions and reset requests.
+        """
         while True:
             try:
                 packet, sender = self._socket.recvfrom(64)
@@ -182,6 +212,11 @@ class GamepadReceiver:
             return NEUTRAL
         return self._state
 
+    def take_reset_requests(self) -> int:
+        """Reset requests received by `poll()` since the last call."""
+        count, self._reset_requests = self._reset_requests, 0
+        return count
+
     def publish_frame(self, record: FrameRecord) -> None:
         """Send `record` to every collector that subscribed within SUBSCRIPTION_SECONDS."""
         now = time.monotonic()
@@ -199,6 +234,8 @@ class GamepadReceiver:
             # A handful at most: a flood of fake subscribers must not slow the game down.
             if sender in self._subscribers or len(self._subscribers) < 8:
                 self._subscribers[sender] = time.monotonic()
+        elif magic == _RESET_MAGIC:
+            self._reset_requests += 1
         elif magic == _WHO_MAGIC:
             magic, pid, owner = self._identity
             with contextlib.suppress(OSError):

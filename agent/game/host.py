@@ -4,6 +4,12 @@ One thread does everything, on a 50 Hz grid kept by a RateKeeper: read the windo
 keys, poll the virtual gamepad, step the physics once, and every so often write a telemetry
 sample or redraw the window. Redraws run at the display rate, not the physics rate: drawing a
 picture costs about 7 ms, a physics step 0.1 ms, and the host shares two cores with a CNN.
+
+Keys on the window: arrows/WASD drive, P pauses and resumes, Esc quits (paused or not). A paused
+game steps no physics and ignores the gamepad and the autopilot (the gamepad port is still read,
+so nothing queues up), but keeps drawing, with a PAUSED banner, and keeps publishing frame
+records and telemetry, both marked paused. A reset request on the gamepad port puts the car back
+on the track (`HostedCarRacing.put_back_on_track`), except while paused.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from agent.game.telemetry import TelemetryRecord, TelemetryWriter
 from agent.lifetime import die_with_parent
 from agent.ratekeeper import RateKeeper
 from agent.signals import on_stop_signals
-from agent.types import ControllerState
+from agent.types import NEUTRAL, ControllerState
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +42,7 @@ WINDOW_TITLE = "Charles CarRacing"
 TELEMETRY_HZ = 10.0
 STDIN = 0
 ASPECT = 16 / 9
+PAUSE_KEY = pygame.K_p
 _INVISIBLE_DRIVERS = ("offscreen", "dummy")
 
 
@@ -157,8 +164,11 @@ class _Session:
         self.episode = 1
         self.distance = 0.0
         self.frames = 0
+        self.paused = False
+        self.resets = 0
         self.suggestion: ControllerState | None = None
         self._next_sample = 0.0
+        self._banner: pygame.Surface | None = None
 
     def run(self, stop: threading.Event) -> None:
         self.env.reset(seed=self.options.seed)
@@ -166,17 +176,18 @@ class _Session:
         start = time.monotonic()
         self._next_sample = next_frame = start
         waiting = self.options.wait_for_input
-        while not stop.is_set() and self._events_allow_running():
+        while not stop.is_set() and self._handle_events():
             now = time.monotonic()
             if self.options.seconds is not None and now - start >= self.options.seconds:
                 break
             state, source = self._input()
+            self._serve_reset_requests()
             if waiting and source != "none":
                 waiting = False
                 log.info("first input (%s): the race starts", source)
             # While waiting the car stands on the grid, and the episode's clock with it.
             if not waiting:
-                self._step(state, source, now - start)
+                self._tick(state, source, now - start)
             if now >= next_frame:
                 self._draw(state)
                 next_frame = max(next_frame + 1.0 / self.options.fps, now)
@@ -189,10 +200,9 @@ class _Session:
             rate.lagged, self.frames / max(elapsed, 1e-9),
         )  # fmt: skip
 
-    def _step(self, state: ControllerState, source: str, elapsed: float) -> None:
-        """One physics step with `state`, then telemetry and the episode's end."""
-        _reward, over, info = self.env.apply(state)
-        self.distance += self.env.speed / PHYSICS_HZ
+    def _tick(self, state: ControllerState, source: str, elapsed: float) -> None:
+        """One physics step with `state` (none while paused), then telemetry, the episode's end."""
+        over, info = (False, {}) if self.paused else self._step(state)
         now = time.monotonic()
         if self.telemetry is not None and now >= self._next_sample:
             self.telemetry.write(self._record(elapsed, state, source))
@@ -200,18 +210,42 @@ class _Session:
         if over:
             self._next_episode(info)
 
-    def _events_allow_running(self) -> bool:
+    def _step(self, state: ControllerState) -> tuple[bool, dict[str, object]]:
+        _reward, over, info = self.env.apply(state)
+        self.distance += self.env.speed / PHYSICS_HZ
+        return over, info
+
+    def _handle_events(self) -> bool:
+        """Apply the window's events (P pauses or resumes); False once the game should quit."""
         running = True
         for event in pygame.event.get():
-            if event.type == pygame.QUIT or (
-                event.type == pygame.KEYDOWN and event.key == pygame.K_ESCAPE
-            ):
+            key = event.key if event.type == pygame.KEYDOWN else None
+            if event.type == pygame.QUIT or key == pygame.K_ESCAPE:
                 running = False
+            elif key == PAUSE_KEY:
+                self.paused = not self.paused
+                log.info("game paused" if self.paused else "game resumed")
         return running
 
+    def _serve_reset_requests(self) -> None:
+        # Several requests in one tick are one reset: the car can only be put back once.
+        if not self.receiver.take_reset_requests():
+            return
+        if self.paused:
+            log.info("reset request ignored: the game is paused")
+            return
+        self.env.put_back_on_track()
+        self.resets += 1
+        log.info("car put back on the track (reset %d)", self.resets)
+
     def _input(self) -> tuple[ControllerState, str]:
-        keyboard = keyboard_state(pygame.key.get_pressed())
+        # Polled even while paused: identity and subscription requests are still answered, and
+        # the socket's queue never fills with stale pad states.
         gamepad = self.receiver.poll()
+        if self.paused:
+            self.suggestion = None
+            return NEUTRAL, "none"
+        keyboard = keyboard_state(pygame.key.get_pressed())
         # The autopilot keeps tracking the car while the gamepad drives, so it can take over
         # smoothly when the agent goes quiet; only a player at the keyboard pauses it.
         autopilot = None
@@ -234,15 +268,25 @@ class _Session:
     def _draw(self, state: ControllerState) -> None:
         draw_view(self.env, self.view, self.screen)
         self.frames += 1
+        if self.paused:
+            self._draw_banner()
+        # After the banner, so a frame number stays readable on a paused picture too.
         if self.options.stamp:
             draw_stamp(self.screen, self.frames)
         pygame.display.flip()
         self.receiver.publish_frame(
             FrameRecord(
                 self.frames, self.episode, time.monotonic(), state, self.suggestion,
-                self.env.speed,
+                self.env.speed, self.paused,
             )
         )  # fmt: skip
+
+    def _draw_banner(self) -> None:
+        """PAUSED across the middle of the view, on a dark band a player cannot miss."""
+        if self._banner is None:
+            self._banner = _pause_banner(self.screen.get_size())
+        banner = self._banner.get_rect(center=self.screen.get_rect().center)
+        self.screen.blit(self._banner, banner)
 
     def _record(self, elapsed: float, state: ControllerState, source: str) -> TelemetryRecord:
         return TelemetryRecord(
@@ -258,4 +302,20 @@ class _Session:
             accelerate=state.accelerate,
             brake=state.brake,
             source=source,
+            paused=self.paused,
+            resets=self.resets,
+            x=self.env.position[0],
+            y=self.env.position[1],
         )
+
+
+def _pause_banner(size: tuple[int, int]) -> pygame.Surface:
+    """A full-width, translucent black band with PAUSED in white, scaled to the view's height."""
+    width, height = size
+    band = pygame.Surface((width, max(1, height // 5)), pygame.SRCALPHA)
+    band.fill((0, 0, 0, 170))
+    pygame.font.init()  # CarRacing starts fonts when it draws; this does not rely on that
+    font = pygame.font.Font(pygame.font.get_default_font(), max(8, height // 8))
+    text = font.render("PAUSED", True, (255, 255, 255))
+    band.blit(text, text.get_rect(center=band.get_rect().center))
+    return band

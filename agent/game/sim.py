@@ -5,6 +5,10 @@ this subclass skips the 96x96 observation that CarRacing draws on every physics 
 drawing costs about 12 ms, the physics about 0.1 ms. `render()` then draws only when the window
 wants a picture, and hands over the full 1000x800 pygame surface (not the 600x400 array, which
 is squashed vertically and costs another scale and copy).
+
+Two things CarRacing's car cannot do and a game's car can: back up (the brake, held at a
+standstill with the accelerator up, drives the rear wheels backwards, as in GTA V) and be put
+back on the track (`put_back_on_track`, the game's answer to a reset request).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pygame
+from gymnasium.envs.box2d.car_dynamics import ENGINE_POWER, WHEEL_MOMENT_OF_INERTIA, Car
 from gymnasium.envs.box2d.car_racing import (
     FPS,
     GRASS_DIM,
@@ -40,6 +45,14 @@ SPEEDOMETER_BOX = (10, WINDOW_H - _HUD_HEIGHT - 45, 340, 36)
 """(left, top, width, height) of the speed bar in the picture: bottom-left of the view."""
 SPEEDOMETER_PX_PER_MPS = 5.0
 """Bar length per m/s: 332 px of bar hold 66 m/s, faster than the car gets."""
+
+REVERSE_BELOW_SPEED = 1.0
+"""Forward speed (m/s) under which a held brake, with the accelerator up, backs the car up."""
+REVERSE_TOP_SPEED = 5.0
+"""Reverse gear's top speed, m/s: the rear wheels get no reverse power past it."""
+REVERSE_POWER = 0.1
+"""Engine power in reverse at full brake, as a fraction of full throttle: a gentle reverse
+that reaches its top speed in well under a second (full throttle passes 40 m/s in one)."""
 
 # CarRacing's background: the playfield square and a 20x20 checkerboard of grass patches, in
 # world units, the same for every track (as CarRacing._render_road builds them each frame).
@@ -135,16 +148,76 @@ class HostedCarRacing(CarRacing):
         return screen
 
     def apply(self, state: ControllerState) -> tuple[float, bool, dict[str, Any]]:
-        """One physics step with `state` as the input; returns (reward, episode over, info)."""
-        action = np.array([state.steering, state.accelerate, state.brake], dtype=np.float64)
+        """One physics step with `state` as the input; returns (reward, episode over, info).
+
+        The brake backs the car up when the car is (nearly) stopped or already backing up and
+        the accelerator is up; otherwise CarRacing's own controls, untouched.
+        """
+        brake = state.brake
+        if self._reverses(state):
+            self._drive_backwards(state.brake)
+            brake = 0.0  # CarRacing's brake would stop the wheels just spun backwards
+        action = np.array([state.steering, state.accelerate, brake], dtype=np.float64)
         _obs, reward, terminated, truncated, info = self.step(action)
         return float(reward), bool(terminated or truncated), info
 
+    def _reverses(self, state: ControllerState) -> bool:
+        # Only a car that is (nearly) stopped or already backing up: a moving car brakes.
+        stopped = self.forward_speed < REVERSE_BELOW_SPEED
+        return state.brake > 0.0 and state.accelerate == 0.0 and stopped
+
+    def _drive_backwards(self, brake: float) -> None:
+        """Spin the rear wheels backwards with CarRacing's engine formula, up to top speed.
+
+        `Car.gas` clips gas to [0, 1], so the engine cannot be asked for this; the spin is added
+        just before the physics step, where `Car.step` adds the engine's, and the step's tyre
+        grip then pulls the car backwards as it pulls it forwards on the accelerator.
+        """
+        dt = 1.0 / PHYSICS_HZ
+        for wheel in self.car.wheels[2:4]:  # rear-wheel drive, like the accelerator
+            top = -REVERSE_TOP_SPEED / wheel.wheel_rad
+            if wheel.omega <= top:
+                continue  # at top speed: no more power, the car rolls on
+            power = ENGINE_POWER * REVERSE_POWER * brake
+            spin = dt * power / WHEEL_MOMENT_OF_INERTIA / (abs(wheel.omega) + 5.0)
+            wheel.omega = max(wheel.omega - spin, top)
+
+    def put_back_on_track(self) -> None:
+        """Put the car at rest on the nearest track point, facing the driving direction.
+
+        Same episode: score, visited tiles and the clock stay. The car is rebuilt the way
+        CarRacing.reset builds it on the start line (a new `Car` at the point, turned to the
+        point's angle, which faces the driving direction), so no velocity, wheel spin or
+        steering angle is left behind.
+        """
+        position = np.array([self.car.hull.position[0], self.car.hull.position[1]])
+        points = np.array([(x, y) for _alpha, _beta, x, y in self.track])
+        nearest = int(np.argmin(np.hypot(*(points - position).T)))
+        _alpha, beta, x, y = self.track[nearest]
+        self.car.destroy()
+        self.car = Car(self.world, beta, x, y)
+
     @property
     def speed(self) -> float:
-        """Speed of the car's hull, world units (metres) per second."""
+        """Speed of the car's hull, world units (metres) per second.
+
+        Never negative, backing up too: `forward_speed` has the sign.
+        """
         velocity = self.car.hull.linearVelocity
         return math.hypot(velocity[0], velocity[1])
+
+    @property
+    def forward_speed(self) -> float:
+        """The hull's velocity along its nose, m/s: negative while the car backs up."""
+        hull = self.car.hull
+        nose = hull.GetWorldVector((0.0, 1.0))
+        velocity = hull.linearVelocity
+        return float(nose[0] * velocity[0] + nose[1] * velocity[1])
+
+    @property
+    def position(self) -> tuple[float, float]:
+        """The hull's centre in world units (metres)."""
+        return float(self.car.hull.position[0]), float(self.car.hull.position[1])
 
     @property
     def heading(self) -> float:

@@ -22,7 +22,9 @@ class TelemetryRecord:
     cumulative reward; distance: metres driven since the game started; tiles: fraction of this
     track's tiles visited, [0, 1]; heading: the hull's angle in radians (counter-clockwise, not
     wrapped); steering [-1, 1], accelerate [0, 1], brake [0, 1]: the input applied;
-    source: "keyboard", "gamepad", "autopilot" or "none".
+    source: "keyboard", "gamepad", "autopilot" or "none"; paused: the game is paused (P), so
+    nothing moves and the input is neutral with source "none"; resets: times the car was put
+    back on the track since the game started; x, y: the hull's centre in world units (metres).
     """
 
     t: float
@@ -37,6 +39,10 @@ class TelemetryRecord:
     accelerate: float
     brake: float
     source: str
+    paused: bool
+    resets: int
+    x: float
+    y: float
 
 
 class TelemetryWriter:

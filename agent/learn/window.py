@@ -167,11 +167,14 @@ def _label(
     source: str, frame: Frame, records: FrameRecordListener | None, keys: KeyLabels | None
 ) -> tuple[ControllerState | None, float, tuple[str, ...]]:
     """(label, speed, outputs the label is good for) of one grab; label None: unpaired
-    (outputs () then means "paired, but the game made no autopilot suggestion")."""
+    (outputs () then means "paired, but there is nothing to learn": the game made no autopilot
+    suggestion, or it was paused)."""
     if records is not None:
         record = records.record_for(frame.captured_at)
         if record is None:
             return None, math.nan, OUTPUT_NAMES
+        if record.paused:
+            return None, math.nan, ()  # a still of a paused game: nobody drove it
         if source == "human":
             return record.applied, record.speed, OUTPUT_NAMES
         if record.autopilot is None:
