@@ -8,12 +8,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
 from agent.types import Tick
+
+if TYPE_CHECKING:
+    from agent.hotswap import HotSwapRecord
 
 
 @dataclass(frozen=True)
@@ -45,10 +49,19 @@ class RateMeter:
         return self.rates
 
 
-def render(tick: Tick | None, rates: Rates, model_name: str, backend: str, window: str) -> Group:
-    """The console picture: state line, then raw predictions beside controller values."""
+def render(
+    tick: Tick | None,
+    rates: Rates,
+    model_name: str,
+    backend: str,
+    window: str,
+    swaps: HotSwapRecord | None = None,
+    unstucks: int = 0,
+) -> Group:
+    """The console picture: state line, then raw predictions beside controller values, then
+    rates, and the last swap and rejection when the store is followed."""
     state = tick.state if tick else "starting"
-    colour = {"driving": "green", "paused": "yellow"}.get(state, "red")
+    colour = {"driving": "green", "paused": "yellow", "unstuck": "magenta"}.get(state, "red")
     header = Text.assemble(
         ("Charles ", "bold"), (f"[{state}]", f"bold {colour}"),
         f"  model {model_name}  window '{window}'  controller {backend}",
@@ -75,7 +88,29 @@ def render(tick: Tick | None, rates: Rates, model_name: str, backend: str, windo
         f"latency {latency * 1000:6.1f} ms" if latency is not None else
         f"FPS {rates.fps:5.1f}   PPS {rates.pps:5.1f}   latency   -"
     )  # fmt: skip
-    return Group(header, table, footer)
+    lines: list[Text] = [header, table, footer]  # type: ignore[list-item]
+    if unstucks:
+        footer.append(f"   unstucks {unstucks}")
+    if swaps is not None:
+        lines.append(_swap_line(swaps))
+    return Group(*lines)
+
+
+def _swap_line(record: HotSwapRecord) -> Text:
+    """The last swap and the number of rejections, for a person watching the store."""
+    if record.swaps:
+        last = record.swaps[-1]
+        ago = time.monotonic() - last.at
+        text = (
+            f"swaps {len(record.swaps)}, last {ago:.0f} s ago: {last.from_name} -> "
+            f"{last.to_name} (loaded in {last.load_seconds:.2f} s)"
+        )
+    else:
+        text = "swaps 0: following the store for newer checkpoints"
+    if record.rejections:
+        newest = record.rejections[-1]
+        text += f"   rejected {len(record.rejections)} (last {newest.version})"
+    return Text(text)
 
 
 def _number(value: float | None) -> str:

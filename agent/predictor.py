@@ -57,6 +57,8 @@ class Predictor:
         self.line = line
         self.name = name
         self.model = model
+        self.checkpoint: Checkpoint | None = None
+        """The checkpoint whose weights the model holds (None: fresh weights)."""
         outputs = list(model.outputs)
         if convcam:
             outputs.append(model.get_layer(line.convcam_layer).output)
@@ -87,7 +89,9 @@ class Predictor:
             name = checkpoint.name
         else:
             name = f"{line.name} (fresh, pretrained={Path(pretrained).name})"
-        return cls(model, line, name, convcam=convcam, warmup_runs=warmup_runs)
+        predictor = cls(model, line, name, convcam=convcam, warmup_runs=warmup_runs)
+        predictor.checkpoint = checkpoint
+        return predictor
 
     def _warm_up(self, runs: int) -> float:
         """Trace the function and run it a few times so the first real frame is not slow."""

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import numpy as np
 
 from agent.errors import ModelError
-from agent.nets.registry import LINE_NAMES, LINES
+from agent.nets.registry import LINE_NAMES, LINES, OUTPUT_NAMES
 from agent.weights import load_weights_strictly, one_line
 
 if TYPE_CHECKING:
@@ -87,6 +87,9 @@ class Manifest:
     loss: tuple[tuple[str, float], ...] = ()
     """Training loss per head (and "total") over the batches before publishing; on disk a
     JSON object. Empty when unknown (a fresh model, an older writer)."""
+    outputs: tuple[str, ...] = OUTPUT_NAMES
+    """The network's output names, in order; manifests from before they were recorded are
+    taken to have the lines' outputs."""
 
     @property
     def loss_by_name(self) -> dict[str, float]:
@@ -211,6 +214,9 @@ def _manifest_from(data: Any, path: Path) -> Manifest:
     loss = data.get("loss", {})
     if not (isinstance(loss, dict) and all(_is_finite_number(v) for v in loss.values())):
         raise _bad_manifest(path, f"loss {_show(loss)} is not an object of finite numbers")
+    outputs = data.get("outputs", list(OUTPUT_NAMES))
+    if outputs != list(OUTPUT_NAMES):
+        raise _bad_manifest(path, f"outputs {_show(outputs)} are not {line}'s {list(OUTPUT_NAMES)}")
     return Manifest(
         model_line=line,
         version=version,
@@ -655,6 +661,7 @@ def _write_manifest(path: Path, manifest: Manifest) -> None:
         **asdict(manifest),
         "input_shape": list(manifest.input_shape),
         "loss": manifest.loss_by_name,
+        "outputs": list(manifest.outputs),
     }
     text = json.dumps(fields, indent=2)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o644)

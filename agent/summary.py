@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -14,6 +14,8 @@ class DriveSummary:
     """The end-of-run report (times in seconds, rates per second, latencies in ms)."""
 
     model: str
+    """The model driving at the end (after any swaps)."""
+    started_with: str
     controller: str
     window: str
     stopped_by: str
@@ -33,6 +35,14 @@ class DriveSummary:
     """Times the controller went neutral by itself because no command came for controller.hold."""
     game: dict[str, Any] | None
     """The bundled game's last telemetry sample (score, distance, ...) when Charles started it."""
+    swaps: list[dict[str, Any]] = field(default_factory=list)
+    """Checkpoints swapped in: from, to, version, batches, load_s (background), at_s."""
+    rejections: list[dict[str, Any]] = field(default_factory=list)
+    """Checkpoints refused: version, reason, at_s."""
+    unstucks: int = 0
+    command_gaps: dict[str, Any] | None = None
+    """Gaps between successive commands from predictions (see `command_gaps`); the median is
+    over the gaps outside swaps."""
 
     def lines(self) -> list[str]:
         """The summary as text for a person."""
@@ -55,6 +65,25 @@ class DriveSummary:
                 f"  controls went neutral by themselves {self.deadman_releases} time(s): no "
                 "command came within controller.hold"
             )
+        for swap in self.swaps:
+            lines.append(
+                f"  swap at {swap['at_s']:.1f} s: {swap['from']} -> {swap['to']} "
+                f"(loaded and checked in {swap['load_s']:.2f} s beside driving)"
+            )
+        for rejection in self.rejections:
+            lines.append(
+                f"  rejected {rejection['version']} at {rejection['at_s']:.1f} s: "
+                f"{rejection['reason']}"
+            )
+        gaps = self.command_gaps
+        if gaps and gaps.get("during_swaps"):
+            lines.append(
+                f"  command gaps: median {gaps['median_ms']:.1f} ms, largest "
+                f"{gaps['largest_outside_ms']:.1f} ms outside swaps, "
+                f"{gaps['largest_during_ms']:.1f} ms during swaps"
+            )
+        if self.unstucks:
+            lines.append(f"  unstuck: {self.unstucks} recovery(ies) from a car standing still")
         if self.game:
             game = self.game
             lines.append(
@@ -75,3 +104,34 @@ def percentiles_ms(seconds: Sequence[float], points: Sequence[float]) -> list[fl
         return [None for _ in points]
     values = np.percentile(np.asarray(seconds, dtype=np.float64) * 1000.0, points)
     return [round(float(v), 2) for v in values]
+
+
+def command_gaps(
+    sent_at: Sequence[float], busy: Sequence[tuple[float, float]]
+) -> dict[str, Any] | None:
+    """Gaps between successive commands, split by whether a swap was under way.
+
+    A gap lies "during swaps" when it overlaps any `busy` interval (a background load, or the
+    instant of a switch). A swap nobody can see leaves the largest gap during swaps no bigger
+    than the gaps outside them. Times in seconds in, milliseconds out; None for < 2 commands.
+    """
+    if len(sent_at) < 2:
+        return None
+    times = np.asarray(sent_at, dtype=np.float64)
+    starts, ends = times[:-1], times[1:]
+    gaps = (ends - starts) * 1000.0
+    during = np.zeros(len(gaps), dtype=bool)
+    for begin, end in busy:
+        during |= (starts <= end) & (ends >= begin)
+    outside = gaps[~during]
+    inside = gaps[during]
+    return {
+        "count": len(gaps),
+        "median_ms": round(float(np.median(outside if len(outside) else gaps)), 2),
+        "largest_outside_ms": round(float(outside.max()), 2) if len(outside) else None,
+        "during_swaps": int(during.sum()),
+        "largest_during_ms": round(float(inside.max()), 2) if len(inside) else None,
+        # Commands per second while loads ran and otherwise (1 / mean gap).
+        "pps_during": round(1000.0 * len(inside) / inside.sum(), 2) if len(inside) else None,
+        "pps_outside": round(1000.0 * len(outside) / outside.sum(), 2) if len(outside) else None,
+    }

@@ -1,0 +1,313 @@
+"""Hot swap: newer checkpoints take over the driving model without the car ever driving blind.
+
+A loader thread watches the store (agent/watcher.py). For each newer version it fills a second,
+already compiled copy of the network (the shadow) with the checkpoint's weights, checks it, and
+offers it. The drive loop takes an offered shadow between two predictions with one reference
+swap and hands the model it drove with back; that copy is the shadow for the next version. So
+nothing is ever built, compiled or traced while driving: both copies are built and warmed up
+before the first command, and a swap afterwards costs the loop a lock it only tries and a queue
+put.
+
+Checks before a checkpoint may drive, each refusal one log line (the version is not tried again
+until its files change): a readable manifest of this line and its input shape and outputs
+(manifest), size and SHA-256 of the weights (truncated or replaced file), weights that fit the
+network exactly and are all finite (agent/weights.py), and a finite prediction on the newest
+frame. That last check is the checkpoint's first prediction in the loop, on the frame it was
+going to drive on anyway: a separate test prediction in the background would take a whole
+prediction's worth of CPU from the driving model on a small machine (measured: the largest gap
+between commands during a model_0005 swap was 1.9 x the median with it). A non-finite one is
+never sent: the current model predicts on that frame instead and keeps driving.
+
+Only the HDF5 weights file is read, by h5py, as arrays: nothing in a checkpoint folder is
+unpickled or deserialised as code, so a `.keras` file with a Lambda layer placed there never
+runs. On a small machine the load competes with inference for the CPU, so the loader thread
+runs at a lower priority (`swap.nice`, Linux): hashing and reading the file then take what the
+drive loop leaves.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from agent.config import SwapConfig
+from agent.errors import ModelError
+from agent.predictor import Predictor
+from agent.store import Checkpoint, load_into
+from agent.types import Prediction
+from agent.watcher import Candidate, CheckpointWatcher, Rejection
+from agent.weights import one_line
+
+log = logging.getLogger(__name__)
+
+IMMEDIATE = "immediate"
+ON_UNSTUCK = "on_unstuck"
+MANUAL = "manual"
+OFF = "off"
+
+
+@dataclass(frozen=True)
+class Swap:
+    """One checkpoint that took over."""
+
+    from_name: str
+    to_name: str
+    version: str
+    batches: int
+    load_seconds: float
+    """Loading and checking it in the background: the time the car did NOT wait."""
+    at: float
+    """time.monotonic() when the drive loop switched to it."""
+
+
+@dataclass
+class _Offer:
+    predictor: Predictor
+    candidate: Candidate
+    load_seconds: float
+    ready_at: float
+
+
+@dataclass(frozen=True)
+class _Return:
+    """What the drive loop hands back to the loader: a spare copy, and what became of an offer."""
+
+    spare: Predictor
+    offer: _Offer
+    refusal: str | None
+    """None: the offer drives now; else why its first prediction refused it."""
+
+
+@dataclass
+class HotSwapRecord:
+    """What the hot swap did, for the console and the summary."""
+
+    swaps: list[Swap] = field(default_factory=list)
+    rejections: list[Rejection] = field(default_factory=list)
+    loads: list[tuple[float, float]] = field(default_factory=list)
+    """(start, end) time.monotonic() of every background load, accepted or not."""
+
+
+class HotSwap:
+    """Follows the store for newer checkpoints of the driving line and offers them checked.
+
+    The loader thread owns the watcher and fills the spare copy; the drive loop calls only
+    `predict`, which never blocks. They meet in two places: the offer (a lock the loop only
+    tries, never waits for) and a queue of what the loop hands back (put never blocks).
+    """
+
+    def __init__(
+        self,
+        store: Path,
+        driving: Predictor,
+        shadow: Predictor,
+        driving_number: int,
+        config: SwapConfig,
+    ) -> None:
+        self.config = config
+        self.watcher = CheckpointWatcher(store, driving.line.name, driving_number)
+        self.record = HotSwapRecord()
+        self.manual_request = threading.Event()
+        self.driving_name = driving.name
+        self._lock = threading.Lock()
+        self._offer: _Offer | None = None
+        self._spare: Predictor | None = shadow
+        self._returns: queue.SimpleQueue[_Return] = queue.SimpleQueue()
+        self._unstuck_at = -1.0
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="checkpoint-loader", daemon=True)
+        self.error: BaseException | None = None
+
+    # --- the drive loop's side (never blocks) ---------------------------------------------
+
+    def predict(
+        self, driving: Predictor, model_input: np.ndarray, now: float
+    ) -> tuple[Predictor, Prediction]:
+        """Predict on `model_input` with the model that should drive now; returns it and its
+        prediction.
+
+        Normally that is `driving`. When a checked checkpoint waits and the policy says now,
+        its first prediction, on this very frame, is its last check: finite, it drives from
+        here on and `driving` goes back to the loader as the next spare; not finite, it is
+        refused and `driving` predicts instead (the one case where a swap costs the car time:
+        one extra prediction, for a checkpoint that must never drive).
+        """
+        offer = self._take_offer(now)
+        if offer is None:
+            return driving, driving.predict(model_input)
+        prediction = offer.predictor.predict(model_input)
+        if prediction.finite:
+            self._returns.put(_Return(driving, offer, None))
+            self._note_swap(driving, offer, now)
+            return offer.predictor, prediction
+        reason = (
+            f"checkpoint {offer.candidate.checkpoint.folder} predicts a non-finite value "
+            f"(throttle {prediction.throttle}, steering {prediction.steering}) on the newest "
+            "frame; it must not drive"
+        )
+        self._returns.put(_Return(offer.predictor, offer, reason))
+        return driving, driving.predict(model_input)
+
+    def _take_offer(self, now: float) -> _Offer | None:
+        # Never wait: if the loader holds the lock this instant, the next prediction asks again.
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            offer = self._offer
+            if offer is None or not self._due(offer, now):
+                return None
+            self._offer = None
+            return offer
+        finally:
+            self._lock.release()
+
+    def _note_swap(self, driving: Predictor, offer: _Offer, now: float) -> None:
+        manifest = offer.candidate.checkpoint.manifest
+        swap = Swap(
+            driving.name, offer.predictor.name, manifest.version, manifest.batches,
+            offer.load_seconds, now,
+        )  # fmt: skip
+        self.driving_name = swap.to_name
+        self.record.swaps.append(swap)
+        log.info(
+            "swapped %s -> %s (loaded and checked in %.2f s while driving)",
+            swap.from_name, swap.to_name, swap.load_seconds,
+        )  # fmt: skip
+
+    def request_manual_swap(self) -> None:
+        """The swap hotkey (swap.policy = "manual"): the waiting checkpoint takes over."""
+        if self.config.policy != MANUAL:
+            log.info('swap hotkey ignored: swap.policy is %r, not "manual"', self.config.policy)
+            return
+        with self._lock:
+            waiting = self._offer.predictor.name if self._offer is not None else None
+        log.info(
+            "swap hotkey: %s", f"swapping in {waiting}" if waiting else
+            "no checked checkpoint waiting yet; the next one swaps in when ready",
+        )  # fmt: skip
+        self.manual_request.set()
+
+    def unstuck_started(self, now: float) -> None:
+        """swap.policy = "on_unstuck": a recovery began; a ready checkpoint may take over."""
+        self._unstuck_at = now
+
+    def _due(self, offer: _Offer, now: float) -> bool:
+        policy = self.config.policy
+        if policy == IMMEDIATE:
+            return True
+        if policy == ON_UNSTUCK:
+            waited = now - offer.ready_at
+            return self._unstuck_at >= offer.ready_at or waited >= self.config.unstuck_timeout
+        if policy == MANUAL and self.manual_request.is_set():
+            self.manual_request.clear()
+            return True
+        return False
+
+    # --- the loader thread ----------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10.0)
+
+    def _run(self) -> None:
+        _lower_this_threads_priority(self.config.nice)
+        try:
+            while not self._stopping.wait(self.config.poll_seconds):
+                self._poll_once()
+        except BaseException as error:  # kept for the drive loop's health check
+            self.error = error
+            log.exception("the checkpoint loader stopped")
+
+    def _poll_once(self) -> None:
+        self._collect_returns()
+        candidate, refused = self.watcher.next_candidate()
+        for rejection in refused:
+            self._reject(rejection)
+        if candidate is None:
+            return
+        with self._lock:
+            offered = self._offer
+            if offered is not None and offered.candidate.number >= candidate.number:
+                return  # the newest is already waiting for the policy
+            # Take back a shadow the loop has not switched to yet: the newer version wins.
+            self._offer = None
+            shadow = offered.predictor if offered is not None else self._spare
+            self._spare = None
+        if shadow is None:
+            return  # the loop holds both copies this instant; it hands one back at once
+        started = time.monotonic()
+        try:
+            self._fill(shadow, candidate.checkpoint)
+        except ModelError as error:
+            with self._lock:
+                self._spare = shadow
+            self._reject(
+                self.watcher.refuse(candidate.number, candidate.identity, one_line(error, 300))
+            )
+            return
+        finally:
+            self.record.loads.append((started, time.monotonic()))
+        offer = _Offer(shadow, candidate, time.monotonic() - started, time.monotonic())
+        with self._lock:
+            self._offer = offer
+        log.info(
+            "%s loaded and checked in %.2f s; %s", shadow.name, offer.load_seconds,
+            "swapping it in" if self.config.policy == IMMEDIATE else
+            f"waiting to swap ({self.config.policy})",
+        )  # fmt: skip
+
+    def _collect_returns(self) -> None:
+        """Take back what the drive loop handed over: a spare copy, the version now driving,
+        or a refusal of an offer's first prediction."""
+        while True:
+            try:
+                back = self._returns.get_nowait()
+            except queue.Empty:
+                return
+            candidate = back.offer.candidate
+            with self._lock:
+                self._spare = back.spare
+            if back.refusal is None:
+                self.watcher.accept(candidate.number)
+            else:
+                self._reject(self.watcher.refuse(candidate.number, candidate.identity,
+                                                 back.refusal))  # fmt: skip
+
+    def _fill(self, shadow: Predictor, checkpoint: Checkpoint) -> None:
+        """Load `checkpoint` into `shadow`, checked; ModelError when it may not drive.
+
+        No test prediction here: on a busy CPU it would cost the driving model a prediction's
+        worth of time. The checkpoint's first real prediction is that test (see `predict`).
+        """
+        load_into(shadow.model, checkpoint, shadow.line.name)
+        shadow.name = checkpoint.name
+        shadow.checkpoint = checkpoint
+
+    def _reject(self, rejection: Rejection) -> None:
+        self.record.rejections.append(rejection)
+        log.warning(
+            "rejected checkpoint %s of %s: %s; still driving %s",
+            rejection.version, self.watcher.line, rejection.reason, self.driving_name,
+        )  # fmt: skip
+
+
+def _lower_this_threads_priority(nice: int) -> None:
+    """Make the calling thread yield the CPU (Linux: per-thread niceness)."""
+    if nice <= 0 or not sys.platform.startswith("linux"):
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+    except OSError as error:
+        log.debug("could not lower the loader's priority: %s", error)
