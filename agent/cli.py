@@ -32,6 +32,7 @@ KEY_FLAGS = {
     "model": "model.line",
     "pretrained": "model.pretrained",
     "checkpoint": "model.checkpoint",
+    "store": "model.store",
     "backend": "controller.backend",
     "source": "collect.source",
     "render": "collect.render",
@@ -98,6 +99,10 @@ def _build_parser() -> argparse.ArgumentParser:
     model_flags.add_argument(
         "--checkpoint", help='"latest", "none", a version (v0003) or a checkpoint folder'
     )
+    model_flags.add_argument(
+        "--store", metavar="DIR", help="model store folder (charles drive follows it for newer "
+        'checkpoints with --checkpoint latest)',
+    )  # fmt: skip
 
     parser = argparse.ArgumentParser(
         prog="charles", description="Charles: a live self-driving inference agent for games."
@@ -146,7 +151,8 @@ def _build_parser() -> argparse.ArgumentParser:
     game = commands.add_parser(
         "game", parents=[common],
         help="open the bundled game (CarRacing) to play or for a separate agent",
-        description="The bundled game in a window titled 'Charles CarRacing'; Esc quits.",
+        description="The bundled game in a window titled 'Charles CarRacing': arrows/WASD drive "
+        "(the brake backs up from a standstill), P pauses, Esc quits.",
     )  # fmt: skip
     from agent.game.options import add_game_arguments
 

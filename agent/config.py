@@ -176,6 +176,46 @@ class HotkeysConfig:
 
     pause: str = field(default="f8", metadata=_spec(key_name=True))
     quit: str = field(default="f10", metadata=_spec(key_name=True))
+    swap: str = field(default="f9", metadata=_spec(key_name=True))
+    """swap.policy = "manual": swap in the newest checkpoint that passed its checks."""
+
+
+@dataclass(frozen=True)
+class SwapConfig:
+    """Following the model store while driving: newer checkpoints replace the driving one."""
+
+    policy: str = field(
+        default="immediate",
+        metadata=_spec(choices=("immediate", "on_unstuck", "manual", "off")),
+    )
+    """When a newer checkpoint that passed every check takes over: "immediate" (between the
+    next two predictions), "on_unstuck" (at the next unstuck, or after unstuck_timeout),
+    "manual" (the swap hotkey) or "off" (never; drive the checkpoint loaded at start)."""
+    unstuck_timeout: float = field(default=60.0, metadata=_spec(minimum=0.0, maximum=86400.0))
+    """on_unstuck: seconds a ready checkpoint waits for an unstuck before it is applied anyway."""
+    poll_seconds: float = field(default=1.0, metadata=_spec(minimum=0.05, maximum=3600.0))
+    """How often the store is looked at (a directory stat; manifests only of new versions)."""
+    nice: int = field(default=10, metadata=_spec(minimum=0, maximum=19))
+    """Niceness of the loading thread (Linux), so a load yields the CPU to the drive loop."""
+
+
+@dataclass(frozen=True)
+class UnstuckConfig:
+    """Noticing a stuck car from the pixels and getting it going again."""
+
+    enabled: bool = field(default=True, metadata=_spec())
+    window: float = field(default=4.0, metadata=_spec(minimum=0.5, maximum=600.0))
+    """Seconds of driving with too little change in the picture before the car counts as stuck."""
+    min_change: float = field(default=3.0, metadata=_spec(minimum=0.0, maximum=255.0))
+    """Mean change of a grey thumbnail (0..255 per pixel) below which the picture stands still."""
+    release: float = field(default=0.3, metadata=_spec(minimum=0.0, maximum=10.0))
+    """Seconds all controls are released before backing up."""
+    reverse: float = field(default=1.5, metadata=_spec(minimum=0.0, maximum=30.0))
+    """Seconds of backing up (brake held, steering opposite to the last command)."""
+    reverse_brake: float = field(default=1.0, metadata=_spec(minimum=0.0, maximum=1.0))
+    """Brake held while backing up (GTA V and the bundled game reverse on the brake)."""
+    reset_game: bool = field(default=True, metadata=_spec())
+    """Bundled game only: ask the game to put the car back on the track instead of backing up."""
 
 
 @dataclass(frozen=True)
@@ -266,6 +306,11 @@ class TrainConfig:
     "multiworker" (several machines; TF_CONFIG names them)."""
     seed: int = field(default=0, metadata=_spec(minimum=0, maximum=2**31 - 1))
     """Seed of the buffers' random draws and of fresh weights."""
+    start_from: str = field(
+        default="pretrained", metadata=_spec(choices=("pretrained", "reference"))
+    )
+    """With no checkpoint of the line in the store yet: start from model.pretrained, or from
+    the reference checkpoint Charles ships for the line (fine-tuning it)."""
 
 
 @dataclass(frozen=True)
@@ -277,6 +322,8 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     controller: ControllerConfig = field(default_factory=ControllerConfig)
     hotkeys: HotkeysConfig = field(default_factory=HotkeysConfig)
+    swap: SwapConfig = field(default_factory=SwapConfig)
+    unstuck: UnstuckConfig = field(default_factory=UnstuckConfig)
     record: RecordConfig = field(default_factory=RecordConfig)
     data: DataConfig = field(default_factory=DataConfig)
     collect: CollectConfig = field(default_factory=CollectConfig)
@@ -618,7 +665,11 @@ def _check_config(config: Config) -> None:
 
 def _check_keys(config: Config) -> None:
     """Every hotkey and driving key is a different key (names compare case-insensitively)."""
-    hotkeys = {"hotkeys.pause": config.hotkeys.pause, "hotkeys.quit": config.hotkeys.quit}
+    hotkeys = {
+        "hotkeys.pause": config.hotkeys.pause,
+        "hotkeys.quit": config.hotkeys.quit,
+        "hotkeys.swap": config.hotkeys.swap,
+    }
     keyboard = config.controller.keyboard
     driving = {
         "controller.keyboard.accelerate": keyboard.accelerate,
@@ -634,7 +685,7 @@ def _check_keys(config: Config) -> None:
             continue
         both = f"{first} {_show(names[first])} and {where} {_show(name)}"
         if where in hotkeys:
-            fix = "the pause hotkey would quit: give the two hotkeys different keys"
+            fix = "one key would do two things: give each hotkey its own key"
         elif first in hotkeys:
             fix = (
                 f"the keyboard backend would press its own hotkey: give {first} a key "

@@ -10,11 +10,13 @@ during start-up (waiting for the window, loading the model) ends it at once, bef
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import threading
 import time
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from agent.capture import Grabber
@@ -23,19 +25,25 @@ from agent.console import RateMeter, render
 from agent.control import ControlMapper
 from agent.controllers import open_controller
 from agent.display import display_for_this_process
+from agent.game.channel import request_reset
 from agent.game.launcher import BundledGame, connect_or_launch
 from agent.game.telemetry import read_last_telemetry
 from agent.hotkeys import Hotkeys
+from agent.hotswap import OFF, HotSwap, Swap
+from agent.learn.pairing import FrameRecordListener
 from agent.loop import DriveLoop, failure_to_raise
-from agent.nets.registry import get_line
+from agent.nets.registry import ModelLine, get_line
 from agent.predictor import Predictor
 from agent.preprocess import preprocess
 from agent.reference import checkpoint_to_drive
 from agent.signals import Stop, on_stop_signals
 from agent.slot import Slot
-from agent.summary import DriveSummary, median_ms, percentiles_ms
+from agent.store import Checkpoint, version_number
+from agent.summary import DriveSummary, command_gaps, median_ms, percentiles_ms
 from agent.target import acquire_window, is_bundled_game
 from agent.types import Frame, Tick
+from agent.unstuck import RecoveryPlan, StuckDetector, Unstuck
+from agent.watcher import Rejection
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +73,9 @@ def run_drive(config: Config, seconds: float | None, live_console: bool) -> Driv
             # Load and warm the model before any input is sent, so the first command is not late.
             log.info("loading %s", checkpoint.name if checkpoint else f"a fresh {line.name}")
             predictor = Predictor.load(line.name, checkpoint, config.model.pretrained)
+            started_with = predictor.name
+            hot_swap = _hot_swap_for(config, line, checkpoint, predictor)
+            unstuck, game_paused = _unstuck_for(config, game is not None, stack)
 
             frames: Slot[Frame] = Slot()
             grabber = Grabber(window, config.capture.fps, frames)
@@ -81,6 +92,7 @@ def run_drive(config: Config, seconds: float | None, live_console: bool) -> Driv
             hotkeys = Hotkeys({
                 config.hotkeys.pause: lambda: loop.toggle_pause(),
                 config.hotkeys.quit: partial(stop, "quit hotkey"),
+                config.hotkeys.swap: partial(_swap_hotkey, hot_swap),
             })  # fmt: skip
             loop = DriveLoop(
                 frames=frames,
@@ -100,22 +112,47 @@ def run_drive(config: Config, seconds: float | None, live_console: bool) -> Driv
                     lambda: grabber.error,
                     lambda: getattr(controller, "error", None),
                     lambda: hotkeys.error,
+                    lambda: hot_swap.error if hot_swap is not None else None,
                 ],
+                hot_swap=hot_swap,
+                unstuck=unstuck,
+                game_paused=game_paused,
             )
             hotkeys.start()
             stack.callback(hotkeys.stop)
+            if hot_swap is not None:
+                hot_swap.start()
+                stack.callback(hot_swap.stop)
             stop.raise_if_requested()  # e.g. the quit hotkey, pressed while starting
 
+        # Everything built so far (TensorFlow, both networks) lives as long as the session: out
+        # of the collector's sight, a full collection no longer walks it. Measured on model_0005
+        # while a checkpoint loads beside driving: without this, garbage collections the loader
+        # triggers froze the process for up to ~250 ms (gaps between commands of 400 ms).
+        gc.collect()
+        gc.freeze()
+        stack.callback(gc.unfreeze)
         # From here on a signal only sets `stop`: the loop must not be interrupted mid-send.
         thread = threading.Thread(target=loop.run, name="drive-loop", daemon=True)
         started = time.monotonic()
         thread.start()
         stack.callback(_join_loop, loop, thread)
         log.info("driving %r with %s via %s", window.title, predictor.name, controller.name)
+        if hot_swap is not None:
+            log.info(
+                "following %s for newer %s checkpoints (swap.policy %s)",
+                Path(config.model.store) / line.name, line.name, config.swap.policy,
+            )  # fmt: skip
         meter = RateMeter(lambda: grabber.frames_grabbed, lambda: loop.counters.predictions)
-        view = partial(
-            render, model_name=predictor.name, backend=controller.name, window=window.title
-        )
+
+        def view(tick: Tick | None, rates: Any) -> Any:
+            return render(
+                tick, rates, model_name=loop.predictor.name, backend=controller.name,
+                window=window.title,
+                swaps=hot_swap.record if hot_swap is not None else None,
+                unstucks=unstuck.count if unstuck is not None else 0,
+            )  # fmt: skip
+
         _wait_for_stop(stop, loop, game, seconds, started, ticks, meter, view, live_console)
         # Read while the agent still drives: once the loop stops, the pad goes neutral and the
         # game's next sample would say nobody is driving.
@@ -127,8 +164,10 @@ def run_drive(config: Config, seconds: float | None, live_console: bool) -> Driv
             raise failure_to_raise(loop.error)
         latency_p50, latency_p95 = percentiles_ms(loop.counters.latencies, (50, 95))
         frames_grabbed = grabber.frames_grabbed
+        record = hot_swap.record if hot_swap is not None else None
         return DriveSummary(
-            model=predictor.name,
+            model=loop.predictor.name,
+            started_with=started_with,
             controller=controller.name,
             window=window.title,
             stopped_by=stop.reason or "drive loop ended",
@@ -144,7 +183,103 @@ def run_drive(config: Config, seconds: float | None, live_console: bool) -> Driv
             nonfinite_predictions=loop.counters.nonfinite,
             deadman_releases=controller.releases,
             game=game_state,
+            swaps=[_swap_row(swap, started) for swap in record.swaps] if record else [],
+            rejections=[_rejection_row(r, started) for r in record.rejections] if record else [],
+            unstucks=unstuck.count if unstuck is not None else 0,
+            command_gaps=command_gaps(
+                list(loop.counters.sent_at),
+                [*record.loads, *((s.at, s.at) for s in record.swaps)] if record else [],
+            ),
         )
+
+
+def _hot_swap_for(
+    config: Config, line: ModelLine, checkpoint: Checkpoint | None, predictor: Predictor
+) -> HotSwap | None:
+    """The hot swap when this session follows the store; None when a checkpoint is pinned."""
+    if not follows_the_store(config):
+        return None
+    # The second copy is built and compiled now, before driving: a swap later only fills it
+    # with weights, off the driving path.
+    return HotSwap(
+        Path(config.model.store), predictor, _shadow_of(line),
+        _store_number(config, line, checkpoint), config.swap,
+    )  # fmt: skip
+
+
+def _unstuck_for(
+    config: Config, bundled_game: bool, stack: contextlib.ExitStack
+) -> tuple[Unstuck | None, Callable[[], bool]]:
+    """Unstuck (None when switched off) and how to tell the game is paused.
+
+    The bundled game says it is paused in its frame records, and has a reset hook that puts
+    the car back on the track; other games have neither.
+    """
+    game_paused: Callable[[], bool] = lambda: False  # noqa: E731
+    if not config.unstuck.enabled:
+        return None, game_paused
+    reset_game = None
+    if bundled_game:
+        records = FrameRecordListener(config.game.channel_port)
+        stack.callback(records.close)
+        game_paused = partial(_game_paused, records)
+        reset_game = partial(request_reset, config.game.channel_port)
+    unstuck = Unstuck(
+        StuckDetector(config.unstuck.window, config.unstuck.min_change),
+        RecoveryPlan.from_config(config.unstuck, reset_game),
+    )
+    return unstuck, game_paused
+
+
+def follows_the_store(config: Config) -> bool:
+    """True when `charles drive` swaps in newer checkpoints: "latest", and swapping not off."""
+    return config.model.checkpoint == "latest" and config.swap.policy != OFF
+
+
+def _shadow_of(line: ModelLine) -> Predictor:
+    return Predictor(line.build("none"), line, f"{line.name} (shadow)")
+
+
+def _store_number(config: Config, line: ModelLine, checkpoint: Checkpoint | None) -> int:
+    """The store version number driving now; 0 when it is not one (fresh weights, the
+    reference): then every version in the store is newer."""
+    if checkpoint is None:
+        return 0
+    store_folder = (Path(config.model.store) / line.name).resolve()
+    if checkpoint.folder.resolve().parent != store_folder:
+        return 0
+    return version_number(checkpoint.folder.name) or 0
+
+
+def _game_paused(records: FrameRecordListener) -> bool:
+    record = records.newest()
+    return record is not None and record.paused
+
+
+def _swap_hotkey(hot_swap: HotSwap | None) -> None:
+    if hot_swap is None:
+        log.info('swap hotkey ignored: not following the store (model.checkpoint is not "latest")')
+        return
+    hot_swap.request_manual_swap()
+
+
+def _rejection_row(rejection: Rejection, started: float) -> dict[str, Any]:
+    return {
+        "version": rejection.version,
+        "reason": rejection.reason,
+        "at_s": round(rejection.at - started, 2),
+    }
+
+
+def _swap_row(swap: Swap, started: float) -> dict[str, Any]:
+    return {
+        "from": swap.from_name,
+        "to": swap.to_name,
+        "version": swap.version,
+        "batches": swap.batches,
+        "load_s": round(swap.load_seconds, 3),
+        "at_s": round(swap.at - started, 2),
+    }
 
 
 def _join_loop(loop: DriveLoop, thread: threading.Thread) -> None:

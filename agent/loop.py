@@ -4,6 +4,11 @@ It runs on its own thread, paced by a monotonic rate keeper, and meets everythin
 through slots: it takes the newest captured frame (never a queue of stale ones) and offers each
 tick to the console through another slot. Nothing in a tick touches disk, loads files or sleeps
 except the rate keeper. Every way out of `run()` leaves the controller neutral.
+
+Two things may change what a tick sends. A hot swap (agent/hotswap.py) replaces the predictor
+between two predictions with one that was loaded and checked in the background. Unstuck
+(agent/unstuck.py) watches the frames and, when the car stands still, sends a short recovery
+script instead of predictions.
 """
 
 from __future__ import annotations
@@ -20,16 +25,19 @@ import numpy as np
 from agent.control import ControlMapper
 from agent.controllers.base import Controller
 from agent.errors import CharlesError, log_failure
+from agent.hotswap import HotSwap
 from agent.predictor import Predictor
 from agent.ratekeeper import RateKeeper
 from agent.slot import Slot
-from agent.types import NEUTRAL, Frame, Tick
+from agent.types import NEUTRAL, ControllerState, Frame, Tick
+from agent.unstuck import Unstuck
 
 log = logging.getLogger(__name__)
 
 DRIVING = "driving"
 PAUSED = "paused"
 WAITING = "waiting for window"
+UNSTUCK = "unstuck"
 
 
 class PartFailed(RuntimeError):
@@ -47,6 +55,8 @@ class LoopCounters:
     """Capture -> command seconds of the predictions sent (the last ~2 hours at 30 PPS)."""
     predict_seconds: deque[float] = field(default_factory=lambda: deque(maxlen=200_000))
     """The predictor's own seconds per prediction, for the same predictions."""
+    sent_at: deque[float] = field(default_factory=lambda: deque(maxlen=200_000))
+    """time.monotonic() of each command sent from a prediction (gaps between them = stalls)."""
 
 
 class DriveLoop:
@@ -63,11 +73,19 @@ class DriveLoop:
         hz: float,
         ticks: Slot[Tick],
         health_checks: Sequence[Callable[[], BaseException | None]] = (),
+        hot_swap: HotSwap | None = None,
+        unstuck: Unstuck | None = None,
+        game_paused: Callable[[], bool] = lambda: False,
     ) -> None:
         self._frames = frames
         self._window_ready = window_ready
         self._to_model_input = to_model_input
-        self._predictor = predictor
+        self.predictor = predictor
+        """The predictor driving now; a hot swap replaces it between two predictions."""
+        self._hot_swap = hot_swap
+        self._unstuck = unstuck
+        self._game_paused = game_paused
+        self._last_steering = 0.0
         self._mapper = mapper
         self._controller = controller
         self._hz = hz
@@ -110,13 +128,20 @@ class DriveLoop:
                         self._controller.neutral()
                         self._mapper.reset()
                         neutral_sent = True
+                    if self._unstuck is not None:
+                        self._unstuck.interrupt()
                     self._ticks.put(Tick(state, None, None, NEUTRAL, time.monotonic()))
+                    continue
+                if self._recovering():
+                    neutral_sent = False
                     continue
                 frame, seq = self._frames.get()
                 if frame is None or seq == last_seq:
                     continue  # no new frame yet: never predict twice on the same picture
                 last_seq = seq
                 neutral_sent = False
+                if self._stuck(frame):
+                    continue
                 self._drive_one(frame)
         except BaseException as error:
             self.error = error
@@ -127,19 +152,62 @@ class DriveLoop:
             self._stopping.set()
 
     def _drive_one(self, frame: Frame) -> None:
-        prediction = self._predictor.predict(self._to_model_input(frame.image))
+        model_input = self._to_model_input(frame.image)
+        if self._hot_swap is not None:
+            # Between two predictions: a checked checkpoint may take over on this frame.
+            self.predictor, prediction = self._hot_swap.predict(
+                self.predictor, model_input, time.monotonic()
+            )
+        else:
+            prediction = self.predictor.predict(model_input)
         # A broken (non-finite) prediction maps to neutral; here it is only counted and told.
         command = self._mapper.map(prediction.throttle, prediction.steering)
         if not prediction.finite:
             self.counters.nonfinite += 1
             if self.counters.nonfinite == 1:
-                log.warning("%s produced a non-finite output; sent neutral", self._predictor.name)
+                log.warning("%s produced a non-finite output; sent neutral", self.predictor.name)
         self._controller.set(command)
         now = time.monotonic()
+        self._last_steering = command.steering
         self.counters.predictions += 1
         self.counters.latencies.append(now - frame.captured_at)
         self.counters.predict_seconds.append(prediction.seconds)
+        self.counters.sent_at.append(now)
         self._ticks.put(Tick(DRIVING, frame, prediction, command, now))
+
+    def _stuck(self, frame: Frame) -> bool:
+        """Feed unstuck the new frame; True when it starts a recovery (sent instead)."""
+        if self._unstuck is None:
+            return False
+        now = time.monotonic()
+        if self._game_paused():
+            self._unstuck.interrupt()
+            return False
+        if not self._unstuck.observe(frame.image, now, self._last_steering):
+            return False
+        count = self._unstuck.count
+        log.info("car stuck (the picture stood still): recovering (unstuck %d)", count)
+        if self._hot_swap is not None:
+            self._hot_swap.unstuck_started(now)
+        return self._recovering()
+
+    def _recovering(self) -> bool:
+        """Send the recovery's command while one runs; True then."""
+        if self._unstuck is None:
+            return False
+        now = time.monotonic()
+        was_recovering = self._unstuck.recovery is not None
+        command = self._unstuck.command(now)
+        if command is None:
+            if was_recovering:
+                self._mapper.reset()  # the model drives on from a standstill, not old smoothing
+            return False
+        self._send_script(command, now)
+        return True
+
+    def _send_script(self, command: ControllerState, now: float) -> None:
+        self._controller.set(command)
+        self._ticks.put(Tick(UNSTUCK, None, None, command, now))
 
     def _raise_if_a_part_failed(self) -> None:
         for check in self._health_checks:

@@ -93,7 +93,7 @@ class Tick:
     """
 
     state: str
-    """"driving", "paused" or "waiting for window"."""
+    """"driving", "paused", "waiting for window" or "unstuck" (a recovery script drives)."""
     frame: Frame | None
     prediction: Prediction | None
     command: ControllerState

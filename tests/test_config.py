@@ -225,7 +225,11 @@ def test_deep_nesting_is_a_one_line_error(tmp_path: Path) -> None:
     [
         (
             "[hotkeys]\npause = 'f8'\nquit = 'F8'\n",
-            ["hotkeys.pause 'f8' and hotkeys.quit 'F8' are the same key", "different keys"],
+            ["hotkeys.pause 'f8' and hotkeys.quit 'F8' are the same key", "its own key"],
+        ),
+        (
+            "[hotkeys]\nswap = 'F10'\n",
+            ["hotkeys.quit 'f10' and hotkeys.swap 'F10' are the same key", "its own key"],
         ),
         (
             "[hotkeys]\npause = 'W'\n",

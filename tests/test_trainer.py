@@ -96,6 +96,30 @@ def test_the_optimizer_follows_the_warmup_from_the_resumed_batch(tmp_path: Path)
     assert float(resumed.model.optimizer.learning_rate) == pytest.approx(1e-2 * 5 / 20)
 
 
+def test_start_from_reference_fine_tunes_the_shipped_checkpoint(tmp_path: Path) -> None:
+    from agent.reference import reference_checkpoint
+
+    write_shards(tmp_path / "data", 100)
+    shipped = reference_checkpoint("pilotnet_small")
+    assert shipped is not None
+    frame = np.full(get_line("pilotnet_small").input_shape, 90, dtype=np.uint8)[np.newaxis]
+    fresh = Trainer(small_config(tmp_path), _default_strategy(), Stop())
+    assert fresh.batches == 0
+    tuned = Trainer(small_config(tmp_path, start_from="reference"), _default_strategy(), Stop())
+    assert tuned.batches == shipped.manifest.batches
+    reference = get_line("pilotnet_small").build("none")
+    from agent.store import load_into
+
+    load_into(reference, shipped, "pilotnet_small")
+    expected = [float(np.asarray(o)[0, 0]) for o in reference(frame, training=False)]
+    got = [float(np.asarray(o)[0, 0]) for o in tuned.model(frame, training=False)]
+    assert got == pytest.approx(expected, abs=1e-6)
+    tuned.run(max_batches=2)  # and its first publish counts on from the reference's batches
+    assert latest(tmp_path / "models", "pilotnet_small").manifest.batches == (
+        shipped.manifest.batches + 2
+    )
+
+
 def _default_strategy():
     import tensorflow as tf
 

@@ -70,6 +70,11 @@ class FrameRecordListener:
                 if not self._records or record.shown_at > self._records[-1].shown_at:
                     self._records.append(record)
 
+    def newest(self) -> FrameRecord | None:
+        """The record of the last picture the game showed; None before the first."""
+        with self._lock:
+            return self._records[-1] if self._records else None
+
     def record_for(self, captured_at: float) -> FrameRecord | None:
         """The record of the picture on screen at `captured_at`, None when there is none."""
         with self._lock:

@@ -35,6 +35,7 @@ from agent.learn.shards import ShardError, ShardWatcher
 from agent.learn.state import TrainerState
 from agent.nets.registry import OUTPUT_NAMES, ModelLine, get_line
 from agent.predictor import require_tensorflow
+from agent.reference import reference_checkpoint
 from agent.signals import Stop, on_stop_signals
 from agent.store import latest, load_into, prune, publish
 
@@ -177,6 +178,10 @@ class Trainer:
 
         tf = require_tensorflow()
         checkpoint = latest(self.store, self.line.name)
+        if checkpoint is None and self.train.start_from == "reference":
+            checkpoint = reference_checkpoint(self.line.name)
+            if checkpoint is None:
+                log.info("no reference checkpoint ships for %s; starting fresh", self.line.name)
         with self.strategy.scope():
             keras.utils.set_random_seed(self.train.seed)
             model = self.line.build("none" if checkpoint else self.config.model.pretrained)
