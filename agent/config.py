@@ -197,6 +197,9 @@ class SwapConfig:
     """How often the store is looked at (a directory stat; manifests only of new versions)."""
     nice: int = field(default=10, metadata=_spec(minimum=0, maximum=19))
     """Niceness of the loading thread (Linux), so a load yields the CPU to the drive loop."""
+    load_share: float = field(default=0.5, metadata=_spec(minimum=0.01, maximum=1.0))
+    """Share of one core's time the loading thread may use (it works a few ms, then pauses);
+    1 = no limit. Lower spreads a load thinner, so predictions beside it slow down less."""
 
 
 @dataclass(frozen=True)

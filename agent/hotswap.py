@@ -21,8 +21,9 @@ never sent: the current model predicts on that frame instead and keeps driving.
 Only the HDF5 weights file is read, by h5py, as arrays: nothing in a checkpoint folder is
 unpickled or deserialised as code, so a `.keras` file with a Lambda layer placed there never
 runs. On a small machine the load competes with inference for the CPU, so the loader thread
-runs at a lower priority (`swap.nice`, Linux): hashing and reading the file then take what the
-drive loop leaves.
+runs at a lower priority (`swap.nice`, Linux) and within a CPU budget (`swap.load_share`,
+agent/duty.py): the load takes longer, but each prediction beside it overlaps only a little of
+it.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from agent.config import SwapConfig
+from agent.duty import DutyCycle
 from agent.errors import ModelError
 from agent.predictor import Predictor
 from agent.store import Checkpoint, load_into
@@ -249,7 +251,8 @@ class HotSwap:
             return  # the loop holds both copies this instant; it hands one back at once
         started = time.monotonic()
         try:
-            self._fill(shadow, candidate.checkpoint)
+            with DutyCycle(self.config.load_share).limiting():
+                self._fill(shadow, candidate.checkpoint)
         except ModelError as error:
             with self._lock:
                 self._spare = shadow
