@@ -291,7 +291,9 @@ def _model_summary(args: argparse.Namespace, config: Config) -> int:
         load_into(model, checkpoint, line.name)
     trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
     non_trainable = sum(int(np.prod(w.shape)) for w in model.non_trainable_weights)
-    convcam_shape = tuple(model.get_layer(line.convcam_layer).output.shape[1:])
+    from agent.predictor import convcam_tensor
+
+    convcam_shape = tuple(convcam_tensor(model, line).shape[1:])
     report = {
         "model_line": line.name,
         "input": {"dtype": "uint8", "shape": list(line.input_shape)},

@@ -35,6 +35,27 @@ def require_tensorflow() -> Any:
     return tf
 
 
+def convcam_tensor(model: keras.Model, line: ModelLine) -> Any:
+    """The last conv feature map as `model` computes it: the output of `line.convcam_layer`.
+
+    A nested model (model_0005's InceptionResNetV2 backbone) has its own graph: its `.output`
+    is not connected to the outer model's input. What the outer model computed is the output
+    of the node where the outer model called it.
+    """
+    import keras
+
+    layer = model.get_layer(line.convcam_layer)
+    if not isinstance(layer, keras.Model):
+        return layer.output
+    calls = layer._inbound_nodes  # Keras has no public accessor for a nested model's call
+    if len(calls) != 1:
+        raise ValueError(
+            f"{line.name}: the Convcam layer {line.convcam_layer} is called {len(calls)} times; "
+            "it must be called exactly once"
+        )
+    return calls[0].output_tensors[0]
+
+
 class Predictor:
     """Runs one model on one frame at a time and returns plain floats."""
 
@@ -61,8 +82,8 @@ class Predictor:
         """The checkpoint whose weights the model holds (None: fresh weights)."""
         outputs = list(model.outputs)
         if convcam:
-            outputs.append(model.get_layer(line.convcam_layer).output)
-        runner = keras.Model(model.inputs, outputs) if convcam else model
+            outputs.append(convcam_tensor(model, line))
+        runner = keras.Model(model.input, outputs) if convcam else model
         spec = tf.TensorSpec((1, *line.input_shape), tf.uint8, name="frame")
         self._infer = tf.function(
             lambda frame: runner(frame, training=False), input_signature=[spec]

@@ -35,10 +35,34 @@ def test_different_frames_give_different_predictions(pilotnet: Predictor) -> Non
     assert (black.throttle, black.steering) != (white.throttle, white.steering)
 
 
-def test_convcam_is_the_last_conv_feature_map(pilotnet: Predictor) -> None:
-    prediction = pilotnet.predict(random_frames(pilotnet.line.input_shape, 1)[0])
-    assert prediction.convcam is not None
-    assert prediction.convcam.shape == (4, 13, 64)
+@pytest.mark.parametrize(
+    ("line_name", "shape", "layer_before_head"),
+    [
+        ("pilotnet_small", (4, 13, 64), "flatten"),
+        # The nested InceptionResNetV2 backbone: its last block's 1,536 kernels.
+        ("model_0005_inceptionresnetv2", (7, 13, 1536), "pool"),
+    ],
+)
+def test_convcam_is_the_last_conv_feature_map_of_the_same_forward_pass(
+    line_name: str, shape: tuple[int, int, int], layer_before_head: str
+) -> None:
+    import keras
+
+    line = get_line(line_name)
+    model = line.build("none")
+    with_cam = Predictor(model, line, "cam", convcam=True, warmup_runs=1)
+    without = Predictor(model, line, "plain", warmup_runs=1)
+    frame = random_frames(line.input_shape, 1, seed=3)[0]
+    prediction = with_cam.predict(frame)
+    assert prediction.convcam is not None and prediction.convcam.shape == shape
+    # The very map the next layer reads, not another model's: computed from it directly.
+    feature_map = model.get_layer(layer_before_head).input
+    expected = keras.Model(model.input, feature_map)(frame[np.newaxis], training=False)
+    assert np.allclose(prediction.convcam, np.asarray(expected)[0], atol=1e-4)
+    # And the driving outputs are the same with or without it.
+    plain = without.predict(frame)
+    assert prediction.throttle == pytest.approx(plain.throttle, abs=1e-5)
+    assert prediction.steering == pytest.approx(plain.steering, abs=1e-5)
 
 
 def test_wrong_frame_is_refused(pilotnet: Predictor) -> None:
