@@ -160,6 +160,18 @@ def _build_parser() -> argparse.ArgumentParser:
     # Unset flags fall back to config.toml (capture.size, game.channel_port).
     game.set_defaults(handler=_game, size=None, port=None)
 
+    convcam = commands.add_parser(
+        "convcam", parents=[common, model_flags],
+        help="save the Convcam (last conv layer's kernels as tiles) of a checkpoint on an image",
+        description="Run the model on IMAGE (a screenshot of the game, preprocessed as when "
+        "driving) and save the Convcam, the last conv layer's output with every kernel as one "
+        "tile, as a PNG.",
+    )  # fmt: skip
+    convcam.set_defaults(handler=_convcam)
+    convcam.add_argument("image", type=Path, help="a picture of the game (PNG, JPEG, ...)")
+    convcam.add_argument("--out", type=Path, default=Path("convcam.png"), help="PNG to write")
+    convcam.add_argument("--scale", type=int, default=4, help="screen pixels per map pixel")
+
     config_cmd = commands.add_parser("config", help="check and show the configuration")
     config_sub = config_cmd.add_subparsers(dest="action", required=True, metavar="ACTION")
     _add(config_sub, "check", _config_check, [common], "validate the config and print it")
@@ -191,6 +203,44 @@ def _add(
     sub = subparsers.add_parser(name, parents=parents, help=help_text, description=help_text)
     sub.set_defaults(handler=handler)
     return sub
+
+
+def _convcam(args: argparse.Namespace, config: Config) -> int:
+    import cv2
+
+    from agent.convcam import grid, tile
+    from agent.predictor import Predictor
+    from agent.preprocess import preprocess
+    from agent.reference import checkpoint_to_drive
+
+    if not 1 <= args.scale <= 32:
+        raise CharlesError("--scale must be a whole number from 1 to 32")
+    picture = cv2.imread(str(args.image), cv2.IMREAD_COLOR) if args.image.is_file() else None
+    if picture is None:
+        raise CharlesError(f"{args.image} is not a picture OpenCV can read; give a PNG or JPEG")
+    line = get_line(config.model.line)
+    predictor = Predictor.load(
+        line.name, checkpoint_to_drive(config), config.model.pretrained, convcam=True
+    )
+    rgb = cv2.cvtColor(picture, cv2.COLOR_BGR2RGB)
+    frame = preprocess(rgb, config.capture.size, config.capture.crop, line.input_size, order="rgb")
+    prediction = predictor.predict(frame)
+    assert prediction.convcam is not None
+    ok, encoded = cv2.imencode(".png", tile(prediction.convcam, args.scale))
+    if not ok:
+        raise CharlesError("OpenCV could not encode the Convcam as PNG")
+    try:
+        args.out.write_bytes(encoded.tobytes())
+    except OSError as error:
+        raise CharlesError(f"cannot write {args.out}: {error.strerror}") from None
+    height, width, channels = prediction.convcam.shape
+    rows, columns = grid(channels)
+    print(
+        f"Convcam of {predictor.name} ({line.convcam_layer}): {channels} maps of "
+        f"{height}x{width} in {rows} rows of {columns} -> {args.out}; "
+        f"throttle {prediction.throttle:+.3f} steering {prediction.steering:+.3f}"
+    )
+    return 0
 
 
 def _drive(args: argparse.Namespace, config: Config) -> int:
