@@ -387,14 +387,14 @@ def _scan(store: Path, line: str) -> tuple[list[Checkpoint], list[str]]:
     problems: list[str] = []
     for _, folder in numbered:
         try:
-            found.append(_checkpoint_in(folder, line))
+            found.append(checkpoint_in(folder, line))
         except ModelError as error:
             problems.append(str(error))
             _warn_once(f"model store: skipping {folder.name} of {line}: {error}")
     return found, problems
 
 
-def _checkpoint_in(folder: Path, line: str) -> Checkpoint:
+def checkpoint_in(folder: Path, line: str) -> Checkpoint:
     """The checkpoint in the store's version folder `folder` of `line`, its manifest checked."""
     if folder.is_symlink():
         raise _link_error(folder, f"model store {folder.parent}")
@@ -464,7 +464,7 @@ def resolve(
             raise ModelError(
                 f"model.checkpoint: no version {checkpoint} of {line} in {store} (have: {have})"
             )
-        return _checkpoint_in(folder, line)
+        return checkpoint_in(folder, line)
     path = Path(checkpoint).expanduser()
     if path.is_dir():
         return Checkpoint(path, read_manifest(path))

@@ -31,8 +31,6 @@ from agent.store import MANIFEST_FILE, publish
 REPO = Path(__file__).resolve().parent.parent
 LINES = ("pilotnet_small", "model_0005_inceptionresnetv2")
 GOAL = 1.5
-EXTRA: list[str] = []
-"""Config overrides for every drive (--set)."""
 
 
 def prepare_versions(store: Path, line: str, count: int) -> list[Path]:
@@ -77,7 +75,7 @@ def drive(
         "--model", line, "--seconds", str(seconds), "--json",
         "--set", f"model.store={json.dumps(str(store))}", "--set", "unstuck.enabled=false",
         "--set", f"game.channel_port={port}", "--set", "controller.hold=5.0",
-        "--set", "swap.poll_seconds=0.5", *EXTRA, *extra,
+        "--set", "swap.poll_seconds=0.5", *extra,
     ]  # fmt: skip
     log_path = work / f"drive-{line}-{len(list(work.glob('drive-*.log')))}.log"
     process = subprocess.Popen(
@@ -95,12 +93,15 @@ def drive(
     return json.loads(out.strip().splitlines()[-1])
 
 
-def run_line(line: str, seconds: float, every: float, nices: list[int], work: Path) -> list[dict]:
+def run_line(
+    line: str, seconds: float, every: float, nices: list[int], work: Path, settings: list[str]
+) -> list[dict]:
+    """The drives of one line; `settings` are --set arguments for every drive."""
     rows = []
     port = 47900
     store = work / f"store-{line}"
     prepare_versions(store, line, 0)
-    summary = drive(line, store, seconds, work, ["--set", "swap.policy=off"], port)
+    summary = drive(line, store, seconds, work, [*settings, "--set", "swap.policy=off"], port)
     rows.append(_row(line, "no swaps", summary))
     for nice in nices:
         store = work / f"store-{line}-nice{nice}"
@@ -114,7 +115,7 @@ def run_line(line: str, seconds: float, every: float, nices: list[int], work: Pa
         )  # fmt: skip
         publisher.start()
         try:
-            extra = ["--set", f"swap.nice={nice}"]
+            extra = [*settings, "--set", f"swap.nice={nice}"]
             summary = drive(line, store, seconds, work, extra, port, started)
         finally:
             stop.set()
@@ -189,8 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    global EXTRA
-    EXTRA = [arg for item in args.set for arg in ("--set", item)]
+    settings = [arg for item in args.set for arg in ("--set", item)]
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="charles-swapbench-") as folder:
         work = Path(folder)
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
             seconds = args.seconds_0005 if line.startswith("model_0005") else args.seconds
             # A model_0005 load (220 MB) takes about 15 s within its CPU budget.
             every = args.every if line == "pilotnet_small" else max(args.every, 25.0)
-            rows.extend(run_line(line, seconds, every, args.nice, work))
+            rows.extend(run_line(line, seconds, every, args.nice, work, settings))
     if args.json:
         print(json.dumps(rows, indent=2))
     else:

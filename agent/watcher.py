@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.errors import ModelError
-from agent.store import MANIFEST_FILE, WEIGHTS_FILE, Checkpoint, read_manifest, version_number
+from agent.store import MANIFEST_FILE, WEIGHTS_FILE, Checkpoint, checkpoint_in, version_number
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class CheckpointWatcher:
             if number in self._refused and not self._settled(number, identity):
                 continue
             try:
-                checkpoint = _checkpoint(folder, self.line)
+                checkpoint = checkpoint_in(folder, self.line)
             except ModelError as error:
                 refused.append(self.refuse(number, identity, str(error)))
                 continue
@@ -139,15 +139,3 @@ def _identity(folder: Path) -> FileIdentity:
         return (info.st_size, info.st_mtime_ns)
 
     return (of(folder / MANIFEST_FILE), of(folder / WEIGHTS_FILE))
-
-
-def _checkpoint(folder: Path, line: str) -> Checkpoint:
-    """The version in `folder`, its manifest read and checked against `line`."""
-    if folder.is_symlink():
-        raise ModelError(f"{folder} is a symbolic link; the store never follows links")
-    manifest = read_manifest(folder)
-    if manifest.model_line != line:
-        raise ModelError(
-            f"{folder} holds a {manifest.model_line} checkpoint, not {line}; move or delete it"
-        )
-    return Checkpoint(folder, manifest)

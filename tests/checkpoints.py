@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -144,13 +143,9 @@ def write_slowly(source: Path, folder: Path, chunks: int = 8, pause: float = 0.2
             stream.flush()
 
 
-def is_zip(path: Path) -> bool:
-    return zipfile.is_zipfile(path)
-
-
 BAD_KINDS = {
     "no manifest": "manifest.json",
-    "other line": "model_0005_inceptionresnetv2 checkpoint, not pilotnet_small",
+    "other line": "its manifest says model_0005_inceptionresnetv2",
     "input shape": "input_shape [66, 66, 3]",
     "output names": "outputs",
     "sha mismatch": "SHA-256",
