@@ -120,6 +120,11 @@ def _build_parser() -> argparse.ArgumentParser:
         "--backend", help="controller backend: game, keyboard, vjoy, vgamepad or null"
     )
     drive.add_argument("--json", action="store_true", help="print the summary as JSON")
+    drive.add_argument(
+        "--record", nargs="?", const="", metavar="PATH",
+        help="record video from the start: into PATH (an .mp4 file or a folder), or into "
+        "record.folder without PATH; the record hotkey starts and stops it at any time",
+    )  # fmt: skip
 
     collect = commands.add_parser(
         "collect", parents=[common, model_flags],
@@ -171,6 +176,18 @@ def _build_parser() -> argparse.ArgumentParser:
     convcam.add_argument("image", type=Path, help="a picture of the game (PNG, JPEG, ...)")
     convcam.add_argument("--out", type=Path, default=Path("convcam.png"), help="PNG to write")
     convcam.add_argument("--scale", type=int, default=4, help="screen pixels per map pixel")
+
+    from agent.record import makemovie
+
+    movie = commands.add_parser(
+        "makemovie", parents=[common, model_flags],
+        help="render a video of collected samples with recorded and predicted controls",
+        description="Every sample of the data folder (or a range), in time order, as the model "
+        "saw it, with bars for the recorded label and for what the checkpoint predicts on it.",
+    )  # fmt: skip
+    movie.set_defaults(handler=makemovie.run)
+    movie.add_argument("--data", metavar="FOLDER", help="data folder (data.folder)")
+    makemovie.add_arguments(movie)
 
     config_cmd = commands.add_parser("config", help="check and show the configuration")
     config_sub = config_cmd.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -249,7 +266,10 @@ def _drive(args: argparse.Namespace, config: Config) -> int:
     if args.seconds is not None and not (args.seconds > 0 and math.isfinite(args.seconds)):
         raise CharlesError("--seconds must be a positive number of seconds")
     live = sys.stdout.isatty() and not args.json
-    summary = run_drive(config, args.seconds, live_console=live)
+    record: Path | bool = False
+    if args.record is not None:
+        record = Path(args.record) if args.record else True
+    summary = run_drive(config, args.seconds, live_console=live, record=record)
     if args.json:
         print(json.dumps(asdict(summary)))
     else:

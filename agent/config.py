@@ -178,6 +178,8 @@ class HotkeysConfig:
     quit: str = field(default="f10", metadata=_spec(key_name=True))
     swap: str = field(default="f9", metadata=_spec(key_name=True))
     """swap.policy = "manual": swap in the newest checkpoint that passed its checks."""
+    record: str = field(default="f7", metadata=_spec(key_name=True))
+    """Start or stop recording video."""
 
 
 @dataclass(frozen=True)
@@ -223,15 +225,24 @@ class UnstuckConfig:
 
 @dataclass(frozen=True)
 class RecordConfig:
-    """Driving video (not implemented yet: `enabled` must stay false)."""
+    """Driving video: what the agent saw and did, as an H.264 MP4, recorded while it drives."""
 
     enabled: bool = field(default=False, metadata=_spec())
+    """Record from the start of every `charles drive` (the record hotkey toggles it anyway)."""
     folder: str = field(default="recordings", metadata=_spec())
     fps: int = field(default=30, metadata=_spec(minimum=1, maximum=120))
+    """Frames per second of the video, on the wall clock."""
+    mode: str = field(default="hud", metadata=_spec(choices=("hud", "layout")))
+    """"hud": the game picture with the HUD; "layout": the stream layout (game, model input,
+    Convcam, console, loss curve) in one 1280x720 picture."""
     hud: bool = field(default=True, metadata=_spec())
-    """Draw the stream layout (predictions, controller values, FPS/PPS, model name)."""
+    """Draw the HUD (predictions, controller values, FPS/PPS, model name and batch)."""
     convcam: bool = field(default=True, metadata=_spec())
-    """Include the Convcam (last conv layer's kernels as tiles)."""
+    """Show the Convcam (last conv layer's kernels as tiles, from the driving prediction)."""
+    encoder: str = field(default="auto", metadata=_spec(choices=("auto", "libx264", "h264_nvenc")))
+    """H.264 encoder; "auto" uses NVENC (NVIDIA GPU) when it opens, libx264 otherwise."""
+    nice: int = field(default=5, metadata=_spec(minimum=0, maximum=19))
+    """Niceness (Linux) of the threads that draw and encode, so they yield to the drive loop."""
 
 
 @dataclass(frozen=True)
@@ -659,11 +670,6 @@ def _check_config(config: Config) -> None:
     _check_keys(config)
     _check_region(config.game.region)
     _check_crop(config.capture)
-    if config.record.enabled:
-        # Nothing records yet; accepting `true` would promise a video that never appears.
-        raise _Invalid(
-            ("record.enabled",), "recording is not available yet; set record.enabled = false"
-        )
 
 
 def _check_keys(config: Config) -> None:
@@ -672,6 +678,7 @@ def _check_keys(config: Config) -> None:
         "hotkeys.pause": config.hotkeys.pause,
         "hotkeys.quit": config.hotkeys.quit,
         "hotkeys.swap": config.hotkeys.swap,
+        "hotkeys.record": config.hotkeys.record,
     }
     keyboard = config.controller.keyboard
     driving = {

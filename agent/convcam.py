@@ -36,14 +36,18 @@ def tile(feature_map: np.ndarray, scale: int = 1) -> np.ndarray:
     height, width, channels = feature_map.shape
     rows, columns = grid(channels)
     levels = _levels(feature_map)
-    tile_h, tile_w = height * scale + GAP, width * scale + GAP
-    picture = np.zeros((rows * tile_h - GAP, columns * tile_w - GAP), dtype=np.uint8)
-    for channel in range(channels):
-        row, column = divmod(channel, columns)
-        cells = np.kron(levels[:, :, channel], np.ones((scale, scale), dtype=np.uint8))
-        top, left = row * tile_h, column * tile_w
-        picture[top : top + height * scale, left : left + width * scale] = cells
-    return picture
+    if scale > 1:
+        levels = levels.repeat(scale, axis=0).repeat(scale, axis=1)
+    # One array operation instead of a loop over kernels (1,536 of them for model_0005, drawn
+    # live while recording): channels -> a (rows, columns) grid of tiles with a black gap
+    # right of and below each, then the tiles laid side by side, row by row.
+    tiles = np.zeros((rows * columns, height * scale + GAP, width * scale + GAP), np.uint8)
+    tiles[:channels, : height * scale, : width * scale] = levels.transpose(2, 0, 1)
+    tile_h, tile_w = tiles.shape[1:]
+    picture = tiles.reshape(rows, columns, tile_h, tile_w).transpose(0, 2, 1, 3)
+    return picture.reshape(rows * tile_h, columns * tile_w)[
+        : rows * tile_h - GAP, : columns * tile_w - GAP
+    ]
 
 
 def _levels(feature_map: np.ndarray) -> np.ndarray:

@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,9 @@ from agent.loop import DriveLoop, failure_to_raise
 from agent.nets.registry import ModelLine, get_line
 from agent.predictor import Predictor
 from agent.preprocess import preprocess
+from agent.record.hud import Status
+from agent.record.losses import LossCurve
+from agent.record.recorder import Recorder
 from agent.reference import checkpoint_to_drive
 from agent.signals import Stop, on_stop_signals
 from agent.slot import Slot
@@ -51,8 +55,13 @@ USER_STOPS = ("time limit", "quit hotkey", "SIGINT", "SIGTERM")
 """Stop reasons a person asked for; any other end with a loop error reports that error."""
 
 
-def run_drive(config: Config, seconds: float | None, live_console: bool) -> DriveSummary:
+def run_drive(
+    config: Config, seconds: float | None, live_console: bool, record: Path | bool = False
+) -> DriveSummary:
     """Drive until a stop reason; returns the summary.
+
+    `record`: True records from the start into record.folder, a path records there; False
+    records only when record.enabled is set (the record hotkey works either way).
 
     Raises CharlesError for user problems and StopRequested when a stop signal came during
     start-up (nothing was driven then).
@@ -72,15 +81,26 @@ def run_drive(config: Config, seconds: float | None, live_console: bool) -> Driv
             window = acquire_window(config, game, stop)
             # Load and warm the model before any input is sent, so the first command is not late.
             log.info("loading %s", checkpoint.name if checkpoint else f"a fresh {line.name}")
-            predictor = Predictor.load(line.name, checkpoint, config.model.pretrained)
+            # With the Convcam output the driving prediction carries its own feature map, so a
+            # recording (from the start, or from the hotkey) never runs the model twice.
+            convcam = config.record.convcam
+            predictor = Predictor.load(
+                line.name, checkpoint, config.model.pretrained, convcam=convcam
+            )
             started_with = predictor.name
-            hot_swap = _hot_swap_for(config, line, checkpoint, predictor)
+            hot_swap = _hot_swap_for(config, line, checkpoint, predictor, convcam)
             unstuck, game_paused = _unstuck_for(config, game is not None, stack)
 
             frames: Slot[Frame] = Slot()
             grabber = Grabber(window, config.capture.fps, frames)
             grabber.start()
             stack.callback(grabber.stop)
+            ticks: Slot[Tick] = Slot()
+            recorder = _recorder_for(
+                config, line, frames, ticks, lambda: status(), record
+            )  # fmt: skip
+            # Registered before the controller, so on the way out it runs after neutral.
+            stack.callback(recorder.close)
 
             controller = open_controller(
                 config.controller, config.game.channel_port, window.has_focus
@@ -88,11 +108,11 @@ def run_drive(config: Config, seconds: float | None, live_console: bool) -> Driv
             # Registered after the grabber, so it runs before it: neutral first, then teardown.
             stack.callback(controller.close)
 
-            ticks: Slot[Tick] = Slot()
             hotkeys = Hotkeys({
                 config.hotkeys.pause: lambda: loop.toggle_pause(),
                 config.hotkeys.quit: partial(stop, "quit hotkey"),
                 config.hotkeys.swap: partial(_swap_hotkey, hot_swap),
+                config.hotkeys.record: recorder.toggle,
             })  # fmt: skip
             loop = DriveLoop(
                 frames=frames,
@@ -118,6 +138,10 @@ def run_drive(config: Config, seconds: float | None, live_console: bool) -> Driv
                 unstuck=unstuck,
                 game_paused=game_paused,
             )
+            status = partial(
+                _status, loop, hot_swap, unstuck,
+                RateMeter(lambda: grabber.frames_grabbed, lambda: loop.counters.predictions),
+            )  # fmt: skip
             hotkeys.start()
             stack.callback(hotkeys.stop)
             if hot_swap is not None:
@@ -136,6 +160,8 @@ def run_drive(config: Config, seconds: float | None, live_console: bool) -> Driv
         thread = threading.Thread(target=loop.run, name="drive-loop", daemon=True)
         started = time.monotonic()
         thread.start()
+        if record or config.record.enabled:
+            recorder.start()
         stack.callback(_join_loop, loop, thread)
         log.info("driving %r with %s via %s", window.title, predictor.name, controller.name)
         if hot_swap is not None:
@@ -160,11 +186,12 @@ def run_drive(config: Config, seconds: float | None, live_console: bool) -> Driv
         game_state = read_last_telemetry(telemetry) if telemetry else None
         _join_loop(loop, thread)
         elapsed = time.monotonic() - started
+        recordings = recorder.close()
         if loop.error is not None and stop.reason not in USER_STOPS:
             raise failure_to_raise(loop.error)
         latency_p50, latency_p95 = percentiles_ms(loop.counters.latencies, (50, 95))
         frames_grabbed = grabber.frames_grabbed
-        record = hot_swap.record if hot_swap is not None else None
+        swap_record = hot_swap.record if hot_swap is not None else None
         return DriveSummary(
             model=loop.predictor.name,
             started_with=started_with,
@@ -183,18 +210,27 @@ def run_drive(config: Config, seconds: float | None, live_console: bool) -> Driv
             nonfinite_predictions=loop.counters.nonfinite,
             deadman_releases=controller.releases,
             game=game_state,
-            swaps=[_swap_row(swap, started) for swap in record.swaps] if record else [],
-            rejections=[_rejection_row(r, started) for r in record.rejections] if record else [],
+            swaps=[_swap_row(s, started) for s in swap_record.swaps] if swap_record else [],
+            rejections=[_rejection_row(r, started) for r in swap_record.rejections]
+            if swap_record
+            else [],
             unstucks=unstuck.count if unstuck is not None else 0,
             command_gaps=command_gaps(
                 list(loop.counters.sent_at),
-                [*record.loads, *((s.at, s.at) for s in record.swaps)] if record else [],
+                [*swap_record.loads, *((s.at, s.at) for s in swap_record.swaps)]
+                if swap_record
+                else [],
             ),
+            recordings=[asdict(report) for report in recordings],
         )
 
 
 def _hot_swap_for(
-    config: Config, line: ModelLine, checkpoint: Checkpoint | None, predictor: Predictor
+    config: Config,
+    line: ModelLine,
+    checkpoint: Checkpoint | None,
+    predictor: Predictor,
+    convcam: bool,
 ) -> HotSwap | None:
     """The hot swap when this session follows the store; None when a checkpoint is pinned."""
     if not follows_the_store(config):
@@ -202,7 +238,7 @@ def _hot_swap_for(
     # The second copy is built and compiled now, before driving: a swap later only fills it
     # with weights, off the driving path.
     return HotSwap(
-        Path(config.model.store), predictor, _shadow_of(line),
+        Path(config.model.store), predictor, _shadow_of(line, convcam),
         _store_number(config, line, checkpoint), config.swap,
     )  # fmt: skip
 
@@ -236,8 +272,44 @@ def follows_the_store(config: Config) -> bool:
     return config.model.checkpoint == "latest" and config.swap.policy != OFF
 
 
-def _shadow_of(line: ModelLine) -> Predictor:
-    return Predictor(line.build("none"), line, f"{line.name} (shadow)")
+def _shadow_of(line: ModelLine, convcam: bool) -> Predictor:
+    return Predictor(line.build("none"), line, f"{line.name} (shadow)", convcam=convcam)
+
+
+def _recorder_for(
+    config: Config,
+    line: ModelLine,
+    frames: Slot[Frame],
+    ticks: Slot[Tick],
+    status: Callable[[], Status],
+    record: Path | bool,
+) -> Recorder:
+    """The session's recorder (idle until started by --record, record.enabled or the hotkey)."""
+    width, height = config.capture.size
+    return Recorder(
+        config.record, frames, ticks, status, (width, height), line.convcam_layer,
+        losses=LossCurve(Path(config.model.store), line.name),
+        path=record if isinstance(record, Path) else None,
+    )  # fmt: skip
+
+
+def _status(
+    loop: DriveLoop, hot_swap: HotSwap | None, unstuck: Unstuck | None, meter: RateMeter
+) -> Status:
+    """What the recording shows besides the frame and tick (called on the recorder's thread)."""
+    rates = meter.update()
+    swaps = hot_swap.record.swaps if hot_swap is not None else []
+    last = swaps[-1] if swaps else None
+    return Status(
+        model_name=loop.predictor.name,
+        fps=rates.fps,
+        pps=rates.pps,
+        swaps=len(swaps),
+        last_swap_to=last.version if last is not None else None,
+        last_swap_at=last.at if last is not None else None,
+        rejections=len(hot_swap.record.rejections) if hot_swap is not None else 0,
+        unstucks=unstuck.count if unstuck is not None else 0,
+    )
 
 
 def _store_number(config: Config, line: ModelLine, checkpoint: Checkpoint | None) -> int:

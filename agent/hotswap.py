@@ -29,9 +29,7 @@ it.
 from __future__ import annotations
 
 import logging
-import os
 import queue
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -44,6 +42,7 @@ from agent.duty import DutyCycle
 from agent.errors import ModelError
 from agent.predictor import Predictor
 from agent.store import Checkpoint, load_into
+from agent.threads import lower_this_threads_priority
 from agent.types import Prediction
 from agent.watcher import Candidate, CheckpointWatcher, Rejection
 from agent.weights import one_line
@@ -224,7 +223,7 @@ class HotSwap:
             self._thread.join(timeout=10.0)
 
     def _run(self) -> None:
-        _lower_this_threads_priority(self.config.nice)
+        lower_this_threads_priority(self.config.nice)
         try:
             while not self._stopping.wait(self.config.poll_seconds):
                 self._poll_once()
@@ -305,12 +304,3 @@ class HotSwap:
             rejection.version, self.watcher.line, rejection.reason, self.driving_name,
         )  # fmt: skip
 
-
-def _lower_this_threads_priority(nice: int) -> None:
-    """Make the calling thread yield the CPU (Linux: per-thread niceness)."""
-    if nice <= 0 or not sys.platform.startswith("linux"):
-        return
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
-    except OSError as error:
-        log.debug("could not lower the loader's priority: %s", error)

@@ -173,7 +173,7 @@ class DriveLoop:
         self.counters.latencies.append(now - frame.captured_at)
         self.counters.predict_seconds.append(prediction.seconds)
         self.counters.sent_at.append(now)
-        self._ticks.put(Tick(DRIVING, frame, prediction, command, now))
+        self._ticks.put(Tick(DRIVING, frame, prediction, command, now, model_input))
 
     def _stuck(self, frame: Frame) -> bool:
         """Feed unstuck the new frame; True when it starts a recovery (sent instead)."""

@@ -43,6 +43,8 @@ class DriveSummary:
     command_gaps: dict[str, Any] | None = None
     """Gaps between successive commands from predictions (see `command_gaps`); the median is
     over the gaps outside swaps."""
+    recordings: list[dict[str, Any]] = field(default_factory=list)
+    """Videos written (agent.record.recorder.RecordingReport as dicts)."""
 
     def lines(self) -> list[str]:
         """The summary as text for a person."""
@@ -84,6 +86,14 @@ class DriveSummary:
             )
         if self.unstucks:
             lines.append(f"  unstuck: {self.unstucks} recovery(ies) from a car standing still")
+        for video in self.recordings:
+            lines.append(
+                f"  recorded {video['path']}: {video['seconds']:.1f} s, {video['frames']} frames "
+                f"({video['repeated']} repeated, {video['left_out']} captured frames left out, "
+                f"{video['dropped']} dropped by a slow encoder; {video['encoder']})"
+            )
+            if video["error"]:
+                lines.append(f"    recording failed: {video['error']}")
         if self.game:
             game = self.game
             lines.append(

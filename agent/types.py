@@ -98,6 +98,8 @@ class Tick:
     prediction: Prediction | None
     command: ControllerState
     commanded_at: float
+    model_input: np.ndarray | None = None
+    """The frame as the model saw it (RGB uint8, the line's input shape), for the recorder."""
 
     @property
     def latency(self) -> float | None:

@@ -322,11 +322,20 @@ def test_no_error_line_is_huge(tmp_path: Path, text: str) -> None:
     assert len(error_of(tmp_path, text)) < 300
 
 
-def test_recording_is_refused_until_it_exists(tmp_path: Path) -> None:
-    message = error_of(tmp_path, "[record]\nenabled = true\n")
-    assert message.endswith(": recording is not available yet; set record.enabled = false")
-    config = load_config(write(tmp_path, "[record]\nfolder = 'v'\nfps = 60\nhud = false\n"))
-    assert (config.record.folder, config.record.fps, config.record.hud) == ("v", 60, False)
+def test_record_keys_are_read_and_checked(tmp_path: Path) -> None:
+    config = load_config(
+        write(tmp_path, "[record]\nenabled = true\nfolder = 'v'\nfps = 60\nhud = false\n"
+              "mode = 'layout'\nencoder = 'libx264'\nnice = 0\n")
+    )  # fmt: skip
+    record = config.record
+    assert (record.enabled, record.folder, record.fps, record.hud) == (True, "v", 60, False)
+    assert (record.mode, record.encoder, record.nice) == ("layout", "libx264", 0)
+    message = error_of(tmp_path, "[record]\nmode = 'layot'\n")
+    assert "record.mode must be one of 'hud', 'layout'" in message
+    assert "did you mean 'layout'" in message
+    assert "record.fps must be between 1 and 120" in error_of(tmp_path, "[record]\nfps = 0\n")
+    message = error_of(tmp_path, "[hotkeys]\nrecord = 'f8'\n")
+    assert "hotkeys.pause 'f8' and hotkeys.record 'f8' are the same key" in message
 
 
 def test_errors_name_the_flag_an_overridden_key_came_from(tmp_path: Path) -> None:

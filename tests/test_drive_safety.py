@@ -28,24 +28,14 @@ from tests.drives import (
     free_udp_port,
     publish_constant_driver,
     running,
+    wait_until,
+    without_display,
 )
 from tests.xvfb import display_env, focus_window, wait_for_window
 
 pytestmark = pytest.mark.filterwarnings("ignore:builtin type [Ss]wig:DeprecationWarning")
 
 TITLE = "Charles CarRacing"
-
-
-def without_display() -> dict[str, str]:
-    """The environment of a user on a machine with no screen: Charles starts its own Xvfb."""
-    return {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
-
-
-def wait_until(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 class Editor:

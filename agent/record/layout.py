@@ -1,0 +1,166 @@
+"""The pictures a recording is made of: the game with the HUD, or the stream layout.
+
+The stream layout is the seed's stream in one 1280x720 picture:
+
+    +---------------------------------+--------------------+
+    |                                 | model input        |
+    |   the game (880x495)            | (as the model sees)|
+    |                                 +--------------------+
+    |                                 | Convcam            |
+    +---------------------------------+                    |
+    |   console: state, model, rates, +--------------------+
+    |   raw outputs, controller bars  | trainer loss curve |
+    +---------------------------------+--------------------+
+
+Everything comes from what the drive loop already computed: the captured frame, and the newest
+tick with its model input, prediction and Convcam (the driving prediction's own feature map, so
+recording never runs the model a second time).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from agent.convcam import tile
+from agent.record import draw
+from agent.record.hud import PanelGeometry, Status, draw_hud, draw_panel, draw_swap_marker
+from agent.record.writer import even_size
+from agent.types import Frame, Tick
+
+LAYOUT_SIZE = (1280, 720)
+GAME_BOX = (0, 0, 880, 495)
+"""(left, top, width, height) of the game picture in the layout."""
+CONSOLE_BOX = (0, 495, 880, 225)
+INPUT_BOX = (880, 26, 400, 225)
+CONVCAM_BOX = (880, 282, 400, 250)
+LOSS_BOX = (890, 566, 380, 144)
+
+
+@dataclass(frozen=True)
+class Panels:
+    """What the layout shows besides the frame and tick."""
+
+    convcam_layer: str = ""
+    losses: tuple[tuple[int, float], ...] = ()
+    """(batches, total loss) of the trainer's published checkpoints."""
+
+
+class Composer:
+    """Turns (captured frame, newest tick, status) into one BGR video picture.
+
+    `mode` "hud" keeps the game picture at `size` (the capture size) with the HUD drawn on it;
+    "layout" makes the stream layout. The Convcam picture is tiled once per prediction, not once
+    per video frame.
+    """
+
+    def __init__(self, mode: str, size: tuple[int, int], hud: bool, convcam: bool) -> None:
+        self.mode = mode
+        self.size = even_size(*(LAYOUT_SIZE if mode == "layout" else size))
+        self._hud = hud
+        self._convcam = convcam
+        self._convcam_of: int | None = None
+        self._convcam_picture: np.ndarray | None = None
+
+    def compose(
+        self, frame: Frame | None, tick: Tick | None, status: Status, panels: Panels
+    ) -> np.ndarray:
+        if self.mode == "layout":
+            return self._layout(frame, tick, status, panels)
+        width, height = self.size
+        picture = _game_picture(frame, width, height)
+        if self._hud:
+            draw_hud(picture, tick, status)
+        if self._convcam:
+            convcam = self._convcam_of_tick(tick)
+            if convcam is not None:
+                # A small inset at the bottom right: the HUD mode's place for the Convcam.
+                inset_w, inset_h = width // 4, height // 4
+                draw.paste(
+                    picture, convcam, width - inset_w - 8, height - inset_h - 8, inset_w, inset_h
+                )
+        return picture
+
+    def _layout(
+        self, frame: Frame | None, tick: Tick | None, status: Status, panels: Panels
+    ) -> np.ndarray:
+        width, height = self.size
+        picture = np.zeros((height, width, 3), np.uint8)
+        left, top, box_w, box_h = GAME_BOX
+        picture[top : top + box_h, left : left + box_w] = _game_picture(frame, box_w, box_h)
+        scale = 0.9
+        if self._hud:
+            draw_panel(
+                picture, PanelGeometry(CONSOLE_BOX[0] + 4, CONSOLE_BOX[1] + 6, scale), tick, status
+            )
+            draw_swap_marker(picture, status, GAME_BOX[2] - 12, PanelGeometry(0, 12, scale))
+        self._input_panel(picture, tick)
+        if self._convcam:
+            self._convcam_panel(picture, tick, panels)
+        _loss_panel(picture, panels.losses)
+        return picture
+
+    def _input_panel(self, picture: np.ndarray, tick: Tick | None) -> None:
+        left, top, width, height = INPUT_BOX
+        draw.text(picture, "model input", left + 10, top - 8, 0.5, draw.GREY)
+        if tick is not None and tick.model_input is not None:
+            bgr = cv2.cvtColor(tick.model_input, cv2.COLOR_RGB2BGR)
+            draw.paste(picture, bgr, left, top, width, height)
+
+    def _convcam_panel(self, picture: np.ndarray, tick: Tick | None, panels: Panels) -> None:
+        left, top, width, height = CONVCAM_BOX
+        convcam = self._convcam_of_tick(tick)
+        title = f"Convcam {panels.convcam_layer}"
+        if convcam is not None and tick is not None and tick.prediction is not None:
+            kernels = tick.prediction.convcam.shape[-1]  # type: ignore[union-attr]
+            title += f" ({kernels} kernels)"
+            draw.paste(picture, convcam, left, top, width, height)
+        draw.text(picture, title, left + 10, top - 8, 0.5, draw.GREY)
+
+    def _convcam_of_tick(self, tick: Tick | None) -> np.ndarray | None:
+        prediction = tick.prediction if tick is not None else None
+        if prediction is None or prediction.convcam is None:
+            return self._convcam_picture
+        if id(prediction) != self._convcam_of:
+            self._convcam_of = id(prediction)
+            self._convcam_picture = tile(prediction.convcam)
+        return self._convcam_picture
+
+
+def _game_picture(frame: Frame | None, width: int, height: int) -> np.ndarray:
+    """The captured frame as a BGR picture of exactly width x height (black before the first)."""
+    if frame is None:
+        return np.zeros((height, width, 3), np.uint8)
+    image = frame.image
+    if image.shape[1] != width or image.shape[0] != height:
+        image = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+    if image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    return image.copy()
+
+
+def _loss_panel(picture: np.ndarray, losses: tuple[tuple[int, float], ...]) -> None:
+    left, top, width, height = LOSS_BOX
+    if len(losses) < 1:
+        draw.text(
+            picture, "trainer loss: no checkpoints with a loss", left, top - 8, 0.5, draw.GREY
+        )
+        return
+    batches, last = losses[-1]
+    draw.text(
+        picture, f"trainer loss {last:.4f} at {batches} batches", left, top - 8, 0.5, draw.GREY
+    )
+    cv2.rectangle(picture, (left, top), (left + width - 1, top + height - 1), draw.TRACK, 1)
+    if len(losses) < 2:
+        return
+    xs = np.array([point[0] for point in losses], np.float64)
+    # Log scale: a loss falls by orders of magnitude early and by little later.
+    ys = np.log10(np.maximum(np.array([point[1] for point in losses], np.float64), 1e-12))
+    x_span = max(xs.max() - xs.min(), 1.0)
+    y_span = max(ys.max() - ys.min(), 1e-9)
+    px = left + 4 + (xs - xs.min()) / x_span * (width - 8)
+    py = top + 4 + (ys.max() - ys) / y_span * (height - 8)
+    points = np.stack([px, py], axis=1).round().astype(np.int32)
+    cv2.polylines(picture, [points], False, draw.ORANGE, 2, cv2.LINE_AA)

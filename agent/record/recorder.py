@@ -1,0 +1,238 @@
+"""Recording while driving: a thread on the video clock, a writer thread, nothing in the loop.
+
+The drive loop does not know a recording exists. It already offers each tick (frame, model
+input, prediction with its Convcam, command) through a slot; the recorder's thread wakes at
+every slot of the video clock, takes the newest captured frame and the newest tick (both
+non-blocking reads), draws the picture and offers it to the writer's bounded queue (which drops,
+never waits). Both threads run at a lower priority (record.nice), so on a busy machine the video
+loses pictures (counted), not the car its predictions.
+
+A recording starts and stops at any time (the record hotkey): each one is its own file.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from agent.config import RecordConfig
+from agent.errors import CharlesError
+from agent.record.clock import ShownFrames, VideoClock
+from agent.record.hud import Status
+from agent.record.layout import Composer, Panels
+from agent.record.losses import LossCurve
+from agent.record.writer import VideoWriter
+from agent.slot import Slot
+from agent.threads import lower_this_threads_priority
+from agent.types import Frame, Tick
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RecordingReport:
+    """One finished recording, for the drive summary."""
+
+    path: str
+    seconds: float
+    """Length of the video (slots / fps): the wall time it covers."""
+    frames: int
+    """Slots of the video clock, each filled with a picture."""
+    written: int
+    """Pictures the encoder wrote (frames - dropped)."""
+    repeated: int
+    """Slots that showed the same captured frame again (capture slower than the video)."""
+    left_out: int
+    """Captured frames no slot showed (capture faster than the video)."""
+    dropped: int
+    """Pictures the writer's queue had no room for (encoder or disk too slow)."""
+    encoder: str | None
+    error: str | None = None
+
+
+def recording_path(folder: Path, requested: Path | None, number: int) -> Path:
+    """Where recording `number` (1, 2, ...) of this session goes.
+
+    No path: `folder/charles-<date>-<time>.mp4`. A folder: a file named so inside it. A file:
+    that file for the first recording, `<stem>-2.mp4` and so on for the next ones.
+    """
+    if requested is None or requested.is_dir():
+        base = requested if requested is not None else folder
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        path = base / f"charles-{stamp}.mp4"
+        suffix = 2
+        while path.exists():
+            path, suffix = base / f"charles-{stamp}-{suffix}.mp4", suffix + 1
+        return path
+    if number == 1:
+        return requested
+    return requested.with_name(f"{requested.stem}-{number}{requested.suffix or '.mp4'}")
+
+
+def check_recording_path(path: Path) -> None:
+    """Refuse a path that is a link or not a file: the video would land somewhere else."""
+    if path.is_symlink():
+        raise CharlesError(f"--record {path} is a symbolic link; give a plain file or a folder")
+    if path.exists() and not path.is_file() and not path.is_dir():
+        raise CharlesError(f"--record {path} is not a regular file; give a .mp4 file or a folder")
+
+
+class Recorder:
+    """Starts and stops recordings during one drive; `close()` ends the last one."""
+
+    def __init__(
+        self,
+        config: RecordConfig,
+        frames: Slot[Frame],
+        ticks: Slot[Tick],
+        status: Callable[[], Status],
+        capture_size: tuple[int, int],
+        convcam_layer: str,
+        losses: LossCurve | None = None,
+        path: Path | None = None,
+    ) -> None:
+        self.config = config
+        self._frames = frames
+        self._ticks = ticks
+        self._status = status
+        self._capture_size = capture_size
+        self._convcam_layer = convcam_layer
+        self._losses = losses
+        self._path = path
+        self._lock = threading.Lock()
+        self._current: _Recording | None = None
+        self._finished: list[_Recording] = []
+        if path is not None:
+            check_recording_path(path)
+
+    @property
+    def recording(self) -> bool:
+        return self._current is not None
+
+    def start(self) -> Path | None:
+        """Start a new recording (no-op when one runs); returns its path."""
+        with self._lock:
+            if self._current is not None:
+                return None
+            number = len(self._finished) + 1
+            path = recording_path(Path(self.config.folder), self._path, number)
+            composer = Composer(
+                self.config.mode, self._capture_size, self.config.hud, self.config.convcam
+            )
+            self._current = _Recording(
+                path, self.config, composer, self._frames, self._ticks, self._status,
+                Panels(convcam_layer=self._convcam_layer), self._losses,
+            )  # fmt: skip
+        log.info("recording to %s (%s mode, %d fps)", path, self.config.mode, self.config.fps)
+        return path
+
+    def stop(self) -> None:
+        """End the running recording; its file is finished on its own thread."""
+        with self._lock:
+            current, self._current = self._current, None
+            if current is None:
+                return
+            self._finished.append(current)
+        current.stop()
+        log.info("recording stopped after %.1f s: %s", current.clock.seconds, current.path)
+
+    def toggle(self) -> None:
+        """The record hotkey."""
+        if self.recording:
+            self.stop()
+        else:
+            self.start()
+
+    def close(self) -> list[RecordingReport]:
+        """Stop recording, wait for every file to be finished, and report them all."""
+        self.stop()
+        with self._lock:
+            finished = list(self._finished)
+        return [recording.finish() for recording in finished]
+
+
+class _Recording:
+    """One file: the clock thread drawing pictures, and its writer."""
+
+    def __init__(
+        self,
+        path: Path,
+        config: RecordConfig,
+        composer: Composer,
+        frames: Slot[Frame],
+        ticks: Slot[Tick],
+        status: Callable[[], Status],
+        panels: Panels,
+        losses: LossCurve | None,
+    ) -> None:
+        self.path = path
+        self._config = config
+        self._composer = composer
+        self._frames = frames
+        self._ticks = ticks
+        self._status = status
+        self._panels = panels
+        self._losses = losses if config.mode == "layout" else None
+        self.writer = VideoWriter(path, config.fps, config.encoder, nice=config.nice)
+        self.clock = VideoClock(config.fps, time.monotonic())
+        self.shown = ShownFrames()
+        self.error: BaseException | None = None
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="video-clock", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def finish(self) -> RecordingReport:
+        """Wait for the file to be finished (the clock thread closes it) and report."""
+        self._stopping.set()
+        self._thread.join(timeout=15.0)
+        error = self.error or self.writer.error
+        counts = self.writer.counts
+        return RecordingReport(
+            path=str(self.path),
+            seconds=round(self.clock.seconds, 3),
+            frames=self.shown.shown,
+            written=counts.written,
+            repeated=self.shown.repeated,
+            left_out=self.shown.left_out,
+            dropped=counts.dropped,
+            encoder=self.writer.encoder_used,
+            error=str(error) if error is not None else None,
+        )
+
+    def _run(self) -> None:
+        lower_this_threads_priority(self._config.nice)
+        try:
+            while not self._stopping.wait(max(0.0, self.clock.next_at() - time.monotonic())):
+                slots = self.clock.due(time.monotonic())
+                if not slots:
+                    continue
+                self._fill(slots)
+        except BaseException as error:  # a bug in drawing must not stop the car
+            self.error = error
+            log.error("recording to %s stopped: %s", self.path, error, exc_info=True)
+        finally:
+            # Finished here, not by whoever stopped it: the hotkey's thread must not wait.
+            self.writer.close()
+
+    def _fill(self, slots: range) -> None:
+        frame, seq = self._frames.get()
+        if seq == self.shown.last_seq:
+            # Capture and video run at about the same rate on two clocks: without this short
+            # wait, jitter at the phase boundary shows one frame twice and leaves the next out.
+            frame, seq = self._frames.wait_newer(seq, timeout=0.5 / self._config.fps)
+        tick, _ = self._ticks.get()
+        panels = self._panels
+        if self._losses is not None:
+            panels = Panels(panels.convcam_layer, tuple(self._losses.points()))
+        picture = self._composer.compose(frame, tick, self._status(), panels)
+        self.shown.show(seq, len(slots))
+        for index in slots:
+            self.writer.offer(picture, index)

@@ -1,0 +1,243 @@
+"""Recording: the video clock, the writer's bounded queue, and real recordings of the bundled
+game decoded back with PyAV (length, HUD pixels, kill -9, the layout's Convcam)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from functools import partial
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from agent.config import RecordConfig
+from agent.control import ControlMapper
+from agent.controllers.null import NullController
+from agent.convcam import tile
+from agent.loop import DriveLoop
+from agent.nets.registry import get_line
+from agent.predictor import Predictor
+from agent.preprocess import preprocess
+from agent.record import draw
+from agent.record.clock import ShownFrames, VideoClock
+from agent.record.hud import Status, hud_geometry
+from agent.record.layout import CONVCAM_BOX, INPUT_BOX
+from agent.record.recorder import Recorder, recording_path
+from agent.record.writer import VideoWriter
+from agent.slot import Slot
+from agent.types import Frame, Region, Tick
+from tests.drives import Drive, drive_command, free_udp_port, publish_constant_driver
+from tests.drives import without_display as no_display
+from tests.models import constant_driver
+
+FPS = 30
+
+
+def decode(path: Path) -> list[np.ndarray]:
+    """Every picture of a video file, BGR, as a player would show them."""
+    with av.open(str(path)) as container:
+        return [frame.to_ndarray(format="bgr24") for frame in container.decode(video=0)]
+
+
+def near(pixel: np.ndarray, colour: tuple[int, int, int], tolerance: int = 45) -> bool:
+    """H.264 in yuv420p changes colours a little: compare with a tolerance."""
+    return bool((np.abs(pixel.astype(int) - np.array(colour)) <= tolerance).all())
+
+
+# --- the video clock --------------------------------------------------------------------------
+
+
+def test_the_video_clock_hands_out_each_slot_once_on_wall_time() -> None:
+    clock = VideoClock(30, start=100.0)
+    assert list(clock.due(100.0)) == [0]
+    assert list(clock.due(100.01)) == []  # slot 1 is at 100.0333
+    assert list(clock.due(100.034)) == [1]
+    # A stall of 0.2 s: every slot it covered is handed out, so the length stays true.
+    assert list(clock.due(100.234)) == [2, 3, 4, 5, 6, 7]
+    assert clock.seconds == pytest.approx(8 / 30)
+    assert clock.next_at() == pytest.approx(100.0 + 8 / 30)
+
+
+def test_repeated_and_left_out_frames_are_counted() -> None:
+    shown = ShownFrames()
+    shown.show(seq=5, slots=1)  # the first frame
+    shown.show(seq=5, slots=1)  # nothing new captured: a repeat
+    shown.show(seq=8, slots=1)  # 6 and 7 were captured and never shown
+    shown.show(seq=9, slots=3)  # a stall: one frame fills three slots
+    assert (shown.shown, shown.repeated, shown.left_out) == (6, 3, 2)
+
+
+def test_a_session_numbers_its_recordings(tmp_path: Path) -> None:
+    asked = tmp_path / "run.mp4"
+    assert recording_path(tmp_path, asked, 1) == asked
+    assert recording_path(tmp_path, asked, 2) == tmp_path / "run-2.mp4"
+    named = recording_path(tmp_path / "videos", None, 1)
+    assert named.parent == tmp_path / "videos" and named.name.startswith("charles-")
+
+
+# --- the writer's queue -----------------------------------------------------------------------
+
+
+def test_a_full_queue_drops_pictures_and_never_blocks(tmp_path: Path) -> None:
+    """A writer stuck on its output (a pipe nobody reads: FFmpeg's open blocks on it, as a
+    hung disk would) must cost pictures, never the caller's time."""
+    pipe = tmp_path / "stuck.mp4"
+    os.mkfifo(pipe)
+    writer = VideoWriter(pipe, FPS, "libx264", queue_size=5)
+    picture = np.zeros((64, 64, 3), np.uint8)
+    done = threading.Event()
+
+    def offer_all() -> None:
+        for index in range(100):
+            writer.offer(picture, index)
+        done.set()
+
+    offering = threading.Thread(target=offer_all, daemon=True)
+    offering.start()
+    # Were offer() to wait for the encoder, this would never come: the writer is stuck for good.
+    assert done.wait(10), "offer() blocked behind a stuck writer"
+    counts = writer.counts
+    assert counts.offered == 100
+    # The writer thread took one picture before it got stuck; the queue holds five.
+    assert counts.dropped in (94, 95)
+    assert counts.written == 0
+    # Unstick it (read the pipe): what was queued is written, and the file is finished.
+    read = threading.Thread(target=lambda: pipe.read_bytes(), daemon=True)
+    read.start()
+    writer.close()
+    read.join(10)
+    assert writer.counts.written == 100 - counts.dropped
+
+
+# --- recording the bundled game ---------------------------------------------------------------
+
+
+def test_a_recording_of_the_game_has_its_true_length_and_the_hud(tmp_path: Path) -> None:
+    store = tmp_path / "models"
+    publish_constant_driver(store, throttle=0.6, steering=-0.5)
+    video = tmp_path / "drive.mp4"
+    drive = Drive(
+        drive_command(store, free_udp_port(), "--seconds", "8", "--json", "--record", str(video)),
+        tmp_path, no_display(),
+    )  # fmt: skip
+    assert drive.finish(180) == 0, drive.stderr[-3000:]
+    [report] = drive.summary()["recordings"]
+    assert report["path"] == str(video) and report["error"] is None
+    assert report["encoder"] == "libx264"
+    pictures = decode(video)
+    # The clock is true: one picture per 1/30 s of the recording, within a frame per second.
+    seconds = report["seconds"]
+    assert abs(seconds - drive.summary()["seconds"]) < 1.0
+    assert abs(len(pictures) - seconds * FPS) <= seconds
+    assert len(pictures) == report["written"] == report["frames"] - report["dropped"]
+    with av.open(str(video)) as container:  # what browsers play: H.264, 4:2:0, MP4
+        stream = container.streams.video[0]
+        assert (stream.codec_context.name, stream.codec_context.pix_fmt) == ("h264", "yuv420p")
+        assert (stream.width, stream.height) == (1280, 720)
+    # The HUD: the constant driver's controller values as bars where the HUD draws them.
+    picture = pictures[-FPS]
+    geometry = hud_geometry(1280, 720)
+    left, top, width, height = geometry.bar(0)  # accelerate 0.6: filled to 60 %
+    middle = top + height // 2
+    assert near(picture[middle, left + int(0.4 * width)], draw.GREEN)
+    assert near(picture[middle, left + int(0.8 * width)], draw.TRACK)
+    left, top, width, height = geometry.bar(1)  # brake 0: empty
+    assert near(picture[top + height // 2, left + width // 4], draw.TRACK)
+    left, top, width, height = geometry.bar(2)  # steering -0.5: half way to the left
+    middle, centre = top + height // 2, left + width // 2
+    assert near(picture[middle, centre - width // 8], draw.BLUE)
+    assert near(picture[middle, centre - 3 * width // 8], draw.TRACK)
+    assert near(picture[middle, centre + width // 8], draw.TRACK)
+
+
+def test_kill_9_while_recording_leaves_a_playable_file_missing_at_most_2_s(
+    tmp_path: Path,
+) -> None:
+    store = tmp_path / "models"
+    publish_constant_driver(store, throttle=0.5, steering=0.0)
+    video = tmp_path / "killed.mp4"
+    drive = Drive(drive_command(store, free_udp_port(), "--record", str(video)), tmp_path,
+                  no_display())  # fmt: skip
+    drive.wait_for_log("recording to")
+    started = time.monotonic()
+    time.sleep(6.0)
+    recorded = time.monotonic() - started
+    drive.process.kill()
+    drive.finish()
+    pictures = decode(video)  # plays: every fragment before the kill decodes
+    assert len(pictures) >= (recorded - 2.0) * FPS, f"{len(pictures)} pictures of {recorded:.1f} s"
+    assert len(pictures) <= (recorded + 1.0) * FPS
+
+
+# --- the layout, in process -------------------------------------------------------------------
+
+
+LINE = get_line("pilotnet_small")
+
+
+class CountingPredictor(Predictor):
+    """A real predictor that counts its forward passes."""
+
+    passes = 0
+
+    def predict(self, frame: np.ndarray):  # type: ignore[no-untyped-def]
+        self.passes += 1
+        return super().predict(frame)
+
+
+def test_layout_shows_the_driving_predictions_convcam_with_one_pass_per_frame(
+    tmp_path: Path,
+) -> None:
+    predictor = CountingPredictor(
+        constant_driver(0.5, 0.25), LINE, "constant", convcam=True, warmup_runs=1
+    )
+    predictor.passes = 0
+    frames: Slot[Frame] = Slot()
+    ticks: Slot[Tick] = Slot()
+    loop = DriveLoop(
+        frames=frames, window_ready=lambda: True,
+        to_model_input=partial(preprocess, capture_size=(1280, 720), crop=(0, 0, 0, 0),
+                               input_size=LINE.input_size),
+        predictor=predictor, mapper=ControlMapper(), controller=NullController(), hz=60,
+        ticks=ticks,
+    )  # fmt: skip
+    config = RecordConfig(mode="layout", encoder="libx264", folder=str(tmp_path))
+    recorder = Recorder(
+        config, frames, ticks, lambda: Status("constant"), (1280, 720), LINE.convcam_layer
+    )
+    thread = threading.Thread(target=loop.run, daemon=True)
+    thread.start()
+    recorder.start()
+    rng = np.random.default_rng(3)
+    for seq in range(1, 61):  # two seconds of distinct 30 fps frames
+        # Blocks of 16 pixels: still blocks in the model's 160x90 input, so its panel shows them.
+        blocks = rng.integers(0, 256, (45, 80, 4), dtype=np.uint8)
+        image = blocks.repeat(16, axis=0).repeat(16, axis=1)
+        frames.put(Frame(image, time.monotonic(), seq, Region(0, 0, 1280, 720)))
+        time.sleep(1 / FPS)
+    time.sleep(0.2)
+    loop.stop()
+    thread.join(10)
+    [report] = recorder.close()
+    # Recording on, still exactly one forward pass per prediction: the Convcam came with it.
+    assert loop.counters.predictions > 30
+    assert predictor.passes == loop.counters.predictions
+    last = ticks.get()[0]
+    assert last is not None and last.prediction is not None
+    assert last.prediction.convcam is not None
+    assert last.prediction.convcam.shape == (4, 13, 64)
+    picture = decode(Path(report.path))[-1]
+    left, top, width, height = CONVCAM_BOX
+    panel = picture[top : top + height, left : left + width].astype(int)
+    expected = tile(last.prediction.convcam)
+    assert panel.max() > 100, "the Convcam panel is empty"
+    # The tiles (8 x 8 of 4x13) enlarged to fit the panel's width, centred in it.
+    factor = min(width / expected.shape[1], height / expected.shape[0])
+    shown_h = int(expected.shape[0] * factor)
+    rows_lit = np.flatnonzero(panel.max(axis=(1, 2)) > 60)
+    assert rows_lit[-1] - rows_lit[0] <= shown_h
+    left, top, width, height = INPUT_BOX
+    assert picture[top : top + height, left : left + width].std() > 20  # the model's input
