@@ -241,7 +241,7 @@ class RecordConfig:
     """Show the Convcam (last conv layer's kernels as tiles, from the driving prediction)."""
     encoder: str = field(default="auto", metadata=_spec(choices=("auto", "libx264", "h264_nvenc")))
     """H.264 encoder; "auto" uses NVENC (NVIDIA GPU) when it opens, libx264 otherwise."""
-    nice: int = field(default=5, metadata=_spec(minimum=0, maximum=19))
+    nice: int = field(default=19, metadata=_spec(minimum=0, maximum=19))
     """Niceness (Linux) of the threads that draw and encode, so they yield to the drive loop."""
 
 

@@ -38,7 +38,7 @@ from agent.predictor import Predictor
 from agent.preprocess import preprocess
 from agent.record.hud import Status
 from agent.record.losses import LossCurve
-from agent.record.recorder import Recorder
+from agent.record.recorder import Recorder, check_before_driving
 from agent.reference import checkpoint_to_drive
 from agent.signals import Stop, on_stop_signals
 from agent.slot import Slot
@@ -66,6 +66,10 @@ def run_drive(
     Raises CharlesError for user problems and StopRequested when a stop signal came during
     start-up (nothing was driven then).
     """
+    check_before_driving(
+        config.record, record if isinstance(record, Path) else None,
+        from_the_start=bool(record) or config.record.enabled,
+    )  # fmt: skip
     stop = Stop()
     with contextlib.ExitStack() as stack:
         stack.enter_context(on_stop_signals(stop.on_signal))

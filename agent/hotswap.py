@@ -303,4 +303,3 @@ class HotSwap:
             "rejected checkpoint %s of %s: %s; still driving %s",
             rejection.version, self.watcher.line, rejection.reason, self.driving_name,
         )  # fmt: skip
-

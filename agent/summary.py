@@ -90,7 +90,8 @@ class DriveSummary:
             lines.append(
                 f"  recorded {video['path']}: {video['seconds']:.1f} s, {video['frames']} frames "
                 f"({video['repeated']} repeated, {video['left_out']} captured frames left out, "
-                f"{video['dropped']} dropped by a slow encoder; {video['encoder']})"
+                f"{video['dropped']} dropped by a slow encoder; {video['encoder']}; CPU "
+                f"{video['drawing_cpu_s']:.1f} s drawing, {video['encoding_cpu_s']:.1f} s encoding)"
             )
             if video["error"]:
                 lines.append(f"    recording failed: {video['error']}")

@@ -26,12 +26,14 @@ from agent.record.clock import ShownFrames, VideoClock
 from agent.record.hud import Status, hud_geometry
 from agent.record.layout import CONVCAM_BOX, INPUT_BOX
 from agent.record.recorder import Recorder, recording_path
-from agent.record.writer import VideoWriter
+from agent.record.writer import VideoWriter, choose_encoder, encoder_opens
 from agent.slot import Slot
 from agent.types import Frame, Region, Tick
-from tests.drives import Drive, drive_command, free_udp_port, publish_constant_driver
+from tests.conftest import REPO, assert_one_line_error
+from tests.drives import Drive, drive_command, free_udp_port, publish_constant_driver, wait_until
 from tests.drives import without_display as no_display
 from tests.models import constant_driver
+from tests.xvfb import tap_key
 
 FPS = 30
 
@@ -128,15 +130,17 @@ def test_a_recording_of_the_game_has_its_true_length_and_the_hud(tmp_path: Path)
     assert report["path"] == str(video) and report["error"] is None
     assert report["encoder"] == "libx264"
     pictures = decode(video)
-    # The clock is true: one picture per 1/30 s of the recording, within a frame per second.
-    seconds = report["seconds"]
-    assert abs(seconds - drive.summary()["seconds"]) < 1.0
-    assert abs(len(pictures) - seconds * FPS) <= seconds
+    # The clock is true: one picture per 1/30 s of the time driven, within a frame per second.
+    driven = drive.summary()["seconds"]
+    assert abs(len(pictures) - driven * FPS) <= driven
     assert len(pictures) == report["written"] == report["frames"] - report["dropped"]
     with av.open(str(video)) as container:  # what browsers play: H.264, 4:2:0, MP4
         stream = container.streams.video[0]
         assert (stream.codec_context.name, stream.codec_context.pix_fmt) == ("h264", "yuv420p")
         assert (stream.width, stream.height) == (1280, 720)
+        times = [float(frame.time) for frame in container.decode(video=0)]
+    # ... and so are the file's timestamps: the picture of slot k plays at k / 30 s.
+    assert times[-1] == pytest.approx((report["frames"] - 1) / FPS, abs=1.5 / FPS)
     # The HUD: the constant driver's controller values as bars where the HUD draws them.
     picture = pictures[-FPS]
     geometry = hud_geometry(1280, 720)
@@ -241,3 +245,62 @@ def test_layout_shows_the_driving_predictions_convcam_with_one_pass_per_frame(
     assert rows_lit[-1] - rows_lit[0] <= shown_h
     left, top, width, height = INPUT_BOX
     assert picture[top : top + height, left : left + width].std() > 20  # the model's input
+
+
+# --- starting and stopping --------------------------------------------------------------------
+
+
+def test_the_record_hotkey_starts_and_stops_recordings_during_a_drive(
+    x_display: str, tmp_path: Path
+) -> None:
+    store = tmp_path / "models"
+    publish_constant_driver(store, throttle=0.5, steering=0.0)
+    video = tmp_path / "clip.mp4"
+    drive = Drive(
+        drive_command(store, free_udp_port(), "--json", "--record", str(video)), tmp_path,
+        {**os.environ, "DISPLAY": x_display},
+    )  # fmt: skip
+    try:
+        drive.wait_for_log("recording to")
+        time.sleep(2.0)
+        tap_key(x_display, "F7")  # stop the first recording
+        drive.wait_for_log("recording stopped")
+        time.sleep(1.0)
+        tap_key(x_display, "F7")  # and start a second one
+        wait_until(lambda: drive.stderr.count("recording to") == 2, 20, "a second recording")
+        time.sleep(2.0)
+        tap_key(x_display, "F10")
+    finally:
+        status = drive.finish(60)
+    assert status == 0, drive.stderr[-3000:]
+    first, second = drive.summary()["recordings"]
+    assert (first["path"], second["path"]) == (str(video), str(tmp_path / "clip-2.mp4"))
+    for report in (first, second):
+        assert report["error"] is None and report["seconds"] > 1.0
+        assert len(decode(Path(report["path"]))) == report["written"] > FPS
+
+
+def test_a_linked_record_path_is_one_line_before_anything_starts(
+    tmp_path: Path, run_charles
+) -> None:
+    target = tmp_path / "precious.txt"
+    target.write_text("not a video")
+    link = tmp_path / "video.mp4"
+    link.symlink_to(target)
+    result = run_charles(
+        "drive", "--seconds", "1", "--record", str(link), "--config", str(REPO / "config.toml")
+    )
+    assert_one_line_error(result, "--record", "symbolic link")
+    assert target.read_text() == "not a video"
+    assert "driving" not in result.stderr
+
+
+def test_an_encoder_that_does_not_open_here_is_one_line(tmp_path: Path, run_charles) -> None:
+    if encoder_opens("h264_nvenc"):
+        pytest.skip("this machine has a working NVENC")
+    result = run_charles(
+        "drive", "--seconds", "1", "--record", str(tmp_path / "v.mp4"),
+        "--set", "record.encoder=h264_nvenc", "--config", str(REPO / "config.toml"),
+    )  # fmt: skip
+    assert_one_line_error(result, "record.encoder is 'h264_nvenc'", 'record.encoder = "auto"')
+    assert choose_encoder("auto") == "libx264"  # auto falls back instead

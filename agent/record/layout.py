@@ -19,6 +19,7 @@ recording never runs the model a second time).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import cv2
@@ -61,8 +62,7 @@ class Composer:
         self.size = even_size(*(LAYOUT_SIZE if mode == "layout" else size))
         self._hud = hud
         self._convcam = convcam
-        self._convcam_of: int | None = None
-        self._convcam_picture: np.ndarray | None = None
+        self._made: dict[str, tuple[object, np.ndarray]] = {}
 
     def compose(
         self, frame: Frame | None, tick: Tick | None, status: Status, panels: Panels
@@ -74,13 +74,12 @@ class Composer:
         if self._hud:
             draw_hud(picture, tick, status)
         if self._convcam:
-            convcam = self._convcam_of_tick(tick)
-            if convcam is not None:
+            tiles = self._tiles(tick)
+            if tiles is not None:
                 # A small inset at the bottom right: the HUD mode's place for the Convcam.
-                inset_w, inset_h = width // 4, height // 4
-                draw.paste(
-                    picture, convcam, width - inset_w - 8, height - inset_h - 8, inset_w, inset_h
-                )
+                box = (width - width // 4 - 8, height - height // 4 - 8, width // 4, height // 4)
+                inset = self._once("inset", tiles, lambda: draw.fit(tiles, *box[2:]))
+                draw.place(picture, inset, *box)
         return picture
 
     def _layout(
@@ -96,6 +95,7 @@ class Composer:
                 picture, PanelGeometry(CONSOLE_BOX[0] + 4, CONSOLE_BOX[1] + 6, scale), tick, status
             )
             draw_swap_marker(picture, status, GAME_BOX[2] - 12, PanelGeometry(0, 12, scale))
+            _store_lines(picture, status)
         self._input_panel(picture, tick)
         if self._convcam:
             self._convcam_panel(picture, tick, panels)
@@ -105,28 +105,43 @@ class Composer:
     def _input_panel(self, picture: np.ndarray, tick: Tick | None) -> None:
         left, top, width, height = INPUT_BOX
         draw.text(picture, "model input", left + 10, top - 8, 0.5, draw.GREY)
-        if tick is not None and tick.model_input is not None:
-            bgr = cv2.cvtColor(tick.model_input, cv2.COLOR_RGB2BGR)
-            draw.paste(picture, bgr, left, top, width, height)
+        model_input = tick.model_input if tick is not None else None
+        if model_input is not None:
+            fitted = self._once(
+                "input", model_input,
+                lambda: draw.fit(cv2.cvtColor(model_input, cv2.COLOR_RGB2BGR), width, height),
+            )  # fmt: skip
+            draw.place(picture, fitted, *INPUT_BOX)
 
     def _convcam_panel(self, picture: np.ndarray, tick: Tick | None, panels: Panels) -> None:
         left, top, width, height = CONVCAM_BOX
-        convcam = self._convcam_of_tick(tick)
+        tiles = self._tiles(tick)
         title = f"Convcam {panels.convcam_layer}"
-        if convcam is not None and tick is not None and tick.prediction is not None:
-            kernels = tick.prediction.convcam.shape[-1]  # type: ignore[union-attr]
-            title += f" ({kernels} kernels)"
-            draw.paste(picture, convcam, left, top, width, height)
+        if tiles is not None:
+            feature_map = self._made["tiles"][0]
+            title += f" ({feature_map.shape[-1]} kernels)"  # type: ignore[attr-defined]
+            fitted = self._once("panel", tiles, lambda: draw.fit(tiles, width, height))
+            draw.place(picture, fitted, *CONVCAM_BOX)
         draw.text(picture, title, left + 10, top - 8, 0.5, draw.GREY)
 
-    def _convcam_of_tick(self, tick: Tick | None) -> np.ndarray | None:
+    def _tiles(self, tick: Tick | None) -> np.ndarray | None:
+        """The Convcam picture of the newest prediction that had one (the last one while the
+        agent pauses or a recovery drives)."""
         prediction = tick.prediction if tick is not None else None
-        if prediction is None or prediction.convcam is None:
-            return self._convcam_picture
-        if id(prediction) != self._convcam_of:
-            self._convcam_of = id(prediction)
-            self._convcam_picture = tile(prediction.convcam)
-        return self._convcam_picture
+        feature_map = prediction.convcam if prediction is not None else None
+        if feature_map is None:
+            made = self._made.get("tiles")
+            return made[1] if made is not None else None
+        return self._once("tiles", feature_map, lambda: tile(feature_map))
+
+    def _once(self, what: str, source: object, make: Callable[[], np.ndarray]) -> np.ndarray:
+        """`make()` for a new `source`, the picture made last time for the same one: the model
+        input and the Convcam change once per prediction, not once per video frame."""
+        made = self._made.get(what)
+        if made is None or made[0] is not source:
+            made = (source, make())  # holding `source` keeps its identity from being reused
+            self._made[what] = made
+        return made[1]
 
 
 def _game_picture(frame: Frame | None, width: int, height: int) -> np.ndarray:
@@ -139,6 +154,19 @@ def _game_picture(frame: Frame | None, width: int, height: int) -> np.ndarray:
     if image.shape[2] == 4:
         return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
     return image.copy()
+
+
+def _store_lines(picture: np.ndarray, status: Status) -> None:
+    """The console's second column: what the hot swap and unstuck did so far."""
+    left, top = CONSOLE_BOX[0] + 480, CONSOLE_BOX[1] + 30
+    last = f" (last {status.last_swap_to})" if status.last_swap_to else ""
+    lines = (
+        f"checkpoints swapped in: {status.swaps}{last}",
+        f"checkpoints rejected: {status.rejections}",
+        f"unstuck recoveries: {status.unstucks}",
+    )
+    for row, words in enumerate(lines):
+        draw.text(picture, words, left, top + 26 * row, 0.5, draw.GREY)
 
 
 def _loss_panel(picture: np.ndarray, losses: tuple[tuple[int, float], ...]) -> None:

@@ -21,12 +21,16 @@ from datetime import datetime
 from pathlib import Path
 
 from agent.config import RecordConfig
-from agent.errors import CharlesError
 from agent.record.clock import ShownFrames, VideoClock
 from agent.record.hud import Status
 from agent.record.layout import Composer, Panels
 from agent.record.losses import LossCurve
-from agent.record.writer import VideoWriter
+from agent.record.writer import (
+    RecordingError,
+    VideoWriter,
+    encoder_opens,
+    require_av,
+)
 from agent.slot import Slot
 from agent.threads import lower_this_threads_priority
 from agent.types import Frame, Tick
@@ -52,6 +56,10 @@ class RecordingReport:
     dropped: int
     """Pictures the writer's queue had no room for (encoder or disk too slow)."""
     encoder: str | None
+    drawing_cpu_s: float
+    """CPU seconds the clock thread spent drawing pictures."""
+    encoding_cpu_s: float
+    """CPU seconds the writer thread spent converting and encoding them."""
     error: str | None = None
 
 
@@ -77,9 +85,24 @@ def recording_path(folder: Path, requested: Path | None, number: int) -> Path:
 def check_recording_path(path: Path) -> None:
     """Refuse a path that is a link or not a file: the video would land somewhere else."""
     if path.is_symlink():
-        raise CharlesError(f"--record {path} is a symbolic link; give a plain file or a folder")
+        raise RecordingError(f"--record {path} is a symbolic link; give a plain file or a folder")
     if path.exists() and not path.is_file() and not path.is_dir():
-        raise CharlesError(f"--record {path} is not a regular file; give a .mp4 file or a folder")
+        raise RecordingError(f"--record {path} is not a regular file; give a .mp4 file or a folder")
+
+
+def check_before_driving(config: RecordConfig, path: Path | None, from_the_start: bool) -> None:
+    """What would stop a recording that starts with the drive, said before anything starts:
+    no PyAV, a bad path, an encoder asked for by name that does not open here."""
+    if path is not None:
+        check_recording_path(path)
+    if not from_the_start:
+        return
+    require_av()
+    if config.encoder != "auto" and not encoder_opens(config.encoder):
+        raise RecordingError(
+            f"record.encoder is {config.encoder!r} but it does not open on this machine (NVENC "
+            'needs an NVIDIA GPU and its driver); set record.encoder = "auto" or "libx264"'
+        )
 
 
 class Recorder:
@@ -182,6 +205,7 @@ class _Recording:
         self.clock = VideoClock(config.fps, time.monotonic())
         self.shown = ShownFrames()
         self.error: BaseException | None = None
+        self.drawing_cpu = 0.0
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="video-clock", daemon=True)
         self._thread.start()
@@ -204,11 +228,14 @@ class _Recording:
             left_out=self.shown.left_out,
             dropped=counts.dropped,
             encoder=self.writer.encoder_used,
+            drawing_cpu_s=round(self.drawing_cpu, 3),
+            encoding_cpu_s=round(counts.cpu_seconds, 3),
             error=str(error) if error is not None else None,
         )
 
     def _run(self) -> None:
         lower_this_threads_priority(self._config.nice)
+        cpu_start = time.thread_time()
         try:
             while not self._stopping.wait(max(0.0, self.clock.next_at() - time.monotonic())):
                 slots = self.clock.due(time.monotonic())
@@ -219,6 +246,7 @@ class _Recording:
             self.error = error
             log.error("recording to %s stopped: %s", self.path, error, exc_info=True)
         finally:
+            self.drawing_cpu = time.thread_time() - cpu_start
             # Finished here, not by whoever stopped it: the hotkey's thread must not wait.
             self.writer.close()
 

@@ -21,6 +21,7 @@ import fractions
 import logging
 import queue
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,11 +75,11 @@ def choose_encoder(requested: str) -> str:
         return requested
     global _nvenc_usable
     if _nvenc_usable is None:
-        _nvenc_usable = _opens("h264_nvenc")
+        _nvenc_usable = encoder_opens("h264_nvenc")
     return "h264_nvenc" if _nvenc_usable else "libx264"
 
 
-def _opens(codec: str) -> bool:
+def encoder_opens(codec: str) -> bool:
     """Whether `codec` opens on this machine (NVENC's libraries load only with a GPU driver)."""
     av = require_av()
     try:
@@ -161,6 +162,8 @@ class WriterCounts:
     written: int = 0
     dropped: int = 0
     """Pictures refused because the queue was full (the encoder or disk fell behind)."""
+    cpu_seconds: float = 0.0
+    """CPU time the writer thread used (converting and encoding)."""
 
 
 _CLOSE = object()
@@ -217,6 +220,7 @@ class VideoWriter:
 
     def _run(self) -> None:
         lower_this_threads_priority(self._nice)
+        cpu_start = time.thread_time()
         file: VideoFile | None = None
         try:
             while True:
@@ -240,3 +244,4 @@ class VideoWriter:
             if file is not None:
                 with contextlib.suppress(Exception):
                     file.close()
+            self.counts.cpu_seconds = time.thread_time() - cpu_start
