@@ -210,7 +210,7 @@ def run_drive(
             latency_p50_ms=latency_p50,
             latency_p95_ms=latency_p95,
             predict_p50_ms=median_ms(loop.counters.predict_seconds),
-            lagged_ticks=loop.lagged,
+            skipped_frames=loop.skipped,
             nonfinite_predictions=loop.counters.nonfinite,
             deadman_releases=controller.releases,
             game=game_state,

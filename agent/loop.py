@@ -1,9 +1,14 @@
 """The drive loop: newest frame -> preprocess -> predict -> controller values -> send.
 
-It runs on its own thread, paced by a monotonic rate keeper, and meets everything slow only
-through slots: it takes the newest captured frame (never a queue of stale ones) and offers each
-tick to the console through another slot. Nothing in a tick touches disk, loads files or sleeps
-except the rate keeper. Every way out of `run()` leaves the controller neutral.
+It runs on its own thread and is driven by frames: it sleeps on the capture slot and wakes the
+moment a new frame is put there, so a frame waits for nothing but the model (an earlier design
+ticked on its own 30 Hz clock, and each frame waited a random part of a tick: a capture-to-
+command p50 of ~34 ms for a 2.5 ms model). Frames that arrive while a prediction runs are
+skipped (counted), never queued: the next prediction takes the newest. With no new frame the
+loop still wakes every period, so pause, window loss, recoveries and failed parts are handled
+on time. It meets everything slow only through slots and offers each tick to the console and
+the recorder through another. Nothing in a tick touches disk, loads files or sleeps except the
+wait for a frame. Every way out of `run()` leaves the controller neutral.
 
 Two things may change what a tick sends. A hot swap (agent/hotswap.py) replaces the predictor
 between two predictions with one that was loaded and checked in the background. Unstuck
@@ -27,7 +32,6 @@ from agent.controllers.base import Controller
 from agent.errors import CharlesError, log_failure
 from agent.hotswap import HotSwap
 from agent.predictor import Predictor
-from agent.ratekeeper import RateKeeper
 from agent.slot import Slot
 from agent.types import NEUTRAL, ControllerState, Frame, Tick
 from agent.unstuck import Unstuck
@@ -94,7 +98,8 @@ class DriveLoop:
         self.paused = threading.Event()
         self._stopping = threading.Event()
         self.counters = LoopCounters()
-        self.lagged = 0
+        self.skipped = 0
+        """Frames captured while a prediction ran and never predicted on (a newer one was)."""
         self.error: BaseException | None = None
 
     def stop(self) -> None:
@@ -112,14 +117,15 @@ class DriveLoop:
 
     def run(self, max_ticks: int | None = None) -> None:
         """The thread body. Exceptions are kept in `error` after the controller went neutral."""
-        keeper = RateKeeper(self._hz)
+        period = 1.0 / self._hz
         last_seq = 0
         neutral_sent = False
         try:
             while not self._stopping.is_set():
                 if max_ticks is not None and self.counters.ticks >= max_ticks:
                     break
-                keeper.keep_time()
+                # Wakes at once on a new frame; otherwise after a period, for pause and the rest.
+                frame, seq = self._frames.wait_newer(last_seq, timeout=period)
                 self.counters.ticks += 1
                 self._raise_if_a_part_failed()
                 if self.paused.is_set() or not self._window_ready():
@@ -131,13 +137,16 @@ class DriveLoop:
                     if self._unstuck is not None:
                         self._unstuck.interrupt()
                     self._ticks.put(Tick(state, None, None, NEUTRAL, time.monotonic()))
+                    last_seq = seq  # frames seen while paused are not predicted on later
                     continue
                 if self._recovering():
                     neutral_sent = False
+                    last_seq = seq
                     continue
-                frame, seq = self._frames.get()
                 if frame is None or seq == last_seq:
                     continue  # no new frame yet: never predict twice on the same picture
+                if last_seq:
+                    self.skipped += seq - last_seq - 1
                 last_seq = seq
                 neutral_sent = False
                 if self._stuck(frame):
@@ -147,7 +156,6 @@ class DriveLoop:
             self.error = error
             log_failure(log, "drive loop stopped", error, cause=_root_cause(error))
         finally:
-            self.lagged = keeper.lagged
             self._controller.neutral()
             self._stopping.set()
 

@@ -29,7 +29,8 @@ class DriveSummary:
     latency_p95_ms: float | None
     predict_p50_ms: float | None
     """The predictor's own time per frame, median: the part of the latency the model takes."""
-    lagged_ticks: int
+    skipped_frames: int
+    """Frames captured while a prediction ran, never predicted on (a newer one was)."""
     nonfinite_predictions: int
     deadman_releases: int
     """Times the controller went neutral by itself because no command came for controller.hold."""
@@ -58,7 +59,7 @@ class DriveSummary:
             lines.append(
                 f"  latency capture->command p50 {self.latency_p50_ms:.1f} ms  "
                 f"p95 {self.latency_p95_ms:.1f} ms  (model {self.predict_p50_ms:.1f} ms)  "
-                f"late ticks {self.lagged_ticks}"
+                f"frames skipped while predicting {self.skipped_frames}"
             )
         if self.nonfinite_predictions:
             lines.append(f"  non-finite predictions (sent neutral): {self.nonfinite_predictions}")

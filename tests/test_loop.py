@@ -84,7 +84,7 @@ def test_drives_with_the_mapped_prediction_and_never_repeats_a_frame(predictor) 
     # One frame, twenty ticks: exactly one prediction, its command sent, then neutral at the end.
     assert rig.loop.counters.predictions == 1
     assert rig.loop.counters.ticks == 20
-    assert rig.loop.lagged == 0
+    assert rig.loop.skipped == 0
     tick, _ = rig.ticks.get()
     assert tick is not None and tick.prediction is not None
     assert tick.state == DRIVING and tick.frame is not None and tick.frame.seq == 1
@@ -127,18 +127,57 @@ def test_the_loop_waits_for_a_new_frame_without_ending(predictor) -> None:
         thread.join(timeout=5)
 
 
-def test_an_overrunning_tick_is_counted_as_late(predictor) -> None:
+def test_each_new_frame_is_predicted_on_once_as_it_arrives(predictor) -> None:
+    """Frame-driven: the loop wakes on each new frame, so with a model faster than capture it
+    predicts on every frame exactly once, and never twice on one, whatever its own rate."""
     rig = Rig(predictor)
-    slow_input = rig.loop._to_model_input
+    seen: list[int] = []
+    to_input = rig.loop._to_model_input
+
+    def noting(image: np.ndarray) -> np.ndarray:
+        seen.append(int(image[0, 0, 0]))  # frame(seq) is filled with seq % 256
+        return to_input(image)
+
+    rig.loop._to_model_input = noting
+    rig.loop._hz = 2.0  # its idle period (0.5 s) is far longer than the frames' spacing
+    thread = rig.run_in_thread()
+    try:
+        for seq in range(1, 41):
+            rig.frames.put(frame(seq))
+            # Within less than the idle period: only a loop woken by the frame itself makes it
+            # (a loop on its own clock would take the frame at its next tick, up to 0.5 s on).
+            deadline = time.monotonic() + 0.4
+            while len(seen) < seq:  # the next frame comes once this one is taken
+                assert time.monotonic() < deadline, f"frame {seq} waited for the loop's clock"
+                time.sleep(0.001)
+            time.sleep(0.01)
+    finally:
+        rig.loop.stop()
+        thread.join(timeout=5)
+    assert seen == list(range(1, 41))
+    assert rig.loop.counters.predictions == 40 and rig.loop.skipped == 0
+
+
+def test_frames_that_arrive_while_predicting_are_skipped_for_the_newest(predictor) -> None:
+    rig = Rig(predictor)
+    seen: list[int] = []
+    to_input = rig.loop._to_model_input
 
     def slow(image: np.ndarray) -> np.ndarray:
-        time.sleep(0.05)  # five periods of the rig's 100 Hz
-        return slow_input(image)
+        seen.append(int(image[0, 0, 0]))
+        time.sleep(0.05)  # a slow model: five frames arrive meanwhile
+        return to_input(image)
 
     rig.loop._to_model_input = slow
-    rig.frames.put(frame(1))
-    rig.loop.run(max_ticks=5)
-    assert rig.loop.lagged == 1
+    thread = rig.run_in_thread()
+    try:
+        rig.feed_until(lambda: len(seen) >= 5)
+    finally:
+        rig.loop.stop()
+        thread.join(timeout=5)
+    assert seen == sorted(set(seen)), "a frame was predicted twice or out of order"
+    assert rig.loop.skipped == seen[-1] - len(seen) - (seen[0] - 1)
+    assert rig.loop.skipped >= len(seen) - 1  # several frames came during each prediction
 
 
 def test_pause_and_lost_window_send_neutral_and_resume(predictor) -> None:
