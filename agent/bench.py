@@ -15,6 +15,7 @@ class BenchResult:
     """What `charles model bench` reports; times in seconds unless named `_ms`."""
 
     model: str
+    backend: str
     predictions: int
     seconds: float
     load_seconds: float
@@ -49,6 +50,7 @@ def run_bench(
     p50, p95, p99 = np.percentile(ms, [50, 95, 99])
     return BenchResult(
         model=predictor.name,
+        backend=predictor.backend,
         predictions=len(latencies),
         seconds=total,
         load_seconds=load_seconds,

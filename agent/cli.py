@@ -397,14 +397,19 @@ def _model_summary(args: argparse.Namespace, config: Config) -> int:
 
 def _model_bench(args: argparse.Namespace, config: Config) -> int:
     from agent.bench import run_bench
-    from agent.predictor import Predictor
+    from agent.onnx_backend import check_installed
+    from agent.predictor import Predictor, configure_threads
     from agent.store import resolve
 
     if args.seconds <= 0 or not math.isfinite(args.seconds) or args.max_predictions < 1:
         raise CharlesError("--seconds must be > 0 and --max-predictions at least 1")
+    check_installed(config.inference)
     checkpoint = resolve(Path(config.model.store), config.model.line, config.model.checkpoint)
+    configure_threads(config.inference)
     start = time.perf_counter()
-    predictor = Predictor.load(config.model.line, checkpoint, config.model.pretrained)
+    predictor = Predictor.load(
+        config.model.line, checkpoint, config.model.pretrained, inference=config.inference
+    )
     load_seconds = time.perf_counter() - start - predictor.warmup_seconds
     result = run_bench(predictor, args.seconds, args.max_predictions, load_seconds)
     if args.json:
@@ -420,7 +425,7 @@ def _print_bench_table(result: BenchResult) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"charles model bench: {result.model}, batch 1")
+    table = Table(title=f"charles model bench: {result.model} on {result.backend}, batch 1")
     for column in (
         "predictions",
         "PPS",

@@ -121,6 +121,10 @@ class CaptureConfig:
         default=(0, 0, 0, 0), metadata=_spec(lengths=(4,), minimum=0, maximum=7680)
     )
     """Pixels removed [top, right, bottom, left] from a frame of `size` before resizing."""
+    follow_model: bool = field(default=True, metadata=_spec())
+    """When a prediction takes longer than a capture period (a model slower than `fps`), grab
+    the next frame the moment it ends instead of at the next tick, so the model never starts on
+    a picture up to a period old."""
 
 
 @dataclass(frozen=True)
@@ -135,6 +139,35 @@ class ModelConfig:
     """Model store folder: <store>/<line>/<version>/ holds weights and manifest.json."""
     checkpoint: str = field(default="latest", metadata=_spec())
     """"latest" (newest in the store, else fresh weights), "none", a version name or a file."""
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """How the driving model executes: the interpreter, not what the network means."""
+
+    backend: str = field(
+        default="tensorflow", metadata=_spec(choices=("tensorflow", "onnxruntime"))
+    )
+    """"tensorflow": a compiled tf.function; "onnxruntime": the checkpoint exported to ONNX
+    (cached next to it, checked against TensorFlow before use) and run by ONNX Runtime."""
+    provider: str = field(
+        default="auto", metadata=_spec(choices=("auto", "cpu", "cuda", "directml", "tensorrt"))
+    )
+    """ONNX Runtime execution provider: "auto" takes the first installed of TensorRT, CUDA
+    (onnxruntime-gpu), DirectML (onnxruntime-directml, any Windows GPU) and CPU."""
+    intra_op_threads: int = field(default=0, metadata=_spec(minimum=0, maximum=1024))
+    """Threads one operation may use (TensorFlow and ONNX Runtime); 0: the library's default
+    (one per core)."""
+    inter_op_threads: int = field(default=0, metadata=_spec(minimum=0, maximum=1024))
+    """Operations run side by side; 0: the library's default."""
+    spin: bool = field(default=False, metadata=_spec())
+    """ONNX Runtime: let idle worker threads spin for the next run instead of sleeping (a
+    little lower latency on an idle machine, CPU taken from capture and the game on a small one)."""
+    xla: bool = field(default=False, metadata=_spec())
+    """TensorFlow: compile the prediction with XLA (jit_compile)."""
+    mixed_precision: bool = field(default=False, metadata=_spec())
+    """TensorFlow: compute in float16 with float32 weights ("mixed_float16"); for GPUs with
+    tensor cores, slower on a CPU."""
 
 
 @dataclass(frozen=True)
@@ -334,6 +367,7 @@ class Config:
     game: GameConfig = field(default_factory=GameConfig)
     capture: CaptureConfig = field(default_factory=CaptureConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
     controller: ControllerConfig = field(default_factory=ControllerConfig)
     hotkeys: HotkeysConfig = field(default_factory=HotkeysConfig)
     swap: SwapConfig = field(default_factory=SwapConfig)

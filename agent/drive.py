@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.capture import Grabber
-from agent.config import Config
+from agent.config import Config, InferenceConfig
 from agent.console import RateMeter, render
 from agent.control import ControlMapper
 from agent.controllers import open_controller
@@ -34,7 +34,8 @@ from agent.hotswap import OFF, HotSwap, Swap
 from agent.learn.pairing import FrameRecordListener
 from agent.loop import DriveLoop, failure_to_raise
 from agent.nets.registry import ModelLine, get_line
-from agent.predictor import Predictor
+from agent.onnx_backend import check_installed
+from agent.predictor import Predictor, build_model, configure_threads
 from agent.preprocess import preprocess
 from agent.record.hud import Status
 from agent.record.losses import LossCurve
@@ -66,6 +67,7 @@ def run_drive(
     Raises CharlesError for user problems and StopRequested when a stop signal came during
     start-up (nothing was driven then).
     """
+    check_installed(config.inference)
     check_before_driving(
         config.record, record if isinstance(record, Path) else None,
         from_the_start=bool(record) or config.record.enabled,
@@ -88,9 +90,11 @@ def run_drive(
             # With the Convcam output the driving prediction carries its own feature map, so a
             # recording (from the start, or from the hotkey) never runs the model twice.
             convcam = config.record.convcam
+            configure_threads(config.inference)
             predictor = Predictor.load(
-                line.name, checkpoint, config.model.pretrained, convcam=convcam
-            )
+                line.name, checkpoint, config.model.pretrained, convcam=convcam,
+                inference=config.inference,
+            )  # fmt: skip
             started_with = predictor.name
             hot_swap = _hot_swap_for(config, line, checkpoint, predictor, convcam)
             unstuck, game_paused = _unstuck_for(config, game is not None, stack)
@@ -141,6 +145,7 @@ def run_drive(
                 hot_swap=hot_swap,
                 unstuck=unstuck,
                 game_paused=game_paused,
+                request_frame=grabber.request_frame if config.capture.follow_model else None,
             )
             status = partial(
                 _status, loop, hot_swap, unstuck,
@@ -242,7 +247,7 @@ def _hot_swap_for(
     # The second copy is built and compiled now, before driving: a swap later only fills it
     # with weights, off the driving path.
     return HotSwap(
-        Path(config.model.store), predictor, _shadow_of(line, convcam),
+        Path(config.model.store), predictor, _shadow_of(line, convcam, config.inference),
         _store_number(config, line, checkpoint), config.swap,
     )  # fmt: skip
 
@@ -276,8 +281,11 @@ def follows_the_store(config: Config) -> bool:
     return config.model.checkpoint == "latest" and config.swap.policy != OFF
 
 
-def _shadow_of(line: ModelLine, convcam: bool) -> Predictor:
-    return Predictor(line.build("none"), line, f"{line.name} (shadow)", convcam=convcam)
+def _shadow_of(line: ModelLine, convcam: bool, inference: InferenceConfig) -> Predictor:
+    return Predictor(
+        build_model(line, "none", inference), line, f"{line.name} (shadow)", convcam=convcam,
+        inference=inference, weights_ready=False,
+    )  # fmt: skip
 
 
 def _recorder_for(

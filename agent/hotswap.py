@@ -296,6 +296,8 @@ class HotSwap:
         load_into(shadow.model, checkpoint, shadow.line.name)
         shadow.name = checkpoint.name
         shadow.checkpoint = checkpoint
+        # The ONNX backend exports (or reads its cache) and checks here, off the driving path.
+        shadow.weights_changed()
 
     def _reject(self, rejection: Rejection) -> None:
         self.record.rejections.append(rejection)

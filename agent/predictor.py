@@ -1,19 +1,28 @@
 """Compiled batch-1 inference for a model line.
 
-The model line (what the network means) is separate from this interpreter (how it executes):
-here a `tf.function` with a fixed input signature, traced and warmed once before use, so the
-drive loop never pays for tracing or `model.predict`'s per-call setup. A later ONNX Runtime
-backend fits behind the same `predict()`.
+The model line (what the network means) is separate from the interpreter (how it executes),
+chosen by `inference.backend`:
+- "tensorflow": a `tf.function` with a fixed input signature, traced and warmed once before
+  use, so the drive loop never pays for tracing or `model.predict`'s per-call setup (XLA and
+  mixed precision behind `inference.xla` / `inference.mixed_precision`);
+- "onnxruntime": the same Keras model exported to ONNX and run by ONNX Runtime
+  (agent/onnx_backend.py), checked against the compiled TensorFlow function whenever its
+  weights change.
+Both take the frame as uint8 and scale it inside the graph, and both sit behind `predict()`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from agent.config import InferenceConfig
 from agent.errors import DependencyError
 from agent.nets.registry import ModelLine, get_line
 from agent.store import Checkpoint, load_into
@@ -21,6 +30,13 @@ from agent.types import Prediction
 
 if TYPE_CHECKING:
     import keras
+
+    from agent.onnx_backend import OnnxSession
+
+log = logging.getLogger(__name__)
+
+TENSORFLOW = "tensorflow"
+ONNXRUNTIME = "onnxruntime"
 
 
 def require_tensorflow() -> Any:
@@ -57,7 +73,12 @@ def convcam_tensor(model: keras.Model, line: ModelLine) -> Any:
 
 
 class Predictor:
-    """Runs one model on one frame at a time and returns plain floats."""
+    """Runs one model on one frame at a time and returns plain floats.
+
+    `weights_ready=False` (the hot swap's spare copy): the weights are placeholders, so the
+    ONNX backend exports nothing until `weights_changed()`; TensorFlow is traced and warmed
+    either way, so filling the copy later never traces.
+    """
 
     def __init__(
         self,
@@ -66,6 +87,9 @@ class Predictor:
         name: str,
         convcam: bool = False,
         warmup_runs: int = 3,
+        inference: InferenceConfig | None = None,
+        checkpoint: Checkpoint | None = None,
+        weights_ready: bool = True,
     ) -> None:
         tf = require_tensorflow()
         import keras
@@ -78,18 +102,40 @@ class Predictor:
         self.line = line
         self.name = name
         self.model = model
-        self.checkpoint: Checkpoint | None = None
+        self.inference = inference or InferenceConfig()
+        self.backend = self.inference.backend
+        self.checkpoint: Checkpoint | None = checkpoint
         """The checkpoint whose weights the model holds (None: fresh weights)."""
         outputs = list(model.outputs)
         if convcam:
             outputs.append(convcam_tensor(model, line))
-        runner = keras.Model(model.input, outputs) if convcam else model
+        self._runner = keras.Model(model.input, outputs) if convcam else model
         spec = tf.TensorSpec((1, *line.input_shape), tf.uint8, name="frame")
         self._infer = tf.function(
-            lambda frame: runner(frame, training=False), input_signature=[spec]
+            lambda frame: self._runner(frame, training=False),
+            input_signature=[spec],
+            jit_compile=self.inference.xla,
         )
         self._with_convcam = convcam
+        self.onnx: OnnxSession | None = None
+        """The ONNX Runtime session predicting (backend "onnxruntime" once weights are in)."""
+        if self.backend == ONNXRUNTIME and weights_ready:
+            self.weights_changed()
         self.warmup_seconds = self._warm_up(warmup_runs)
+
+    def weights_changed(self) -> None:
+        """The model holds new weights: the ONNX backend exports (or reads its cache), checks
+        and opens a session for them (ModelError if they cannot run there); TensorFlow reads
+        the variables it already has."""
+        if self.backend != ONNXRUNTIME:
+            return
+        from agent.onnx_backend import session_for
+
+        self.onnx = None  # never predict with the previous weights' session
+        self.onnx = session_for(
+            self._runner, self._infer, self.line.input_shape, self.checkpoint, self.inference
+        )
+        self._warm_up(2)
 
     @classmethod
     def load(
@@ -99,20 +145,23 @@ class Predictor:
         pretrained: str = "none",
         convcam: bool = False,
         warmup_runs: int = 3,
+        inference: InferenceConfig | None = None,
     ) -> Predictor:
         """Build `line_name`, fill it from `checkpoint` (or `pretrained`) and warm it up."""
         require_tensorflow()
+        inference = inference or InferenceConfig()
         line = get_line(line_name)
         # A checkpoint overwrites every weight, so the pretrained start would be wasted work.
-        model = line.build("none" if checkpoint else pretrained)
+        model = build_model(line, "none" if checkpoint else pretrained, inference)
         if checkpoint is not None:
             load_into(model, checkpoint, line.name)
             name = checkpoint.name
         else:
             name = f"{line.name} (fresh, pretrained={Path(pretrained).name})"
-        predictor = cls(model, line, name, convcam=convcam, warmup_runs=warmup_runs)
-        predictor.checkpoint = checkpoint
-        return predictor
+        return cls(
+            model, line, name, convcam=convcam, warmup_runs=warmup_runs, inference=inference,
+            checkpoint=checkpoint,
+        )  # fmt: skip
 
     def _warm_up(self, runs: int) -> float:
         """Trace the function and run it a few times so the first real frame is not slow."""
@@ -130,11 +179,66 @@ class Predictor:
                 f"got {frame.dtype} {frame.shape}"
             )
         start = time.perf_counter()
-        outputs = self._infer(frame[np.newaxis])
-        throttle = float(outputs[0].numpy()[0, 0])
-        steering = float(outputs[1].numpy()[0, 0])
-        convcam = outputs[2].numpy()[0] if self._with_convcam else None
+        batch = frame[np.newaxis]
+        if self.onnx is not None:
+            outputs = self.onnx.run(batch)
+        else:
+            outputs = [output.numpy() for output in self._infer(batch)]
+        throttle = float(outputs[0][0, 0])
+        steering = float(outputs[1][0, 0])
+        convcam = np.asarray(outputs[2][0], np.float32) if self._with_convcam else None
         seconds = time.perf_counter() - start
         # Passed on as they are, NaN included: what a broken prediction means (neutral) is
         # decided in one place, the control mapping.
         return Prediction(throttle, steering, seconds=seconds, convcam=convcam)
+
+
+def build_model(line: ModelLine, pretrained: str, inference: InferenceConfig) -> keras.Model:
+    """`line.build(pretrained)`, in float16 compute when `inference.mixed_precision` is on
+    (TensorFlow backend only: ONNX Runtime runs the float32 graph)."""
+    mixed = inference.mixed_precision and inference.backend == TENSORFLOW
+    with _dtype_policy("mixed_float16" if mixed else None):
+        return line.build(pretrained)
+
+
+@contextlib.contextmanager
+def _dtype_policy(name: str | None) -> Iterator[None]:
+    """Keras's global dtype policy set to `name` while building, then put back: it must not
+    leak into models built later in the process (the trainer's, a shadow's)."""
+    if name is None:
+        yield
+        return
+    import keras
+
+    before = keras.mixed_precision.dtype_policy()
+    keras.mixed_precision.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_dtype_policy(before)
+
+
+def configure_threads(inference: InferenceConfig) -> None:
+    """TensorFlow's thread pools as `inference` says (0: TensorFlow's default).
+
+    Only possible before TensorFlow runs its first operation in this process; later (a second
+    drive in one process, as in tests) the pools stay as they are, with a warning if they
+    differ.
+    """
+    tf = require_tensorflow()
+    threading = tf.config.threading
+    wanted = (inference.intra_op_threads, inference.inter_op_threads)
+    current = (
+        threading.get_intra_op_parallelism_threads(),
+        threading.get_inter_op_parallelism_threads(),
+    )
+    if wanted == current:
+        return
+    try:
+        threading.set_intra_op_parallelism_threads(wanted[0])
+        threading.set_inter_op_parallelism_threads(wanted[1])
+    except RuntimeError:
+        log.warning(
+            "TensorFlow already runs with %d intra-op and %d inter-op threads in this process; "
+            "inference.intra_op_threads/inter_op_threads apply from the next start", *current
+        )  # fmt: skip

@@ -159,7 +159,7 @@ def read_manifest(folder: Path) -> Manifest:
     """
     path = folder / MANIFEST_FILE
     what = f"checkpoint {folder}"
-    with _open_regular(path, what, missing="it is not a Charles checkpoint") as (stream, info):
+    with open_regular(path, what, missing="it is not a Charles checkpoint") as (stream, info):
         size = info.st_size
         if size > MANIFEST_LIMIT:
             raise _bad_manifest(path, f"it is {size} bytes, far too big for a manifest")
@@ -257,7 +257,7 @@ def _bad_manifest(path: Path, problem: str) -> ModelError:
 
 
 @contextmanager
-def _open_regular(path: Path, what: str, missing: str) -> Iterator[tuple[BinaryIO, os.stat_result]]:
+def open_regular(path: Path, what: str, missing: str) -> Iterator[tuple[BinaryIO, os.stat_result]]:
     """Open `path` for reading without following a link or blocking on a FIFO.
 
     Yields the binary stream and its `fstat`; refuses anything but a regular file with a
@@ -310,7 +310,7 @@ def verify_weights(checkpoint: Checkpoint, parameters: int | None = None) -> _Fi
     manifest = checkpoint.manifest
     path = checkpoint.weights
     what = f"checkpoint {checkpoint.folder}"
-    with _open_regular(path, what, missing="republish it or delete the folder") as (stream, info):
+    with open_regular(path, what, missing="republish it or delete the folder") as (stream, info):
         size = info.st_size
         if manifest.weights_bytes is not None and size != manifest.weights_bytes:
             raise ModelError(
