@@ -4,7 +4,9 @@ It runs on its own thread and is driven by frames: it sleeps on the capture slot
 moment a new frame is put there, so a frame waits for nothing but the model (an earlier design
 ticked on its own 30 Hz clock, and each frame waited a random part of a tick: a capture-to-
 command p50 of ~34 ms for a 2.5 ms model). Frames that arrive while a prediction runs are
-skipped (counted), never queued: the next prediction takes the newest. With no new frame the
+skipped (counted), never queued: the next prediction takes the newest. A model slower than the
+capture rate asks the capture for a fresh frame the moment its prediction ends
+(`request_frame`), so it never starts on a picture up to a period old. With no new frame the
 loop still wakes every period, so pause, window loss, recoveries and failed parts are handled
 on time. It meets everything slow only through slots and offers each tick to the console and
 the recorder through another. Nothing in a tick touches disk, loads files or sleeps except the
@@ -80,6 +82,7 @@ class DriveLoop:
         hot_swap: HotSwap | None = None,
         unstuck: Unstuck | None = None,
         game_paused: Callable[[], bool] = lambda: False,
+        request_frame: Callable[[], None] | None = None,
     ) -> None:
         self._frames = frames
         self._window_ready = window_ready
@@ -89,6 +92,7 @@ class DriveLoop:
         self._hot_swap = hot_swap
         self._unstuck = unstuck
         self._game_paused = game_paused
+        self._request_frame = request_frame
         self._last_steering = 0.0
         self._mapper = mapper
         self._controller = controller
@@ -151,7 +155,9 @@ class DriveLoop:
                 neutral_sent = False
                 if self._stuck(frame):
                     continue
-                self._drive_one(frame)
+                latency = self._drive_one(frame)
+                if self._request_frame is not None and latency >= period:
+                    last_seq = self._ask_for_a_fresh_frame(last_seq)
         except BaseException as error:
             self.error = error
             log_failure(log, "drive loop stopped", error, cause=_root_cause(error))
@@ -159,7 +165,21 @@ class DriveLoop:
             self._controller.neutral()
             self._stopping.set()
 
-    def _drive_one(self, frame: Frame) -> None:
+    def _ask_for_a_fresh_frame(self, last_seq: int) -> int:
+        """After a prediction longer than a capture period: every frame captured meanwhile is
+        already up to a period old, so skip them and have the capture grab one now. The model
+        then starts on a picture a grab old (~1-2 ms), not up to a period old. Returns the
+        sequence number to wait beyond."""
+        _, newest = self._frames.get()
+        if newest > last_seq:
+            self.skipped += newest - last_seq
+            last_seq = newest
+        assert self._request_frame is not None
+        self._request_frame()
+        return last_seq
+
+    def _drive_one(self, frame: Frame) -> float:
+        """Predict on `frame` and send the command; returns capture-to-command seconds."""
         model_input = self._to_model_input(frame.image)
         if self._hot_swap is not None:
             # Between two predictions: a checked checkpoint may take over on this frame.
@@ -182,6 +202,7 @@ class DriveLoop:
         self.counters.predict_seconds.append(prediction.seconds)
         self.counters.sent_at.append(now)
         self._ticks.put(Tick(DRIVING, frame, prediction, command, now, model_input))
+        return now - frame.captured_at
 
     def _stuck(self, frame: Frame) -> bool:
         """Feed unstuck the new frame; True when it starts a recovery (sent instead)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 
@@ -21,13 +22,21 @@ class RateKeeper:
         self.lagged = 0
         self._next = time.monotonic() + self.period
 
-    def keep_time(self) -> bool:
-        """Sleep until the next tick; returns True when this tick came late."""
+    def keep_time(self, wake: threading.Event | None = None) -> bool:
+        """Sleep until the next tick; returns True when this tick came late.
+
+        With `wake`, setting that event ends the sleep at once (the caller clears it): the
+        tick happens now and the grid restarts from now, so the next one is a full period later.
+        """
         self.ticks += 1
         now = time.monotonic()
         remaining = self._next - now
         if remaining > 0:
-            time.sleep(remaining)
+            if wake is None:
+                time.sleep(remaining)
+            elif wake.wait(remaining):
+                self._next = time.monotonic() + self.period
+                return False
             self._next += self.period
             return False
         late = -remaining > self.period

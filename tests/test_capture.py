@@ -506,6 +506,26 @@ def test_grabber_keeps_only_the_newest_frame(painter: Painter, grabbers: list[Gr
     assert not np.shares_memory(first.image, slot.get()[0].image)
 
 
+def test_a_requested_frame_is_grabbed_at_once(painter: Painter, grabbers: list[Grabber]) -> None:
+    """At 2 fps the next tick is up to 0.5 s away; a request grabs now (the drive loop asks
+    when its model is slower than the capture), then the schedule restarts from there."""
+    painter.window("Eager Game", 0, 0, 160, 120, RED)
+    slot: Slot[Frame] = Slot()
+    grabber = Grabber(find_window("Eager Game", "exact"), 2, slot)
+    grabbers.append(grabber)
+    grabber.start()
+    first = newest(slot)
+    for _ in range(3):
+        _, seq = slot.get()
+        asked = time.monotonic()
+        grabber.request_frame()
+        fresh, new_seq = slot.wait_newer(seq, timeout=1.0)
+        assert fresh is not None and new_seq == seq + 1
+        assert fresh.captured_at - asked < 0.1  # not at the next tick, up to 0.5 s away
+        time.sleep(0.05)
+    assert grabber.requested == 3 and grabber.frames_grabbed - first.seq <= 4
+
+
 def test_grabber_follows_a_moved_window(painter: Painter, grabbers: list[Grabber]) -> None:
     window = painter.window("Wandering Game", 0, 0, 200, 100, GREEN)
     slot: Slot[Frame] = Slot()

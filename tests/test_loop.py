@@ -180,6 +180,74 @@ def test_frames_that_arrive_while_predicting_are_skipped_for_the_newest(predicto
     assert rig.loop.skipped >= len(seen) - 1  # several frames came during each prediction
 
 
+class Camera:
+    """A capture stand-in: a frame every `period` seconds, and one at once when asked (marked
+    FRESH in its pixels), like Grabber.request_frame."""
+
+    FRESH = 255
+
+    def __init__(self, frames: Slot[Frame], period: float) -> None:
+        self.frames, self.period = frames, period
+        self.requests = 0
+        self._asked = threading.Event()
+        self._stop = threading.Event()
+        self._seq = 0
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def request_frame(self) -> None:
+        self.requests += 1
+        self._asked.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            asked = self._asked.wait(self.period)
+            self._asked.clear()
+            self._seq += 1
+            image = np.full((720, 1280, 4), self.FRESH if asked else self._seq % 200, np.uint8)
+            self.frames.put(Frame(image, time.monotonic(), self._seq, Region(0, 0, 1280, 720)))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+
+
+@pytest.mark.parametrize("model_seconds", [0.05, 0.0])
+def test_a_model_slower_than_the_capture_starts_on_a_fresh_frame(predictor, model_seconds) -> None:
+    """Slower than a capture period: after each prediction the loop asks for a fresh frame and
+    predicts on it, not on one captured meanwhile (up to a period old). Faster: it never asks,
+    and the capture's own rate paces it."""
+    rig = Rig(predictor)
+    camera = Camera(rig.frames, period=0.03)
+    rig.loop._request_frame = camera.request_frame
+    fresh: list[bool] = []
+    to_input = rig.loop._to_model_input
+
+    def model(image: np.ndarray) -> np.ndarray:
+        fresh.append(int(image[0, 0, 0]) == Camera.FRESH)
+        time.sleep(model_seconds)
+        return to_input(image)
+
+    rig.loop._to_model_input = model
+    thread = rig.run_in_thread()
+    try:
+        deadline = time.monotonic() + 10
+        while len(fresh) < 8:
+            assert time.monotonic() < deadline, "timed out"
+            time.sleep(0.01)
+    finally:
+        rig.loop.stop()
+        thread.join(timeout=5)
+        camera.stop()
+    latencies = list(rig.loop.counters.latencies)
+    if model_seconds:
+        assert all(fresh[1:]), fresh  # every prediction after the first started on a fresh one
+        # Capture to command is the model's time plus a little, never plus a period's wait.
+        assert np.median(latencies) < model_seconds + 0.02
+    else:
+        assert camera.requests == 0 and not any(fresh)
+
+
 def test_pause_and_lost_window_send_neutral_and_resume(predictor) -> None:
     rig = Rig(predictor)
     thread = rig.run_in_thread()

@@ -37,6 +37,9 @@ class Grabber:
     - An unexpected exception ends the thread and is kept in `error` (never swallowed).
     - Frames' images are read-only BGRA arrays (height, width, 4), one new array per grab,
       so a consumer may keep a frame while later ones arrive.
+    - `request_frame()` makes the next grab happen now instead of at the next tick: a drive
+      loop whose model is slower than the capture rate asks for a fresh picture the moment a
+      prediction ends, instead of taking one up to a period old.
     """
 
     def __init__(
@@ -67,6 +70,9 @@ class Grabber:
         self._reacquire_every = reacquire_every
         self._black_after = black_after
         self._stopping = threading.Event()
+        self._requested = threading.Event()
+        self.requested = 0
+        """Grabs made early because the drive loop asked for a fresh frame."""
         self._thread = threading.Thread(target=self._run, name="capture", daemon=True)
 
     @property
@@ -80,6 +86,10 @@ class Grabber:
 
     def start(self) -> None:
         self._thread.start()
+
+    def request_frame(self) -> None:
+        """Grab now rather than at the next tick (never blocks)."""
+        self._requested.set()
 
     def stop(self, timeout: float = 2.0) -> None:
         """Ask the thread to end and wait for it (at most `timeout` plus one frame period)."""
@@ -147,7 +157,10 @@ class Grabber:
                         )  # fmt: skip
                 else:
                     black_since = None
-                keeper.keep_time()
+                keeper.keep_time(self._requested)
+                if self._requested.is_set():
+                    self._requested.clear()
+                    self.requested += 1
         finally:
             self.lagged += keeper.lagged
 
