@@ -24,7 +24,10 @@ class Controller(ABC):
     """A virtual controller the agent drives the game with.
 
     Contract:
-    - `set(state)` sends the newest state; it returns quickly (no waiting on the game).
+    - `set(state, tag)` sends the newest state; it returns quickly (no waiting on the game).
+      `tag` names the captured frame the state was computed from (its capture sequence number;
+      0: none). Backends that cannot carry it ignore it; the bundled game's pad carries it, so
+      the game can say when its physics first applied the command (`agent.latency`).
     - A state stays applied for at most `hold` seconds without a newer `set()`: then the
       backend's own thread goes neutral (the dead-man, `agent.controllers.deadman`).
     - `neutral()` centres the stick and releases the pedals/keys. It is idempotent, safe from
@@ -39,7 +42,7 @@ class Controller(ABC):
     """Set by every backend: its dead-man (see `agent.controllers.deadman`)."""
 
     @abstractmethod
-    def set(self, state: ControllerState) -> None: ...
+    def set(self, state: ControllerState, tag: int = 0) -> None: ...
 
     @abstractmethod
     def neutral(self) -> None: ...
@@ -72,14 +75,15 @@ class Controller(ABC):
 class DeviceController(Controller):
     """A backend that writes a whole state to a device in one call (game pad, vJoy, XInput).
 
-    Subclasses implement `_write(state)` (state already clamped) and `_release()` (free the
-    device). One re-entrant lock serialises all device access, so `neutral()` from a signal
-    handler that interrupted `set()` on the same thread cannot deadlock, and a `set()` that is
-    half way through its writes finishes before `close()` writes neutral.
+    Subclasses implement `_write(state, tag)` (state already clamped; tag 0 with neutral; a
+    device with no room for a tag ignores it) and `_release()` (free the device). One
+    re-entrant lock serialises all device access, so `neutral()` from a signal handler that
+    interrupted `set()` on the same thread cannot deadlock, and a `set()` that is half way
+    through its writes finishes before `close()` writes neutral.
 
     A watcher thread enforces the dead-man and, for devices that forget a state unless it is
     sent again (`repeat_every` seconds; the bundled game reads a silent pad as neutral),
-    re-sends the applied state until it expires.
+    re-sends the applied state, with its tag, until it expires.
     """
 
     repeat_every: ClassVar[float | None] = None
@@ -89,6 +93,7 @@ class DeviceController(Controller):
         self._closed = False
         self._deadman = DeadMan(hold, self.name)
         self._applied = NEUTRAL
+        self._applied_tag = 0
         self._written_at = time.monotonic()
         self._changed = threading.Event()
         self._watcher = threading.Thread(
@@ -101,16 +106,16 @@ class DeviceController(Controller):
         return self._closed
 
     @abstractmethod
-    def _write(self, state: ControllerState) -> None: ...
+    def _write(self, state: ControllerState, tag: int) -> None: ...
 
     def _release(self) -> None:
         """Free the device after the final neutral; called once."""
 
-    def set(self, state: ControllerState) -> None:
+    def set(self, state: ControllerState, tag: int = 0) -> None:
         with self._lock:
             if self._closed:
                 return
-            self._apply(clamp_state(state))
+            self._apply(clamp_state(state), tag)
         self._changed.set()
 
     def neutral(self) -> None:
@@ -118,7 +123,7 @@ class DeviceController(Controller):
             if self._closed:
                 return  # close() already went neutral and the device may be gone
             try:
-                self._apply(NEUTRAL)
+                self._apply(NEUTRAL, 0)
             except Exception:
                 logger.exception("%s controller failed to go neutral", self.name)
         self._changed.set()
@@ -135,11 +140,11 @@ class DeviceController(Controller):
                 logger.exception("%s controller failed to close its device", self.name)
         self._changed.set()
 
-    def _apply(self, state: ControllerState) -> None:
+    def _apply(self, state: ControllerState, tag: int) -> None:
         """Write `state` and (re)start its hold; lock held."""
-        self._write(state)
+        self._write(state, tag)
         now = time.monotonic()
-        self._applied = state
+        self._applied, self._applied_tag = state, tag
         self._written_at = now
         if state == NEUTRAL:
             self._deadman.disarm()
@@ -165,13 +170,13 @@ class DeviceController(Controller):
         if left is None:
             return None
         if left <= 0.0:
-            self._apply(NEUTRAL)
+            self._apply(NEUTRAL, 0)
             self._deadman.release()
             return None
         if self.repeat_every is None:
             return left
         since_write = now - self._written_at
         if since_write >= self.repeat_every:
-            self._write(self._applied)
+            self._write(self._applied, self._applied_tag)
             self._written_at, since_write = now, 0.0
         return min(left, self.repeat_every - since_write)

@@ -14,7 +14,7 @@ every ~0.5 s) must not look like a silent pad between predictions."""
 
 
 class GameController(DeviceController):
-    """Sends each state to the bundled game listening on `port` (127.0.0.1, UDP).
+    """Sends each state, with its tag, to the bundled game listening on `port` (127.0.0.1, UDP).
 
     Sending never blocks and never fails while the game is starting or gone. The applied state is
     sent again every `REPEAT_PERIOD` until it is `hold` seconds old; then the dead-man sends
@@ -29,8 +29,8 @@ class GameController(DeviceController):
         self._sender = GamepadSender(port)
         super().__init__(hold)
 
-    def _write(self, state: ControllerState) -> None:
-        self._sender.send(state)
+    def _write(self, state: ControllerState, tag: int) -> None:
+        self._sender.send(state, tag)
 
     def _release(self) -> None:
         self._sender.close()

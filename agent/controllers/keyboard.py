@@ -146,7 +146,7 @@ class KeyboardController(Controller):
         with self._lock:
             return frozenset(self._held)
 
-    def set(self, state: ControllerState) -> None:
+    def set(self, state: ControllerState, tag: int = 0) -> None:
         if self.error is not None:
             raise RuntimeError(f"keyboard controller stopped: {self.error!r}") from self.error
         state = clamp_state(state)

@@ -22,7 +22,7 @@ class NullController(DeviceController):
         """States written so far, neutral ones included."""
         super().__init__(hold)
 
-    def _write(self, state: ControllerState) -> None:
+    def _write(self, state: ControllerState, tag: int) -> None:
         logger.debug("null controller: %s", state)
         self.last = state
         self.writes += 1

@@ -75,7 +75,7 @@ class VGamepadController(DeviceController):
         super().__init__(hold)
         logger.info("virtual Xbox 360 pad connected")
 
-    def _write(self, state: ControllerState) -> None:
+    def _write(self, state: ControllerState, tag: int) -> None:
         # vgamepad only changes its report in memory; update() sends all three at once, so the
         # game never sees a half-written state.
         self._pad.left_joystick(x_value=stick_value(state.steering), y_value=0)

@@ -92,6 +92,6 @@ class VJoyController(DeviceController):
         super().__init__(hold)
         logger.info("vJoy device %d acquired", device)
 
-    def _write(self, state: ControllerState) -> None:
+    def _write(self, state: ControllerState, tag: int) -> None:
         for axis, value in vjoy_axes(state):
             self._vjoy.set_axis(axis, value)

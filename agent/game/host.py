@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import threading
 import time
@@ -167,6 +168,10 @@ class _Session:
         self.paused = False
         self.resets = 0
         self.suggestion: ControllerState | None = None
+        self.tag = 0
+        """The tag of the pad command physics applied last tick (0: the pad did not drive)."""
+        self.tag_since = math.nan
+        """time.monotonic() of the tick that first applied `tag`."""
         self._next_sample = 0.0
         self._banner: pygame.Surface | None = None
 
@@ -188,6 +193,9 @@ class _Session:
             # While waiting the car stands on the grid, and the episode's clock with it.
             if not waiting:
                 self._tick(state, source, now - start)
+            # A neutral pad drives too when nothing else does ("none"), unless nothing moves.
+            moved = not (waiting or self.paused)
+            self._follow_tag(moved and source in ("gamepad", "none"), now)
             if now >= next_frame:
                 self._draw(state)
                 next_frame = max(next_frame + 1.0 / self.options.fps, now)
@@ -254,6 +262,15 @@ class _Session:
         self.suggestion = autopilot
         return choose_input(keyboard, gamepad, autopilot)
 
+    def _follow_tag(self, pad_applied: bool, now: float) -> None:
+        """Note the tag of the pad command this tick's physics applied (0 when the pad's state
+        was not what it applied), for the frame records."""
+        tag = self.receiver.tag if pad_applied else 0
+        if tag != self.tag:
+            # The receiver's time when this tick's poll first read the tag; this tick's when
+            # the pad only now takes over a tag it has been sending (keys released, pause over).
+            self.tag, self.tag_since = tag, max(self.receiver.tag_since, now)
+
     def _next_episode(self, info: dict[str, object]) -> None:
         outcome = "lap finished" if info.get("lap_finished") else "car left the playfield"
         log.info(
@@ -277,7 +294,7 @@ class _Session:
         self.receiver.publish_frame(
             FrameRecord(
                 self.frames, self.episode, time.monotonic(), state, self.suggestion,
-                self.env.speed, self.paused,
+                self.env.speed, self.paused, self.tag, self.tag_since,
             )
         )  # fmt: skip
 

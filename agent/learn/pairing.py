@@ -16,6 +16,7 @@ import socket
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 
 from agent.game.channel import HOST, FrameRecord, subscribe_packet
 
@@ -27,9 +28,14 @@ MAX_AGE_SECONDS = 0.25
 
 
 class FrameRecordListener:
-    """Subscribes to the game's frame records on `port` and keeps the recent ones."""
+    """Subscribes to the game's frame records on `port` and keeps the recent ones.
 
-    def __init__(self, port: int) -> None:
+    `on_record`, when given, is called on the listener's thread with each record kept, after it
+    is kept (so `record_for` and `newest` already see it); it must be quick, as records queue
+    up behind it.
+    """
+
+    def __init__(self, port: int, on_record: Callable[[FrameRecord], None] | None = None) -> None:
         self._game = (HOST, port)
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self._socket.bind((HOST, 0))
@@ -39,6 +45,7 @@ class FrameRecordListener:
         self._closed = threading.Event()
         self._nonce = secrets.randbits(32)
         self.paired = 0
+        self._on_record = on_record
         self._thread = threading.Thread(target=self._run, name="frame-records", daemon=True)
         self._thread.start()
 
@@ -67,8 +74,11 @@ class FrameRecordListener:
                 continue
             with self._lock:
                 # Times only grow (one game, one clock); anything else is not its record.
-                if not self._records or record.shown_at > self._records[-1].shown_at:
+                kept = not self._records or record.shown_at > self._records[-1].shown_at
+                if kept:
                     self._records.append(record)
+            if kept and self._on_record is not None:
+                self._on_record(record)
 
     def newest(self) -> FrameRecord | None:
         """The record of the last picture the game showed; None before the first."""
