@@ -207,6 +207,19 @@ def _build_parser() -> argparse.ArgumentParser:
         "--max-predictions", type=int, default=100_000, help="stop after this many predictions"
     )
     bench.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    bench_cmd = commands.add_parser("bench", help="benchmarks of the whole agent")
+    bench_sub = bench_cmd.add_subparsers(dest="action", required=True, metavar="ACTION")
+    drive_bench = _add(bench_sub, "drive", _bench_drive, [common, model_flags],
+                       "drive the bundled game and compare the loop with the raw model and a "
+                       "naive loop")  # fmt: skip
+    drive_bench.add_argument("--seconds", type=float, default=30.0,
+                             help="driving time (default 30)")  # fmt: skip
+    drive_bench.add_argument("--raw-seconds", type=float, default=10.0,
+                             help="time the predictor runs alone (default 10)")  # fmt: skip
+    drive_bench.add_argument("--naive-seconds", type=float, default=15.0,
+                             help="time of the naive loop (default 15)")  # fmt: skip
+    drive_bench.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser
 
 
@@ -276,6 +289,20 @@ def _drive(args: argparse.Namespace, config: Config) -> int:
         print("\n".join(summary.lines()))
     # Stopped by a signal: the summary is printed, and the status says how it ended.
     return EXIT_STATUS.get(summary.stopped_by, 0)
+
+
+def _bench_drive(args: argparse.Namespace, config: Config) -> int:
+    from agent.drivebench import as_json, print_table, run_drive_bench
+
+    for value, flag in ((args.seconds, "--seconds"), (args.raw_seconds, "--raw-seconds"),
+                        (args.naive_seconds, "--naive-seconds")):  # fmt: skip
+        _positive_limit(value, flag)
+    result = run_drive_bench(config, args.seconds, args.raw_seconds, args.naive_seconds)
+    if args.json:
+        print(json.dumps(as_json(result)))
+    else:
+        print_table(result)
+    return 0
 
 
 def _positive_limit(value: float | None, flag: str) -> None:

@@ -31,6 +31,7 @@ from agent.game.launcher import BundledGame, connect_or_launch
 from agent.game.telemetry import read_last_telemetry
 from agent.hotkeys import Hotkeys
 from agent.hotswap import OFF, HotSwap, Swap
+from agent.latency import RenderToCommand
 from agent.learn.pairing import FrameRecordListener
 from agent.loop import DriveLoop, failure_to_raise
 from agent.nets.registry import ModelLine, get_line
@@ -57,12 +58,18 @@ USER_STOPS = ("time limit", "quit hotkey", "SIGINT", "SIGTERM")
 
 
 def run_drive(
-    config: Config, seconds: float | None, live_console: bool, record: Path | bool = False
+    config: Config,
+    seconds: float | None,
+    live_console: bool,
+    record: Path | bool = False,
+    stamped_game: bool = False,
 ) -> DriveSummary:
     """Drive until a stop reason; returns the summary.
 
     `record`: True records from the start into record.folder, a path records there; False
     records only when record.enabled is set (the record hotkey works either way).
+    `stamped_game`: the bundled game already runs with `--stamp`, so render-to-command
+    latency knows each picture exactly instead of pairing it by capture time.
 
     Raises CharlesError for user problems and StopRequested when a stop signal came during
     start-up (nothing was driven then).
@@ -98,6 +105,11 @@ def run_drive(
             started_with = predictor.name
             hot_swap = _hot_swap_for(config, line, checkpoint, predictor, convcam)
             unstuck, game_paused = _unstuck_for(config, game is not None, stack)
+            render_latency = None
+            if game is not None:
+                render_latency = stack.enter_context(
+                    RenderToCommand(config.game.channel_port, stamped=stamped_game)
+                )
 
             frames: Slot[Frame] = Slot()
             grabber = Grabber(window, config.capture.fps, frames)
@@ -145,7 +157,10 @@ def run_drive(
                 hot_swap=hot_swap,
                 unstuck=unstuck,
                 game_paused=game_paused,
-                request_frame=grabber.request_frame if config.capture.follow_model else None,
+                request_frame=partial(_request_frame, grabber, recorder)
+                if config.capture.follow_model
+                else None,
+                render_latency=render_latency,
             )
             status = partial(
                 _status, loop, hot_swap, unstuck,
@@ -198,7 +213,9 @@ def run_drive(
         recordings = recorder.close()
         if loop.error is not None and stop.reason not in USER_STOPS:
             raise failure_to_raise(loop.error)
-        latency_p50, latency_p95 = percentiles_ms(loop.counters.latencies, (50, 95))
+        latency_p50, latency_p95, latency_p99 = percentiles_ms(
+            loop.counters.latencies, (50, 95, 99)
+        )
         frames_grabbed = grabber.frames_grabbed
         swap_record = hot_swap.record if hot_swap is not None else None
         return DriveSummary(
@@ -231,6 +248,12 @@ def run_drive(
                 else [],
             ),
             recordings=[asdict(report) for report in recordings],
+            backend=loop.predictor.backend,
+            latency_p99_ms=latency_p99,
+            capture_p50_ms=median_ms(grabber.grab_seconds),
+            preprocess_p50_ms=median_ms(loop.counters.preprocess_seconds),
+            requested_frames=grabber.requested,
+            render_to_command_ms=_render_row(render_latency),
         )
 
 
@@ -345,6 +368,25 @@ def _swap_hotkey(hot_swap: HotSwap | None) -> None:
         log.info('swap hotkey ignored: not following the store (model.checkpoint is not "latest")')
         return
     hot_swap.request_manual_swap()
+
+
+def _request_frame(grabber: Grabber, recorder: Recorder) -> None:
+    """A slow model wants a fresh frame: only its own frames are grabbed, except while a
+    recording needs the capture's full rate."""
+    grabber.request_frame(only_on_request=not recorder.recording)
+
+
+def _render_row(latency: RenderToCommand | None) -> dict[str, Any] | None:
+    if latency is None:
+        return None
+    latency.close()  # commands still waiting for a picture count as unseen
+    p50, p95, p99 = latency.percentiles_ms((50, 95, 99))
+    return {
+        "p50": p50, "p95": p95, "p99": p99, "matched": latency.matched, "noted": latency.noted,
+        "superseded": latency.superseded, "unpaired": latency.unpaired,
+        "unseen": latency.unseen,
+        "pictures": "stamped" if latency.stamped else "paired by capture time",
+    }  # fmt: skip
 
 
 def _rejection_row(rejection: Rejection, started: float) -> dict[str, Any]:

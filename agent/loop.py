@@ -33,6 +33,7 @@ from agent.control import ControlMapper
 from agent.controllers.base import Controller
 from agent.errors import CharlesError, log_failure
 from agent.hotswap import HotSwap
+from agent.latency import RenderToCommand
 from agent.predictor import Predictor
 from agent.slot import Slot
 from agent.types import NEUTRAL, ControllerState, Frame, Tick
@@ -61,6 +62,8 @@ class LoopCounters:
     """Capture -> command seconds of the predictions sent (the last ~2 hours at 30 PPS)."""
     predict_seconds: deque[float] = field(default_factory=lambda: deque(maxlen=200_000))
     """The predictor's own seconds per prediction, for the same predictions."""
+    preprocess_seconds: deque[float] = field(default_factory=lambda: deque(maxlen=200_000))
+    """Seconds turning each captured frame into the model's input (crop, resize, colours)."""
     sent_at: deque[float] = field(default_factory=lambda: deque(maxlen=200_000))
     """time.monotonic() of each command sent from a prediction (gaps between them = stalls)."""
 
@@ -83,6 +86,7 @@ class DriveLoop:
         unstuck: Unstuck | None = None,
         game_paused: Callable[[], bool] = lambda: False,
         request_frame: Callable[[], None] | None = None,
+        render_latency: RenderToCommand | None = None,
     ) -> None:
         self._frames = frames
         self._window_ready = window_ready
@@ -93,6 +97,7 @@ class DriveLoop:
         self._unstuck = unstuck
         self._game_paused = game_paused
         self._request_frame = request_frame
+        self._render_latency = render_latency
         self._last_steering = 0.0
         self._mapper = mapper
         self._controller = controller
@@ -180,7 +185,9 @@ class DriveLoop:
 
     def _drive_one(self, frame: Frame) -> float:
         """Predict on `frame` and send the command; returns capture-to-command seconds."""
+        started = time.perf_counter()
         model_input = self._to_model_input(frame.image)
+        self.counters.preprocess_seconds.append(time.perf_counter() - started)
         if self._hot_swap is not None:
             # Between two predictions: a checked checkpoint may take over on this frame.
             self.predictor, prediction = self._hot_swap.predict(
@@ -194,8 +201,11 @@ class DriveLoop:
             self.counters.nonfinite += 1
             if self.counters.nonfinite == 1:
                 log.warning("%s produced a non-finite output; sent neutral", self.predictor.name)
-        self._controller.set(command)
+        # Tagged with the frame, so the bundled game can say when its physics applied it.
+        self._controller.set(command, tag=frame.seq)
         now = time.monotonic()
+        if self._render_latency is not None:
+            self._render_latency.note(frame.seq, frame.captured_at, frame.image)
         self._last_steering = command.steering
         self.counters.predictions += 1
         self.counters.latencies.append(now - frame.captured_at)

@@ -46,6 +46,18 @@ class DriveSummary:
     over the gaps outside swaps."""
     recordings: list[dict[str, Any]] = field(default_factory=list)
     """Videos written (agent.record.recorder.RecordingReport as dicts)."""
+    backend: str = "tensorflow"
+    """inference.backend the model ran on."""
+    latency_p99_ms: float | None = None
+    capture_p50_ms: float | None = None
+    """One grab of the window (screen copy to array), median."""
+    preprocess_p50_ms: float | None = None
+    """Captured frame to model input (crop, resize, colours), median."""
+    requested_frames: int = 0
+    """Frames grabbed at once because the model was slower than the capture (follow_model)."""
+    render_to_command_ms: dict[str, Any] | None = None
+    """Bundled game: the game showing a picture -> its physics applying the command computed
+    from it (p50/p95/p99 and counts); None for other games."""
 
     def lines(self) -> list[str]:
         """The summary as text for a person."""
@@ -53,13 +65,20 @@ class DriveSummary:
             f"drove {self.window!r} with {self.model} via {self.controller} "
             f"for {self.seconds:.1f} s (stopped by {self.stopped_by})",
             f"  frames {self.frames}  predictions {self.predictions}  "
-            f"FPS {self.fps:.1f}  PPS {self.pps:.1f}",
+            f"FPS {self.fps:.1f}  PPS {self.pps:.1f}  ({self.backend})",
         ]
         if self.latency_p50_ms is not None and self.latency_p95_ms is not None:
             lines.append(
                 f"  latency capture->command p50 {self.latency_p50_ms:.1f} ms  "
-                f"p95 {self.latency_p95_ms:.1f} ms  (model {self.predict_p50_ms:.1f} ms)  "
+                f"p95 {self.latency_p95_ms:.1f} ms  (model {self.predict_p50_ms:.1f} ms, "
+                f"grab {_ms(self.capture_p50_ms)}, preprocess {_ms(self.preprocess_p50_ms)})  "
                 f"frames skipped while predicting {self.skipped_frames}"
+            )
+        shown = self.render_to_command_ms
+        if shown and shown.get("p50") is not None:
+            lines.append(
+                f"  latency game picture shown->command in its physics p50 {shown['p50']:.1f} ms"
+                f"  p95 {shown['p95']:.1f} ms  ({shown['matched']} commands matched)"
             )
         if self.nonfinite_predictions:
             lines.append(f"  non-finite predictions (sent neutral): {self.nonfinite_predictions}")
@@ -104,6 +123,10 @@ class DriveSummary:
                 f"tiles {100 * game.get('tiles', 0):.0f}%  episode {game.get('episode')}"
             )
         return lines
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} ms"
 
 
 def median_ms(seconds: Sequence[float]) -> float | None:

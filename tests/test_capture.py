@@ -526,6 +526,31 @@ def test_a_requested_frame_is_grabbed_at_once(painter: Painter, grabbers: list[G
     assert grabber.requested == 3 and grabber.frames_grabbed - first.seq <= 4
 
 
+def test_a_slow_model_gets_only_the_frames_it_asks_for(
+    painter: Painter, grabbers: list[Grabber]
+) -> None:
+    """Between a slow model's requests the 30 fps grabs are left out (each would slow the
+    prediction beside it); with no request for FOLLOW_SECONDS the fixed rate comes back."""
+    from agent.capture.grabber import FOLLOW_SECONDS
+
+    painter.window("Lazy Game", 0, 0, 160, 120, RED)
+    slot: Slot[Frame] = Slot()
+    grabber = Grabber(find_window("Lazy Game", "exact"), 30, slot)
+    grabbers.append(grabber)
+    grabber.start()
+    newest(slot)
+    for _ in range(3):
+        _, seq = slot.get()
+        grabber.request_frame(only_on_request=True)
+        assert slot.wait_newer(seq, timeout=1.0)[1] == seq + 1
+        time.sleep(0.3)  # nine ticks at 30 fps: not one grab
+        assert slot.get()[1] == seq + 1
+    time.sleep(FOLLOW_SECONDS)
+    _, seq = slot.get()
+    time.sleep(0.3)
+    assert slot.get()[1] - seq >= 5  # nobody asks any more: 30 fps again
+
+
 def test_grabber_follows_a_moved_window(painter: Painter, grabbers: list[Grabber]) -> None:
     window = painter.window("Wandering Game", 0, 0, 200, 100, GREEN)
     slot: Slot[Frame] = Slot()

@@ -63,6 +63,15 @@ def test_drive_starts_the_game_under_its_own_xvfb_and_drives_it(tmp_path: Path) 
     assert 0 < summary["predict_p50_ms"] < summary["latency_p50_ms"]
     assert summary["latency_p50_ms"] <= summary["latency_p95_ms"] < 1000
     assert summary["deadman_releases"] == 0  # a prediction every frame: never let go
+    assert summary["backend"] == "tensorflow"
+    assert summary["latency_p95_ms"] <= summary["latency_p99_ms"]
+    assert 0 < summary["capture_p50_ms"] < summary["latency_p50_ms"]
+    assert 0 < summary["preprocess_p50_ms"] < summary["latency_p50_ms"]
+    # The game timed its pictures to the commands made from them: from the picture going up
+    # to the physics using the command takes longer than capture -> command alone.
+    shown = summary["render_to_command_ms"]
+    assert shown["matched"] > 50 and shown["pictures"] == "paired by capture time"
+    assert summary["latency_p50_ms"] < shown["p50"] <= shown["p95"] < 1000
     game = summary["game"]
     assert game is not None, "the bundled game's telemetry should be in the summary"
     # The constant 0.6 throttle reached the car through the virtual gamepad and moved it.

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,9 @@ CAPTURING = "capturing"
 WINDOW_LOST = "window lost"
 STOPPED = "stopped"
 FAILED = "failed"
+FOLLOW_SECONDS = 1.0
+"""How long a request to grab only on request holds: the fixed rate resumes after it, so the
+window is still looked at when the drive loop pauses or stops asking."""
 
 
 class Grabber:
@@ -39,7 +43,10 @@ class Grabber:
       so a consumer may keep a frame while later ones arrive.
     - `request_frame()` makes the next grab happen now instead of at the next tick: a drive
       loop whose model is slower than the capture rate asks for a fresh picture the moment a
-      prediction ends, instead of taking one up to a period old.
+      prediction ends, instead of taking one up to a period old. With `only_on_request`, the
+      grabs between requests are left out too (for up to FOLLOW_SECONDS, then the fixed rate
+      resumes): nobody would look at them, and on a small machine each grab delays the
+      prediction running beside it.
     """
 
     def __init__(
@@ -71,6 +78,9 @@ class Grabber:
         self._black_after = black_after
         self._stopping = threading.Event()
         self._requested = threading.Event()
+        self._follow_until = 0.0
+        self.grab_seconds: deque[float] = deque(maxlen=200_000)
+        """Seconds each grab took (the screen copy and its array), the newest ~2 hours."""
         self.requested = 0
         """Grabs made early because the drive loop asked for a fresh frame."""
         self._thread = threading.Thread(target=self._run, name="capture", daemon=True)
@@ -87,13 +97,16 @@ class Grabber:
     def start(self) -> None:
         self._thread.start()
 
-    def request_frame(self) -> None:
-        """Grab now rather than at the next tick (never blocks)."""
+    def request_frame(self, only_on_request: bool = False) -> None:
+        """Grab now rather than at the next tick (never blocks); with `only_on_request`, grab
+        next when asked again, or after FOLLOW_SECONDS if nobody asks."""
+        self._follow_until = time.monotonic() + FOLLOW_SECONDS if only_on_request else 0.0
         self._requested.set()
 
     def stop(self, timeout: float = 2.0) -> None:
         """Ask the thread to end and wait for it (at most `timeout` plus one frame period)."""
         self._stopping.set()
+        self._requested.set()  # wakes a grabber waiting for the drive loop's request
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout + 1.0 / self.fps)
 
@@ -127,6 +140,7 @@ class Grabber:
                         region, keeper = None, self._new_keeper(keeper)
                         continue
                     region_read_at = now
+                grab_started = time.perf_counter()
                 shot = sct.grab(
                     {"left": region.left, "top": region.top,
                      "width": region.width, "height": region.height}
@@ -134,6 +148,7 @@ class Grabber:
                 captured_at = time.monotonic()
                 image = np.frombuffer(shot.raw, dtype=np.uint8).reshape(shot.height, shot.width, 4)
                 image.flags.writeable = False
+                self.grab_seconds.append(time.perf_counter() - grab_started)
                 seq += 1
                 self.frames.put(Frame(image, captured_at, seq, region))
                 self.frames_grabbed += 1
@@ -157,7 +172,13 @@ class Grabber:
                         )  # fmt: skip
                 else:
                     black_since = None
-                keeper.keep_time(self._requested)
+                follow = self._follow_until - time.monotonic()
+                if follow > 0:
+                    # A slow model is driving: the next frame it wants is the one it asks for.
+                    self._requested.wait(follow)
+                    keeper = self._new_keeper(keeper)
+                else:
+                    keeper.keep_time(self._requested)
                 if self._requested.is_set():
                     self._requested.clear()
                     self.requested += 1
