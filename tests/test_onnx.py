@@ -89,6 +89,11 @@ def test_a_cached_file_that_disagrees_is_exported_again(tmp_path: Path) -> None:
     other = Predictor.load(LINE, checkpoint_in(publish_driver(tmp_path, -0.9, 0.9), LINE),
                            inference=ONNX)  # fmt: skip
     assert other.onnx is not None and other.onnx.path is not None
+    # Predictions go through the ONNX session, not TensorFlow: given the other graph's session,
+    # the first predictor says what the other checkpoint says.
+    first.onnx.session = other.onnx.session
+    swapped = first.predict(frames(LINE)[0])
+    assert (round(swapped.throttle, 4), round(swapped.steering, 4)) == (-0.9, 0.9)
     cached.write_bytes(other.onnx.path.read_bytes())
     fixed = Predictor.load(LINE, checkpoint, inference=ONNX)
     assert fixed.onnx is not None and fixed.onnx.export_seconds > 0
@@ -99,7 +104,7 @@ def test_a_cached_file_that_disagrees_is_exported_again(tmp_path: Path) -> None:
     assert Predictor.load(LINE, checkpoint, inference=ONNX).onnx.export_seconds > 0  # type: ignore[union-attr]
 
 
-def test_a_linked_cache_is_never_read_or_written_through(tmp_path: Path) -> None:
+def test_a_linked_cache_file_is_replaced_never_written_through(tmp_path: Path) -> None:
     store, elsewhere = tmp_path / "store", tmp_path / "elsewhere"
     checkpoint = checkpoint_in(publish_driver(store, 0.5, -0.25), LINE)
     first = Predictor.load(LINE, checkpoint, inference=ONNX)
