@@ -160,6 +160,7 @@ def run_drive(
                 request_frame=partial(_request_frame, grabber, recorder)
                 if config.capture.follow_model
                 else None,
+                stop_following=grabber.stop_following,
                 render_latency=render_latency,
             )
             status = partial(

@@ -86,6 +86,7 @@ class DriveLoop:
         unstuck: Unstuck | None = None,
         game_paused: Callable[[], bool] = lambda: False,
         request_frame: Callable[[], None] | None = None,
+        stop_following: Callable[[], None] | None = None,
         render_latency: RenderToCommand | None = None,
     ) -> None:
         self._frames = frames
@@ -97,6 +98,7 @@ class DriveLoop:
         self._unstuck = unstuck
         self._game_paused = game_paused
         self._request_frame = request_frame
+        self._stop_following = stop_following
         self._render_latency = render_latency
         self._last_steering = 0.0
         self._mapper = mapper
@@ -163,6 +165,10 @@ class DriveLoop:
                 latency = self._drive_one(frame)
                 if self._request_frame is not None and latency >= period:
                     last_seq = self._ask_for_a_fresh_frame(last_seq)
+                elif self._stop_following is not None:
+                    # Fast again (one slow prediction, e.g. beside a load): frames at the
+                    # capture's rate, not only when asked.
+                    self._stop_following()
         except BaseException as error:
             self.error = error
             log_failure(log, "drive loop stopped", error, cause=_root_cause(error))

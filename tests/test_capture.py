@@ -549,6 +549,12 @@ def test_a_slow_model_gets_only_the_frames_it_asks_for(
     _, seq = slot.get()
     time.sleep(0.3)
     assert slot.get()[1] - seq >= 5  # nobody asks any more: 30 fps again
+    # A model that became fast says so, and the fixed rate is back at once, not in 1 s.
+    _, seq = slot.get()
+    grabber.request_frame(only_on_request=True)
+    assert slot.wait_newer(seq, timeout=1.0)[1] == seq + 1
+    grabber.stop_following()
+    assert slot.wait_newer(seq + 1, timeout=0.2)[1] == seq + 2
 
 
 def test_grabber_follows_a_moved_window(painter: Painter, grabbers: list[Grabber]) -> None:

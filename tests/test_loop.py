@@ -182,14 +182,17 @@ def test_frames_that_arrive_while_predicting_are_skipped_for_the_newest(predicto
 
 class Camera:
     """A capture stand-in: a frame every `period` seconds, and one at once when asked (marked
-    FRESH in its pixels), like Grabber.request_frame."""
+    FRESH in its pixels), like Grabber.request_frame. Once asked it grabs only when asked
+    again, until `stop_following` (the Grabber's `only_on_request`, with a long hold)."""
 
     FRESH = 255
 
     def __init__(self, frames: Slot[Frame], period: float) -> None:
         self.frames, self.period = frames, period
         self.requests = 0
+        self.following = False
         self._asked = threading.Event()
+        self._wake = threading.Event()
         self._stop = threading.Event()
         self._seq = 0
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -197,11 +200,22 @@ class Camera:
 
     def request_frame(self) -> None:
         self.requests += 1
+        self.following = True
         self._asked.set()
+        self._wake.set()
+
+    def stop_following(self) -> None:
+        if self.following:
+            self.following = False
+            self._wake.set()
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            asked = self._asked.wait(self.period)
+            self._wake.wait(5.0 if self.following else self.period)
+            self._wake.clear()
+            if self.following and not self._asked.is_set():
+                continue
+            asked = self._asked.is_set()
             self._asked.clear()
             self._seq += 1
             image = np.full((720, 1280, 4), self.FRESH if asked else self._seq % 200, np.uint8)
@@ -220,6 +234,7 @@ def test_a_model_slower_than_the_capture_starts_on_a_fresh_frame(predictor, mode
     rig = Rig(predictor)
     camera = Camera(rig.frames, period=0.03)
     rig.loop._request_frame = camera.request_frame
+    rig.loop._stop_following = camera.stop_following
     fresh: list[bool] = []
     to_input = rig.loop._to_model_input
 
@@ -246,6 +261,36 @@ def test_a_model_slower_than_the_capture_starts_on_a_fresh_frame(predictor, mode
         assert np.median(latencies) < model_seconds + 0.02
     else:
         assert camera.requests == 0 and not any(fresh)
+
+
+def test_a_model_slow_once_gets_frames_at_the_capture_rate_again(predictor) -> None:
+    """One slow prediction (a load beside it) makes the loop ask for a fresh frame; the next,
+    fast one hands the capture back to its own rate. Found in CI: without that, a fast model
+    waited up to a second for its next frame, and the controller's dead-man let go."""
+    rig = Rig(predictor)
+    camera = Camera(rig.frames, period=0.03)
+    rig.loop._request_frame = camera.request_frame
+    rig.loop._stop_following = camera.stop_following
+    calls: list[float] = []
+    to_input = rig.loop._to_model_input
+
+    def model(image: np.ndarray) -> np.ndarray:
+        calls.append(time.monotonic())
+        if len(calls) == 3:
+            time.sleep(0.05)
+        return to_input(image)
+
+    rig.loop._to_model_input = model
+    thread = rig.run_in_thread()
+    try:
+        time.sleep(1.0)
+    finally:
+        rig.loop.stop()
+        thread.join(timeout=5)
+        camera.stop()
+    assert camera.requests == 1
+    gaps = np.diff(calls)
+    assert len(calls) >= 20 and gaps.max() < 0.2, gaps.max()
 
 
 def test_pause_and_lost_window_send_neutral_and_resume(predictor) -> None:

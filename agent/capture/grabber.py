@@ -77,7 +77,9 @@ class Grabber:
         self._reacquire_every = reacquire_every
         self._black_after = black_after
         self._stopping = threading.Event()
-        self._requested = threading.Event()
+        self._wake = threading.Event()
+        """Ends the wait between grabs: a request, the end of following, or stop()."""
+        self._grab_now = False
         self._follow_until = 0.0
         self.grab_seconds: deque[float] = deque(maxlen=200_000)
         """Seconds each grab took (the screen copy and its array), the newest ~2 hours."""
@@ -101,12 +103,21 @@ class Grabber:
         """Grab now rather than at the next tick (never blocks); with `only_on_request`, grab
         next when asked again, or after FOLLOW_SECONDS if nobody asks."""
         self._follow_until = time.monotonic() + FOLLOW_SECONDS if only_on_request else 0.0
-        self._requested.set()
+        self._grab_now = True
+        self._wake.set()
+
+    def stop_following(self) -> None:
+        """Back to the fixed rate now (the model became fast): without this, a fast model
+        after one slow prediction would wait up to FOLLOW_SECONDS for its next frame. Cheap
+        when not following."""
+        if self._follow_until:
+            self._follow_until = 0.0
+            self._wake.set()
 
     def stop(self, timeout: float = 2.0) -> None:
         """Ask the thread to end and wait for it (at most `timeout` plus one frame period)."""
         self._stopping.set()
-        self._requested.set()  # wakes a grabber waiting for the drive loop's request
+        self._wake.set()  # wakes a grabber waiting for the drive loop's request
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout + 1.0 / self.fps)
 
@@ -172,18 +183,31 @@ class Grabber:
                         )  # fmt: skip
                 else:
                     black_since = None
-                follow = self._follow_until - time.monotonic()
-                if follow > 0:
-                    # A slow model is driving: the next frame it wants is the one it asks for.
-                    self._requested.wait(follow)
-                    keeper = self._new_keeper(keeper)
-                else:
-                    keeper.keep_time(self._requested)
-                if self._requested.is_set():
-                    self._requested.clear()
-                    self.requested += 1
+                keeper = self._wait_for_next_grab(keeper)
         finally:
             self.lagged += keeper.lagged
+
+    def _wait_for_next_grab(self, keeper: RateKeeper) -> RateKeeper:
+        """Until the next grab is due: the next tick, or a request, or (following a slow
+        model) its next request, or FOLLOW_SECONDS without one. `stop_following` ends the
+        following and the wait goes on to the next tick."""
+        while not self._stopping.is_set():
+            follow = self._follow_until - time.monotonic()
+            if follow > 0:
+                # A slow model is driving: the next frame it wants is the one it asks for.
+                woken = self._wake.wait(follow)
+                keeper = self._new_keeper(keeper)
+            else:
+                keeper.keep_time(self._wake)
+                woken = self._wake.is_set()
+            self._wake.clear()
+            if self._grab_now:
+                self._grab_now = False
+                self.requested += 1
+                return keeper
+            if not woken:
+                return keeper  # the tick (or the end of following) is due
+        return keeper
 
     def _visible_region(self, screen: Region) -> Region:
         region = self.window.region()
