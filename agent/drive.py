@@ -113,6 +113,7 @@ def run_drive(
 
             frames: Slot[Frame] = Slot()
             grabber = Grabber(window, config.capture.fps, frames)
+            follow = config.capture.follow_model
             grabber.start()
             stack.callback(grabber.stop)
             ticks: Slot[Tick] = Slot()
@@ -157,10 +158,8 @@ def run_drive(
                 hot_swap=hot_swap,
                 unstuck=unstuck,
                 game_paused=game_paused,
-                request_frame=partial(_request_frame, grabber, recorder)
-                if config.capture.follow_model
-                else None,
-                stop_following=grabber.stop_following,
+                request_frame=partial(_request_frame, grabber, recorder) if follow else None,
+                stop_following=grabber.stop_following if follow else None,
                 render_latency=render_latency,
             )
             status = partial(

@@ -226,15 +226,21 @@ class Camera:
         self._thread.join(timeout=2)
 
 
+def rig_with_camera(predictor: Predictor) -> tuple[Rig, Camera]:
+    """A loop whose frames come from a Camera at 30 fps, wired as drive.py wires the Grabber."""
+    rig = Rig(predictor)
+    camera = Camera(rig.frames, period=0.03)
+    rig.loop._request_frame = camera.request_frame
+    rig.loop._stop_following = camera.stop_following
+    return rig, camera
+
+
 @pytest.mark.parametrize("model_seconds", [0.05, 0.0])
 def test_a_model_slower_than_the_capture_starts_on_a_fresh_frame(predictor, model_seconds) -> None:
     """Slower than a capture period: after each prediction the loop asks for a fresh frame and
     predicts on it, not on one captured meanwhile (up to a period old). Faster: it never asks,
     and the capture's own rate paces it."""
-    rig = Rig(predictor)
-    camera = Camera(rig.frames, period=0.03)
-    rig.loop._request_frame = camera.request_frame
-    rig.loop._stop_following = camera.stop_following
+    rig, camera = rig_with_camera(predictor)
     fresh: list[bool] = []
     to_input = rig.loop._to_model_input
 
@@ -267,10 +273,7 @@ def test_a_model_slow_once_gets_frames_at_the_capture_rate_again(predictor) -> N
     """One slow prediction (a load beside it) makes the loop ask for a fresh frame; the next,
     fast one hands the capture back to its own rate. Found in CI: without that, a fast model
     waited up to a second for its next frame, and the controller's dead-man let go."""
-    rig = Rig(predictor)
-    camera = Camera(rig.frames, period=0.03)
-    rig.loop._request_frame = camera.request_frame
-    rig.loop._stop_following = camera.stop_following
+    rig, camera = rig_with_camera(predictor)
     calls: list[float] = []
     to_input = rig.loop._to_model_input
 
