@@ -73,11 +73,12 @@ def _spec(
     lengths: tuple[int, ...] | None = None,
     key_name: bool = False,
     max_length: int = PATH_MAX_LENGTH,
+    may_be_empty: bool = False,
 ) -> dict[str, Any]:
     """Validation rules for one field, stored in its dataclass metadata.
 
     Numbers must lie in [minimum, maximum]; strings must be non-blank plain text of at most
-    `max_length` characters.
+    `max_length` characters (or exactly "" where `may_be_empty`).
     """
     return {
         "minimum": minimum,
@@ -86,6 +87,7 @@ def _spec(
         "lengths": lengths,
         "key_name": key_name,
         "max_length": max_length,
+        "may_be_empty": may_be_empty,
     }
 
 
@@ -95,8 +97,11 @@ class GameConfig:
 
     title: str = field(default="Charles CarRacing", metadata=_spec(max_length=TITLE_MAX_LENGTH))
     """Window title to look for (never blank: a blank substring matches every window)."""
-    match: str = field(default="substring", metadata=_spec(choices=("exact", "substring")))
-    """How `title` is compared with window titles."""
+    match: str = field(default="exact", metadata=_spec(choices=("exact", "substring")))
+    """How `title` is compared with window titles; "substring" needs `process` too."""
+    process: str = field(default="", metadata=_spec(max_length=TITLE_MAX_LENGTH, may_be_empty=True))
+    """File name of the game's executable ("GTA5.exe"); "" for any program. When set, only
+    windows of a process running that file count."""
     region: tuple[int, ...] = field(
         default=(), metadata=_spec(lengths=(0, 4), minimum=-SCREEN_LIMIT, maximum=SCREEN_LIMIT)
     )
@@ -688,6 +693,8 @@ def _check_text(value: str, rules: Mapping[str, Any], where: str) -> str:
                 f"(got {_show(value)}{hint})",
             )
         return value
+    if value == "" and rules.get("may_be_empty"):
+        return value
     if not value.strip():
         raise _Invalid((where,), f"{where} must not be empty or blank (got {_show(value)})")
     choices = rules.get("choices")
@@ -702,6 +709,7 @@ def _check_text(value: str, rules: Mapping[str, Any], where: str) -> str:
 def _check_config(config: Config) -> None:
     """Rules that span several keys, checked on the built dataclasses."""
     _check_keys(config)
+    _check_title_rule(config.game)
     _check_region(config.game.region)
     _check_crop(config.capture)
 
@@ -739,6 +747,16 @@ def _check_keys(config: Config) -> None:
             fix = "give each driving key of [controller.keyboard] its own key"
         # Name the key given second first, so a command-line override is the origin shown.
         raise _Invalid((where, first), f"{both} are the same key (key names ignore case); {fix}")
+
+
+def _check_title_rule(game: GameConfig) -> None:
+    if game.match == "substring" and not game.process:
+        raise _Invalid(
+            ("game.match", "game.process"),
+            'game.match = "substring" needs game.process, the file name of the game\'s program '
+            '(for GTA V "GTA5.exe"): a window whose title merely contains game.title (a browser '
+            'tab, an editor) must never get keys; or use game.match = "exact"',
+        )
 
 
 def _check_region(region: tuple[int, ...]) -> None:

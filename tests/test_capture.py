@@ -12,19 +12,24 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from agent.capture import Grabber, WindowError, find_window, fixed_region
+from agent.capture import Grabber, WindowError, WindowQuery, find_window, fixed_region
 from agent.capture.window import Candidate, choose, not_found_message, title_matches
 from agent.slot import Slot
 from agent.types import Frame, Region
+from tests.xvfb import WindowProgram, program_named
 
 Xlib = pytest.importorskip("Xlib")
 from Xlib import X, Xatom  # noqa: E402
 from Xlib import display as xdisplay  # noqa: E402
+
+THIS_PROGRAM = os.path.basename(os.readlink("/proc/self/exe")) if os.path.exists("/proc") else ""
+"""The file name of the executable running these tests: the program of the painter's windows."""
 
 RED = (255, 0, 0)
 GREEN = (0, 255, 0)
@@ -150,60 +155,100 @@ def test_find_by_exact_and_substring_title(painter: Painter) -> None:
     painter.window("Charles Test Game", 100, 50, 320, 240)
     painter.window("Charles Test Game - notes", 500, 50, 600, 400)
 
-    exact = find_window("Charles Test Game", "exact")
+    exact = find_window(WindowQuery("Charles Test Game"))
     assert exact.title == "Charles Test Game"
     assert exact.region() == Region(100, 50, 320, 240)
 
-    # Substring ignores case; a title equal to the query beats a larger window whose title
-    # merely contains it.
-    assert find_window("Charles Test Game", "substring").title == "Charles Test Game"
-    notes = find_window("- NOTES", "substring")
+    # Substring ignores case (and names the program); a title equal to the query beats a
+    # larger window whose title merely contains it.
+    loose = WindowQuery("Charles Test Game", "substring", process=THIS_PROGRAM)
+    assert find_window(loose).title == "Charles Test Game"
+    notes = find_window(WindowQuery("- NOTES", "substring", process=THIS_PROGRAM.upper()))
     assert notes.title == "Charles Test Game - notes"
     assert notes.region() == Region(500, 50, 600, 400)
 
     # Two different titles that both merely contain the query: Charles refuses to guess.
     with pytest.raises(WindowError, match=r"2 windows with different titles contain 'test game'"):
-        find_window("test game", "substring")
+        find_window(WindowQuery("test game", "substring", process=THIS_PROGRAM))
     with pytest.raises(WindowError, match="titled exactly 'Charles Test'"):
-        find_window("Charles Test", "exact")
+        find_window(WindowQuery("Charles Test"))
+    # A loose title with nothing firmer is not a rule Charles takes.
+    with pytest.raises(ValueError, match="needs the game's process"):
+        WindowQuery("Charles Test", "substring")
 
 
-def test_a_lookalike_title_is_never_taken_for_the_game(painter: Painter) -> None:
-    """The bundled game is found by its process id; a text editor naming it is ignored."""
-    editor = painter.window(
-        "notes on charles carracing - Text Editor", 0, 0, 1200, 900, pid=os.getpid() + 1
-    )
-    # Substring search for the title alone: the editor is the only match, and is found...
-    assert find_window("Charles CarRacing", "substring").title.startswith("notes on")
-    # ...but not when the window must belong to the game's process.
-    game_pid = os.getpid() + 2
-    with pytest.raises(WindowError, match=r"belongs to the game process \d+ yet; ignored 1"):
-        find_window("Charles CarRacing", "substring", owner=lambda: game_pid)
-    game = painter.window("Charles CarRacing", 300, 200, 320, 180, pid=game_pid)
-    found = find_window("Charles CarRacing", "substring", owner=lambda: game_pid)
-    assert found.title == "Charles CarRacing" and found.region() == Region(300, 200, 320, 180)
+def test_a_lookalike_window_claiming_the_games_pid_is_never_the_game(x_display: str) -> None:
+    """The bundled game is found by the process that made its window, as the X server knows it:
+    a text editor naming the game, or a larger window that writes the game's pid into
+    _NET_WM_PID (a property any program can set), is ignored."""
+    with contextlib.ExitStack() as stack:
+        game = stack.enter_context(
+            WindowProgram(x_display, "Charles CarRacing", (300, 200, 320, 180))
+        )
+        stack.enter_context(
+            WindowProgram(x_display, "notes on charles carracing - Text Editor", (0, 0, 900, 700))
+        )
+        impostor = stack.enter_context(
+            WindowProgram(x_display, "Charles CarRacing", (0, 0, 1200, 900), claimed_pid=game.pid)
+        )
+        found = find_window(WindowQuery("Charles CarRacing", owner=lambda: game.pid))
+        assert found.handle == game.id != impostor.id
+        assert found.region() == Region(300, 200, 320, 180)
 
-    # Reacquiring asks the owner again: the game restarted as another process.
-    painter.destroy(game)
-    game_pid += 1
-    painter.window("Charles CarRacing", 10, 20, 160, 90, pid=game_pid)
-    found.reacquire()
-    assert found.region() == Region(10, 20, 160, 90)
-    painter.destroy(editor)
+        # The game closes: the impostor is still there, claiming its pid, and is not taken.
+        game.close()
+        with pytest.raises(WindowError, match=r"belongs to the game process \d+ yet; ignored 1"):
+            found.reacquire()
+
+        # Reacquiring asks the owner again: the game restarted as another process.
+        again = stack.enter_context(
+            WindowProgram(x_display, "Charles CarRacing", (10, 20, 160, 90))
+        )
+        found = find_window(WindowQuery("Charles CarRacing", owner=lambda: again.pid))
+        assert found.handle == again.id and found.region() == Region(10, 20, 160, 90)
+
+
+def test_a_title_that_merely_contains_the_games_is_never_the_game(
+    x_display: str, tmp_path: Path
+) -> None:
+    """A browser tab naming GTA V is not GTA V: not by exact title, and a substring rule must
+    name the game's program, whose window alone then counts, before and after the game closes."""
+    gta = program_named(tmp_path, "GTA5.exe")
+    firefox = program_named(tmp_path, "firefox-esr")
+    title = "Grand Theft Auto V"
+    exact = WindowQuery(title)
+    loose = WindowQuery(title, "substring", process="gta5.EXE")
+    with WindowProgram(
+        x_display, "Grand Theft Auto V cheats - Mozilla Firefox", (0, 0, 1000, 800),
+        executable=firefox,
+    ):  # fmt: skip
+        with pytest.raises(WindowError, match="no window titled exactly 'Grand Theft Auto V'"):
+            find_window(exact)
+        with pytest.raises(WindowError) as caught:
+            find_window(loose)
+        assert "belong to 'firefox-esr', not to game.process 'gta5.EXE'" in str(caught.value)
+
+        with WindowProgram(x_display, title, (50, 60, 640, 360), executable=gta) as game:
+            assert find_window(exact).handle == game.id
+            found = find_window(loose)
+            assert found.handle == game.id and found.region() == Region(50, 60, 640, 360)
+        # The game closed: looking again never falls back to the browser.
+        with pytest.raises(WindowError, match=r"not to game\.process"):
+            found.reacquire()
 
 
 def test_finds_utf8_titles_the_way_toolkits_set_them(painter: Painter) -> None:
     painter.window("Fahrschüler SDL", 10, 10, 64, 48, utf8_wm_name=True)
     painter.window("Fahrschüler NET", 90, 10, 64, 48, net_wm_name=True)
-    assert find_window("Fahrschüler SDL", "exact").region() == Region(10, 10, 64, 48)
-    assert find_window("Fahrschüler NET", "exact").region() == Region(90, 10, 64, 48)
+    assert find_window(WindowQuery("Fahrschüler SDL")).region() == Region(10, 10, 64, 48)
+    assert find_window(WindowQuery("Fahrschüler NET")).region() == Region(90, 10, 64, 48)
 
 
 def test_not_found_names_the_titles_it_saw(painter: Painter) -> None:
     painter.window("Alpha Window", 0, 0, 50, 50)
     painter.window("Beta Window", 60, 0, 50, 50)
     with pytest.raises(WindowError) as caught:
-        find_window("Gamma", "substring")
+        find_window(WindowQuery("Gamma", "substring", process=THIS_PROGRAM))
     message = str(caught.value)
     assert "\n" not in message
     assert "'Gamma'" in message
@@ -214,11 +259,11 @@ def test_not_found_names_the_titles_it_saw(painter: Painter) -> None:
 def test_unmapped_window_is_a_hidden_error(painter: Painter) -> None:
     window = painter.window("Hidden Game", 10, 10, 100, 100, mapped=False)
     with pytest.raises(WindowError, match="'Hidden Game' is minimised or hidden"):
-        find_window("Hidden Game", "exact")
+        find_window(WindowQuery("Hidden Game"))
 
     window.map()
     painter.sync()
-    found = find_window("Hidden Game", "exact")
+    found = find_window(WindowQuery("Hidden Game"))
     assert found.region() == Region(10, 10, 100, 100)
     window.unmap()
     painter.sync()
@@ -233,7 +278,7 @@ def test_unmapped_window_is_a_hidden_error(painter: Painter) -> None:
 
 def test_region_follows_moves_and_is_absolute_for_child_windows(painter: Painter) -> None:
     window = painter.window("Moving Game", 10, 20, 200, 100)
-    found = find_window("Moving Game", "exact")
+    found = find_window(WindowQuery("Moving Game"))
     assert found.region() == Region(10, 20, 200, 100)
     window.configure(x=300, y=400, width=250, height=150)
     painter.sync()
@@ -242,14 +287,14 @@ def test_region_follows_moves_and_is_absolute_for_child_windows(painter: Painter
     # A titled window inside an untitled frame (as under a reparenting window manager).
     frame = painter.window(None, 700, 300, 400, 300)
     painter.window("Framed Game", 5, 25, 390, 270, parent=frame)
-    assert find_window("Framed Game", "exact").region() == Region(705, 325, 390, 270)
+    assert find_window(WindowQuery("Framed Game")).region() == Region(705, 325, 390, 270)
 
 
 def test_has_focus_follows_the_input_focus(painter: Painter) -> None:
     game = painter.window("Focus Game", 100, 100, 200, 200)
     child = painter.window(None, 10, 10, 50, 50, parent=game)
     other = painter.window("Other App", 400, 100, 200, 200)
-    found = find_window("Focus Game", "exact")
+    found = find_window(WindowQuery("Focus Game"))
     connection = painter.connection
 
     def focus(target: Any) -> None:
@@ -268,7 +313,7 @@ def test_has_focus_follows_the_input_focus(painter: Painter) -> None:
     # Under a reparenting window manager the focus is on the frame around the game.
     frame = painter.window(None, 700, 100, 300, 300)
     painter.window("Framed Focus Game", 5, 25, 290, 270, parent=frame)
-    framed = find_window("Framed Focus Game", "exact")
+    framed = find_window(WindowQuery("Framed Focus Game"))
     focus(frame)
     assert framed.has_focus() and not found.has_focus()
 
@@ -288,10 +333,10 @@ def test_has_focus_follows_the_input_focus(painter: Painter) -> None:
 def test_no_display_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("DISPLAY", raising=False)
     with pytest.raises(WindowError, match=r"DISPLAY is not set.*starts Xvfb itself"):
-        find_window("Anything", "substring")
+        find_window(WindowQuery("Anything"))
     monkeypatch.setenv("DISPLAY", ":4077")
     with pytest.raises(WindowError, match=r"cannot connect to X display ':4077'"):
-        find_window("Anything", "substring")
+        find_window(WindowQuery("Anything"))
 
 
 def test_fixed_region(painter: Painter) -> None:
@@ -301,7 +346,7 @@ def test_fixed_region(painter: Painter) -> None:
     assert window.exists() and not window.has_focus()
     game = painter.window("Region Game", 10, 20, 640, 360)
     other = painter.window("Other Region App", 700, 20, 100, 100)
-    guarded = fixed_region(10, 20, 640, 360, focus_window=find_window("Region Game", "exact"))
+    guarded = fixed_region(10, 20, 640, 360, focus_window=find_window(WindowQuery("Region Game")))
     for target, focused in ((game, True), (other, False)):
         painter.connection.set_input_focus(target, X.RevertToPointerRoot, X.CurrentTime)
         painter.sync()
@@ -325,22 +370,30 @@ def test_title_matching_and_choice() -> None:
     small = Candidate("small", "Game", True, 10, 10)
     large = Candidate("large", "Game", True, 800, 600)
     longer = Candidate("term", "vim Game", True, 1920, 1080)
-    assert choose([small, longer, large], "Game", "substring", []).handle == "large"
+    game, loose = WindowQuery("Game"), WindowQuery("game", "substring", process="vim")
+    assert choose([small, longer, large], game, []).handle == "large"
     # Several windows of one title that merely contains the query: the largest.
-    helper = Candidate("helper", "vim Game", True, 10, 10)
-    assert choose([helper, longer], "game", "substring", []).handle == "term"
+    helper = Candidate("helper", "vim Game", True, 10, 10, program="vim")
+    longer = Candidate("term", "vim Game", True, 1920, 1080, program="VIM")
+    assert choose([helper, longer], loose, []).handle == "term"
     with pytest.raises(WindowError, match="will not guess"):
-        choose([helper, longer, Candidate("x", "Game notes", True, 5, 5)], "game", "substring", [])
+        notes = Candidate("x", "Game notes", True, 5, 5, program="vim")
+        choose([helper, longer, notes], loose, [])
+    # With a program name only that program's windows count.
+    browser = Candidate("browser", "vim Game - Firefox", True, 3000, 2000, program="firefox")
+    assert choose([browser, helper], loose, []).handle == "helper"
+    with pytest.raises(WindowError, match=r"belong to 'firefox', not to game\.process 'vim'"):
+        choose([browser], loose, [])
     # With a process id only that process's windows count.
     mine = Candidate("mine", "Game", True, 100, 100, pid=7)
-    assert choose([large, mine], "Game", "exact", [], pid=7).handle == "mine"
+    assert choose([large, mine], game, [], pid=7).handle == "mine"
     with pytest.raises(WindowError, match="belongs to the game process 8"):
-        choose([large, mine], "Game", "exact", [], pid=8)
+        choose([large, mine], game, [], pid=8)
     minimised = Candidate("min", "Game", False, 0, 0)
     with pytest.raises(WindowError, match="minimised"):
-        choose([minimised], "Game", "exact", [])
+        choose([minimised], game, [])
     with pytest.raises(WindowError, match="zero size"):
-        choose([Candidate("z", "Game", True, 0, 0)], "Game", "exact", [])
+        choose([Candidate("z", "Game", True, 0, 0)], game, [])
 
 
 def test_not_found_message_is_short() -> None:
@@ -363,6 +416,8 @@ class FakeUser32:
     def __init__(self) -> None:
         self.windows: dict[int, dict[str, Any]] = {}
         self.foreground = 0
+        self.programs: dict[int, str] = {}
+        """Executable file name of each process id (what QueryFullProcessImageNameW tells)."""
 
     def add(self, hwnd: int, title: str, **attributes: Any) -> None:
         window = {"visible": True, "iconic": False, "size": (640, 360), "origin": (0, 0)}
@@ -401,11 +456,14 @@ class FakeUser32:
         return self.foreground
 
 
-def win32_window(user32: FakeUser32, title: str, match: str, owner: Any = None) -> Any:
+def win32_window(user32: FakeUser32, query: WindowQuery) -> Any:
     from agent.capture.win32 import Win32Window
 
     window = Win32Window(
-        title, match, owner, user32=user32, enum_windows=lambda dll: list(dll.windows)
+        query,
+        user32=user32,
+        enum_windows=lambda dll: list(dll.windows),
+        program_of=lambda pid: user32.programs.get(pid),
     )
     window.reacquire()
     return window
@@ -417,8 +475,9 @@ def test_windows_backend_finds_follows_and_guards_the_game_window() -> None:
     user32.add(2, "Grand Theft Auto V", size=(1280, 720), origin=(320, 180), pid=42)
     user32.add(3, "Grand Theft Auto V", visible=False, size=(4000, 4000), pid=42)  # a helper
     user32.add(4, "Discord", pid=9)
+    user32.programs.update({7: "notepad.exe", 42: "GTA5.exe", 9: "Discord.exe"})
 
-    game = win32_window(user32, "Grand Theft Auto V", "substring")
+    game = win32_window(user32, WindowQuery("Grand Theft Auto V", "substring", "GTA5.exe"))
     assert game.title == "Grand Theft Auto V"  # the exact title beats the larger lookalike
     assert game.region() == Region(320, 180, 1280, 720)
     assert game.exists() and not game.has_focus()
@@ -441,17 +500,25 @@ def test_windows_backend_finds_follows_and_guards_the_game_window() -> None:
     with pytest.raises(WindowError, match="was closed"):
         game.region()
 
+    # A title that merely contains the game's, of another program: never the game.
+    loose = WindowQuery("Grand Theft Auto V", "substring", "gta5.exe")
+    with pytest.raises(WindowError, match=r"belong to 'notepad\.exe', not to game\.process"):
+        win32_window(user32, loose)
+    with pytest.raises(WindowError, match="no window titled exactly"):
+        win32_window(user32, WindowQuery("Grand Theft Auto V"))
     # Two different titles that merely contain the query: refused, never guessed.
     user32.add(5, "Grand Theft Auto V (DX11)", pid=42)
+    user32.add(6, "Grand Theft Auto V (DX12)", pid=42)
     with pytest.raises(WindowError, match="will not guess"):
-        win32_window(user32, "theft auto", "substring")
+        win32_window(user32, WindowQuery("theft auto", "substring", "GTA5.exe"))
     # With an owner process, only its windows count, whatever their titles say.
-    owned = win32_window(user32, "Grand Theft Auto", "substring", owner=lambda: 42)
+    del user32.windows[6]
+    owned = win32_window(user32, WindowQuery("Grand Theft Auto", "substring", owner=lambda: 42))
     assert owned.title == "Grand Theft Auto V (DX11)"
     with pytest.raises(WindowError, match=r"belongs to the game process 8 yet; ignored 2"):
-        win32_window(user32, "Grand Theft Auto", "substring", owner=lambda: 8)
+        win32_window(user32, WindowQuery("Grand Theft Auto", "substring", owner=lambda: 8))
     with pytest.raises(WindowError, match="windows seen: 'notes on Grand Theft Auto V"):
-        win32_window(user32, "Forza", "exact")
+        win32_window(user32, WindowQuery("Forza"))
 
 
 # --- the capture thread ----------------------------------------------------------------------
@@ -462,7 +529,7 @@ def test_grabber_captures_the_window_pixels(painter: Painter, grabbers: list[Gra
     painter.fill(window, BLUE, 10, 20, 30, 40)
     painter.fill(window, GREEN, 300, 0, 20, 10)  # top-right corner
     slot: Slot[Frame] = Slot()
-    grabber = Grabber(find_window("Pixel Game", "exact"), 30, slot)
+    grabber = Grabber(find_window(WindowQuery("Pixel Game")), 30, slot)
     grabbers.append(grabber)
     started = time.monotonic()
     grabber.start()
@@ -486,7 +553,7 @@ def test_grabber_captures_the_window_pixels(painter: Painter, grabbers: list[Gra
 def test_grabber_keeps_only_the_newest_frame(painter: Painter, grabbers: list[Grabber]) -> None:
     window = painter.window("Newest Game", 0, 0, 160, 120, RED)
     slot: Slot[Frame] = Slot()
-    grabber = Grabber(find_window("Newest Game", "exact"), 40, slot)
+    grabber = Grabber(find_window(WindowQuery("Newest Game")), 40, slot)
     grabbers.append(grabber)
     grabber.start()
     first = newest(slot)
@@ -511,7 +578,7 @@ def test_a_requested_frame_is_grabbed_at_once(painter: Painter, grabbers: list[G
     when its model is slower than the capture), then the schedule restarts from there."""
     painter.window("Eager Game", 0, 0, 160, 120, RED)
     slot: Slot[Frame] = Slot()
-    grabber = Grabber(find_window("Eager Game", "exact"), 2, slot)
+    grabber = Grabber(find_window(WindowQuery("Eager Game")), 2, slot)
     grabbers.append(grabber)
     grabber.start()
     first = newest(slot)
@@ -535,7 +602,7 @@ def test_a_slow_model_gets_only_the_frames_it_asks_for(
 
     painter.window("Lazy Game", 0, 0, 160, 120, RED)
     slot: Slot[Frame] = Slot()
-    grabber = Grabber(find_window("Lazy Game", "exact"), 30, slot)
+    grabber = Grabber(find_window(WindowQuery("Lazy Game")), 30, slot)
     grabbers.append(grabber)
     grabber.start()
     newest(slot)
@@ -560,7 +627,7 @@ def test_a_slow_model_gets_only_the_frames_it_asks_for(
 def test_grabber_follows_a_moved_window(painter: Painter, grabbers: list[Grabber]) -> None:
     window = painter.window("Wandering Game", 0, 0, 200, 100, GREEN)
     slot: Slot[Frame] = Slot()
-    grabber = Grabber(find_window("Wandering Game", "exact"), 30, slot)
+    grabber = Grabber(find_window(WindowQuery("Wandering Game")), 30, slot)
     grabbers.append(grabber)
     grabber.start()
     assert newest(slot).region == Region(0, 0, 200, 100)
@@ -579,7 +646,7 @@ def test_grabber_waits_for_a_lost_window_and_resumes(
     painter: Painter, grabbers: list[Grabber]
 ) -> None:
     window = painter.window("Phoenix Game", 50, 50, 120, 90, RED)
-    target = find_window("Phoenix Game", "exact")
+    target = find_window(WindowQuery("Phoenix Game"))
     slot: Slot[Frame] = Slot()
     grabber = Grabber(target, 30, slot, region_every=0.05, reacquire_every=0.1)
     grabbers.append(grabber)
@@ -619,7 +686,7 @@ def test_grabber_measures_its_rate_and_stops_quickly(
 ) -> None:
     painter.window("Rate Game", 0, 0, 1280, 720, RED)
     slot: Slot[Frame] = Slot()
-    grabber = Grabber(find_window("Rate Game", "exact"), 20, slot)
+    grabber = Grabber(find_window(WindowQuery("Rate Game")), 20, slot)
     grabbers.append(grabber)
     grabber.start()
     time.sleep(1.4)
@@ -636,7 +703,7 @@ def test_grabber_warns_once_about_black_frames(
 ) -> None:
     painter.window("Dark Game", 0, 0, 100, 100, (0, 0, 0))
     slot: Slot[Frame] = Slot()
-    grabber = Grabber(find_window("Dark Game", "exact"), 30, slot, black_after=0.3)
+    grabber = Grabber(find_window(WindowQuery("Dark Game")), 30, slot, black_after=0.3)
     grabbers.append(grabber)
     with caplog.at_level(logging.WARNING, logger="agent.capture.grabber"):
         grabber.start()

@@ -435,3 +435,15 @@ def test_a_broken_quoted_override_is_not_taken_as_a_bare_word(tmp_path: Path) ->
     assert "write text in single quotes" in message
     config = load_config(write(tmp_path, ""), {"model.store": "'C:\\Games'"})
     assert config.model.store == "C:\\Games"
+
+
+def test_a_substring_title_rule_needs_the_games_program(tmp_path: Path) -> None:
+    """A title that merely contains game.title (a browser tab) must never get keys, so a loose
+    title needs the game's executable named too; the default is the exact title."""
+    assert load_config(write(tmp_path, "")).game.match == "exact"
+    message = error_of(tmp_path, '[game]\ntitle = "Grand Theft Auto V"\nmatch = "substring"\n')
+    assert 'game.match = "substring" needs game.process' in message
+    assert '"GTA5.exe"' in message
+    loose = '[game]\nmatch = "substring"\nprocess = "GTA5.exe"\n'
+    assert load_config(write(tmp_path, loose)).game.process == "GTA5.exe"
+    assert "game.process" in error_of(tmp_path, '[game]\nprocess = "  "\n')

@@ -10,8 +10,13 @@ xdotool.
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
+import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 
@@ -134,3 +139,105 @@ def _fake_key(display: str, key: str, down: bool) -> None:
         connection.sync()
     finally:
         connection.close()
+
+
+_WINDOW_PROGRAM = """
+import select, sys
+from Xlib import X, Xatom, display
+title, x, y, width, height, claimed_pid = sys.argv[1], *map(int, sys.argv[2:7])
+connection = display.Display()
+screen = connection.screen()
+window = screen.root.create_window(
+    x, y, width, height, 0, screen.root_depth, background_pixel=screen.black_pixel,
+    override_redirect=True, event_mask=X.KeyPressMask | X.KeyReleaseMask,
+)
+window.change_property(Xatom.WM_NAME, connection.intern_atom("UTF8_STRING"), 8, title.encode())
+if claimed_pid:  # any program may write any number here
+    window.change_property(connection.intern_atom("_NET_WM_PID"), Xatom.CARDINAL, 32, [claimed_pid])
+window.map()
+connection.sync()
+print("window", window.id, flush=True)
+while True:
+    ready, _, _ = select.select([connection, sys.stdin], [], [])
+    if sys.stdin in ready and not sys.stdin.readline():
+        break
+    while connection.pending_events():
+        event = connection.next_event()
+        if event.type in (X.KeyPress, X.KeyRelease):
+            kind = "press" if event.type == X.KeyPress else "release"
+            print(kind, event.detail, flush=True)
+"""
+
+
+def program_named(folder: Path, name: str) -> tuple[str, dict[str, str]]:
+    """A copy of this Python under the file name `name` (as a game's executable is named) and
+    the environment it needs to run from there: (executable, environment additions)."""
+    executable = folder / name
+    if not executable.exists():
+        shutil.copy2(os.path.realpath(sys.executable), executable)
+    site_packages = [p for p in sys.path if p.endswith("site-packages")]
+    return str(executable), {
+        "PYTHONHOME": sys.base_prefix,
+        "PYTHONPATH": os.pathsep.join(site_packages),
+    }
+
+
+class WindowProgram:
+    """A window made and owned by another process, as another program's window is.
+
+    It records the key events the X server delivers to it (`key_events`), with their time.
+    `claimed_pid` is written into _NET_WM_PID (a lookalike can claim the game's pid);
+    `executable` (from `program_named`) runs it under another program name.
+    """
+
+    def __init__(
+        self,
+        display: str,
+        title: str,
+        geometry: tuple[int, int, int, int] = (0, 0, 320, 240),
+        *,
+        claimed_pid: int = 0,
+        executable: tuple[str, dict[str, str]] | None = None,
+    ) -> None:
+        program, extra_env = executable or (sys.executable, {})
+        self.process = subprocess.Popen(
+            [program, "-c", _WINDOW_PROGRAM, title, *map(str, geometry), str(claimed_pid)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            env={**display_env(display), **extra_env},
+        )  # fmt: skip
+        assert self.process.stdout is not None
+        first = self.process.stdout.readline().split()
+        assert first[:1] == ["window"], f"the window program did not start: {first}"
+        self.id = int(first[1])
+        self.pid = self.process.pid
+        self.display = display
+        self.events: list[tuple[float, str, int]] = []
+        """(monotonic time, "press" or "release", keycode) of every key event received."""
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            kind, code = line.split()
+            self.events.append((time.monotonic(), kind, int(code)))
+
+    def focus(self) -> None:
+        focus_window(self.display, self.id)
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            assert self.process.stdin is not None
+            self.process.stdin.close()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._reader.join(5)
+
+    def __enter__(self) -> WindowProgram:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()

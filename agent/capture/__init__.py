@@ -1,6 +1,7 @@
 """Screen capture of the game window: finding it per platform, and the capture thread.
 
-`find_window(title, match)` (or `fixed_region(left, top, width, height)`) gives a GameWindow;
+`find_window(WindowQuery(title, ...))` (or `fixed_region(left, top, width, height)`) gives a
+GameWindow; `attach_window(handle)` one another process found;
 `Grabber(window, fps, slot)` captures it on its own thread into a newest-value slot.
 """
 
@@ -11,11 +12,11 @@ import sys
 from agent.capture.grabber import Grabber
 from agent.capture.screen import open_mss, screen_bounds
 from agent.capture.window import (
-    MATCH_MODES,
     FixedRegion,
     GameWindow,
     Owner,
     WindowError,
+    WindowQuery,
     clip_to,
 )
 from agent.types import Region
@@ -26,24 +27,25 @@ __all__ = [
     "Grabber",
     "Owner",
     "WindowError",
+    "WindowQuery",
+    "attach_window",
     "find_window",
     "fixed_region",
 ]
 
 
-def find_window(title: str, match: str = "substring", owner: Owner | None = None) -> GameWindow:
-    """The game window whose title matches `title` ("exact" or case-insensitive "substring").
+def find_window(query: WindowQuery) -> GameWindow:
+    """The game window `query` names ("exact" title, or a "substring" of it with the game's
+    program named too).
 
-    With `owner`, only windows of the process it names count (see `window.choose` for how one
+    With an owner, only windows of the process it names count (see `window.choose` for how one
     window is picked, or refused as ambiguous). Raises WindowError (one line, names the fix)
     when there is no display, no matching window, or the window is minimised or has zero size.
     """
-    if match not in MATCH_MODES:
-        raise ValueError(f"match must be one of {MATCH_MODES}, got {match!r}")
     if sys.platform == "win32":
         from agent.capture import win32
 
-        return win32.find_window(title, match, owner)
+        return win32.find_window(query)
     if sys.platform == "darwin":
         raise WindowError(
             "finding a window by title is not supported on macOS yet; set game.region in "
@@ -51,7 +53,21 @@ def find_window(title: str, match: str = "substring", owner: Owner | None = None
         )
     from agent.capture import x11
 
-    return x11.find_window(title, match, owner)
+    return x11.find_window(query)
+
+
+def attach_window(handle: int) -> GameWindow:
+    """A handle to the OS window `handle` (`GameWindow.handle`) another process found, for its
+    focus check; it never looks for another window."""
+    if sys.platform == "win32":
+        from agent.capture import win32
+
+        return win32.attach(handle)
+    if sys.platform == "darwin":
+        raise WindowError("the keyboard backend needs X11 or Windows")
+    from agent.capture import x11
+
+    return x11.attach(handle)
 
 
 def fixed_region(

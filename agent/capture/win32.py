@@ -18,8 +18,8 @@ from typing import Any
 
 from agent.capture.window import (
     Candidate,
-    Owner,
     WindowError,
+    WindowQuery,
     choose,
     hidden_message,
     title_matches,
@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 PER_MONITOR_AWARE_V2 = -4
 PROCESS_PER_MONITOR_DPI_AWARE = 2
 DWMWA_CLOAKED = 14
+PROCESS_QUERY_LIMITED_INFORMATION = 0x1000
 
 _dpi_lock = threading.Lock()
 _dpi_done = False
@@ -80,12 +81,42 @@ def _user32() -> Any:
     return user32
 
 
-def find_window(title: str, match: str, owner: Owner | None = None) -> Win32Window:
-    """The visible top-level window whose title matches (and, with `owner`, is that process's)."""
+def find_window(query: WindowQuery) -> Win32Window:
+    """The visible top-level window `query` names (see `agent.capture.window.choose`)."""
     make_dpi_aware()
-    window = Win32Window(title, match, owner)
+    window = Win32Window(query)
     window.reacquire()
     return window
+
+
+def attach(hwnd: int) -> Win32Window:
+    """A handle to window `hwnd` that another process identified as the game (for the
+    controller process's focus check; it never looks for a window itself)."""
+    window = Win32Window(None)
+    window.target(hwnd)
+    return window
+
+
+def program_of(pid: int) -> str | None:
+    """The file name of process `pid`'s executable (QueryFullProcessImageNameW), or None."""
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+    kernel32.OpenProcess.restype = wintypes.HANDLE
+    kernel32.OpenProcess.argtypes = [wintypes.DWORD, wintypes.BOOL, wintypes.DWORD]
+    kernel32.QueryFullProcessImageNameW.argtypes = [
+        wintypes.HANDLE, wintypes.DWORD, wintypes.LPWSTR, ctypes.POINTER(wintypes.DWORD)
+    ]  # fmt: skip
+    kernel32.CloseHandle.argtypes = [wintypes.HANDLE]
+    process = kernel32.OpenProcess(PROCESS_QUERY_LIMITED_INFORMATION, False, pid)
+    if not process:
+        return None
+    try:
+        size = wintypes.DWORD(32768)
+        buffer = ctypes.create_unicode_buffer(size.value)
+        if not kernel32.QueryFullProcessImageNameW(process, 0, buffer, ctypes.byref(size)):
+            return None
+        return buffer.value.replace("/", "\\").rsplit("\\", 1)[-1]
+    finally:
+        kernel32.CloseHandle(process)
 
 
 def _enum_windows(user32: Any) -> list[int]:
@@ -109,27 +140,37 @@ class Win32Window:
 
     def __init__(
         self,
-        query: str,
-        match: str,
-        owner: Owner | None = None,
+        query: WindowQuery | None,
         *,
         user32: Any = None,
         enum_windows: Any = _enum_windows,
+        program_of: Any = program_of,
     ) -> None:
         self._user32 = user32 if user32 is not None else _user32()
         self._enum_windows = enum_windows
+        self._program_of = program_of
         self._query = query
-        self._match = match
-        self._owner = owner
         self._hwnd: int | None = None
-        self.title = query
+        self.title = query.title if query is not None else ""
+
+    @property
+    def handle(self) -> int:
+        """The OS window keys go to (`GameWindow.handle`): the HWND, 0 before one is found."""
+        return self._hwnd or 0
 
     def reacquire(self) -> None:
-        pid = self._owner() if self._owner is not None else None
-        candidates, seen = self._enumerate()
-        chosen = choose(candidates, self._query, self._match, seen, pid=pid)
+        if self._query is None:
+            raise WindowError("this window handle was attached by id and cannot look again")
+        owner = self._query.owner
+        pid = owner() if owner is not None else None
+        candidates, seen = self._enumerate(self._query)
+        chosen = choose(candidates, self._query, seen, pid=pid)
         self._hwnd = chosen.handle  # one reference assignment: safe for readers on other threads
         self.title = chosen.title
+
+    def target(self, hwnd: int) -> None:
+        """Point this handle at window `hwnd` (0: none; has_focus is then False)."""
+        self._hwnd = hwnd or None
 
     def region(self) -> Region:
         hwnd = self._hwnd
@@ -161,7 +202,7 @@ class Win32Window:
     def __repr__(self) -> str:
         return f"Win32Window({self._hwnd}, {self.title!r})"
 
-    def _enumerate(self) -> tuple[list[Candidate], list[str]]:
+    def _enumerate(self, query: WindowQuery) -> tuple[list[Candidate], list[str]]:
         user32 = self._user32
         candidates: list[Candidate] = []
         seen: list[str] = []
@@ -174,15 +215,19 @@ class Win32Window:
             if not title:
                 continue
             seen.append(title)
-            if not title_matches(title, self._query, self._match):
+            if not title_matches(title, query.title, query.match):
                 continue
             rect = wintypes.RECT()
             user32.GetClientRect(hwnd, ctypes.byref(rect))
             shown = not user32.IsIconic(hwnd)
             pid = wintypes.DWORD(0)
             user32.GetWindowThreadProcessId(hwnd, ctypes.byref(pid))
+            # The window's thread's process, as Windows itself records it: a program cannot
+            # claim another's window.
+            owner = pid.value or None
+            program = self._program_of(owner) if query.process and owner else None
             candidates.append(
-                Candidate(hwnd, title, shown, rect.right, rect.bottom, pid.value or None)
+                Candidate(hwnd, title, shown, rect.right, rect.bottom, owner, program)
             )
         return candidates, seen
 

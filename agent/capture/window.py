@@ -29,6 +29,28 @@ Owner = Callable[[], int]
 to); raises WindowError when that process cannot be told (yet). Asked at every (re)acquire."""
 
 
+@dataclass(frozen=True)
+class WindowQuery:
+    """Which window is the game: what `game.title`, `game.match` and `game.process` say.
+
+    `process` (the game's executable file name, e.g. "GTA5.exe"; "" for any) must be given for
+    `match = "substring"`: a title that merely contains `title` (a browser tab "Grand Theft Auto
+    V cheats", an editor "notes on ...") must never receive keys, so a loose title needs a
+    second, firmer proof. `owner` (the bundled game) admits only that process's windows.
+    """
+
+    title: str
+    match: str = "exact"
+    process: str = ""
+    owner: Owner | None = None
+
+    def __post_init__(self) -> None:
+        if self.match not in MATCH_MODES:
+            raise ValueError(f"match must be one of {MATCH_MODES}, got {self.match!r}")
+        if self.match == "substring" and not self.process and self.owner is None:
+            raise ValueError("a substring title match needs the game's process (or owner)")
+
+
 class WindowError(CharlesError):
     """The game window is missing, minimised, zero-size, or there is no display to look on."""
 
@@ -39,6 +61,14 @@ class GameWindow(Protocol):
 
     title: str
     """The window's title as the OS reports it (for the console and messages)."""
+
+    @property
+    def handle(self) -> int:
+        """The OS window keyboard input must go to (X window id, HWND); 0 when there is none.
+
+        It names the window to another process (the controller process checks focus on it).
+        """
+        ...
 
     def region(self) -> Region:
         """Client area in absolute physical screen pixels, read now (follows moves).
@@ -56,7 +86,7 @@ class GameWindow(Protocol):
         ...
 
     def reacquire(self) -> None:
-        """Look for the window again by the original title query and target what is found.
+        """Look for the window again by the original query and target what is found.
 
         Raises WindowError when nothing matches (yet).
         """
@@ -84,13 +114,16 @@ class Candidate:
     width: int
     height: int
     pid: int | None = None
-    """The process that owns the window (_NET_WM_PID on X11), None when it does not say."""
+    """The process that created the window, as the window system itself knows it (X11: the
+    X-Resource extension's client pid; Windows: GetWindowThreadProcessId), never a property
+    the window's program wrote; None when it cannot be told (a remote X client)."""
+    program: str | None = None
+    """File name of that process's executable (filled in when `WindowQuery.process` asks)."""
 
 
 def choose(
     candidates: Sequence[Candidate],
-    query: str,
-    match: str,
+    query: WindowQuery,
     seen: Iterable[str],
     hint: str = "",
     pid: int | None = None,
@@ -98,29 +131,35 @@ def choose(
     """The game window among those whose title matched; WindowError when none is certain.
 
     Input goes where this points, so it never guesses: with `pid`, only that process's windows
-    count (a lookalike title elsewhere is ignored); a window titled exactly `query` beats ones
-    whose titles merely contain it; and windows of two different titles that both merely
-    contain `query` (the game and "notes on the game - Text Editor") are refused as ambiguous.
-    Among windows of the one chosen title the largest wins (toolkits keep small helper windows
-    with the same title). `seen` is every title the backend saw (for the not-found message);
-    `hint` is appended to that message (e.g. a note about Wayland).
+    count (a lookalike title elsewhere is ignored); with `query.process`, only windows of a
+    program of that name; a window titled exactly `query.title` beats ones whose titles merely
+    contain it; and windows of two different titles that both merely contain it are refused as
+    ambiguous. Among windows of the one chosen title the largest wins (toolkits keep small
+    helper windows with the same title). `seen` is every title the backend saw (for the
+    not-found message); `hint` is appended to that message (e.g. a note about Wayland).
     """
+    title = query.title
     if pid is not None:
         others = sum(c.pid != pid for c in candidates)
         candidates = [c for c in candidates if c.pid == pid]
         if not candidates:
-            raise WindowError(not_owned_message(query, pid, others))
+            raise WindowError(not_owned_message(title, pid, others))
+    if query.process:
+        strangers = [c for c in candidates if not same_program(c.program, query.process)]
+        candidates = [c for c in candidates if same_program(c.program, query.process)]
+        if strangers and not candidates:
+            raise WindowError(other_program_message(query, strangers))
     usable = [c for c in candidates if c.shown and c.width > 0 and c.height > 0]
     if usable:
-        pool = [c for c in usable if c.title == query] or usable
+        pool = [c for c in usable if c.title == title] or usable
         titles = list(dict.fromkeys(c.title for c in pool))
         if len(titles) > 1:
-            raise WindowError(ambiguous_message(query, titles))
+            raise WindowError(ambiguous_message(title, titles))
         pool.sort(key=lambda c: -c.width * c.height)
         if len(usable) > 1:
             log.info(
                 "%d windows match %r; using %r (%dx%d)",
-                len(usable), query, pool[0].title, pool[0].width, pool[0].height,
+                len(usable), title, pool[0].title, pool[0].width, pool[0].height,
             )  # fmt: skip
         return pool[0]
     hidden = [c for c in candidates if not c.shown]
@@ -128,7 +167,22 @@ def choose(
         raise WindowError(hidden_message(hidden[0].title))
     if candidates:
         raise WindowError(zero_size_message(candidates[0].title))
-    raise WindowError(not_found_message(query, match, seen, hint))
+    raise WindowError(not_found_message(title, query.match, seen, hint))
+
+
+def same_program(program: str | None, wanted: str) -> bool:
+    """Whether executable file name `program` is `wanted` (ignoring case, as Windows does)."""
+    return program is not None and program.casefold() == wanted.casefold()
+
+
+def other_program_message(query: WindowQuery, strangers: Sequence[Candidate]) -> str:
+    programs = sorted({c.program or "an unknown program" for c in strangers})
+    listing = ", ".join(repr(_shorten(p)) for p in programs[:SEEN_TITLES_SHOWN])
+    return (
+        f"{len(strangers)} window(s) match {_shorten(query.title)!r} but belong to {listing}, "
+        f"not to game.process {query.process!r}; Charles sends input only to the game's own "
+        "program: start the game, or fix game.process in config.toml"
+    )
 
 
 def not_owned_message(query: str, pid: int, others: int) -> str:
@@ -143,7 +197,7 @@ def ambiguous_message(query: str, titles: Sequence[str]) -> str:
     return (
         f"{len(titles)} windows with different titles contain {_shorten(query)!r}: {listing}; "
         "Charles will not guess which one is the game: set game.title to the game's full "
-        'window title, or game.match = "exact"'
+        'window title with game.match = "exact"'
     )
 
 
@@ -214,6 +268,10 @@ class FixedRegion:
 
     def has_focus(self) -> bool:
         return self.focus_window is not None and self.focus_window.has_focus()
+
+    @property
+    def handle(self) -> int:
+        return self.focus_window.handle if self.focus_window is not None else 0
 
     def reacquire(self) -> None:
         return None

@@ -5,6 +5,10 @@ The window tree is walked from the root rather than read from _NET_CLIENT_LIST: 
 from _NET_WM_NAME (UTF-8), else WM_NAME in whatever type the client used (SDL2 writes it as
 UTF8_STRING, which a plain STRING read misses).
 
+Which process made a window is asked of the X server itself (the X-Resource extension: the pid
+of the client connection that created it, which the server reads from the socket), never read
+from _NET_WM_PID, a property any program can write on its own windows.
+
 One X connection per window handle, guarded by a lock: the capture thread calls `region()` and
 the keyboard backend's thread calls `has_focus()`.
 """
@@ -19,12 +23,13 @@ from typing import Any
 from Xlib import X, Xatom
 from Xlib import display as xdisplay
 from Xlib.error import DisplayError, XError
+from Xlib.ext import res
 
 from agent.capture.screen import no_display_message
 from agent.capture.window import (
     Candidate,
-    Owner,
     WindowError,
+    WindowQuery,
     choose,
     hidden_message,
     title_matches,
@@ -45,11 +50,11 @@ def connect() -> xdisplay.Display:
         raise WindowError(no_display_message(error)) from None
 
 
-def find_window(title: str, match: str, owner: Owner | None = None) -> X11Window:
-    """The viewable window whose title matches (and, with `owner`, belongs to that process)."""
+def find_window(query: WindowQuery) -> X11Window:
+    """The viewable window `query` names (see `agent.capture.window.choose`)."""
     connection = connect()
     try:
-        window = X11Window(connection, title, match, owner)
+        window = X11Window(connection, query)
         window.reacquire()
     except BaseException:
         connection.close()
@@ -57,37 +62,79 @@ def find_window(title: str, match: str, owner: Owner | None = None) -> X11Window
     return window
 
 
+def attach(window_id: int) -> X11Window:
+    """A handle to the window `window_id` that another process identified as the game.
+
+    For the controller process (`agent.controllers.host`): it checks focus on the very window
+    the drive chose, and never looks for one itself (`reacquire` is refused).
+    """
+    connection = connect()
+    window = X11Window(connection, None)
+    window.target(window_id)
+    return window
+
+
+def creator_pid(connection: xdisplay.Display, window: Any) -> int | None:
+    """The pid of the X client that created `window`, as the X server knows it; None when the
+    server cannot tell (a client on another machine) or lacks the X-Resource extension."""
+    if not connection.has_extension("X-Resource"):
+        return None
+    reply = connection.res_query_client_ids([{"client": window.id, "mask": res.LocalClientPIDMask}])
+    for found in reply.ids:
+        if found.spec.mask == res.LocalClientPIDMask and len(found.value) == 1:
+            return int(found.value[0])
+    return None
+
+
+def program_of(pid: int) -> str | None:
+    """The file name of process `pid`'s executable (Linux /proc), None when it cannot be read."""
+    try:
+        return os.path.basename(os.readlink(f"/proc/{pid}/exe"))
+    except OSError:
+        return None
+
+
 class X11Window:
     """A handle to the game window on one X display (see `agent.capture.window.GameWindow`)."""
 
-    def __init__(
-        self, connection: xdisplay.Display, query: str, match: str, owner: Owner | None = None
-    ) -> None:
+    def __init__(self, connection: xdisplay.Display, query: WindowQuery | None) -> None:
         self._connection = connection
         self._root = connection.screen().root
         self._query = query
-        self._match = match
-        self._owner = owner
         self._lock = threading.Lock()
         self._window: Any = None
         self._utf8 = connection.intern_atom("UTF8_STRING")
         self._net_wm_name = connection.intern_atom("_NET_WM_NAME")
-        self._net_wm_pid = connection.intern_atom("_NET_WM_PID")
-        self.title = query
+        self.title = query.title if query is not None else ""
 
     @property
     def id(self) -> int:
         """The X window id currently targeted (0 before the first successful find)."""
         return 0 if self._window is None else self._window.id
 
+    handle = id
+    """The OS window keys go to (`GameWindow.handle`): here the X window id."""
+
     def reacquire(self) -> None:
-        pid = self._owner() if self._owner is not None else None
+        if self._query is None:
+            raise WindowError("this window handle was attached by id and cannot look again")
+        owner = self._query.owner
+        pid = owner() if owner is not None else None
         with self._lock:
-            candidates, seen = self._walk()
-            chosen = choose(candidates, self._query, self._match, seen, _wayland_hint(), pid)
+            candidates, seen = self._walk(self._query)
+            chosen = choose(candidates, self._query, seen, _wayland_hint(), pid)
             self._window = chosen.handle
             self.title = chosen.title
         log.debug("targeting X window 0x%x %r", chosen.handle.id, chosen.title)
+
+    def target(self, window_id: int) -> None:
+        """Point this handle at X window `window_id` (0: no window; has_focus is then False)."""
+        with self._lock:
+            if window_id == self.id:
+                return
+            self._window = (
+                self._connection.create_resource_object("window", window_id) if window_id else None
+            )
 
     def region(self) -> Region:
         with self._lock:
@@ -149,7 +196,7 @@ class X11Window:
 
     def _require_window(self) -> Any:
         if self._window is None:
-            raise WindowError(f"no window titled {self._query!r} has been found yet")
+            raise WindowError(f"no window titled {self.title!r} has been found yet")
         return self._window
 
     def _under_pointer(self) -> bool:
@@ -168,7 +215,7 @@ class X11Window:
             window = window.query_tree().parent
         return False
 
-    def _walk(self) -> tuple[list[Candidate], list[str]]:
+    def _walk(self, query: WindowQuery) -> tuple[list[Candidate], list[str]]:
         """Every window whose title matches, and the titles of viewable windows seen."""
         candidates: list[Candidate] = []
         seen_viewable: list[str] = []
@@ -183,24 +230,17 @@ class X11Window:
                     continue
                 viewable = window.get_attributes().map_state == X.IsViewable
                 (seen_viewable if viewable else seen_other).append(title)
-                if not title_matches(title, self._query, self._match):
+                if not title_matches(title, query.title, query.match):
                     continue
                 geometry = window.get_geometry()
-                pid = self._pid_of(window)
+                pid = creator_pid(self._connection, window)
             except XError:  # the window went away while we looked at it
                 continue
+            program = program_of(pid) if query.process and pid is not None else None
             candidates.append(
-                Candidate(window, title, viewable, geometry.width, geometry.height, pid)
+                Candidate(window, title, viewable, geometry.width, geometry.height, pid, program)
             )
         return candidates, seen_viewable + seen_other
-
-    def _pid_of(self, window: Any) -> int | None:
-        # _NET_WM_PID (EWMH): toolkits such as SDL set it on their windows; a client can write
-        # any number there, but only windows of the process Charles started or asked count.
-        prop = window.get_full_property(self._net_wm_pid, Xatom.CARDINAL)
-        if prop is None or prop.format != 32 or len(prop.value) != 1:
-            return None
-        return int(prop.value[0])
 
     def _title_of(self, window: Any) -> str | None:
         prop = window.get_full_property(self._net_wm_name, self._utf8)
