@@ -123,9 +123,7 @@ def run_drive(
             # Registered before the controller, so on the way out it runs after neutral.
             stack.callback(recorder.close)
 
-            controller = open_controller(
-                config.controller, config.game.channel_port, window.has_focus
-            )
+            controller = open_controller(config.controller, config.game.channel_port, window)
             # Registered after the grabber, so it runs before it: neutral first, then teardown.
             stack.callback(controller.close)
 

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from agent.config import ControllerConfig, KeyboardConfig
-from agent.controllers import BACKENDS, open_controller
+from agent.controllers import BACKENDS, build_controller
 from agent.controllers.game import GameController
 from agent.controllers.keyboard import duty_cycles, roles_down, until_next_edge
 from agent.controllers.null import NullController
@@ -53,7 +53,7 @@ def test_factory_knows_every_backend_the_config_allows() -> None:
     choices = next(f for f in dataclasses.fields(ControllerConfig) if f.name == "backend")
     assert set(BACKENDS) == set(choices.metadata["choices"])
     with pytest.raises(ValueError, match="unknown controller backend 'joystick'"):
-        open_controller(ControllerConfig(backend="joystick"), 0, always)
+        build_controller(ControllerConfig(backend="joystick"), 0, always)
 
 
 def test_factory_gives_every_backend_the_configured_hold(
@@ -64,7 +64,7 @@ def test_factory_gives_every_backend_the_configured_hold(
     )
     monkeypatch.setitem(sys.modules, "vgamepad", types.SimpleNamespace(VX360Gamepad=FakePad))
     for backend in BACKENDS:
-        controller = open_controller(ControllerConfig(backend=backend, hold=0.3), 47999, always)
+        controller = build_controller(ControllerConfig(backend=backend, hold=0.3), 47999, always)
         try:
             assert controller.name == backend
             assert controller.hold == 0.3, backend
@@ -73,7 +73,7 @@ def test_factory_gives_every_backend_the_configured_hold(
 
 
 def test_null_backend_remembers_the_last_clamped_state() -> None:
-    controller = open_controller(ControllerConfig(backend="null"), 0, always)
+    controller = build_controller(ControllerConfig(backend="null"), 0, always)
     assert isinstance(controller, NullController)
     assert controller.last == NEUTRAL and controller.writes == 1  # the factory starts neutral
     assert NullController().last == NEUTRAL
@@ -250,7 +250,7 @@ def test_game_backend_reaches_the_real_receiver_and_closes_neutral() -> None:
     receiver = GamepadReceiver(port=0, timeout=10.0)
     try:
         config = ControllerConfig(backend="game")
-        controller = open_controller(config, channel_port=receiver.port, has_focus=always)
+        controller = build_controller(config, channel_port=receiver.port, has_focus=always)
         assert isinstance(controller, GameController)
         wanted = ControllerState(steering=-0.5, accelerate=0.75, brake=0.0)
         controller.set(wanted)
@@ -401,7 +401,7 @@ def test_vjoy_uses_pyvjoy_device_number(monkeypatch: pytest.MonkeyPatch) -> None
         return device
 
     monkeypatch.setitem(sys.modules, "pyvjoy", types.SimpleNamespace(VJoyDevice=vjoy_device))
-    controller = open_controller(ControllerConfig(backend="vjoy", vjoy_device=3), 0, always)
+    controller = build_controller(ControllerConfig(backend="vjoy", vjoy_device=3), 0, always)
     assert opened == [3]
     assert device.calls == [(X, 0x4000), (Z, 0x1), (RZ, 0x1)]  # the factory starts neutral
     controller.close()
@@ -410,7 +410,7 @@ def test_vjoy_uses_pyvjoy_device_number(monkeypatch: pytest.MonkeyPatch) -> None
 def test_vjoy_missing_is_a_dependency_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "pyvjoy", None)  # an import of it raises ImportError
     with pytest.raises(DependencyError) as caught:
-        open_controller(ControllerConfig(backend="vjoy", vjoy_device=2), 0, always)
+        build_controller(ControllerConfig(backend="vjoy", vjoy_device=2), 0, always)
     message = str(caught.value)
     assert "vJoy driver" in message and "pip install pyvjoy" in message
     assert "device 2" in message and "\n" not in message
@@ -497,7 +497,7 @@ def test_vgamepad_clamps_and_goes_neutral_on_close() -> None:
 def test_vgamepad_uses_vx360gamepad(monkeypatch: pytest.MonkeyPatch) -> None:
     pad = FakePad()
     monkeypatch.setitem(sys.modules, "vgamepad", types.SimpleNamespace(VX360Gamepad=lambda: pad))
-    controller = open_controller(ControllerConfig(backend="vgamepad"), 0, always)
+    controller = build_controller(ControllerConfig(backend="vgamepad"), 0, always)
     controller.set(FULL_RIGHT)
     assert pad.calls == pad_calls(0, 0, 0) + pad_calls(32767, 0, 0)
     controller.close()
@@ -506,7 +506,7 @@ def test_vgamepad_uses_vx360gamepad(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_vgamepad_missing_is_a_dependency_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "vgamepad", None)
     with pytest.raises(DependencyError) as caught:
-        open_controller(ControllerConfig(backend="vgamepad"), 0, always)
+        build_controller(ControllerConfig(backend="vgamepad"), 0, always)
     message = str(caught.value)
     assert "ViGEmBus" in message and "pip install vgamepad" in message and "\n" not in message
 
@@ -701,7 +701,7 @@ def test_keyboard_takes_a_capital_letter_as_the_key_without_shift(key_window: Ke
 def test_keyboard_from_the_factory_presses_only_with_focus(key_window: KeyWindow) -> None:
     focus = threading.Event()
     config = ControllerConfig(backend="keyboard", hold=0.5)
-    controller = open_controller(config, 0, focus.is_set)
+    controller = build_controller(config, 0, focus.is_set)
     try:
         controller.set(FULL_THROTTLE)
         assert key_window.collect(0.2) == []

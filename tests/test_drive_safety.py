@@ -31,7 +31,7 @@ from tests.drives import (
     wait_until,
     without_display,
 )
-from tests.xvfb import display_env, focus_window, wait_for_window
+from tests.xvfb import WindowProgram, display_env, focus_window, program_named, wait_for_window
 
 pytestmark = pytest.mark.filterwarnings("ignore:builtin type [Ss]wig:DeprecationWarning")
 
@@ -270,3 +270,157 @@ def test_keyboard_with_a_region_needs_the_games_window_for_focus(
     [line] = [x for x in result.stderr.splitlines() if x.startswith("charles: error:")]
     assert "with game.region, the keyboard backend still needs the game's window" in line
     assert "'No Such Game'" in line
+
+
+# --- keys only to the game, under every title rule, and let go by a frozen Charles -----------
+
+
+def keycode(display: str, name: str) -> int:
+    from Xlib import XK
+    from Xlib.display import Display
+
+    connection = Display(display)
+    try:
+        return connection.keysym_to_keycode(XK.string_to_keysym(name))
+    finally:
+        connection.close()
+
+
+def wait_for_key(window: WindowProgram, kind: str, code: int, timeout: float = 60.0) -> float:
+    """When `window` first received a `kind` ("press"/"release") of `code`."""
+    wait_until(lambda: any(e[1:] == (kind, code) for e in window.events), timeout, f"{kind} {code}")
+    return next(at for at, *event in window.events if tuple(event) == (kind, code))
+
+
+def test_a_frozen_charles_lets_go_of_every_key_within_the_hold(
+    x_display: str, tmp_path: Path
+) -> None:
+    """SIGSTOP freezes the whole drive process (as a debugger, swapping or a native call holding
+    the GIL would): the keys it held are released `controller.hold` seconds after its last
+    command, by the controller process, which the stop does not reach."""
+    store = tmp_path / "models"
+    publish_constant_driver(store, throttle=1.0, steering=1.0)  # holds W and D down
+    w, d = keycode(x_display, "w"), keycode(x_display, "d")
+    with WindowProgram(x_display, "Charles Test Game", (0, 0, 640, 360)) as game:
+        game.focus()
+        command = drive_command(
+            store, free_udp_port(), "--backend", "keyboard", "--json",
+            "--set", "game.title='Charles Test Game'", "--set", "unstuck.enabled=false",
+        )  # fmt: skip
+        drive = Drive(command, tmp_path)
+        try:
+            drive.wait_for_log("driving 'Charles Test Game'")
+            wait_for_key(game, "press", w)
+            wait_for_key(game, "press", d)
+            drive.signal("SIGSTOP")
+            stopped = time.monotonic()
+            released = max(
+                wait_for_key(game, "release", w, 10), wait_for_key(game, "release", d, 10)
+            )
+            assert released - stopped <= 1.0 + 0.5, released - stopped
+            drive.signal("SIGCONT")  # it drives on: the keys go down again
+            wait_until(lambda: sum(e[1:] == ("press", w) for e in game.events) >= 2, 10, "W again")
+            drive.signal("SIGTERM")
+        finally:
+            drive.signal("SIGCONT")
+            status = drive.finish()
+    assert status == EXIT_STATUS["SIGTERM"], drive.stderr[-3000:]
+    assert drive.summary()["deadman_releases"] >= 1
+
+
+def test_a_window_whose_title_merely_contains_the_games_never_gets_a_key(
+    x_display: str, tmp_path: Path
+) -> None:
+    """The default rule is the exact title; a substring rule needs the game's program, and
+    holds after the game closes too: Charles never re-acquires the browser tab."""
+    store = tmp_path / "models"
+    publish_constant_driver(store, throttle=1.0, steering=1.0)
+    title = "Grand Theft Auto V"
+    browser_program = program_named(tmp_path, "firefox-esr")
+    with WindowProgram(
+        x_display, f"{title} cheats - Mozilla Firefox", (0, 0, 1000, 700),
+        executable=browser_program,
+    ) as browser:  # fmt: skip
+        browser.focus()
+        command = drive_command(
+            store, free_udp_port(), "--backend", "keyboard", "--seconds", "3",
+            "--set", f"game.title='{title}'",
+        )  # fmt: skip
+        drive = Drive(command, tmp_path)
+        assert drive.finish(60) == 1, drive.stderr[-3000:]
+        [line] = drive.error_lines()
+        assert f"no window titled exactly '{title}'" in line
+        assert browser.events == [], "keys were typed into the browser"
+
+        # The game's own program, by name: its window is driven, the browser never.
+        loose = [
+            "--set", "game.match=substring", "--set", "game.process=GTA5.exe",
+            "--set", f"game.title='{title}'", "--set", "unstuck.enabled=false",
+        ]  # fmt: skip
+        game = WindowProgram(
+            x_display, title, (100, 100, 640, 360), executable=program_named(tmp_path, "GTA5.exe")
+        )
+        game.focus()
+        command = drive_command(store, free_udp_port(), "--backend", "keyboard", "--json", *loose)
+        drive = Drive(command, tmp_path)
+        try:
+            drive.wait_for_log(f"driving '{title}'")
+            wait_for_key(game, "press", keycode(x_display, "w"))
+            game.close()
+            drive.wait_for_log("waiting for it to come back")
+            browser.focus()
+            time.sleep(3.0)  # the drive looks for the game again and again meanwhile
+            assert "found the game window" not in drive.stderr
+            drive.signal("SIGTERM")
+        finally:
+            game.close()
+            status = drive.finish()
+        assert status == EXIT_STATUS["SIGTERM"], drive.stderr[-3000:]
+        assert browser.events == [], "keys were typed into the browser"
+
+
+def test_with_a_region_the_focus_window_follows_the_same_rules(
+    editor: Editor, tmp_path: Path, run_charles
+) -> None:
+    """game.region with the keyboard: the default title names the bundled game, so only its
+    process's window could say "the game has focus"; an editor naming it never does."""
+    editor.focus()
+    result = run_charles(
+        "drive", "--config", str(REPO / "config.toml"), "--backend", "keyboard",
+        "--set", "game.region=[0, 0, 320, 240]", "--set", f"game.channel_port={free_udp_port()}",
+        "--seconds", "2", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    [line] = [x for x in result.stderr.splitlines() if x.startswith("charles: error:")]
+    assert "the keyboard backend still needs the game's window" in line
+    assert "the bundled game is not running" in line
+    assert editor.key_events(0.5) == 0
+
+
+def test_a_lookalike_claiming_the_games_pid_never_gets_a_key(
+    x_display: str, tmp_path: Path
+) -> None:
+    """A larger, focused window titled like the bundled game, whose _NET_WM_PID names the
+    game's process: Charles asks the X server who made each window, and drives the game."""
+    store = tmp_path / "models"
+    publish_constant_driver(store, throttle=1.0, steering=0.0)
+    port = free_udp_port()
+    game = start_game(port, tmp_path)
+    try:
+        with WindowProgram(x_display, TITLE, (0, 0, 1400, 1000), claimed_pid=game.pid) as impostor:
+            impostor.focus()
+            command = drive_command(store, port, "--backend", "keyboard", "--json")
+            drive = Drive(command, tmp_path)
+            try:
+                drive.wait_for_log(f"driving '{TITLE}'")
+                time.sleep(2.0)
+                assert impostor.events == [], "keys were typed into the lookalike"
+                drive.signal("SIGTERM")
+            finally:
+                status = drive.finish()
+        assert status == EXIT_STATUS["SIGTERM"], drive.stderr[-3000:]
+        assert drive.summary()["window"] == TITLE
+    finally:
+        game.kill()
+        game.wait()

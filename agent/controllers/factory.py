@@ -3,22 +3,51 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
+from agent.capture.window import GameWindow
 from agent.config import ControllerConfig
 from agent.controllers.base import Controller
 
 BACKENDS = ("game", "keyboard", "vjoy", "vgamepad", "null")
+PROCESS_BACKENDS = ("keyboard", "vjoy", "vgamepad")
+"""Backends that hold input in the OS (a key down, a pad's axis): they run in a controller
+process of their own (`agent.controllers.host`)."""
 
 
 def open_controller(
-    config: ControllerConfig, channel_port: int, has_focus: Callable[[], bool]
+    config: ControllerConfig, channel_port: int, window: GameWindow | None
 ) -> Controller:
-    """The backend `config.backend` names, connected and neutral.
+    """The backend `config.backend` names, connected and neutral, as `charles drive` uses it.
+
+    Backends that hold input in the operating system (keys, vJoy, a virtual XInput pad) run in
+    a controller process of their own (`agent.controllers.remote`), so they let go even when
+    this process is frozen; the keyboard presses keys only while `window` (the game's) has the
+    focus. The bundled game's pad (`game`) and `null` run here: the game itself lets go of a
+    silent pad. Raises DependencyError (one line with the fix) when the backend's package or
+    driver is missing.
+    """
+    if config.backend in PROCESS_BACKENDS:
+        from agent.controllers.remote import ControllerProcess
+
+        return ControllerProcess(config, window)
+    has_focus = window.has_focus if window is not None else _never
+    return build_controller(config, channel_port, has_focus)
+
+
+def build_controller(
+    config: ControllerConfig,
+    channel_port: int,
+    has_focus: Callable[[], bool],
+    *,
+    key_sender: Any = None,
+) -> Controller:
+    """The backend `config.backend` names, in this process, connected and neutral.
 
     `channel_port` is the bundled game's pad port (backend "game"); `has_focus` tells the
-    keyboard backend whether the game window has keyboard focus. Every backend lets go by itself
-    when a command is older than `config.hold` seconds. Raises DependencyError (one
-    line with the fix) when the backend's package or driver is missing.
+    keyboard backend whether the game window has keyboard focus, and `key_sender` (X11) sends
+    its keys to the game's window only. Every backend lets go by itself when a command is older
+    than `config.hold` seconds.
     """
     # Imports per branch: each backend pulls in its own (possibly Windows-only) driver.
     backend = config.backend
@@ -30,7 +59,9 @@ def open_controller(
     elif backend == "keyboard":
         from agent.controllers.keyboard import KeyboardController
 
-        controller = KeyboardController(config.keyboard, has_focus, hold=config.hold)
+        controller = KeyboardController(
+            config.keyboard, has_focus, hold=config.hold, sender=key_sender
+        )
     elif backend == "vjoy":
         from agent.controllers.vjoy import VJoyController
 
@@ -47,3 +78,7 @@ def open_controller(
         raise ValueError(f"unknown controller backend {backend!r}; expected one of {BACKENDS}")
     controller.neutral()
     return controller
+
+
+def _never() -> bool:
+    return False

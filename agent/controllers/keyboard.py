@@ -82,6 +82,16 @@ def resolve_key(name: str, keyboard: Any) -> Any:
         ) from None
 
 
+def _open_pynput(keyboard: Any) -> Any:
+    try:
+        return keyboard.Controller()
+    except Exception as error:  # the display went away between import and now
+        raise DependencyError(
+            f"keyboard backend cannot open the desktop's keyboard ({error}); run Charles "
+            "inside the desktop session that shows the game"
+        ) from None
+
+
 def _load_pynput_keyboard() -> Any:
     try:
         from pynput import keyboard
@@ -102,7 +112,9 @@ class KeyboardController(Controller):
 
     `set()` only stores the newest state and wakes the thread; it never waits for key presses.
     `has_focus` is called on the pulse thread (about every `focus_poll` seconds); it should be
-    cheap and must not block.
+    cheap and must not block. `sender` replaces pynput's keyboard (it has pynput's press and
+    release, and `keycode(key)` to check a key exists): the controller process sends keys to
+    the game's own window with one (`agent.controllers.xkeys`).
     """
 
     name = "keyboard"
@@ -114,19 +126,19 @@ class KeyboardController(Controller):
         *,
         hold: float = DEFAULT_HOLD,
         focus_poll: float = 0.02,
+        sender: Any = None,
     ) -> None:
         keyboard = _load_pynput_keyboard()
         self._keys = {role: resolve_key(getattr(config, role), keyboard) for role in ROLES}
         self._period = config.pulse_period
         self._has_focus = has_focus
         self._focus_poll = focus_poll
-        try:
-            self._keyboard: Any = keyboard.Controller()
-        except Exception as error:  # the display went away between import and now
-            raise DependencyError(
-                f"keyboard backend cannot open the desktop's keyboard ({error}); run Charles "
-                "inside the desktop session that shows the game"
-            ) from None
+        if sender is not None:
+            # A sender that addresses the game's window itself (agent.controllers.xkeys):
+            # every key must exist on this keyboard before anything is pressed.
+            for key in self._keys.values():
+                sender.keycode(key)
+        self._keyboard: Any = sender if sender is not None else _open_pynput(keyboard)
         # Re-entrant: neutral() from a signal handler on a thread inside neutral() must not hang.
         self._lock = threading.RLock()
         self._state = NEUTRAL

@@ -84,9 +84,7 @@ def collect_from_window(
                 from agent.learn.offscreen import load_agent
 
                 agent = load_agent(config)
-                controller = open_controller(
-                    config.controller, config.game.channel_port, window.has_focus
-                )
+                controller = open_controller(config.controller, config.game.channel_port, window)
                 stack.callback(controller.close)
             frames: Slot[Frame] = Slot()
             grabber = Grabber(window, config.capture.fps, frames)

@@ -1,0 +1,236 @@
+"""The controller process: keys and virtual pads held apart from the drive, released by it.
+
+Real parts throughout: the real controller process (`python -m agent.controllers.host`), real
+key events on a private Xvfb read back by the windows they reach, real kill -9. vJoy cannot
+exist here, so its driver is a fake `pyvjoy` module the controller process imports, which logs
+every axis it is given: the driver boundary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from agent.config import ControllerConfig
+from agent.controllers import open_controller
+from agent.controllers.remote import ControllerProcess
+from agent.errors import DependencyError
+from agent.types import NEUTRAL, ControllerState
+from tests.conftest import REPO
+from tests.drives import running, wait_until
+from tests.xvfb import WindowProgram
+
+FULL_THROTTLE_RIGHT = ControllerState(steering=1.0, accelerate=1.0)
+
+
+@dataclass
+class Target:
+    """What the drive hands the controller: the game window, by handle."""
+
+    handle: int
+    title: str = "game"
+
+
+@pytest.fixture
+def two_windows(x_display: str) -> Iterator[tuple[WindowProgram, WindowProgram]]:
+    """The game's window and another program's, each recording the key events it receives."""
+    game = WindowProgram(x_display, "Charles Test Game", (0, 0, 320, 240))
+    other = WindowProgram(x_display, "Another Program", (400, 0, 320, 240))
+    yield game, other
+    other.close()
+    game.close()
+
+
+def keycode(display: str, name: str) -> int:
+    from Xlib import XK
+    from Xlib.display import Display
+
+    connection = Display(display)
+    try:
+        return connection.keysym_to_keycode(XK.string_to_keysym(name))
+    finally:
+        connection.close()
+
+
+def wait_for_event(
+    window: WindowProgram, kind: str, code: int, timeout: float = 5.0
+) -> tuple[float, str, int]:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [e for e in window.events if e[1:] == (kind, code)]
+        if found:
+            return found[0]
+        assert time.monotonic() < deadline, f"no {kind} of {code}: {window.events}"
+        time.sleep(0.01)
+
+
+def test_keys_go_to_the_game_window_only_whatever_the_focus_does(
+    x_display: str, two_windows: tuple[WindowProgram, WindowProgram]
+) -> None:
+    game, other = two_windows
+    w, d = keycode(x_display, "w"), keycode(x_display, "d")
+    config = ControllerConfig(backend="keyboard", hold=5.0)
+    other.focus()
+    controller = open_controller(config, 0, Target(game.id))
+    assert isinstance(controller, ControllerProcess)
+    try:
+        controller.set(FULL_THROTTLE_RIGHT)
+        # Another program has the focus: nothing is pressed anywhere.
+        time.sleep(0.3)
+        assert game.events == [] and other.events == []
+
+        game.focus()
+        wait_for_event(game, "press", w)
+        wait_for_event(game, "press", d)
+        # The focus moves on while both keys are down: they are released, in the game's
+        # window (a key sent to "whatever has the focus now" would reach the other program).
+        other.focus()
+        wait_for_event(game, "release", w)
+        wait_for_event(game, "release", d)
+        time.sleep(0.2)
+        assert other.events == [], "a key event reached another program's window"
+    finally:
+        controller.close()
+    assert controller.releases == 0
+
+
+def test_it_lets_go_when_the_drive_stops_sending(
+    x_display: str, two_windows: tuple[WindowProgram, WindowProgram]
+) -> None:
+    game, _ = two_windows
+    w = keycode(x_display, "w")
+    game.focus()
+    controller = open_controller(ControllerConfig(backend="keyboard", hold=0.5), 0, Target(game.id))
+    try:
+        controller.set(FULL_THROTTLE_RIGHT)
+        sent = time.monotonic()
+        wait_for_event(game, "press", w)
+        released_at, _, _ = wait_for_event(game, "release", w, timeout=3.0)
+        assert 0.4 <= released_at - sent <= 0.5 + 0.5
+        wait_until(lambda: controller.releases == 1, 2.0, "the release to be reported")
+        controller.set(FULL_THROTTLE_RIGHT)  # a new command drives again
+        wait_until(lambda: sum(e[1:] == ("press", w) for e in game.events) == 2, 2.0, "a new press")
+    finally:
+        controller.close()
+
+
+DRIVE_THAT_DIES = """
+import sys, time
+from agent.config import ControllerConfig
+from agent.controllers import open_controller
+from agent.types import ControllerState
+
+class Target:
+    handle = int(sys.argv[1])
+
+controller = open_controller(ControllerConfig(backend="keyboard", hold=60.0), 0, Target())
+controller.set(ControllerState(steering=-1.0, accelerate=1.0))
+print(controller.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_drive_killed_with_9_leaves_no_key_down_and_no_controller_process(
+    x_display: str, two_windows: tuple[WindowProgram, WindowProgram]
+) -> None:
+    game, _ = two_windows
+    game.focus()
+    drive = subprocess.Popen(
+        [sys.executable, "-c", DRIVE_THAT_DIES, str(game.id)],
+        stdout=subprocess.PIPE, text=True, cwd=REPO,
+    )  # fmt: skip
+    try:
+        assert drive.stdout is not None
+        child = int(drive.stdout.readline())
+        w, a = keycode(x_display, "w"), keycode(x_display, "a")
+        wait_for_event(game, "press", w)
+        wait_for_event(game, "press", a)
+        drive.kill()  # no close(), no atexit: only the pipe's end tells the controller process
+        killed = time.monotonic()
+        released_at, _, _ = wait_for_event(game, "release", w)
+        wait_for_event(game, "release", a)
+        assert released_at - killed < 1.0  # far sooner than the 60 s hold
+        wait_until(lambda: not running(child), 5.0, "the controller process to exit")
+    finally:
+        drive.kill()
+        drive.wait()
+
+
+FAKE_PYVJOY = """
+import json, os
+
+class VJoyDevice:
+    def __init__(self, number):
+        if os.environ.get("FAKE_VJOY_MISSING"):
+            raise RuntimeError("vJoy device is not enabled")
+        self.number = number
+
+    def set_axis(self, axis, value):
+        with open(os.environ["FAKE_VJOY_LOG"], "a") as log:
+            log.write(json.dumps([axis, value]) + "\\n")
+"""
+
+
+def fake_vjoy(tmp_path: Path, **extra: str) -> tuple[Path, dict[str, str]]:
+    """A `pyvjoy` driver module for the controller process, and the log of the axes it sets."""
+    (tmp_path / "driver").mkdir(exist_ok=True)
+    (tmp_path / "driver" / "pyvjoy.py").write_text(FAKE_PYVJOY)
+    log = tmp_path / "axes.jsonl"
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(tmp_path / "driver"), str(REPO)]),
+        "FAKE_VJOY_LOG": str(log),
+        **extra,
+    }
+    return log, env
+
+
+def steering_axis(log: Path) -> list[int]:
+    if not log.exists():
+        return []
+    return [value for axis, value in map(json.loads, log.read_text().splitlines()) if axis == 0x30]
+
+
+def test_vjoy_in_its_process_centres_when_the_drive_stops_sending(tmp_path: Path) -> None:
+    log, env = fake_vjoy(tmp_path)
+    controller = ControllerProcess(ControllerConfig(backend="vjoy", hold=0.4), None, env=env)
+    try:
+        assert steering_axis(log) == [0x4000]  # opened neutral
+        controller.set(ControllerState(steering=1.0))
+        sent = time.monotonic()
+        wait_until(lambda: steering_axis(log)[-1:] == [0x8000], 3.0, "full right")
+        wait_until(lambda: steering_axis(log)[-1:] == [0x4000], 3.0, "the centre again")
+        assert time.monotonic() - sent <= 0.4 + 0.5
+        wait_until(lambda: controller.releases == 1, 2.0, "the release to be reported")
+    finally:
+        controller.close()
+
+
+def test_a_missing_vjoy_driver_is_one_line_from_the_controller_process(tmp_path: Path) -> None:
+    _, env = fake_vjoy(tmp_path, FAKE_VJOY_MISSING="1")
+    with pytest.raises(DependencyError) as caught:
+        ControllerProcess(ControllerConfig(backend="vjoy", vjoy_device=3), None, env=env)
+    message = str(caught.value)
+    assert "vJoy device 3 cannot be acquired" in message and "\n" not in message
+
+
+def test_a_controller_process_that_dies_stops_the_drive_with_one_line(tmp_path: Path) -> None:
+    _, env = fake_vjoy(tmp_path)
+    controller = ControllerProcess(ControllerConfig(backend="vjoy"), None, env=env)
+    try:
+        controller.set(ControllerState(steering=0.5))
+        os.kill(controller.pid, signal.SIGKILL)
+        wait_until(lambda: controller.error is not None, 5.0, "the loss to be noticed")
+        with pytest.raises(Exception, match="vjoy controller process ended unexpectedly"):
+            controller.set(NEUTRAL)
+    finally:
+        controller.close()
