@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import agent.onnx_backend as onnx_backend
 from agent.config import InferenceConfig, SwapConfig
 from agent.errors import ModelError
 from agent.hotswap import HotSwap
 from agent.nets.registry import get_line
-from agent.onnx_backend import ONNX_FOLDER, TOLERANCE
+from agent.onnx_backend import TOLERANCE
 from agent.predictor import Predictor, build_model
 from agent.store import checkpoint_in, publish
 from tests.checkpoints import LINE, publish_driver
@@ -22,6 +23,13 @@ from tests.conftest import REPO, assert_one_line_error
 
 ONNX = InferenceConfig(backend="onnxruntime")
 MODEL_0005 = "model_0005_inceptionresnetv2"
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The private ONNX cache, in this test's temporary folder (never the real home)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "charles" / "onnx"
 
 
 def frames(line: str, count: int = 6, seed: int = 0) -> np.ndarray:
@@ -48,8 +56,8 @@ def trained_checkpoint(store: Path) -> Path:
     return publish(model, store, LINE, batches=7, note="fresh").folder
 
 
-def test_onnx_agrees_with_tensorflow_on_pilotnet_and_is_cached_beside_the_checkpoint(
-    tmp_path: Path,
+def test_onnx_agrees_with_tensorflow_on_pilotnet_and_is_cached_privately(
+    tmp_path: Path, cache: Path
 ) -> None:
     checkpoint = checkpoint_in(trained_checkpoint(tmp_path), LINE)
     tensorflow = Predictor.load(LINE, checkpoint, convcam=True)
@@ -57,7 +65,7 @@ def test_onnx_agrees_with_tensorflow_on_pilotnet_and_is_cached_beside_the_checkp
     assert tensorflow.onnx is None and onnx.onnx is not None
     assert onnx.onnx.export_seconds > 0  # exported this time
     cached = onnx.onnx.path
-    assert cached is not None and cached.parent == checkpoint.folder / ONNX_FOLDER
+    assert cached is not None and cached.parent == cache
     assert largest_difference(onnx, tensorflow, frames(LINE)) <= TOLERANCE
     # The second load reads the cache (no export), and it is checked the same way.
     again = Predictor.load(LINE, checkpoint, convcam=True, inference=ONNX)
@@ -79,13 +87,12 @@ def test_onnx_agrees_with_tensorflow_on_model_0005() -> None:
     assert difference <= TOLERANCE, difference
 
 
-def test_a_cached_file_that_disagrees_is_exported_again(tmp_path: Path) -> None:
-    """A stale or tampered cache is never trusted: it must reproduce TensorFlow first."""
+def test_a_signed_cache_file_that_disagrees_is_exported_again(tmp_path: Path) -> None:
+    """Behind the signature, the check against TensorFlow still catches a graph that does not
+    reproduce it (an exporter bug, another checkpoint's graph filed under this one's key)."""
     checkpoint = checkpoint_in(publish_driver(tmp_path, 0.5, -0.25), LINE)
     first = Predictor.load(LINE, checkpoint, inference=ONNX)
     assert first.onnx is not None and first.onnx.path is not None
-    cached = first.onnx.path
-    # Another checkpoint's graph where this one's belongs: it loads, but predicts otherwise.
     other = Predictor.load(LINE, checkpoint_in(publish_driver(tmp_path, -0.9, 0.9), LINE),
                            inference=ONNX)  # fmt: skip
     assert other.onnx is not None and other.onnx.path is not None
@@ -94,14 +101,14 @@ def test_a_cached_file_that_disagrees_is_exported_again(tmp_path: Path) -> None:
     first.onnx.session = other.onnx.session
     swapped = first.predict(frames(LINE)[0])
     assert (round(swapped.throttle, 4), round(swapped.steering, 4)) == (-0.9, 0.9)
-    cached.write_bytes(other.onnx.path.read_bytes())
-    fixed = Predictor.load(LINE, checkpoint, inference=ONNX)
-    assert fixed.onnx is not None and fixed.onnx.export_seconds > 0
-    prediction = fixed.predict(frames(LINE)[0])
-    assert (round(prediction.throttle, 4), round(prediction.steering, 4)) == (0.5, -0.25)
-    # Garbage is exported over too.
-    cached.write_bytes(b"not an onnx graph")
-    assert Predictor.load(LINE, checkpoint, inference=ONNX).onnx.export_seconds > 0  # type: ignore[union-attr]
+    key = onnx_backend.export_key(first.model, LINE)
+    for wrong in (other.onnx.path.read_bytes()[onnx_backend.HEADER_BYTES :], b"not an onnx graph"):
+        with onnx_backend.private_cache() as cache:
+            assert cache is not None and cache.put(key, wrong) == first.onnx.path
+        fixed = Predictor.load(LINE, checkpoint, inference=ONNX)
+        assert fixed.onnx is not None and fixed.onnx.export_seconds > 0
+        prediction = fixed.predict(frames(LINE)[0])
+        assert (round(prediction.throttle, 4), round(prediction.steering, 4)) == (0.5, -0.25)
 
 
 def test_a_linked_cache_file_is_replaced_never_written_through(tmp_path: Path) -> None:
@@ -110,38 +117,34 @@ def test_a_linked_cache_file_is_replaced_never_written_through(tmp_path: Path) -
     first = Predictor.load(LINE, checkpoint, inference=ONNX)
     assert first.onnx is not None and first.onnx.path is not None
     cached = first.onnx.path
+    # Even to a soundly signed export: a link is never followed, nor written through.
     target = elsewhere / "victim.onnx"
     elsewhere.mkdir()
-    target.write_bytes(b"precious")
+    target.write_bytes(signed := cached.read_bytes())
     cached.unlink()
     cached.symlink_to(target)
     again = Predictor.load(LINE, checkpoint, inference=ONNX)
     assert again.onnx is not None and again.onnx.export_seconds > 0
-    assert target.read_bytes() == b"precious"
+    assert target.read_bytes() == signed
     assert not cached.is_symlink()  # replaced by the real file, the link's target untouched
 
 
-def test_a_shipped_checkpoint_is_cached_in_the_user_cache(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_shipped_checkpoint_is_cached_in_the_user_cache(cache: Path) -> None:
     from agent.reference import reference_checkpoint
 
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     checkpoint = reference_checkpoint(LINE)
     assert checkpoint is not None
     predictor = Predictor.load(LINE, checkpoint, inference=ONNX)
     assert predictor.onnx is not None and predictor.onnx.path is not None
-    assert predictor.onnx.path.is_relative_to(tmp_path)
-    assert not (checkpoint.folder / ONNX_FOLDER).exists()
+    assert predictor.onnx.path.parent == cache
+    assert not (checkpoint.folder / "onnx").exists()
 
 
 def test_a_graph_that_cannot_match_tensorflow_is_a_model_error(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """When even a fresh export disagrees, the checkpoint may not drive on ONNX Runtime."""
-    import agent.onnx_backend as backend
-
-    monkeypatch.setattr(backend, "TOLERANCE", 0.0)
+    monkeypatch.setattr(onnx_backend, "TOLERANCE", 0.0)
     # Fresh weights: float32 sums come out a few ulps apart on the two runtimes.
     model = get_line(LINE).build("none")
     with pytest.raises(ModelError, match="differ from TensorFlow's"):
