@@ -90,11 +90,13 @@ STUCK_WRITER = """
 import json, os, sys, threading
 from pathlib import Path
 import numpy as np
-from agent.record.writer import VideoWriter
+from agent.record.writer import VideoOutput, VideoWriter
 
 pipe = Path(sys.argv[1])
 os.mkfifo(pipe)
-writer = VideoWriter(pipe, 30, "libx264", queue_size=5)
+# Opening a pipe nobody reads blocks, as a hung disk would.
+writer = VideoWriter(lambda: VideoOutput(pipe, os.open(pipe, os.O_WRONLY)), 30, "libx264",
+                     queue_size=5)
 picture = np.zeros((64, 64, 3), np.uint8)
 for index in range(100):
     writer.offer(picture, index)
@@ -108,8 +110,8 @@ os._exit(0)
 
 
 def test_a_full_queue_drops_pictures_and_never_blocks(tmp_path: Path) -> None:
-    """A writer stuck on its output (a pipe nobody reads: FFmpeg's open blocks on it, as on a
-    hung disk) must cost pictures, never the caller's time. In a child process with a time
+    """A writer stuck on its output (a pipe nobody reads: opening it blocks, as on a hung disk)
+    must cost pictures, never the caller's time. In a child process with a time
     limit, so a writer that blocks its caller fails this test instead of hanging the suite."""
     result = subprocess.run(
         [sys.executable, "-c", STUCK_WRITER, str(tmp_path / "stuck.mp4")],

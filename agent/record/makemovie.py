@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import os
 import time as clock
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,7 +33,15 @@ from agent.errors import CharlesError
 from agent.learn.shards import ShardWatcher, read_shard
 from agent.nets.registry import get_line
 from agent.record import draw
-from agent.record.writer import VideoFile, even_size
+from agent.record.writer import (
+    RecordingError,
+    VideoFile,
+    VideoOutput,
+    create_free,
+    even_size,
+    free_names,
+    refuse_link_or_special,
+)
 
 log = logging.getLogger(__name__)
 
@@ -253,6 +260,7 @@ def make_movie(
     out = Path(out)
     if out.is_dir():
         raise CharlesError(f"--out {out} is a folder; give a file name, e.g. {out / 'movie.mp4'}")
+    refuse_link_or_special(out, "--out", "give the name of a new or plain file")
 
     line = get_line(config.model.line)
     folder = Path(config.data.folder)
@@ -267,8 +275,13 @@ def make_movie(
     predictor = Predictor.load(line.name, checkpoint_to_drive(config), config.model.pretrained)
     layout = layout_for(line.input_shape, scale)
     encoder = getattr(config.record, "encoder", "auto")  # record.encoder is on its way
-    _check_writable(out)
-    video = VideoFile(out, layout.width, layout.height, config.record.fps, encoder)
+    output = _create(out)
+    try:
+        video = VideoFile(output, layout.width, layout.height, config.record.fps, encoder)
+    except BaseException:
+        output.close()
+        raise
+    out = output.path
     time_zero = times.min()
     errors = np.full((len(shard_of), 2), np.nan)
     log.info(
@@ -276,25 +289,28 @@ def make_movie(
     )
     progress_at = clock.monotonic() + _PROGRESS_SECONDS
     try:
-        frames = _frames(shards, shard_of, row_of, line.input_shape)
-        for position, frame in enumerate(frames):
-            shard, row = shards[shard_of[position]], int(row_of[position])
-            recorded = Controls(float(shard.throttle[row]), float(shard.steering[row]))
-            prediction = predictor.predict(frame)
-            predicted = Controls(prediction.throttle, prediction.steering)
-            errors[position] = np.abs(np.subtract(predicted, recorded))
-            captions = (
-                f"sample {first + position} ({position + 1} of {len(shard_of)}), "
-                f"t {shard.time[row] - time_zero:.2f} s",
-                f"{shard.path.name} [{row}]",
-                predictor.name,
-            )
-            video.write(compose(layout, frame, recorded, predicted, captions), position)
-            if clock.monotonic() >= progress_at:
-                progress_at += _PROGRESS_SECONDS
-                log.info("makemovie: %d of %d samples", position + 1, len(shard_of))
-    finally:
-        video.close()
+        try:
+            frames = _frames(shards, shard_of, row_of, line.input_shape)
+            for position, frame in enumerate(frames):
+                shard, row = shards[shard_of[position]], int(row_of[position])
+                recorded = Controls(float(shard.throttle[row]), float(shard.steering[row]))
+                prediction = predictor.predict(frame)
+                predicted = Controls(prediction.throttle, prediction.steering)
+                errors[position] = np.abs(np.subtract(predicted, recorded))
+                captions = (
+                    f"sample {first + position} ({position + 1} of {len(shard_of)}), "
+                    f"t {shard.time[row] - time_zero:.2f} s",
+                    f"{shard.path.name} [{row}]",
+                    predictor.name,
+                )
+                video.write(compose(layout, frame, recorded, predicted, captions), position)
+                if clock.monotonic() >= progress_at:
+                    progress_at += _PROGRESS_SECONDS
+                    log.info("makemovie: %d of %d samples", position + 1, len(shard_of))
+        finally:
+            video.close()
+    except RecordingError as error:  # e.g. a full disk: the movie plays up to there
+        raise CharlesError(f"makemovie stopped writing {out}: {error}") from None
 
     finite = np.isfinite(errors).all(axis=1)
     mae = errors[finite].mean(axis=0) if finite.any() else np.array([math.nan, math.nan])
@@ -369,19 +385,21 @@ def _time_order(
     return shard_of, chosen - starts[shard_of]
 
 
-def _check_writable(out: Path) -> None:
-    """Open `out` for writing once, so an unwritable path is a clear error naming --out
-    (VideoFile's own error is about record.folder)."""
+def _create(out: Path) -> VideoOutput:
+    """`out` created new, or the next free name beside it (`movie-2.mp4`, ...) when something
+    has that name: nothing is written over a file or through a link."""
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(out, os.O_WRONLY | os.O_CREAT, 0o644)
-        os.close(fd)
+        output = create_free(free_names(out))
     except OSError as error:
         parent = out.parent
         why = f"{parent} is a file" if parent.exists() and not parent.is_dir() else error.strerror
         raise CharlesError(
-            f"cannot write --out {out} ({why}); give a path in a folder this user can write"
+            f"cannot write --out {out} ({why or error}); give a path in a folder this user can "
+            "write"
         ) from None
+    if output.path != out:
+        log.info("%s exists; writing into %s", out, output.path)
+    return output
 
 
 def _frames(

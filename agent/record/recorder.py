@@ -7,15 +7,19 @@ non-blocking reads), draws the picture and offers it to the writer's bounded que
 never waits). Both threads run at a lower priority (record.nice), so on a busy machine the video
 loses pictures (counted), not the car its predictions.
 
-A recording starts and stops at any time (the record hotkey): each one is its own file.
+A recording starts and stops at any time (the record hotkey): each one is its own file, created
+new on the writer thread under the first free name (`out.mp4`, `out-2.mp4`, ...): never over
+another file, never through a link.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -27,8 +31,12 @@ from agent.record.layout import Composer, Panels
 from agent.record.losses import LossCurve
 from agent.record.writer import (
     RecordingError,
+    VideoOutput,
     VideoWriter,
+    create_free,
     encoder_opens,
+    free_names,
+    refuse_link_or_special,
     require_av,
 )
 from agent.slot import Slot
@@ -63,40 +71,71 @@ class RecordingReport:
     error: str | None = None
 
 
-def recording_path(folder: Path, requested: Path | None, number: int) -> Path:
-    """Where recording `number` (1, 2, ...) of this session goes.
+def recording_names(folder: Path, requested: Path | None, number: int) -> Iterator[Path]:
+    """The names recording `number` (1, 2, ...) of this session may take, in order: it takes
+    the first that nothing has yet (a file, a folder, a link).
 
-    No path: `folder/charles-<date>-<time>.mp4`. A folder: a file named so inside it. A file:
-    that file for the first recording, `<stem>-2.mp4` and so on for the next ones.
+    No path: `folder/charles-<date>-<time>.mp4`, then `...-2.mp4` and so on. A folder: the same
+    inside it. A file: that file for the first recording, `<stem>-2.mp4` and so on for the next
+    ones (and past any name already taken).
     """
     if requested is None or requested.is_dir():
         base = requested if requested is not None else folder
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        path = base / f"charles-{stamp}.mp4"
-        suffix = 2
-        while path.exists():
-            path, suffix = base / f"charles-{stamp}-{suffix}.mp4", suffix + 1
-        return path
-    if number == 1:
-        return requested
-    return requested.with_name(f"{requested.stem}-{number}{requested.suffix or '.mp4'}")
+        return free_names(base / f"charles-{stamp}.mp4")
+    return free_names(requested, first=number)
+
+
+def recording_path(folder: Path, requested: Path | None, number: int) -> Path:
+    """The name recording `number` takes when it is free (see recording_names)."""
+    return next(recording_names(folder, requested, number))
 
 
 def check_recording_path(path: Path) -> None:
     """Refuse a path that is a link or not a file: the video would land somewhere else."""
-    if path.is_symlink():
-        raise RecordingError(f"--record {path} is a symbolic link; give a plain file or a folder")
-    if path.exists() and not path.is_file() and not path.is_dir():
-        raise RecordingError(f"--record {path} is not a regular file; give a .mp4 file or a folder")
+    refuse_link_or_special(path, "--record")
+
+
+def check_folder(folder: Path, shown: str, fix: str) -> None:
+    """Refuse a folder no video can be created in: not a folder (a file, /dev/null), or one
+    this user cannot write (permissions, a read-only file system). A missing folder is made
+    when the first recording starts, so the nearest folder that exists must be writable."""
+    existing = folder
+    while not existing.exists():
+        if existing.is_symlink():
+            raise RecordingError(f"{shown}: {existing} is a symbolic link to nothing; {fix}")
+        if existing == existing.parent:
+            break
+        existing = existing.parent
+    if not existing.is_dir():
+        where = shown if existing == folder else f"{shown}: {existing}"
+        raise RecordingError(f"{where} is not a folder; {fix}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        where = shown if existing == folder else f"{shown}: {existing}"
+        why = "is on a read-only file system" if _read_only(existing) else "is not writable"
+        raise RecordingError(f"{where} {why}; {fix}")
+
+
+def _read_only(folder: Path) -> bool:
+    read_only = getattr(os, "ST_RDONLY", 0)
+    return bool(read_only) and bool(os.statvfs(folder).f_flag & read_only)
 
 
 def check_before_driving(config: RecordConfig, path: Path | None, from_the_start: bool) -> None:
     """What would stop a recording that starts with the drive, said before anything starts:
-    no PyAV, a bad path, an encoder asked for by name that does not open here."""
+    no PyAV, a bad path, a folder that cannot take the video, an encoder asked for by name that
+    does not open here."""
     if path is not None:
         check_recording_path(path)
     if not from_the_start:
         return
+    if path is None:
+        folder = Path(config.folder)
+        shown, fix = f"record.folder {folder}", "set record.folder to a folder this user can write"
+    else:
+        folder = path if path.is_dir() else path.parent
+        shown, fix = f"--record {path}", "give --record a path in a folder this user can write"
+    check_folder(folder, shown, fix)
     require_av()
     if config.encoder != "auto" and not encoder_opens(config.encoder):
         raise RecordingError(
@@ -135,24 +174,32 @@ class Recorder:
 
     @property
     def recording(self) -> bool:
-        return self._current is not None
+        """Whether a recording runs (one its writer stopped, e.g. on a full disk, does not)."""
+        current = self._current
+        return current is not None and not current.writer.failed.is_set()
 
-    def start(self) -> Path | None:
-        """Start a new recording (no-op when one runs); returns its path."""
+    def start(self) -> bool:
+        """Start a new recording; False (and nothing done) when one is running already.
+
+        Its file is created by its writer thread ("recording to PATH" is logged then), so a
+        slow disk never delays the caller (the hotkey's thread)."""
         with self._lock:
-            if self._current is not None:
-                return None
+            current = self._current
+            if current is not None and not current.writer.failed.is_set():
+                return False
+            if current is not None:  # it stopped itself on an error: a new one may start
+                self._finished.append(current)
+                current.stop()
             number = len(self._finished) + 1
-            path = recording_path(Path(self.config.folder), self._path, number)
+            names = recording_names(Path(self.config.folder), self._path, number)
             composer = Composer(
                 self.config.mode, self._capture_size, self.config.hud, self.config.convcam
             )
             self._current = _Recording(
-                path, self.config, composer, self._frames, self._ticks, self._status,
+                names, self.config, composer, self._frames, self._ticks, self._status,
                 Panels(convcam_layer=self._convcam_layer), self._losses,
             )  # fmt: skip
-        log.info("recording to %s (%s mode, %d fps)", path, self.config.mode, self.config.fps)
-        return path
+        return True
 
     def stop(self) -> None:
         """End the running recording; its file is finished on its own thread."""
@@ -162,7 +209,8 @@ class Recorder:
                 return
             self._finished.append(current)
         current.stop()
-        log.info("recording stopped after %.1f s: %s", current.clock.seconds, current.path)
+        if not current.writer.failed.is_set():  # a failed one said so already, in one line
+            log.info("recording stopped after %.1f s: %s", current.clock.seconds, current.path)
 
     def toggle(self) -> None:
         """The record hotkey."""
@@ -184,7 +232,7 @@ class _Recording:
 
     def __init__(
         self,
-        path: Path,
+        names: Iterator[Path],
         config: RecordConfig,
         composer: Composer,
         frames: Slot[Frame],
@@ -193,7 +241,9 @@ class _Recording:
         panels: Panels,
         losses: LossCurve | None,
     ) -> None:
-        self.path = path
+        self._names = names
+        self.asked = next(names)
+        """The name this recording takes unless something already has it."""
         self._config = config
         self._composer = composer
         self._frames = frames
@@ -201,7 +251,7 @@ class _Recording:
         self._status = status
         self._panels = panels
         self._losses = losses if config.mode == "layout" else None
-        self.writer = VideoWriter(path, config.fps, config.encoder, nice=config.nice)
+        self.writer = VideoWriter(self._create_file, config.fps, config.encoder, nice=config.nice)
         self.clock = VideoClock(config.fps, time.monotonic())
         self.shown = ShownFrames()
         self.error: BaseException | None = None
@@ -209,6 +259,21 @@ class _Recording:
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="video-clock", daemon=True)
         self._thread.start()
+
+    @property
+    def path(self) -> Path:
+        """The file: `asked`, or the next free name when that was taken."""
+        return self.writer.path or self.asked
+
+    def _create_file(self) -> VideoOutput:
+        """Called by the writer thread with the first picture: the first free name."""
+        output = create_free(itertools.chain([self.asked], self._names))
+        taken = f"{self.asked} exists; " if output.path != self.asked else ""
+        log.info(
+            "%srecording to %s (%s mode, %d fps)",
+            taken, output.path, self._config.mode, self._config.fps,
+        )  # fmt: skip
+        return output
 
     def stop(self) -> None:
         self._stopping.set()
@@ -238,6 +303,8 @@ class _Recording:
         cpu_start = time.thread_time()
         try:
             while not self._stopping.wait(max(0.0, self.clock.next_at() - time.monotonic())):
+                if self.writer.failed.is_set():
+                    break  # it said why; drawing on would only cost the car CPU
                 slots = self.clock.due(time.monotonic())
                 if not slots:
                     continue

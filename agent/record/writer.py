@@ -12,6 +12,12 @@ capture or inference wait. `VideoWriter.offer` never blocks; when the queue is f
 picture is dropped and counted. Each picture carries its slot on the video clock (`index`):
 the file's timestamps stay true even when pictures are dropped (a player shows the previous
 picture longer).
+
+Why a file object of our own (`VideoOutput`) instead of a path for FFmpeg: every video file is
+created new (O_CREAT | O_EXCL | O_NOFOLLOW), so nothing is ever written through a symbolic link
+or over another file, races included; and it follows the MP4's top-level boxes as the bytes go
+out, so when a write fails (a full disk) the file is cut back to its last complete fragment and
+plays, instead of ending in a half-written box that stops decoders.
 """
 
 from __future__ import annotations
@@ -19,17 +25,20 @@ from __future__ import annotations
 import contextlib
 import fractions
 import logging
+import os
 import queue
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 
-from agent.errors import CharlesError, DependencyError
+from agent.errors import CharlesError, DependencyError, log_failure
 from agent.threads import lower_this_threads_priority
 
 log = logging.getLogger(__name__)
@@ -41,6 +50,15 @@ QUEUE_SECONDS = 1.0
 ENCODERS = ("auto", "libx264", "h264_nvenc")
 """record.encoder: "auto" uses NVENC when this machine's GPU and driver can open it."""
 FRAGMENTED_MP4 = "frag_keyframe+empty_moov+default_base_moof"
+NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+"""How every video file is opened: created new, or not at all (a file, a folder or a link, even
+a dangling one, already has the name), in one step, so no race can slip a link in."""
+NEW_FILE |= getattr(os, "O_BINARY", 0)  # Windows: no newline translation
+MOST_NAMES = 1000
+"""How many numbered names (`out-2.mp4` ... ) are tried before giving up."""
+PLAYABLE_AFTER = frozenset({b"moov", b"mdat", b"mfra"})
+"""Top-level boxes after which a fragmented MP4 plays: the header, each fragment's data (its
+moof comes just before), the closing index."""
 
 _ENCODER_OPTIONS = {
     # ultrafast + zerolatency: about 2-4 ms a 1280x720 frame on one core here, and no frames
@@ -98,29 +116,163 @@ def even_size(width: int, height: int) -> tuple[int, int]:
     return width - width % 2, height - height % 2
 
 
+def numbered(path: Path, number: int) -> Path:
+    """`path` for 1, else `<stem>-<number>.mp4` beside it: `out.mp4`, `out-2.mp4`, ..."""
+    if number == 1:
+        return path
+    return path.with_name(f"{path.stem}-{number}{path.suffix or '.mp4'}")
+
+
+def free_names(path: Path, first: int = 1) -> Iterator[Path]:
+    """The names `create_free` tries for `path`, from number `first` on."""
+    return (numbered(path, number) for number in range(first, first + MOST_NAMES))
+
+
+def refuse_link_or_special(
+    path: Path, flag: str, fix: str = "give a plain file or a folder"
+) -> None:
+    """A path the user named that is a link, or neither a file nor a folder, is refused: the
+    video would land somewhere else (another name is taken only for a plain file)."""
+    if path.is_symlink():
+        raise RecordingError(f"{flag} {path} is a symbolic link; {fix}")
+    if path.exists() and not path.is_file() and not path.is_dir():
+        raise RecordingError(f"{flag} {path} is not a regular file; {fix}")
+
+
+def create_free(names: Iterable[Path]) -> VideoOutput:
+    """A new file at the first of `names` that nothing has (see NEW_FILE); folders are made.
+
+    Raises FileExistsError when every name is taken, OSError when the file cannot be created.
+    """
+    last = None
+    for path in names:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            return VideoOutput.create(path)
+        except FileExistsError:
+            last = path
+    raise FileExistsError(f"every name up to {last} is taken")
+
+
+class VideoOutput:
+    """A new file that FFmpeg writes a fragmented MP4 into, front to back, through PyAV.
+
+    It has no `seek`, so FFmpeg writes strictly forward (for this fragmented MP4 the bytes are
+    the same as into a seekable file). When a write fails, the file is cut back to its last
+    complete fragment and every later write is refused: the video up to there plays.
+    """
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path = path
+        self._fd: int | None = fd
+        self._boxes = _TopLevelBoxes()
+        self.failure: OSError | None = None
+        """The write error that stopped the file, if one did."""
+
+    @classmethod
+    def create(cls, path: Path) -> VideoOutput:
+        """Create `path` as a new file; FileExistsError when the name is taken, by anything: a
+        file, a folder, a link (even a dangling one)."""
+        return cls(path, os.open(path, NEW_FILE, 0o666))
+
+    @property
+    def fragments(self) -> int:
+        """Complete fragments (moof + mdat) written so far."""
+        return self._boxes.fragments
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes) -> int:
+        """Write all of `data` or raise (FFmpeg does not retry the rest of a short write)."""
+        if self.failure is not None or self._fd is None:
+            raise self.failure or ValueError(f"{self.path} is closed")
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(self._fd, view) :]
+        except OSError as error:
+            self.failure = error
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self._boxes.playable)
+            raise
+        self._boxes.feed(data)
+        return len(data)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+
+
+class _TopLevelBoxes:
+    """Where an MP4's top-level boxes end, followed as its bytes go out."""
+
+    def __init__(self) -> None:
+        self.written = 0
+        self.playable = 0
+        """Bytes that make a file that plays: up to the end of the last box of PLAYABLE_AFTER."""
+        self.fragments = 0
+        self._next = 0  # where the next box starts
+        self._header = b""  # its first bytes, when a write ended inside its header
+        self._kind: bytes | None = None  # the box being written, once its header was read
+        self._lost = False  # a box of unknown length (size 0): no more boundaries to find
+
+    def feed(self, data: bytes) -> None:
+        start = self.written
+        self.written += len(data)
+        while not self._lost:
+            if self._kind is not None:
+                if self._next > self.written:
+                    return
+                if self._kind in PLAYABLE_AFTER:
+                    self.playable = self._next
+                    self.fragments += self._kind == b"mdat"
+                self._kind = None
+            if not self._read_header(data, start):
+                return
+
+    def _read_header(self, data: bytes, start: int) -> bool:
+        """Read the header of the box at `_next` (size, type, 64-bit size when size is 1);
+        False when it does not end in `data`."""
+        while len(self._header) < (wanted := _header_size(self._header)):
+            offset = self._next + len(self._header) - start
+            if offset >= len(data):
+                return False
+            self._header += bytes(data[offset : offset + wanted - len(self._header)])
+        size = int.from_bytes(self._header[:4], "big")
+        if size == 1:
+            size = int.from_bytes(self._header[8:16], "big")
+        if size < len(self._header):  # 0: "up to the end of the file"
+            self._lost = True
+            return False
+        self._kind, self._next, self._header = self._header[4:8], self._next + size, b""
+        return True
+
+
+def _header_size(header: bytes) -> int:
+    return 16 if len(header) >= 8 and int.from_bytes(header[:4], "big") == 1 else 8
+
+
 class VideoFile:
     """One H.264 fragmented-MP4 file, written synchronously (see VideoWriter for the thread)."""
 
-    def __init__(self, path: Path, width: int, height: int, fps: int, encoder: str) -> None:
+    def __init__(
+        self, output: VideoOutput, width: int, height: int, fps: int, encoder: str
+    ) -> None:
         av = require_av()
         if (width, height) != even_size(width, height) or width < 2 or height < 2:
             raise ValueError(f"a video needs even sides of at least 2, not {width}x{height}")
-        self.path = Path(path)
+        self.output = output
+        self.path = output.path
         self.width, self.height, self.fps = width, height, fps
         self.encoder = choose_encoder(encoder)
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._container = av.open(
-                str(self.path), "w", format="mp4",
-                options={"movflags": FRAGMENTED_MP4},
-                # Hand every written fragment to the OS at once: kill -9 cannot lose it then.
-                container_options={"flush_packets": "1"},
-            )  # fmt: skip
-        except (OSError, av.FFmpegError) as error:
-            raise RecordingError(
-                f"cannot write the video {self.path}: {error}; set record.folder (or "
-                "--record PATH) to a folder this user can write"
-            ) from None
+        self._container = av.open(
+            output, "w", format="mp4",
+            options={"movflags": FRAGMENTED_MP4},
+            # Hand every written fragment to the OS at once: kill -9 cannot lose it then.
+            container_options={"flush_packets": "1"},
+        )  # fmt: skip
         keyframe_every = max(1, round(fps * KEYFRAME_SECONDS))
         options = {**_ENCODER_OPTIONS[self.encoder], "g": str(keyframe_every)}
         try:
@@ -137,23 +289,52 @@ class VideoFile:
         self._stream = stream
         self._av = av
         self.pictures = 0
+        self._fragment_starts: list[int] = []  # slot of each keyframe: where each fragment starts
 
     def write(self, picture_bgr: np.ndarray, index: int) -> None:
-        """Encode one BGR picture of the file's size at slot `index` of the video clock."""
+        """Encode one BGR picture of the file's size at slot `index` of the video clock.
+
+        RecordingError when the file cannot take it (a full disk): the file then ends at its
+        last complete fragment, and says how many seconds it keeps.
+        """
         yuv = cv2.cvtColor(picture_bgr, cv2.COLOR_BGR2YUV_I420)  # ~2x faster than swscale here
         frame = self._av.VideoFrame.from_ndarray(yuv, format="yuv420p")
         frame.pts = index
-        for packet in self._stream.encode(frame):
-            self._container.mux(packet)
+        with self._failing_output():
+            for packet in self._stream.encode(frame):
+                if packet.is_keyframe:
+                    self._fragment_starts.append(packet.pts)
+                self._container.mux(packet)
         self.pictures += 1
 
     def close(self) -> None:
         """Flush the encoder and finish the file (it already plays before this)."""
         try:
-            for packet in self._stream.encode(None):
-                self._container.mux(packet)
+            with self._failing_output():
+                try:
+                    for packet in self._stream.encode(None):
+                        self._container.mux(packet)
+                finally:
+                    self._container.close()  # writes the last fragment, then the index
         finally:
-            self._container.close()
+            self.output.close()
+
+    @contextlib.contextmanager
+    def _failing_output(self) -> Iterator[None]:
+        """A failed write of the file (PyAV hands back the OSError it raised) as one line."""
+        try:
+            yield
+        except OSError:
+            failure = self.output.failure
+            if failure is None:
+                raise
+            kept = self.output.fragments
+            starts = self._fragment_starts
+            seconds = (starts[kept] if kept < len(starts) else self.pictures) / self.fps
+            raise RecordingError(
+                f"{failure.strerror or failure}; the file keeps its first {seconds:.1f} s "
+                "(every fragment completed before); free some space or write to another disk"
+            ) from None
 
 
 @dataclass
@@ -172,19 +353,23 @@ _CLOSE = object()
 class VideoWriter:
     """A VideoFile on its own thread; `offer` never blocks.
 
-    `open_file` is called on the writer thread with (width, height) of the first picture, so
-    opening the encoder (NVENC probing can take a second) never delays the caller either.
+    `create` (a path: that very name, created new) is called on the writer thread with the first
+    picture, and the encoder opened with its size, so neither a slow disk nor opening the encoder
+    (NVENC probing can take a second) ever delays the caller. A failure stops the file with one
+    logged line; later pictures are dropped (counted).
     """
 
     def __init__(
         self,
-        path: Path,
+        create: Path | Callable[[], VideoOutput],
         fps: int,
         encoder: str = "auto",
         queue_size: int | None = None,
         nice: int = 0,
     ) -> None:
-        self.path = Path(path)
+        self._create = partial(create_free, [create]) if isinstance(create, Path) else create
+        self.path: Path | None = None
+        """The file, once the writer thread created it."""
         self.fps = fps
         self._encoder = encoder
         self._nice = nice
@@ -192,6 +377,8 @@ class VideoWriter:
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=size)
         self.counts = WriterCounts()
         self.error: BaseException | None = None
+        self.failed = threading.Event()
+        """Set when the file stopped on an error (`error`): nothing more will be written."""
         self.encoder_used: str | None = None
         self._thread = threading.Thread(target=self._run, name="video-writer", daemon=True)
         self._thread.start()
@@ -229,19 +416,43 @@ class VideoWriter:
                     break
                 picture, index = item
                 if file is None:
-                    height, width = picture.shape[:2]
-                    file = VideoFile(self.path, width, height, self.fps, self._encoder)
-                    self.encoder_used = file.encoder
+                    file = self._open(*picture.shape[:2])
                 file.write(picture, index)
                 self.counts.written += 1
         except BaseException as error:
-            self.error = error
-            log.error("recording to %s stopped: %s", self.path, error)
+            self._failed(error)
             # Keep taking pictures so offer() goes on dropping them instead of filling up.
             while self._queue.get() is not _CLOSE:
                 self.counts.dropped += 1
         finally:
             if file is not None:
-                with contextlib.suppress(Exception):
+                try:
                     file.close()
+                except Exception as error:  # the last fragment, written on close
+                    self._failed(error)
             self.counts.cpu_seconds = time.thread_time() - cpu_start
+
+    def _failed(self, error: BaseException) -> None:
+        """One line for the first error that stopped the file (a traceback only for a bug)."""
+        if self.error is None:
+            self.error = error
+            self.failed.set()
+            log_failure(log, f"recording to {self.path} stopped", error)
+
+    def _open(self, height: int, width: int) -> VideoFile:
+        try:
+            output = self._create()
+        except OSError as error:
+            where = error.filename or "the video file"
+            raise RecordingError(
+                f"cannot create {where} ({error.strerror or error}); set record.folder (or "
+                "--record PATH) to a folder this user can write"
+            ) from None
+        self.path = output.path
+        try:
+            file = VideoFile(output, width, height, self.fps, self._encoder)
+        except BaseException:
+            output.close()
+            raise
+        self.encoder_used = file.encoder
+        return file

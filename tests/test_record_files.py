@@ -1,0 +1,387 @@
+"""Recording files: every video is created new (never through a link, never over a file), the
+folder is checked before driving, and a full disk leaves a file that plays up to its last
+complete fragment. Real files, real links, a real full tmpfs (tests/disks.py), real PyAV."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from agent.config import Config, DataConfig, ModelConfig, RecordConfig
+from agent.errors import CharlesError
+from agent.learn.shards import ShardWriter
+from agent.record.hud import Status
+from agent.record.makemovie import make_movie
+from agent.record.recorder import Recorder
+from agent.record.writer import VideoWriter
+from agent.slot import Slot
+from agent.types import Frame, Region, Tick
+from tests.conftest import REPO, assert_one_line_error
+from tests.disks import fill, free_bytes, small_filesystem
+from tests.drives import Drive, drive_command, free_udp_port, publish_constant_driver
+from tests.drives import without_display as no_display
+
+FPS = 30
+SIZE = (320, 240)
+"""Width, height of the pictures recorded in process: small, so encoding is quick."""
+
+
+def decode(path: Path) -> list[np.ndarray]:
+    """Every picture of a video file, BGR (raises when a decoder meets broken data)."""
+    with av.open(str(path)) as container:
+        return [frame.to_ndarray(format="bgr24") for frame in container.decode(video=0)]
+
+
+def top_level_boxes(data: bytes) -> list[tuple[bytes, int]]:
+    """(type, end offset) of each complete top-level box of an MP4, in order."""
+    found, at = [], 0
+    while at + 8 <= len(data):
+        size, kind = int.from_bytes(data[at : at + 4], "big"), data[at + 4 : at + 8]
+        if size == 1:
+            size = int.from_bytes(data[at + 8 : at + 16], "big")
+        if size < 8 or at + size > len(data):
+            break
+        at += size
+        found.append((kind, at))
+    return found
+
+
+class LogLines(logging.Handler):
+    """The record package's log records, as they come; a test waits on them, never sleeps."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+        self._changed = threading.Condition()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with self._changed:
+            self.records.append(record)
+            self._changed.notify_all()
+
+    def with_text(self, fragment: str) -> list[str]:
+        with self._changed:
+            return [r.getMessage() for r in self.records if fragment in r.getMessage()]
+
+    def wait_for(self, fragment: str, count: int = 1, timeout: float = 30.0) -> None:
+        with self._changed:
+            seen = self._changed.wait_for(
+                lambda: sum(fragment in r.getMessage() for r in self.records) >= count, timeout
+            )
+        assert seen, f"no {count}x {fragment!r} in {[r.getMessage() for r in self.records]}"
+
+
+@pytest.fixture
+def lines() -> Iterator[LogLines]:
+    logger = logging.getLogger("agent.record")
+    handler, level = LogLines(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def noise(seed: int, size: tuple[int, int] = SIZE) -> np.ndarray:
+    """A BGRA picture of noise: it does not compress, so it fills a disk quickly."""
+    width, height = size
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 4), dtype=np.uint8)
+
+
+def recorder_of(folder: Path, path: Path | None = None) -> Recorder:
+    """A Recorder as `charles drive` builds one, showing one captured frame (no HUD)."""
+    frames: Slot[Frame] = Slot()
+    frames.put(Frame(noise(0), time.monotonic(), 1, Region(0, 0, *SIZE)))
+    config = RecordConfig(
+        folder=str(folder), mode="hud", hud=False, convcam=False, encoder="libx264"
+    )
+    ticks: Slot[Tick] = Slot()
+    return Recorder(config, frames, ticks, lambda: Status("test"), SIZE, "none", path=path)
+
+
+def record_a_clip(recorder: Recorder, lines: LogLines, number: int) -> None:
+    """Start recording `number` of the session and stop it once its file exists."""
+    assert recorder.start()
+    lines.wait_for("recording to", number)
+    recorder.stop()
+
+
+# --- never through a link, never over a file --------------------------------------------------
+
+
+def test_the_hotkeys_next_recording_skips_a_link_instead_of_writing_through_it(
+    tmp_path: Path, lines: LogLines
+) -> None:
+    precious = tmp_path / "precious.txt"
+    precious.write_text("not a video")
+    (tmp_path / "out-2.mp4").symlink_to(precious)  # where the second recording would go
+    recorder = recorder_of(tmp_path / "unused", tmp_path / "out.mp4")
+    record_a_clip(recorder, lines, 1)
+    record_a_clip(recorder, lines, 2)
+    first, second = recorder.close()
+    assert precious.read_bytes() == b"not a video"
+    assert (first.path, second.path) == (str(tmp_path / "out.mp4"), str(tmp_path / "out-3.mp4"))
+    assert lines.with_text(f"{tmp_path / 'out-2.mp4'} exists; recording to {second.path}")
+    for report in (first, second):
+        assert report.error is None and not Path(report.path).is_symlink()
+        assert len(decode(Path(report.path))) == report.written >= 1
+
+
+def test_dangling_links_named_like_recordings_are_skipped_not_followed(
+    tmp_path: Path, lines: LogLines
+) -> None:
+    """`--record` without a path names the file by the time: links waiting under the names of
+    the next seconds, pointing out of the folder, must not lead the video out of it."""
+    folder, outside = tmp_path / "recordings", tmp_path / "outside"
+    folder.mkdir()
+    outside.mkdir()
+    now = datetime.now()
+    for second in range(10):
+        stamp = (now + timedelta(seconds=second)).strftime("%Y%m%d-%H%M%S")
+        for name in (f"charles-{stamp}.mp4", f"charles-{stamp}-2.mp4"):
+            (folder / name).symlink_to(outside / name)  # nothing there yet: dangling
+    recorder = recorder_of(folder)
+    record_a_clip(recorder, lines, 1)
+    [report] = recorder.close()
+    assert list(outside.iterdir()) == []
+    video = Path(report.path)
+    assert video.parent == folder and video.name.endswith("-3.mp4")
+    assert video.is_file() and not video.is_symlink()
+    assert report.error is None and len(decode(video)) == report.written >= 1
+
+
+def test_an_existing_file_is_kept_and_the_recording_takes_the_next_free_name(
+    tmp_path: Path, lines: LogLines
+) -> None:
+    previous = tmp_path / "out.mp4"
+    previous.write_bytes(b"a previous recording")
+    recorder = recorder_of(tmp_path / "unused", previous)
+    record_a_clip(recorder, lines, 1)
+    [report] = recorder.close()
+    assert previous.read_bytes() == b"a previous recording"
+    assert report.path == str(tmp_path / "out-2.mp4") and report.error is None
+    assert lines.with_text(f"{previous} exists; recording to {report.path}")
+    assert len(decode(Path(report.path))) == report.written >= 1
+
+
+@pytest.fixture(scope="module")
+def movie_world(tmp_path_factory: pytest.TempPathFactory) -> Config:
+    """Four samples of one shard and a checkpoint, for `make_movie`."""
+    root = tmp_path_factory.mktemp("movie-files")
+    shape = (90, 160, 3)
+    with ShardWriter(root / "data", "test", shape, samples_per_shard=4) as writer:
+        for index in range(4):
+            frame = np.full(shape, 40 * index, np.uint8)
+            writer.add(frame, 0.5, 0.0, float("nan"), float(index), (True, True))
+    publish_constant_driver(root / "models", 0.5, 0.0)
+    return Config(
+        model=ModelConfig(line="pilotnet_small", store=str(root / "models")),
+        data=DataConfig(folder=str(root / "data")),
+    )
+
+
+def test_makemovie_never_writes_over_a_file_or_through_a_link(
+    movie_world: Config, tmp_path: Path
+) -> None:
+    previous = tmp_path / "movie.mp4"
+    previous.write_bytes(b"last week's movie")
+    summary = make_movie(movie_world, previous, scale=1)
+    assert previous.read_bytes() == b"last week's movie"
+    assert summary.out == tmp_path / "movie-2.mp4" and len(decode(summary.out)) == 4
+    precious = tmp_path / "precious.txt"
+    precious.write_text("not a movie")
+    link = tmp_path / "linked.mp4"
+    link.symlink_to(precious)
+    with pytest.raises(CharlesError, match=r"--out .*linked.mp4 is a symbolic link") as caught:
+        make_movie(movie_world, link, scale=1)
+    assert "\n" not in str(caught.value)
+    assert precious.read_bytes() == b"not a movie"
+
+
+# --- a full disk ------------------------------------------------------------------------------
+
+
+def pictures_for_the_disk(count: int) -> list[np.ndarray]:
+    """Flat grey with a square of noise: each picture costs about 14 kB encoded, so the 2 MB
+    disk holds a few seconds of them, in fragments of about 200 kB."""
+    rng = np.random.default_rng(8)
+    pictures = []
+    for _ in range(count):
+        picture = np.full((SIZE[1], SIZE[0], 3), 96, np.uint8)
+        picture[40:136, 40:136] = rng.integers(0, 256, (96, 96, 3), dtype=np.uint8)
+        pictures.append(picture)
+    return pictures
+
+
+def write_all(path: Path, pictures: list[np.ndarray]) -> VideoWriter:
+    """Every picture through a VideoWriter whose queue holds them all (none dropped)."""
+    writer = VideoWriter(path, FPS, "libx264", queue_size=len(pictures) + 1)
+    for index, picture in enumerate(pictures):
+        assert writer.offer(picture, index)
+    writer.close(timeout=60)
+    return writer
+
+
+def test_a_full_disk_keeps_every_fragment_completed_before_it(
+    tmp_path: Path, lines: LogLines
+) -> None:
+    pictures = pictures_for_the_disk(400)  # about 13 s: more than the disk holds
+    reference = tmp_path / "reference.mp4"  # the same pictures, with room for all of them
+    assert write_all(reference, pictures).error is None
+    whole = reference.read_bytes()
+    fragment_ends = [end for kind, end in top_level_boxes(whole) if kind == b"mdat"]
+    with small_filesystem(2_000_000) as disk:
+        room = free_bytes(disk)
+        assert len(whole) > room
+        # What the disk holds in whole fragments: exactly that must play afterwards.
+        kept = max(end for end in fragment_ends if end <= room)
+        writer = write_all(disk / "full.mp4", pictures)
+        data = (disk / "full.mp4").read_bytes()
+    prefix, full = tmp_path / "prefix.mp4", tmp_path / "full.mp4"
+    prefix.write_bytes(whole[:kept])
+    full.write_bytes(data)
+    expected = len(decode(prefix))
+    assert expected >= 2 * FPS, "the test should keep seconds of video"
+    assert len(decode(full)) == expected  # before the fix: InvalidDataError, nothing plays
+    assert data == whole[:kept]  # the file ends at its last complete fragment
+    # One line says so, with what is kept; the writer stopped there.
+    assert writer.error is not None
+    [line] = [r for r in lines.records if r.levelno >= logging.ERROR]
+    assert not line.exc_info  # no traceback: a user problem
+    assert "No space left on device" in line.getMessage()
+    assert f"keeps its first {expected / FPS:.1f} s" in line.getMessage()
+    assert writer.counts.written < len(pictures)
+
+
+def test_a_disk_that_fills_with_the_last_fragment_keeps_the_ones_before(
+    tmp_path: Path, lines: LogLines
+) -> None:
+    """The last fragment goes out when the file is finished (FFmpeg's trailer): a disk that
+    fills just then is handled as one that fills while recording."""
+    pictures = pictures_for_the_disk(40)  # fragments of 15, 15 and 10 pictures
+    reference = tmp_path / "reference.mp4"
+    assert write_all(reference, pictures).error is None
+    whole = reference.read_bytes()
+    *_, second_end, last_end = [end for kind, end in top_level_boxes(whole) if kind == b"mdat"]
+    with small_filesystem(1_000_000) as disk:
+        fill(disk, leave_bytes=(second_end + last_end) // 2)
+        assert second_end <= free_bytes(disk) < last_end
+        writer = write_all(disk / "full.mp4", pictures)
+        full = tmp_path / "full.mp4"
+        full.write_bytes((disk / "full.mp4").read_bytes())
+    assert writer.counts.written == len(pictures)  # all taken: the disk filled on closing
+    assert full.read_bytes() == whole[:second_end]
+    assert len(decode(full)) == 2 * 15
+    [line] = [r for r in lines.records if r.levelno >= logging.ERROR]
+    assert "No space left on device" in line.getMessage() and not line.exc_info
+    assert "keeps its first 1.0 s" in line.getMessage()
+    assert writer.error is not None
+
+
+def test_a_recording_that_fills_the_disk_stops_and_the_next_one_can_start(
+    tmp_path: Path, lines: LogLines
+) -> None:
+    with small_filesystem(4_000_000) as disk:
+        filler = fill(disk, leave_bytes=400_000)
+        recorder = recorder_of(disk, disk / "clip.mp4")
+        assert recorder.start()
+        lines.wait_for("stopped:")  # the disk is full
+        assert not recorder.recording  # so the capture goes back to the model's pace
+        filler.unlink()
+        assert recorder.start()  # the hotkey starts a new recording
+        lines.wait_for("recording to", 2)
+        [first, second] = recorder.close()
+        copies = []
+        for report in (first, second):
+            copy = tmp_path / Path(report.path).name
+            copy.write_bytes(Path(report.path).read_bytes())
+            copies.append(copy)
+    assert first.error is not None and "No space left on device" in first.error
+    assert second.error is None and second.path == str(disk / "clip-2.mp4")
+    data = copies[0].read_bytes()
+    assert top_level_boxes(data)[-1] == (b"mdat", len(data))  # ends at a complete fragment
+    assert len(decode(copies[0])) >= FPS * 0.5  # at least one fragment plays
+    assert len(decode(copies[1])) == second.written >= 1
+    assert len([r for r in lines.records if r.levelno >= logging.ERROR]) == 1
+
+
+def test_a_drive_that_fills_the_disk_keeps_driving_and_keeps_the_video(tmp_path: Path) -> None:
+    """Through `charles drive`: --record onto a file that exists (a previous recording, kept)
+    on a disk that fills while driving; the car drives on to the end."""
+    store = tmp_path / "models"
+    publish_constant_driver(store, throttle=0.5, steering=0.0)
+    with small_filesystem(3_000_000) as disk:
+        previous = disk / "out.mp4"
+        previous.write_bytes(b"a previous recording")
+        fill(disk, leave_bytes=300_000)  # a few fragments: full within seconds, even if slow
+        drive = Drive(
+            drive_command(
+                store, free_udp_port(), "--seconds", "6", "--json", "--record", str(previous)
+            ),
+            tmp_path, no_display(),
+        )  # fmt: skip
+        status = drive.finish(180)
+        assert previous.read_bytes() == b"a previous recording"
+        video = tmp_path / "video.mp4"
+        video.write_bytes((disk / "out-2.mp4").read_bytes())
+    assert status == 0, drive.stderr[-3000:]
+    summary = drive.summary()
+    assert summary["seconds"] >= 5.5 and summary["predictions"] > 0
+    [report] = summary["recordings"]
+    assert report["path"] == str(disk / "out-2.mp4")
+    assert "No space left on device" in report["error"]
+    assert f"{previous} exists; recording to {disk / 'out-2.mp4'}" in drive.stderr
+    stopped = [line for line in drive.stderr.splitlines() if "stopped: No space" in line]
+    assert len(stopped) == 1 and "Traceback" not in drive.stderr
+    data = video.read_bytes()
+    assert top_level_boxes(data)[-1] == (b"mdat", len(data))
+    assert len(decode(video)) >= FPS * 0.5
+
+
+# --- checked before driving -------------------------------------------------------------------
+
+
+def read_only_folder(disk: Path) -> Path:
+    subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True, capture_output=True)
+    return disk
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (lambda tmp, disk: ["--record", "--set", 'record.folder="/dev/null"'],
+         "record.folder /dev/null is not a folder"),
+        (lambda tmp, disk: ["--record", "--set", f"record.folder={json.dumps(str(tmp / 'f'))}"],
+         "f is not a folder"),
+        (lambda tmp, disk: ["--record", str(read_only_folder(disk) / "out.mp4")],
+         "is on a read-only file system"),
+    ],
+    ids=["folder-dev-null", "folder-a-file", "read-only-target"],
+)  # fmt: skip
+def test_a_target_that_cannot_take_a_video_is_one_line_before_driving(
+    tmp_path: Path,
+    run_charles: Callable[..., subprocess.CompletedProcess[str]],
+    arguments: Callable[[Path, Path], list[str]],
+    message: str,
+) -> None:
+    (tmp_path / "f").write_text("a file")
+    with small_filesystem(1_000_000) as disk:
+        result = run_charles(
+            "drive", "--seconds", "1", *arguments(tmp_path, disk),
+            "--config", str(REPO / "config.toml"),
+        )  # fmt: skip
+    line = assert_one_line_error(result, message)
+    assert "record" in line.split(";")[1]  # the fix names the setting
+    assert "driving" not in result.stderr
