@@ -215,6 +215,76 @@ def test_vjoy_in_its_process_centres_when_the_drive_stops_sending(tmp_path: Path
         controller.close()
 
 
+FAKE_VGAMEPAD = """
+import json, os
+
+class VX360Gamepad:
+    def __init__(self):
+        self.report = {}
+
+    def left_joystick(self, x_value, y_value):
+        self.report["stick"] = x_value
+
+    def right_trigger(self, value):
+        self.report["accelerate"] = value
+
+    def left_trigger(self, value):
+        self.report["brake"] = value
+
+    def update(self):
+        with open(os.environ["FAKE_PAD_LOG"], "a") as log:
+            log.write(json.dumps(self.report) + "\\n")
+"""
+
+
+def test_a_virtual_xbox_pad_in_its_process_lets_go_when_the_drive_is_killed(
+    tmp_path: Path,
+) -> None:
+    """A ViGEm pad belongs to the process that plugged it in: here the controller process,
+    which centres it when the drive's pipe closes, kill -9 included."""
+    (tmp_path / "driver").mkdir()
+    (tmp_path / "driver" / "vgamepad.py").write_text(FAKE_VGAMEPAD)
+    log = tmp_path / "pad.jsonl"
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(tmp_path / "driver"), str(REPO)]),
+        "FAKE_PAD_LOG": str(log),
+    }
+    drive = subprocess.Popen(
+        [sys.executable, "-c", PAD_DRIVE_THAT_DIES], stdout=subprocess.PIPE, text=True,
+        cwd=REPO, env=env,
+    )  # fmt: skip
+    try:
+        assert drive.stdout is not None
+        child = int(drive.stdout.readline())
+
+        def reports() -> list[dict[str, int]]:
+            return [json.loads(line) for line in log.read_text().splitlines()]
+
+        wait_until(lambda: reports()[-1] == {"stick": 32767, "accelerate": 255, "brake": 0}, 5,
+                   "full right and full throttle")  # fmt: skip
+        drive.kill()
+        wait_until(lambda: reports()[-1] == {"stick": 0, "accelerate": 0, "brake": 0}, 2,
+                   "the pad centred")  # fmt: skip
+        wait_until(lambda: not running(child), 5.0, "the controller process to exit")
+    finally:
+        drive.kill()
+        drive.wait()
+
+
+PAD_DRIVE_THAT_DIES = """
+import time
+from agent.config import ControllerConfig
+from agent.controllers import open_controller
+from agent.types import ControllerState
+
+controller = open_controller(ControllerConfig(backend="vgamepad", hold=60.0), 0, None)
+controller.set(ControllerState(steering=1.0, accelerate=1.0))
+print(controller.pid, flush=True)
+time.sleep(600)
+"""
+
+
 def test_a_missing_vjoy_driver_is_one_line_from_the_controller_process(tmp_path: Path) -> None:
     _, env = fake_vjoy(tmp_path, FAKE_VJOY_MISSING="1")
     with pytest.raises(DependencyError) as caught:
