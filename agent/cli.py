@@ -238,16 +238,14 @@ def _add(
 def _convcam(args: argparse.Namespace, config: Config) -> int:
     import cv2
 
-    from agent.convcam import grid, tile
+    from agent.convcam import grid, read_picture, tile
     from agent.predictor import Predictor
     from agent.preprocess import preprocess
     from agent.reference import checkpoint_to_drive
 
     if not 1 <= args.scale <= 32:
         raise CharlesError("--scale must be a whole number from 1 to 32")
-    picture = cv2.imread(str(args.image), cv2.IMREAD_COLOR) if args.image.is_file() else None
-    if picture is None:
-        raise CharlesError(f"{args.image} is not a picture OpenCV can read; give a PNG or JPEG")
+    picture = read_picture(args.image)
     line = get_line(config.model.line)
     predictor = Predictor.load(
         line.name, checkpoint_to_drive(config), config.model.pretrained, convcam=True

@@ -362,3 +362,48 @@ def test_loading_into_smaller_buffers_keeps_the_newest(tmp_path: Path) -> None:
     again.load(tmp_path)
     again.add_shard(*_samples(range(100, 103)), _sets(3, True, True))
     assert _contents(again) == _each([*range(33, 40), 100, 101, 102])
+
+
+def test_a_copy_streams_into_the_buffers_in_small_pieces(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Frames are streamed a few rows at a time into the buffers (here 2 rows of 72 bytes a
+    piece), keeping exactly the newest samples, each with its own labels."""
+    import agent.learn.shards as shards
+
+    big = _buffer_set(capacity=30, max_uses=2)
+    big.add_shard(*_samples(range(25)), _sets(25, True, True))
+    _ids(*big.buffers["steering"].draw(4))  # used once: still in the copy
+    big.save(tmp_path)
+    monkeypatch.setattr(shards, "_CHUNK_BYTES", 150)
+    small = _buffer_set(capacity=9, max_uses=2)
+    assert small.load(tmp_path)
+    assert Counter(_drain(small.buffers["throttle"], 100)) == dict.fromkeys(range(16, 25), 2)
+    assert set(_drain(small.buffers["steering"], 100)) == set(range(16, 25))
+
+
+def test_a_copy_damaged_in_its_last_frames_leaves_every_buffer_empty(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The damage shows only at the end of the last buffer's frames (their CRC), after the
+    first buffer was filled: nothing of the copy may stay."""
+    import struct
+    import zipfile
+
+    buffers = _buffer_set(capacity=100)  # frames of 7,200 bytes: more than one read
+    buffers.add_shard(*_samples(range(100)), _sets(100, True, True))
+    path = buffers.save(tmp_path)
+    last = f"{OUTPUT_NAMES[-1]}_frames.npy"
+    with zipfile.ZipFile(path) as archive:
+        entry = archive.getinfo(last)
+    data = bytearray(path.read_bytes())
+    name_length, extra_length = struct.unpack_from("<2H", data, entry.header_offset + 26)
+    start = entry.header_offset + 30 + name_length + extra_length
+    data[start + entry.file_size - 1] ^= 0xFF  # the last byte of the last frame
+    path.write_bytes(bytes(data))
+    fresh = _buffer_set(capacity=100)
+    with caplog.at_level(logging.WARNING, logger="agent.learn.buffers"):
+        assert not fresh.load(tmp_path)
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert "is damaged (Bad CRC" in warning and "starting empty" in warning
+    assert fresh.fills == dict.fromkeys(OUTPUT_NAMES, 0.0)

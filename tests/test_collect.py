@@ -12,7 +12,7 @@ import numpy as np
 import pygame
 import pytest
 
-from agent.capture import find_window
+from agent.capture import WindowQuery, find_window
 from agent.config import KeyboardConfig
 from agent.game.autopilot import Autopilot
 from agent.game.channel import FrameRecord, GamepadReceiver, subscribe_packet
@@ -73,7 +73,7 @@ def test_offscreen_frames_equal_window_capture_pixel_for_pixel(
     )  # fmt: skip
     try:
         assert game.stdout is not None and game.stdout.readline().strip() == "ready"
-        region = find_window("camera equality test", "exact").region()
+        region = find_window(WindowQuery("camera equality test")).region()
         with mss.mss() as screen:
             shot = screen.grab(
                 {"left": region.left, "top": region.top, "width": 1280, "height": 720}

@@ -4,16 +4,20 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-from agent.convcam import GAP, grid, tile
+from agent.convcam import GAP, grid, read_picture, tile
+from agent.errors import CharlesError
 from agent.nets.registry import get_line
 from tests.conftest import REPO, assert_one_line_error
 from tests.drives import publish_constant_driver
+from tests.test_errors_cli import _png_claiming
+from tests.test_shards_hostile import MiB, run_child
 
 
 def test_the_grid_is_as_square_as_possible() -> None:
@@ -83,3 +87,65 @@ def test_charles_convcam_refuses_what_is_not_a_picture(tmp_path: Path, run_charl
     text.write_text("not a picture")
     result = run_charles("convcam", str(text), "--config", str(REPO / "config.toml"))
     assert_one_line_error(result, "notes.txt is not a picture")
+
+
+# --- reading the picture ---------------------------------------------------------------------
+
+
+def test_read_picture_reads_png_and_jpeg_as_opencv_does(tmp_path: Path) -> None:
+    picture = np.random.default_rng(0).integers(0, 256, (90, 160, 3), dtype=np.uint8)
+    for name in ("shot.png", "shot.jpg"):
+        cv2.imwrite(str(tmp_path / name), picture)
+        expected = cv2.imread(str(tmp_path / name), cv2.IMREAD_COLOR)
+        np.testing.assert_array_equal(read_picture(tmp_path / name), expected)
+
+
+_READ_HUGE = """
+import sys
+from pathlib import Path
+from agent.convcam import read_picture
+from agent.errors import CharlesError
+try:
+    read_picture(Path(sys.argv[1]))
+except CharlesError as error:
+    print(error)
+"""
+
+
+def _jpeg_claiming(path: Path, width: int, height: int) -> None:
+    """A real JPEG whose start-of-frame header claims width x height pixels."""
+    ok, encoded = cv2.imencode(".jpg", np.zeros((8, 8, 3), np.uint8))
+    assert ok
+    data = bytearray(encoded.tobytes())
+    at = 2
+    while data[at + 1] not in (0xC0, 0xC1, 0xC2):
+        at += 2 + int.from_bytes(data[at + 2 : at + 4], "big")
+    data[at + 5 : at + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("kind", ["png", "jpg"])
+def test_a_picture_claiming_a_huge_size_is_refused_before_decoding(
+    tmp_path: Path, kind: str
+) -> None:
+    """30000 x 30000 is under OpenCV's own pixel limit: decoding would allocate 2.7 GB."""
+    path = tmp_path / f"huge.{kind}"
+    if kind == "png":
+        _png_claiming(path, 30_000, 30_000)
+    else:
+        _jpeg_claiming(path, 30_000, 30_000)
+    child = run_child(_READ_HUGE, str(path), timeout=60)
+    assert child.returncode == 0, child.stderr
+    assert "30000x30000 pixels" in child.stdout and str(path) in child.stdout
+    assert child.peak_rss < 128 * MiB, child.peak_rss
+
+
+def test_read_picture_refuses_what_is_not_a_picture_file_without_waiting(tmp_path: Path) -> None:
+    fifo = tmp_path / "shot.png"
+    os.mkfifo(fifo)  # opening it for reading the usual way would wait for a writer
+    for odd in (fifo, Path("/dev/zero")):
+        with pytest.raises(CharlesError, match="is not a file"):
+            read_picture(odd)
+    (tmp_path / "gif.png").write_bytes(b"GIF89a" + bytes(100))
+    with pytest.raises(CharlesError, match="is not a picture Charles reads"):
+        read_picture(tmp_path / "gif.png")

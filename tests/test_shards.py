@@ -356,7 +356,8 @@ def test_size_limits_refuse_before_reading(tmp_path: Path, monkeypatch: pytest.M
     # Compressed zeros: a small file whose arrays unpack to far more than the limit.
     zeros = tmp_path / "shard-zeros.npz"
     np.savez_compressed(zeros, **_shard_arrays(n=20_000))
-    monkeypatch.setattr(shards, "MAX_SHARD_BYTES", 200_000)
+    monkeypatch.setattr(shards, "MAX_SHARD_BYTES", 10**9)
+    monkeypatch.setattr(shards, "MAX_SHARD_DATA_BYTES", 200_000)
     assert zeros.stat().st_size < 200_000
     with pytest.raises(ShardError, match="unpack to"):
         read_shard(zeros, SHAPE)

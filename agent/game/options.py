@@ -12,6 +12,9 @@ from agent.game.channel import DEFAULT_PORT
 
 MAX_SIDE = 7680
 """Largest window side in pixels (the same bound as config.toml's capture.size)."""
+MAX_SEED = 2**31 - 1
+"""Largest track seed (the same bound as config.toml's collect.seed); Gymnasium takes no
+negative one."""
 
 
 class GameError(CharlesError):
@@ -50,6 +53,8 @@ class GameOptions:
 
     def __post_init__(self) -> None:
         width, height = self.size
+        if not 0 <= self.seed <= MAX_SEED:
+            raise GameError(f"track seed {self.seed} is out of range; use 0 to {MAX_SEED}")
         if not (16 <= width <= MAX_SIDE and 9 <= height <= MAX_SIDE):
             raise GameError(
                 f"game window size {width}x{height} is out of range; use e.g. 1280x720 "

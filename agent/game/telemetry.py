@@ -1,16 +1,20 @@
 """The game's telemetry file: one JSON object per line, for tests and end-of-run metrics.
 
 The agent never drives from telemetry; it only reads the last line to summarise a run. Each line
-is written whole and flushed, so a reader sees complete lines except, at worst, the last one.
+is written whole with one system call, so a reader sees complete lines except, at worst, the
+last one, and a file that cannot take it (a full disk, /dev/full) ends the game with one line.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
+
+from agent.game.options import GameError
 
 
 @dataclass(frozen=True)
@@ -46,22 +50,41 @@ class TelemetryRecord:
 
 
 class TelemetryWriter:
-    """Appends records to `path`, one flushed line each."""
+    """Appends records to `path`, one unbuffered line each.
+
+    Nothing is buffered, so a line that cannot be written fails at once, in `write`, as a
+    one-line GameError, and closing never fails on data left over from it. OSError when the
+    file cannot be opened.
+    """
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._file: IO[str] = path.open("a", encoding="utf-8")
+        self.path = path
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+        self._fd: int | None = os.open(path, flags | getattr(os, "O_BINARY", 0), 0o666)
 
     def write(self, record: TelemetryRecord) -> None:
         values = {
             key: round(value, 4) if isinstance(value, float) else value
             for key, value in asdict(record).items()
         }
-        self._file.write(json.dumps(values, separators=(",", ":")) + "\n")
-        self._file.flush()
+        line = (json.dumps(values, separators=(",", ":")) + "\n").encode("utf-8")
+        if self._fd is None:
+            raise ValueError("telemetry file is closed")
+        try:
+            while line:
+                line = line[os.write(self._fd, line) :]
+        except OSError as error:
+            raise GameError(
+                f"cannot write telemetry to {self.path} ({error.strerror or error}); give "
+                "--telemetry a file on a disk with free space, or leave it out"
+            ) from None
 
     def close(self) -> None:
-        self._file.close()
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):  # nothing is buffered: nothing can be lost
+                os.close(fd)
 
 
 def read_last_telemetry(path: Path | str, chunk: int = 4096) -> dict[str, Any] | None:

@@ -10,7 +10,11 @@ for when data arrives slower than training consumes it.
 
 A full buffer makes room by dropping its oldest sample (first in, first out). A rotating
 on-disk copy (two slot files, the older one overwritten) lets a restarted trainer refill at
-once instead of waiting for the collectors.
+once instead of waiting for the collectors. A copy is read like any file from outside: never
+through a link, never from a FIFO or device, and only after its zip directory and array
+headers showed sizes this trainer's buffers can hold (at most `MAX_COPY_FACTOR` times their
+capacity); its frames are streamed straight into the buffers, so loading one never holds more
+than the buffers themselves.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from agent.learn.shards import NpzArchive, NpzError, open_npz, write_atomically
+from agent.learn.shards import FileRefused, NpzArchive, open_npz, write_atomically
 from agent.nets.registry import OUTPUT_NAMES
 from agent.weights import one_line
 
@@ -35,8 +39,13 @@ BUFFERS_FORMAT = "charles-buffers"
 BUFFERS_VERSION = 1
 SLOT_NAMES = ("buffers-0.npz", "buffers-1.npz")
 """The two files of the rotating copy; each save overwrites the older one."""
-_COPY_LIMIT = 1 << 40
-"""Bytes; a copy is about 2 x buffer size x frame size, far below this."""
+MAX_COPY_FACTOR = 4
+"""A copy may hold up to this many times a buffer's capacity per buffer (one saved by a
+trainer with larger buffers: the newest samples are kept); a larger one is refused unread."""
+_META_CHARS = 64 * 1024
+"""Characters a copy's meta JSON may have; it has about 150."""
+_COPY_OVERHEAD = 4 * _META_CHARS + (1 << 20)
+"""Bytes of a copy that are not samples, at most: meta (4 bytes a character), zip and headers."""
 _ARRAYS = {
     "frames": np.dtype(np.uint8),
     "labels": np.dtype(np.float32),
@@ -161,15 +170,25 @@ class SampleBuffer:
             "order": self._order[:size],
         }
 
-    def _restore(self, arrays: dict[str, np.ndarray]) -> None:
-        """Replace the contents with a saved copy's: the newest `capacity` not used up."""
-        order = np.argsort(arrays["order"], kind="stable")
-        order = order[arrays["uses"][order] < self.max_uses][-self.capacity :]
-        size = len(order)
-        self._frames[:size] = arrays["frames"][order]
-        self._labels[:size] = arrays["labels"][order]
-        self._uses[:size] = arrays["uses"][order]
-        self._order[:size] = np.arange(size)
+    def _restore(self, archive: NpzArchive, frames: str, columns: dict[str, np.ndarray]) -> None:
+        """Replace the contents with a saved copy's: the newest `capacity` samples not used up.
+
+        `columns` holds the copy's labels, uses and order; the frames (array `frames` of
+        `archive`) are streamed into this buffer's own storage, so only the samples kept are
+        ever held. FileRefused when the frames are damaged, and the buffer is then empty.
+        """
+        arrival = np.argsort(columns["order"], kind="stable")
+        kept = arrival[columns["uses"][arrival] < self.max_uses][-self.capacity :]
+        positions = np.sort(kept)  # in file order, for one pass over the frames
+        size = len(positions)
+        self._size = 0
+        archive.read_rows(frames, positions, self._frames[:size])
+        self._labels[:size] = columns["labels"][positions]
+        self._uses[:size] = columns["uses"][positions]
+        # Slots hold samples in file order; the arrival counter keeps their age (FIFO).
+        rank = np.empty(size, dtype=np.int64)
+        rank[np.argsort(columns["order"][positions], kind="stable")] = np.arange(size)
+        self._order[:size] = rank
         self._size = size
         self._next_order = size
 
@@ -265,7 +284,7 @@ class BufferSet:
         restarts (it continues from the files present), so `load` can tell the newer one.
         """
         folder = Path(folder)
-        counters = {slot: _saved_counter(folder / slot) for slot in SLOT_NAMES}
+        counters = {slot: self._saved_counter(folder / slot) for slot in SLOT_NAMES}
         # Missing or unreadable slots first, then the lower counter: the older copy goes.
         target = min(SLOT_NAMES, key=lambda slot: -1 if counters[slot] is None else counters[slot])
         counter = max([self._saves, *(c for c in counters.values() if c is not None)]) + 1
@@ -290,22 +309,24 @@ class BufferSet:
     def load(self, folder: Path) -> bool:
         """Replace the buffers' contents with the newest copy in `folder` that reads cleanly.
 
-        A damaged newer copy is skipped with one warning in favour of the older one. A copy
+        A damaged, oversized or odd newer copy (a link, a FIFO, more than `MAX_COPY_FACTOR`
+        times the capacity) is skipped with one warning in favour of the older one. A copy
         for another input shape is refused (one warning). Samples beyond capacity keep the
-        newest; samples already used `max_uses` times are dropped. False when nothing loaded.
+        newest; samples already used `max_uses` times are dropped. False when nothing loaded
+        (the buffers are then empty).
         """
         folder = Path(folder)
         present = [folder / slot for slot in SLOT_NAMES if _exists(folder / slot)]
         candidates = []
         for path in present:
             try:
-                candidates.append((_slot_counter(path), path))
-            except NpzError as error:
+                candidates.append((self._slot_counter(path), path))
+            except FileRefused as error:
                 log.warning("buffer copy %s is unreadable: %s; %s", path, error, _next(present))
         candidates.sort(reverse=True)
         for rank, (counter, path) in enumerate(candidates):
             try:
-                contents = _read_copy(path, self.input_shape)
+                self._read_copy(path)
             except _OtherShape as error:
                 log.warning(
                     "buffer copy %s holds frames of shape %s, not this model line's %s; "
@@ -315,15 +336,87 @@ class BufferSet:
                     self.input_shape,
                 )
                 return False
-            except NpzError as error:
+            except FileRefused as error:
+                self._empty()  # nothing of a copy that failed half way stays behind
                 fallback = _next(present) if rank + 1 < len(candidates) else "starting empty"
                 log.warning("buffer copy %s is unreadable: %s; %s", path, error, fallback)
                 continue
-            for name, buffer in self.buffers.items():
-                buffer._restore(contents[name])
             self._saves = max(self._saves, counter)
             return True
         return False
+
+    def _empty(self) -> None:
+        for buffer in self.buffers.values():
+            buffer._size = 0
+            buffer._next_order = 0
+
+    def _open_copy(self, path: Path) -> AbstractContextManager[NpzArchive]:
+        """`open_npz` for a copy: at most what `MAX_COPY_FACTOR` x capacity samples per
+        buffer take, and (written uncompressed) no more data than the file holds."""
+        sample = math.prod(self.input_shape) + sum(
+            dtype.itemsize * (len(OUTPUT_NAMES) if key == "labels" else 1)
+            for key, dtype in _ARRAYS.items()
+            if key != "frames"
+        )
+        limit = MAX_COPY_FACTOR * self.capacity * len(OUTPUT_NAMES) * sample + _COPY_OVERHEAD
+        try:
+            size = path.lstat().st_size
+        except OSError as error:
+            raise FileRefused(f"it cannot be read ({error.strerror})") from None
+        return open_npz(path, limit, min(size, limit), max_arrays=_COPY_ENTRIES)
+
+    def _slot_counter(self, path: Path) -> int:
+        """The save counter in the meta of the copy `path`; FileRefused when unreadable."""
+        with self._open_copy(path) as archive:
+            return _read_meta(archive)["saves"]
+
+    def _saved_counter(self, path: Path) -> int | None:
+        """The save counter of the copy `path`; None when it is missing or unreadable."""
+        if not _exists(path):
+            return None
+        try:
+            return self._slot_counter(path)
+        except FileRefused:
+            return None
+
+    def _read_copy(self, path: Path) -> None:
+        """Fill every buffer from the copy `path`, its arrays checked from their headers first.
+
+        FileRefused when it is damaged or too large; `_OtherShape` (before anything is read
+        but its meta) when it holds frames of another shape than this line's.
+        """
+        outputs = len(OUTPUT_NAMES)
+        limit = MAX_COPY_FACTOR * self.capacity
+        with self._open_copy(path) as archive:
+            meta = _read_meta(archive)
+            shape = tuple(meta["input_shape"])
+            if shape != self.input_shape:
+                raise _OtherShape(shape)
+            expected = {"meta", *(f"{name}_{key}" for name in OUTPUT_NAMES for key in _ARRAYS)}
+            if set(archive.headers) != expected:
+                raise FileRefused("its arrays are not one set per output")
+            for name in OUTPUT_NAMES:
+                headers = {key: archive.headers[f"{name}_{key}"] for key in _ARRAYS}
+                count = headers["frames"].shape[0] if headers["frames"].shape else -1
+                shapes = {
+                    "frames": (count, *shape),
+                    "labels": (count, outputs),
+                    "uses": (count,),
+                    "order": (count,),
+                }
+                for key, dtype in _ARRAYS.items():
+                    if headers[key].dtype != dtype or headers[key].shape != shapes[key]:
+                        raise FileRefused(f"its {name}_{key} is not {dtype} {shapes[key]}")
+                if count > limit:
+                    raise FileRefused(
+                        f"its {name} buffer holds {count} samples, more than {MAX_COPY_FACTOR} "
+                        f"x this buffer's {self.capacity}"
+                    )
+            for name, buffer in self.buffers.items():
+                columns = {key: archive.read(f"{name}_{key}") for key in _ARRAYS if key != "frames"}
+                if not np.isfinite(columns["labels"]).all():
+                    raise FileRefused(f"its {name} labels include NaN or infinity")
+                buffer._restore(archive, f"{name}_frames", columns)
 
 
 def _exists(path: Path) -> bool:
@@ -335,49 +428,35 @@ def _next(present: list[Path]) -> str:
     return "falling back to the other copy" if len(present) > 1 else "starting empty"
 
 
-def _slot_counter(path: Path) -> int:
-    """The save counter in the meta of the copy `path`; NpzError when it cannot be read."""
-    with _open_copy(path) as archive:
-        return _read_meta(archive)["saves"]
-
-
-def _saved_counter(path: Path) -> int | None:
-    """The save counter of the copy `path`; None when it is missing or unreadable."""
-    if not _exists(path):
-        return None
-    try:
-        return _slot_counter(path)
-    except NpzError:
-        return None
-
-
-def _open_copy(path: Path) -> AbstractContextManager[NpzArchive]:
-    """`open_npz` for a copy: written uncompressed, so its arrays never outgrow the file."""
-    try:
-        size = path.lstat().st_size
-    except OSError as error:
-        raise NpzError(f"it cannot be read ({error.strerror})") from None
-    return open_npz(path, _COPY_LIMIT, max_data_bytes=size)
+_COPY_ENTRIES = 1 + len(OUTPUT_NAMES) * len(_ARRAYS)
+"""Zip entries of a copy: its meta and every buffer's arrays."""
 
 
 def _read_meta(archive: NpzArchive) -> dict[str, Any]:
     header = archive.headers.get("meta")
     if header is None or header.dtype.kind != "U" or header.shape != ():
-        raise NpzError("it has no meta text")
+        raise FileRefused("it has no meta text")
+    if header.dtype.itemsize > 4 * _META_CHARS:
+        raise FileRefused(f"its meta is longer than {_META_CHARS} characters")
     try:
         meta = json.loads(str(archive.read("meta")[()]))
     except (ValueError, RecursionError) as error:
-        raise NpzError(f"its meta is not JSON ({one_line(error, 60)})") from None
+        raise FileRefused(f"its meta is not JSON ({one_line(error, 60)})") from None
     if not isinstance(meta, dict) or meta.get("format") != BUFFERS_FORMAT:
-        raise NpzError(f"it is not a {BUFFERS_FORMAT} file")
+        raise FileRefused(f"it is not a {BUFFERS_FORMAT} file")
     if meta.get("version") != BUFFERS_VERSION:
-        raise NpzError(f"it is {BUFFERS_FORMAT} version {meta.get('version')!r}, not 1")
+        raise FileRefused(f"it is {BUFFERS_FORMAT} version {_show(meta.get('version'))}, not 1")
     shape, saves = meta.get("input_shape"), meta.get("saves")
     if not (isinstance(shape, list) and len(shape) == 3 and all(type(d) is int for d in shape)):
-        raise NpzError("its meta input_shape is not [H, W, 3]")
+        raise FileRefused("its meta input_shape is not [H, W, 3]")
     if type(saves) is not int:
-        raise NpzError("its meta save counter is not a whole number")
+        raise FileRefused("its meta save counter is not a whole number")
     return meta
+
+
+def _show(value: object) -> str:
+    """A value from a file, quoted and short enough for a one-line message."""
+    return one_line(repr(value), 40)
 
 
 class _OtherShape(Exception):
@@ -386,38 +465,3 @@ class _OtherShape(Exception):
     def __init__(self, shape: tuple[int, ...]) -> None:
         super().__init__(shape)
         self.shape = shape
-
-
-def _read_copy(path: Path, input_shape: tuple[int, ...]) -> dict[str, dict[str, np.ndarray]]:
-    """Every buffer's arrays of the copy `path`, checked, by output name.
-
-    NpzError when it is damaged; `_OtherShape` (before any frame is read) when it holds
-    frames of another shape than `input_shape`.
-    """
-    outputs = len(OUTPUT_NAMES)
-    with _open_copy(path) as archive:
-        meta = _read_meta(archive)
-        shape = tuple(meta["input_shape"])
-        if shape != input_shape:
-            raise _OtherShape(shape)
-        expected = {"meta", *(f"{name}_{key}" for name in OUTPUT_NAMES for key in _ARRAYS)}
-        if set(archive.headers) != expected:
-            raise NpzError("its arrays are not one set per output")
-        contents: dict[str, dict[str, np.ndarray]] = {}
-        for name in OUTPUT_NAMES:
-            headers = {key: archive.headers[f"{name}_{key}"] for key in _ARRAYS}
-            count = headers["frames"].shape[0] if headers["frames"].shape else -1
-            shapes = {
-                "frames": (count, *shape),
-                "labels": (count, outputs),
-                "uses": (count,),
-                "order": (count,),
-            }
-            for key, dtype in _ARRAYS.items():
-                if headers[key].dtype != dtype or headers[key].shape != shapes[key]:
-                    raise NpzError(f"its {name}_{key} is not {dtype} {shapes[key]}")
-            arrays = {key: archive.read(f"{name}_{key}") for key in _ARRAYS}
-            if not np.isfinite(arrays["labels"]).all():
-                raise NpzError(f"its {name} labels include NaN or infinity")
-            contents[name] = arrays
-    return contents

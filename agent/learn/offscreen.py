@@ -143,9 +143,12 @@ def collect_offscreen(
                 mapper.reset()
                 episode_step = off_track = 0
                 next_frame = 0.0
-    finally:
+    except BaseException:
         env.close()
-        histogram = sink.close()
+        sink.close_after_error()  # the error that ended it is the one to report
+        raise
+    env.close()
+    histogram = sink.close()
     return CollectSummary(
         source=source,
         render="offscreen",

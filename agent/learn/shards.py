@@ -15,14 +15,19 @@ Several collectors, on this machine or others, may write into one shared folder 
 coordination beyond names: a shard's name holds its writer's host, process id, time and a
 sequence number. A shard is written under a hidden temporary name and renamed into place, so
 a reader polling the folder never sees half of one. The folder is shared, so a shard is
-untrusted input: nothing in it is executed or unpickled (`allow_pickle=False`), a link is never
-followed, and every size is checked against the file's own headers before anything is
-unpacked, so a damaged or hostile file costs a warning, never the trainer's memory.
+untrusted input: nothing in it is executed or unpickled, a link is never followed, a FIFO or
+device is never waited on, and every size is checked before anything is inflated: the zip
+directory's entry count and declared sizes, and each array's .npy header (dtype and shape,
+against the model line's input shape) add up to at most MAX_SHARD_DATA_BYTES (256 MiB), and an
+array is inflated into exactly its declared size, never past it. A damaged or hostile file
+costs one warning, never the trainer's memory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import io
 import itertools
 import json
 import logging
@@ -32,6 +37,7 @@ import re
 import secrets
 import socket
 import stat
+import struct
 import threading
 import time as clock
 import zipfile
@@ -53,12 +59,20 @@ log = logging.getLogger(__name__)
 
 SHARD_PREFIX = "shard-"
 SHARD_SUFFIX = ".npz"
-MAX_SHARD_BYTES = 4 * 1024**3
-"""A bigger shard file is refused without being read; so is one whose arrays unpack to more."""
+MAX_SHARD_DATA_BYTES = 256 * 1024**2
+"""Bytes a shard's arrays may unpack to, together: a shard declaring more is refused from its
+headers, before anything is inflated. The default 500 samples of the largest line (model_0005,
+480x270) are 185 MiB; a writer starts a new shard before reaching this."""
+MAX_SHARD_BYTES = MAX_SHARD_DATA_BYTES + 1024**2
+"""A bigger shard file is refused without being read (zip bookkeeping is far below 1 MiB)."""
 SHARD_FORMAT = "charles-shard"
 SHARD_VERSION = 1
 _META_LIMIT = 64 * 1024
 """Characters; a shard's meta JSON is a few hundred."""
+_SHARD_ENTRIES = 16
+"""Zip entries a shard may list: its 7 arrays, and room to name a few unknown ones."""
+_SHARD_OVERHEAD = 4 * _META_LIMIT + 64 * 1024
+"""Bytes of a shard that are not samples, at most: meta (4 bytes a character) and headers."""
 
 _FLOAT_LABELS = ("throttle", "steering", "speed")
 _LAYOUT: dict[str, tuple[np.dtype, int]] = {
@@ -79,6 +93,7 @@ _READ_ERRORS = (
     EOFError,
     OSError,
     ValueError,
+    TypeError,
     KeyError,
     NotImplementedError,
     RuntimeError,
@@ -92,34 +107,119 @@ class ShardError(CharlesError):
 
 # --- writing files atomically ----------------------------------------------------------------
 
+_TEMPORARY_ATTEMPTS = 100
+# Created, never opened: O_EXCL fails on any name present (a planted link included) and
+# O_NOFOLLOW refuses a link even where O_EXCL alone would not.
+_CREATE_FLAGS = (
+    os.O_WRONLY
+    | os.O_CREAT
+    | os.O_EXCL
+    | getattr(os, "O_NOFOLLOW", 0)
+    | getattr(os, "O_CLOEXEC", 0)
+    | getattr(os, "O_BINARY", 0)
+)
+
 
 def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
     """Create or replace `path` with what `write` writes to a binary stream, atomically.
 
-    The data goes to a hidden temporary file beside `path` (".<name>.<random>.tmp", never a
-    shard name), is flushed to disk, then renamed over `path`: a reader sees the old file or
-    the whole new one, never a part. The folder is created (with its parents) when missing.
+    The data goes to a new hidden temporary file beside `path` (".<name>.<random>.tmp", never
+    a shard name), is flushed to disk, then renamed over `path`: a reader sees the old file or
+    the whole new one, never a part. Nothing is written through a link or into a file that
+    was there before: the temporary file is created afresh (a name already taken, even by a
+    link, is passed over and left alone), and the rename replaces a link or file at `path`
+    instead of writing into it. The folder is created (with its parents) when missing.
     """
     folder = path.parent
     folder.mkdir(parents=True, exist_ok=True)
-    temporary = folder / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    temporary, fd = _create_temporary(folder, path.name)
     try:
-        with open(temporary, "xb") as stream:
+        with os.fdopen(fd, "wb") as stream:
             write(stream)
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temporary, path)
     except BaseException:
-        temporary.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            temporary.unlink()  # ours: created by this call with O_EXCL
         raise
     fsync_path(folder)
 
 
+def _create_temporary(folder: Path, name: str) -> tuple[Path, int]:
+    for _ in range(_TEMPORARY_ATTEMPTS):
+        temporary = folder / f".{name}.{secrets.token_hex(6)}.tmp"
+        try:
+            return temporary, os.open(temporary, _CREATE_FLAGS, 0o666)
+        except FileExistsError:
+            continue  # someone else's name (or a link planted there): never touched
+        except OSError as error:
+            if error.errno == errno.ELOOP:
+                continue
+            raise
+    raise FileExistsError(errno.EEXIST, "no free temporary file name", str(folder / name))
+
+
+# --- reading untrusted files safely ----------------------------------------------------------
+
+
+class FileRefused(Exception):
+    """Why a file is not read: the problem only; the caller names the file."""
+
+
+def read_regular_file(path: Path, limit: int) -> bytes:
+    """The whole content of the regular file `path`, of at most `limit` bytes.
+
+    `FileRefused` for a symbolic link (never followed), a FIFO, device or folder (never
+    opened in a way that could wait), a missing file and a file over `limit` bytes (also one
+    that grows past it while being read), so a planted link to /dev/zero costs nothing.
+    """
+    stream, size = _open_regular(path)
+    with stream:
+        if size > limit:
+            raise FileRefused(f"it is {size} bytes, more than the {limit} it may have")
+        chunks, total = [], 0
+        while total <= limit:
+            chunk = stream.read(min(_CHUNK_BYTES, limit + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+    if total > limit:
+        raise FileRefused(f"it grew past the {limit} bytes it may have while being read")
+    return b"".join(chunks)
+
+
+def _open_regular(path: Path) -> tuple[BinaryIO, int]:
+    """`path` opened for binary reading, and its size; FileRefused for anything but a file."""
+    if not hasattr(os, "O_NOFOLLOW") and path.is_symlink():
+        raise FileRefused("it is a symbolic link, which Charles never follows")
+    try:
+        fd = os.open(path, SAFE_OPEN_FLAGS)
+    except FileNotFoundError:
+        raise FileRefused("it does not exist (deleted meanwhile?)") from None
+    except OSError as error:
+        if error.errno in (errno.ELOOP, errno.EMLINK) or path.is_symlink():
+            raise FileRefused("it is a symbolic link, which Charles never follows") from None
+        raise FileRefused(f"it cannot be opened ({error.strerror})") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise FileRefused("it is not a regular file")
+    return os.fdopen(fd, "rb"), info.st_size
+
+
 # --- reading .npz files safely ---------------------------------------------------------------
 
-
-class NpzError(Exception):
-    """Why an .npz file cannot be read: the problem only; the caller names the file."""
+_CHUNK_BYTES = 1 << 20
+"""Bytes inflated at a time: the most an array read holds beyond the array itself."""
+_MAX_NPY_HEADER = 10_000
+"""Bytes; numpy's own limit for a trusted .npy header (a real one is about 128)."""
+_DIRECTORY_BYTES_PER_ARRAY = 1024
+"""Zip directory bytes allowed per array (an entry is 46 bytes plus its name and extras)."""
+_EOCD = struct.Struct("<4s4H2LH")
+_ZIP64_LOCATOR = struct.Struct("<4sLQL")
+_ZIP64_EOCD = struct.Struct("<4sQ2H2L4Q")
 
 
 @dataclass(frozen=True)
@@ -128,109 +228,248 @@ class ArrayHeader:
 
     shape: tuple[int, ...]
     dtype: np.dtype
+    fortran_order: bool = False
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+
+@dataclass(frozen=True)
+class _Member:
+    entry: zipfile.ZipInfo
+    header: ArrayHeader
+    offset: int
+    """Bytes of .npy header before the array's data."""
 
 
 class NpzArchive:
     """An open .npz file whose headers passed `open_npz`'s checks; read arrays by name."""
 
-    def __init__(self, headers: dict[str, ArrayHeader], npz: Any) -> None:
-        self.headers = headers
-        self._npz = npz
+    def __init__(self, archive: zipfile.ZipFile, members: dict[str, _Member]) -> None:
+        self.headers = {name: member.header for name, member in members.items()}
+        self._archive = archive
+        self._members = members
 
     def read(self, name: str) -> np.ndarray:
-        """The array `name`, exactly as its header declared it; NpzError when it is damaged."""
+        """The array `name`, exactly as its header declared it; FileRefused when damaged.
+
+        Inflated into an array of the declared size and never past it, so a zip entry whose
+        data inflates to more than its directory says costs nothing extra.
+        """
         header = self.headers[name]
+        shape = header.shape[::-1] if header.fortran_order else header.shape
+        array = np.empty(shape, dtype=header.dtype)
+        flat = array.reshape(-1).view(np.uint8)
+        with self._data(name) as stream:
+            _read_into(stream, memoryview(flat), name)
+            _expect_end(stream, name)
+        return array.T if header.fortran_order else array
+
+    def read_rows(self, name: str, rows: np.ndarray, out: np.ndarray) -> None:
+        """Copy rows `rows` (ascending indices along the first axis) of array `name` into
+        `out[0]`, `out[1]`, ...; the rest is streamed past, never held (at most
+        `_CHUNK_BYTES` at a time beyond `out`). FileRefused when the array is damaged."""
+        header = self.headers[name]
+        if header.fortran_order or not header.shape:
+            raise FileRefused(f"array {name} is not stored row by row")
+        row_bytes = math.prod(header.shape[1:]) * header.dtype.itemsize
+        if (
+            out.dtype != header.dtype
+            or out.shape[1:] != header.shape[1:]
+            or len(out) != len(rows)
+            or not out.flags.c_contiguous
+        ):
+            raise ValueError(f"out does not fit {len(rows)} rows of array {name}")
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) and (rows[0] < 0 or rows[-1] >= header.shape[0] or (np.diff(rows) <= 0).any()):
+            raise ValueError("rows must be ascending indices of the array's rows")
+        block = max(1, _CHUNK_BYTES // max(row_bytes, 1))
+        scratch = np.empty((block, *header.shape[1:]), dtype=header.dtype)
+        view = memoryview(scratch.reshape(-1).view(np.uint8))
+        taken = 0
+        with self._data(name) as stream:
+            for start in range(0, header.shape[0], block):
+                count = min(block, header.shape[0] - start)
+                _read_into(stream, view[: count * row_bytes], name)
+                end = taken + int(np.searchsorted(rows[taken:], start + count))
+                out[taken:end] = scratch[rows[taken:end] - start]
+                taken = end
+            _expect_end(stream, name)
+
+    @contextmanager
+    def _data(self, name: str) -> Iterator[BinaryIO]:
+        """Array `name`'s zip entry, opened past its .npy header."""
+        member = self._members[name]
         try:
-            array = self._npz[name]
+            stream = self._archive.open(member.entry)
+            _read_exactly(stream, member.offset)
         except _READ_ERRORS as error:
-            raise NpzError(f"array {name} is damaged ({one_line(error, 80)})") from None
-        if array.shape != header.shape or array.dtype != header.dtype:
-            raise NpzError(f"array {name} does not match its own header")
-        return array
+            raise FileRefused(f"array {name} is damaged ({one_line(error, 80)})") from None
+        with stream:
+            yield stream
+
+
+def _read_into(stream: BinaryIO, target: memoryview, name: str) -> None:
+    """Fill `target` from `stream`, exactly."""
+    position = 0
+    try:
+        while position < len(target):
+            chunk = stream.read(min(_CHUNK_BYTES, len(target) - position))
+            if not chunk:
+                raise FileRefused(f"array {name} holds less data than its header declares")
+            target[position : position + len(chunk)] = chunk
+            position += len(chunk)
+    except _READ_ERRORS as error:
+        raise FileRefused(f"array {name} is damaged ({one_line(error, 80)})") from None
+
+
+def _expect_end(stream: BinaryIO, name: str) -> None:
+    """Nothing may follow an array's data; reading to the end also checks the entry's CRC."""
+    try:
+        more = stream.read(1)
+    except _READ_ERRORS as error:
+        raise FileRefused(f"array {name} is damaged ({one_line(error, 80)})") from None
+    if more:
+        raise FileRefused(f"array {name} holds more data than its header declares")
+
+
+def _read_exactly(stream: BinaryIO, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = stream.read(size - len(data))
+        if not chunk:
+            raise EOFError("the file ends early")
+        data += chunk
+    return data
 
 
 @contextmanager
 def open_npz(
-    path: Path, max_file_bytes: int, max_data_bytes: int | None = None
+    path: Path, max_file_bytes: int, max_data_bytes: int | None = None, max_arrays: int = 64
 ) -> Iterator[NpzArchive]:
     """Open the .npz file `path` for reading without trusting it.
 
-    Refused with `NpzError`: a symbolic link (never followed), anything but a regular file, a
-    file over `max_file_bytes`, anything but a zip of .npy arrays, arrays of Python objects
-    (loading them would unpickle), arrays declaring more data than their zip entry holds, and
-    arrays that would unpack to more than `max_data_bytes` together (default: the file limit).
-    All of that is decided from the zip directory and the .npy headers, before any array data
-    is unpacked; arrays are then read with `np.load(..., allow_pickle=False)`.
+    Refused with `FileRefused`: a symbolic link (never followed), anything but a regular
+    file, a file over `max_file_bytes`, anything but a zip of at most `max_arrays` .npy arrays
+    (a zip directory of more entries or bytes than that needs is refused before it is
+    parsed), encrypted entries or compression other than deflate, arrays of Python objects
+    (loading them would unpickle) or of structured types, an array whose data is not exactly
+    what its zip entry declares, and arrays that would unpack to more than `max_data_bytes`
+    together (default: the file limit). All of that is decided from the zip directory and
+    the .npy headers, before any array data is inflated; arrays are then inflated into
+    arrays of their declared size, never past it (`NpzArchive.read`).
     """
     stream, size = _open_regular(path)
     with stream:
         if size > max_file_bytes:
-            raise NpzError(f"it is {size} bytes, more than the {max_file_bytes} a file may have")
+            raise FileRefused(f"it is {size} bytes, more than the {max_file_bytes} a file may have")
         limit = max_file_bytes if max_data_bytes is None else max_data_bytes
         try:
-            headers = _read_headers(stream, limit)
-            stream.seek(0)
-            npz = np.load(stream, allow_pickle=False)
+            _check_directory(stream, size, max_arrays)
+            archive = zipfile.ZipFile(stream)
         except _READ_ERRORS as error:
-            raise NpzError(f"it is not a valid .npz file ({one_line(error, 80)})") from None
-        if not isinstance(npz, np.lib.npyio.NpzFile):
-            raise NpzError("it is not an .npz file")
-        with npz:
-            yield NpzArchive(headers, npz)
+            raise FileRefused(f"it is not a valid .npz file ({one_line(error, 80)})") from None
+        with archive:
+            yield NpzArchive(archive, _read_members(archive, limit, max_arrays))
 
 
-def _open_regular(path: Path) -> tuple[BinaryIO, int]:
-    """`path` opened for binary reading, and its size; NpzError for anything but a file."""
-    if not hasattr(os, "O_NOFOLLOW") and path.is_symlink():
-        raise NpzError("it is a symbolic link, which Charles never follows")
-    try:
-        fd = os.open(path, SAFE_OPEN_FLAGS)
-    except FileNotFoundError:
-        raise NpzError("it does not exist (deleted meanwhile?)") from None
-    except OSError as error:
-        if error.errno in (errno.ELOOP, errno.EMLINK) or path.is_symlink():
-            raise NpzError("it is a symbolic link, which Charles never follows") from None
-        raise NpzError(f"it cannot be opened ({error.strerror})") from None
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode):
-        os.close(fd)
-        raise NpzError("it is not a regular file")
-    return os.fdopen(fd, "rb"), info.st_size
+def _check_directory(stream: BinaryIO, size: int, max_arrays: int) -> None:
+    """Refuse a zip whose directory lists more than `max_arrays` entries, or is larger than
+    that many need, from its end record alone: zipfile would parse all of it into memory."""
+    tail_size = min(size, _EOCD.size + 0xFFFF)
+    stream.seek(size - tail_size)
+    tail = stream.read(tail_size)
+    # Where zipfile looks: the last 22 bytes, else the last signature (after a comment).
+    at = len(tail) - _EOCD.size
+    if not (at >= 0 and tail[at : at + 4] == b"PK\x05\x06" and tail[-2:] == b"\0\0"):
+        at = tail.rfind(b"PK\x05\x06")
+    if at < 0 or len(tail) - at < _EOCD.size:
+        raise FileRefused("it is not a valid .npz file (no zip end record)")
+    *_, entries, directory, _, _ = _EOCD.unpack_from(tail, at)
+    if at >= _ZIP64_LOCATOR.size:
+        signature, _, record, _ = _ZIP64_LOCATOR.unpack_from(tail, at - _ZIP64_LOCATOR.size)
+        if signature == b"PK\x06\x07":
+            stream.seek(record)
+            data = stream.read(_ZIP64_EOCD.size)
+            if len(data) < _ZIP64_EOCD.size or data[:4] != b"PK\x06\x06":
+                raise FileRefused("it is not a valid .npz file (damaged zip64 end record)")
+            *_, entries, directory, _ = _ZIP64_EOCD.unpack(data)
+    if entries > max_arrays:
+        raise FileRefused(
+            f"its zip directory lists {entries} entries, more than the {max_arrays} expected"
+        )
+    if directory > max_arrays * _DIRECTORY_BYTES_PER_ARRAY:
+        raise FileRefused(f"its zip directory is {directory} bytes, far more than it needs")
 
 
-def _read_headers(stream: BinaryIO, limit: int) -> dict[str, ArrayHeader]:
-    """Every array's header, checked against the zip directory and `limit` (bytes unpacked)."""
-    headers: dict[str, ArrayHeader] = {}
-    with zipfile.ZipFile(stream) as archive:
-        entries = archive.infolist()
-        unpacked = sum(entry.file_size for entry in entries)
-        if unpacked > limit:
-            raise NpzError(f"its arrays unpack to {unpacked} bytes, more than the {limit} allowed")
-        for entry in entries:
-            name = entry.filename.removesuffix(".npy")
-            if entry.is_dir() or name == entry.filename:
-                raise NpzError(f"it holds {_show(entry.filename)}, which is not an array")
-            if name in headers:
-                raise NpzError(f"it holds array {_show(name)} twice")
-            if entry.flag_bits & 0x1:
-                raise NpzError(f"array {_show(name)} is encrypted")
-            with archive.open(entry) as member:
-                version = np.lib.format.read_magic(member)
-                if version == (1, 0):
-                    shape, _, dtype = np.lib.format.read_array_header_1_0(member)
-                elif version == (2, 0):
-                    shape, _, dtype = np.lib.format.read_array_header_2_0(member)
-                else:
-                    raise NpzError(f"array {_show(name)} is in .npy format {version}")
-            if dtype.hasobject:
-                raise NpzError(
-                    f"array {_show(name)} holds Python objects (pickled data), "
-                    "which Charles never loads"
-                )
-            if math.prod(shape) * dtype.itemsize > entry.file_size:
-                raise NpzError(f"array {_show(name)} declares more data than the file holds")
-            headers[name] = ArrayHeader(tuple(int(d) for d in shape), dtype)
-    return headers
+def _read_members(archive: zipfile.ZipFile, limit: int, max_arrays: int) -> dict[str, _Member]:
+    """Every array's entry and header, checked against `limit` (bytes unpacked) first."""
+    entries = archive.infolist()
+    if len(entries) > max_arrays:
+        raise FileRefused(f"it holds {len(entries)} files, more than the {max_arrays} expected")
+    unpacked = sum(entry.file_size for entry in entries)
+    if unpacked > limit:
+        raise FileRefused(f"its arrays unpack to {unpacked} bytes, more than the {limit} allowed")
+    members: dict[str, _Member] = {}
+    for entry in entries:
+        name = entry.filename.removesuffix(".npy")
+        if entry.is_dir() or name == entry.filename:
+            raise FileRefused(f"it holds {_show(entry.filename)}, which is not an array")
+        if name in members:
+            raise FileRefused(f"it holds array {_show(name)} twice")
+        if entry.flag_bits & 0x1:
+            raise FileRefused(f"array {_show(name)} is encrypted")
+        if entry.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise FileRefused(
+                f"array {_show(name)} is compressed with zip method {entry.compress_type}, "
+                "not deflate"
+            )
+        try:
+            with archive.open(entry) as stream:
+                header, offset = _read_npy_header(stream, name)
+        except _READ_ERRORS as error:
+            raise FileRefused(
+                f"array {_show(name)} has a damaged header ({one_line(error, 80)})"
+            ) from None
+        if offset + header.nbytes != entry.file_size:
+            raise FileRefused(
+                f"array {_show(name)} declares {header.nbytes} bytes of data but its zip entry "
+                f"holds {entry.file_size - offset}"
+            )
+        members[name] = _Member(entry, header, offset)
+    return members
+
+
+def _read_npy_header(stream: BinaryIO, name: str) -> tuple[ArrayHeader, int]:
+    """An .npy header (format 1.0 or 2.0) and its length in bytes, its size checked before
+    it is read."""
+    magic = _read_exactly(stream, 8)
+    if magic[:6] != b"\x93NUMPY":
+        raise FileRefused(f"array {_show(name)} is not in .npy format")
+    version = (magic[6], magic[7])
+    if version not in ((1, 0), (2, 0)):
+        raise FileRefused(f"array {_show(name)} is in .npy format {version}")
+    length_format = "<H" if version == (1, 0) else "<I"
+    length_field = _read_exactly(stream, struct.calcsize(length_format))
+    (length,) = struct.unpack(length_format, length_field)
+    if length > _MAX_NPY_HEADER:
+        raise FileRefused(f"array {_show(name)} has a header of {length} bytes, far too long")
+    text = io.BytesIO(length_field + _read_exactly(stream, length))
+    if version == (1, 0):
+        shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(text)
+    else:
+        shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(text)
+    if dtype.hasobject:
+        raise FileRefused(
+            f"array {_show(name)} holds Python objects (pickled data), which Charles never loads"
+        )
+    if dtype.fields is not None or dtype.subdtype is not None:
+        raise FileRefused(f"array {_show(name)} has a structured type")
+    if any(d < 0 for d in shape):
+        raise FileRefused(f"array {_show(name)} has a negative dimension")
+    header = ArrayHeader(tuple(int(d) for d in shape), dtype, bool(fortran_order))
+    return header, 8 + len(length_field) + length
 
 
 def _show(value: object) -> str:
@@ -278,10 +517,10 @@ def read_shard(path: Path, input_shape: tuple[int, int, int]) -> Shard:
     """
     height, width, _ = input_shape
     try:
-        with open_npz(path, MAX_SHARD_BYTES) as archive:
+        with open_npz(path, MAX_SHARD_BYTES, MAX_SHARD_DATA_BYTES, _SHARD_ENTRIES) as archive:
             _check_layout(path, archive.headers, (height, width))
             arrays = {name: archive.read(name) for name in (*_LAYOUT, "meta")}
-    except NpzError as error:
+    except FileRefused as error:
         raise _bad_shard(path, str(error)) from None
     meta = _read_meta(path, arrays["meta"])
     if tuple(meta["input_shape"]) != arrays["frames"].shape[1:]:
@@ -398,6 +637,16 @@ def _host_name() -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname()) or "host"
 
 
+def shard_samples_limit(input_shape: tuple[int, int, int]) -> int:
+    """The most samples of `input_shape` one shard may hold within MAX_SHARD_DATA_BYTES."""
+    per_sample = math.prod(input_shape) + sum(
+        dtype.itemsize * (len(OUTPUT_NAMES) if ndim == 2 else 1)
+        for name, (dtype, ndim) in _LAYOUT.items()
+        if name != "frames"
+    )
+    return (MAX_SHARD_DATA_BYTES - _SHARD_OVERHEAD) // per_sample
+
+
 def _check_input_shape(input_shape: tuple[int, int, int]) -> tuple[int, int, int]:
     shape = tuple(int(d) for d in input_shape)
     if len(shape) != 3 or shape[2] != 3 or min(shape) < 1:
@@ -408,9 +657,11 @@ def _check_input_shape(input_shape: tuple[int, int, int]) -> tuple[int, int, int
 class ShardWriter:
     """Collects samples and publishes them as shards of `samples_per_shard` into `folder`.
 
-    Names are `shard-{host}-{pid}-{unix ms}-{seq:06d}.npz`, unique across the processes and
-    machines sharing the folder; each shard appears atomically. Not thread-safe: one writer
-    per collecting thread.
+    A shard never holds more than `shard_samples_limit(input_shape)` samples, so every shard
+    it writes is one a reader accepts; a larger `samples_per_shard` is lowered to that (with
+    one log line). Names are `shard-{host}-{pid}-{unix ms}-{seq:06d}.npz`, unique across the
+    processes and machines sharing the folder; each shard appears atomically. Not
+    thread-safe: one writer per collecting thread.
     """
 
     def __init__(
@@ -425,7 +676,16 @@ class ShardWriter:
         self.folder = Path(folder)
         self.source = source
         self.input_shape = _check_input_shape(input_shape)
-        self.samples_per_shard = samples_per_shard
+        limit = shard_samples_limit(self.input_shape)
+        if limit < 1:
+            raise ValueError(f"a frame of {self.input_shape} is larger than a shard may be")
+        if samples_per_shard > limit:
+            log.info(
+                "shards of %s frames hold at most %d samples (%d MiB unpacked); writing %d "
+                "a shard instead of %d", "x".join(map(str, self.input_shape)), limit,
+                MAX_SHARD_DATA_BYTES >> 20, limit, samples_per_shard,
+            )  # fmt: skip
+        self.samples_per_shard = min(samples_per_shard, limit)
         self.shards_written = 0
         self.samples_written = 0
         self._host = _host_name()
@@ -504,7 +764,10 @@ class ShardWriter:
             "meta": np.array(json.dumps(meta)),
         }
         path = self._new_path()
-        write_atomically(path, lambda stream: np.savez_compressed(stream, **arrays))
+        try:
+            write_atomically(path, lambda stream: np.savez_compressed(stream, **arrays))
+        except OSError as error:  # a full disk, a folder taken away: the user's to fix
+            raise ShardError(cannot_write(self.folder, "a shard", error)) from None
         self._count = 0
         self.shards_written += 1
         self.samples_written += count
@@ -530,6 +793,18 @@ class ShardWriter:
             # Names are unique by construction; this only guards a clock or pid reused oddly.
             if not os.path.lexists(path):
                 return path
+
+
+def cannot_write(folder: Path, what: str, error: OSError) -> str:
+    """The one-line message for `what` that could not be written into data folder `folder`."""
+    if error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        fix = "free some space there"
+    else:
+        fix = "check that this user can write there"
+    return (
+        f"cannot write {what} into data folder {folder} ({error.strerror or error}); {fix}, "
+        "or set data.folder to another folder"
+    )
 
 
 # --- watching a data folder ------------------------------------------------------------------

@@ -20,7 +20,7 @@ import numpy as np
 
 from agent.config import Config
 from agent.learn.balance import Balancer, write_histogram_png
-from agent.learn.shards import ShardWriter
+from agent.learn.shards import ShardError, ShardWriter, cannot_write
 from agent.nets.registry import OUTPUT_NAMES
 
 log = logging.getLogger("agent.learn.collect")
@@ -122,12 +122,27 @@ class SampleSink:
         return " | ".join(parts)
 
     def close(self) -> str:
-        """Publish the last partial shard and the histogram; returns the histogram's path."""
+        """Publish the last partial shard and the histogram; returns the histogram's path.
+
+        ShardError (one line) when the data folder cannot take them (a full disk); a shard
+        that could not be written leaves nothing behind, not even half of one.
+        """
         self.writer.close()
         if self.histogram_path is None or self.frames == 0:
             return ""
-        write_histogram_png(self.histogram_path, self.balancer)
+        try:
+            write_histogram_png(self.histogram_path, self.balancer)
+        except OSError as error:
+            raise ShardError(cannot_write(self.folder, "the histogram", error)) from None
         return str(self.histogram_path)
+
+    def close_after_error(self) -> None:
+        """`close` while another error ends the collection: what cannot be written is
+        logged in one line instead of hiding that error."""
+        try:
+            self.close()
+        except ShardError as error:
+            log.warning("the last samples or the histogram were not written: %s", error)
 
 
 def _safe(text: str) -> str:

@@ -142,10 +142,14 @@ def collect_from_window(
                         controller.set(mapper.map(prediction.throttle, prediction.steering))
                     else:
                         controller.set(NEUTRAL)  # a silent pad: the autopilot drives
-        finally:
+        except BaseException:
             if controller is not None:
                 controller.neutral()
-            histogram = sink.close()
+            sink.close_after_error()  # the error that ended it is the one to report
+            raise
+        if controller is not None:
+            controller.neutral()
+        histogram = sink.close()
     pairing = records.describe(unpaired) if records is not None else keys_note(keys)
     return CollectSummary(
         source=source,

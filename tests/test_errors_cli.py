@@ -1,0 +1,69 @@
+"""Mistakes a user can make, and full devices, end in one `charles: error:` line, never a
+traceback: a negative game seed, telemetry onto /dev/full, collecting onto a full disk, and a
+picture whose header claims an absurd size."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from tests.conftest import REPO, assert_one_line_error
+from tests.disks import fill, small_filesystem
+from tests.drives import free_udp_port
+
+CONFIG = ("--config", str(REPO / "config.toml"))
+
+
+def test_a_negative_game_seed_is_one_line(run_charles) -> None:
+    result = run_charles("game", *CONFIG, "--seed", "-1", "--seconds", "5", timeout=60)
+    assert_one_line_error(result, "seed -1", "0 to 2147483647")
+
+
+def test_game_telemetry_onto_a_full_device_is_one_line(x_display: str, run_charles) -> None:
+    port = str(free_udp_port())
+    result = run_charles(
+        "game", *CONFIG, "--telemetry", "/dev/full", "--port", port, "--seconds", "20",
+        env={"DISPLAY": x_display}, timeout=60,
+    )  # fmt: skip
+    assert_one_line_error(result, "telemetry", "/dev/full", "No space left on device")
+
+
+def test_collecting_onto_a_full_disk_is_one_line_and_leaves_no_half_shard(
+    tmp_path: Path, run_charles
+) -> None:
+    with small_filesystem(2 << 20) as disk:
+        data = disk / "data"
+        data.mkdir()
+        filler = fill(data, leave_bytes=16 << 10)
+        result = run_charles(
+            "collect", *CONFIG, "--render", "offscreen", "--data", str(data),
+            "--frames", "400", "--set", "data.samples_per_shard=40", cwd=tmp_path, timeout=120,
+        )  # fmt: skip
+        assert_one_line_error(result, str(data), "No space left on device", "data.folder")
+        assert sorted(path.name for path in data.iterdir()) == [filler.name]
+
+
+def _png_claiming(path: Path, width: int, height: int) -> None:
+    """A real 4x4 PNG whose header (IHDR, CRC fixed) claims width x height pixels."""
+    ok, encoded = cv2.imencode(".png", np.zeros((4, 4, 3), np.uint8))
+    assert ok
+    data = bytearray(encoded.tobytes())
+    struct.pack_into(">II", data, 16, width, height)
+    struct.pack_into(">I", data, 29, zlib.crc32(bytes(data[12:29])))
+    path.write_bytes(bytes(data))
+
+
+def test_convcam_on_a_picture_claiming_100000x100000_pixels_is_one_line(
+    tmp_path: Path, run_charles
+) -> None:
+    picture = tmp_path / "huge.png"
+    _png_claiming(picture, 100_000, 100_000)
+    result = run_charles(
+        "convcam", *CONFIG, str(picture), "--out", str(tmp_path / "out.png"), timeout=120
+    )
+    assert_one_line_error(result, "100000x100000", "huge.png")
+    assert not (tmp_path / "out.png").exists()
