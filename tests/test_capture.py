@@ -20,6 +20,7 @@ import pytest
 
 from agent.capture import Grabber, WindowError, WindowQuery, find_window, fixed_region
 from agent.capture.window import Candidate, choose, not_found_message, title_matches
+from agent.capture.x11 import attach
 from agent.slot import Slot
 from agent.types import Frame, Region
 from tests.xvfb import WindowProgram, program_named
@@ -329,6 +330,20 @@ def test_has_focus_follows_the_input_focus(painter: Painter) -> None:
     painter.destroy(game)
     assert not found.has_focus()
 
+    # A handle aimed at no window (the controller process before the drive names one).
+    nowhere = attach(0)
+    try:
+        assert not nowhere.has_focus() and not nowhere.exists()
+        nowhere.target(other.id)
+        focus(other)
+        assert nowhere.has_focus() and nowhere.exists()
+        nowhere.target(0)
+        assert not nowhere.has_focus()
+        with pytest.raises(WindowError, match="cannot look again"):
+            nowhere.reacquire()
+    finally:
+        nowhere.close()
+
 
 def test_no_display_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("DISPLAY", raising=False)
@@ -372,6 +387,13 @@ def test_title_matching_and_choice() -> None:
     longer = Candidate("term", "vim Game", True, 1920, 1080)
     game, loose = WindowQuery("Game"), WindowQuery("game", "substring", process="vim")
     assert choose([small, longer, large], game, []).handle == "large"
+    # The largest by area, not the widest: a toolkit's thin helper strip never wins.
+    strip = Candidate("strip", "Game", True, 1000, 10)
+    assert choose([strip, large], game, []).handle == "large"
+    assert choose([Candidate("dot", "Game", True, 1, 1)], game, []).handle == "dot"
+    for width, height in ((0, 5), (5, 0)):
+        with pytest.raises(WindowError, match="zero size"):
+            choose([Candidate("flat", "Game", True, width, height)], game, [])
     # Several windows of one title that merely contains the query: the largest.
     helper = Candidate("helper", "vim Game", True, 10, 10, program="vim")
     longer = Candidate("term", "vim Game", True, 1920, 1080, program="VIM")
