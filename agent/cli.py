@@ -429,8 +429,8 @@ def _model_bench(args: argparse.Namespace, config: Config) -> int:
     if args.seconds <= 0 or not math.isfinite(args.seconds) or args.max_predictions < 1:
         raise CharlesError("--seconds must be > 0 and --max-predictions at least 1")
     check_installed(config.inference)
+    configure_threads(config.inference)  # before resolve: checking "latest" may build the line
     checkpoint = resolve(Path(config.model.store), config.model.line, config.model.checkpoint)
-    configure_threads(config.inference)
     start = time.perf_counter()
     predictor = Predictor.load(
         config.model.line, checkpoint, config.model.pretrained, inference=config.inference

@@ -27,7 +27,17 @@ def reference_checkpoint(line: str) -> Checkpoint | None:
 
 def checkpoint_to_drive(config: Config) -> Checkpoint | None:
     """`model.checkpoint` resolved, falling back to the reference for "latest" on an empty
-    store; None means fresh weights."""
+    store; None means fresh weights.
+
+    "latest" is the newest version that would load (a damaged newer one is skipped with a
+    warning); learning whether a version's arrays fit the network builds one, which is
+    TensorFlow's first work in this process, so its thread pools are set before, as
+    `[inference]` says. A store path that is not a folder is a one-line error.
+    """
+    if config.model.checkpoint == "latest":
+        from agent.predictor import configure_threads
+
+        configure_threads(config.inference)
     found = resolve(Path(config.model.store), config.model.line, config.model.checkpoint)
     if found is None and config.model.checkpoint == "latest":
         return reference_checkpoint(config.model.line)

@@ -9,6 +9,14 @@ their size and SHA-256, so a loader can refuse a file that is not what it claims
 touching the model. A version folder is written under a temporary name and renamed into place,
 so a watcher never sees half a checkpoint, and a version is never overwritten.
 
+Publishing survives a full disk: the weights file is built in memory (agent.weights) and
+written with plain `os.write`, after a check that the store has room for it, then fsynced,
+manifest and folder too, before the rename; a publish that cannot complete leaves nothing
+behind but the versions that were there. One trainer publishes into a line of a store at a
+time: it holds `PublishingLock` (an OS file lock, so a trainer killed with -9 holds nothing),
+and under it removes what an interrupted publish or prune left (hidden `.staging-*` and
+`.pruned-*` folders).
+
 The store may be a folder shared with other machines, so everything in it is untrusted input:
 nothing inside it is reached through a symbolic link (the store folder itself may be one),
 manifests are small regular files, weights are regular files of a plausible size whose SHA-256
@@ -26,9 +34,10 @@ import math
 import os
 import secrets
 import shutil
+import socket
 import stat
 import threading
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -40,7 +49,15 @@ import numpy as np
 
 from agent.errors import ModelError
 from agent.nets.registry import LINE_NAMES, LINES, OUTPUT_NAMES
-from agent.weights import load_weights_strictly, one_line
+from agent.weights import (
+    Shape,
+    check_shapes,
+    finite_array_shapes,
+    load_weights_strictly,
+    one_line,
+    weight_shapes,
+    weights_image,
+)
 
 if TYPE_CHECKING:
     import keras
@@ -54,10 +71,22 @@ MANIFEST_LIMIT = 64 * 1024
 UNKNOWN_MODEL_WEIGHTS_LIMIT = 2 << 30
 """Bytes; the most a weights file may have when the model is not known yet (in `latest`)."""
 
+LOCK_FILE = ".trainer.lock"
+"""In a line's folder: held (an OS file lock) by the one trainer publishing that line."""
+STAGING_PREFIX = ".staging-"
+PRUNED_PREFIX = ".pruned-"
+LEFTOVER_PREFIXES = (STAGING_PREFIX, PRUNED_PREFIX)
+"""Hidden folders of a publish or prune in progress; left behind only by one that was killed."""
+PUBLISH_RESERVE = 256 << 10
+"""Bytes a publish wants free beyond its weights file: manifest, folder entries, slack."""
+
 _SHA256_HEX = frozenset("0123456789abcdef")
 _FIELDS = ("model_line", "version", "batches", "created", "weights_sha256", "input_shape")
 _PUBLISH_ATTEMPTS = 100
 _HASH_CACHE_SIZE = 16
+_HOLDER_LIMIT = 4096
+"""Bytes of a lock file read to say who holds it."""
+_ROOM_ERRORS = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG)
 # O_NOFOLLOW refuses a link as the last path component; O_NONBLOCK keeps a FIFO from blocking
 # the open (it is then refused as not a regular file). Both are absent on Windows.
 SAFE_OPEN_FLAGS = (
@@ -349,6 +378,53 @@ def _current_key(path: Path) -> _FileKey | None:
         return None
 
 
+_content_cache: OrderedDict[_FileKey, list[Shape] | str] = OrderedDict()
+"""A weights file's array shapes (readable, self-contained, all finite), or why it is not."""
+
+
+def verify_contents(checkpoint: Checkpoint) -> list[Shape]:
+    """Check the weights file is readable HDF5 of finite, self-contained arrays; their shapes.
+
+    Reads every array, so the verdict is cached by file identity as the SHA-256 is: reading
+    model_0005's 226 MB again costs nothing while the file is unchanged. Call after
+    `verify_weights`, which bounds the size.
+    """
+    path = checkpoint.weights
+    what = f"checkpoint {checkpoint.folder}"
+    with open_regular(path, what, missing="republish it or delete the folder") as (stream, info):
+        key = _file_key(path, info)
+        with _hash_lock:
+            verdict = _content_cache.get(key)
+        if verdict is None:
+            try:
+                verdict = finite_array_shapes(stream, f"{what}: {WEIGHTS_FILE}")
+            except ModelError as error:
+                verdict = str(error)
+            with _hash_lock:
+                _content_cache[key] = verdict
+                while len(_content_cache) > _HASH_CACHE_SIZE:
+                    _content_cache.popitem(last=False)
+    if isinstance(verdict, str):
+        raise ModelError(verdict)
+    return verdict
+
+
+_line_shapes: dict[str, Counter[Shape]] = {}
+_line_shapes_lock = threading.Lock()
+
+
+def line_weight_shapes(line: str) -> Counter[Shape]:
+    """The shapes of the weights of a `line` network, built once per process to learn them.
+
+    Building runs TensorFlow: a caller that sets TensorFlow's thread pools does so first.
+    """
+    with _line_shapes_lock:
+        shapes = _line_shapes.get(line)
+        if shapes is None:
+            shapes = _line_shapes[line] = weight_shapes(LINES[line].build("none"))
+        return shapes
+
+
 # --- finding checkpoints ---------------------------------------------------------------------
 
 _warned: set[str] = set()
@@ -418,18 +494,42 @@ def versions(store: Path, line: str) -> list[Checkpoint]:
     return _scan(store, line)[0]
 
 
-def latest(store: Path, line: str, *, parameters: int | None = None) -> Checkpoint | None:
-    """The newest intact checkpoint of `line` (weights checked), or None when there is none.
+def latest(
+    store: Path,
+    line: str,
+    *,
+    parameters: int | None = None,
+    fits: keras.Model | None = None,
+    check_fit: bool = True,
+) -> Checkpoint | None:
+    """The newest intact checkpoint of `line`, or None when there is none.
 
-    A damaged newer version is skipped with one logged warning, so a half-copied or corrupt
-    upload never hides the last good one. When versions exist but none is intact, that is an
-    error, not None: None means "start from fresh weights", which must never happen by accident.
-    `parameters` (the model's parameter count, when known) bounds the weights' size.
+    Intact: a sound manifest, weights of its size and SHA-256, readable HDF5 of finite arrays
+    (cached per file, like the hash) and arrays that fit the network: those of `fits` when
+    given, else of a `line` network built once per process to learn them (`check_fit=False`
+    skips that, for a caller that checks the fit itself once it has built the network).
+    A damaged newer version is skipped with one logged warning, so a half-copied, corrupt or
+    diverged upload never hides the last good one. When versions exist but none is intact,
+    that is an error, not None: None means "start from fresh weights", which must never happen
+    by accident. `parameters` (the model's parameter count, when known) bounds the weights'
+    size. A store path that exists but is not a folder is an error.
     """
+    require_store_folder(store)
+    root = store / line
+    if root.exists() and not root.is_symlink() and not root.is_dir():
+        raise ModelError(f"model store {store}: {line} is not a folder; move it away")
     found, problems = _scan(store, line)
+    expected = weight_shapes(fits) if fits is not None else None
+    if parameters is None and fits is not None:
+        parameters = fits.count_params()
     for checkpoint in reversed(found):
         try:
             verify_weights(checkpoint, parameters)
+            shapes = verify_contents(checkpoint)
+            if expected is None and check_fit:
+                expected = line_weight_shapes(line)
+            if expected is not None:
+                check_shapes(expected, shapes, f"checkpoint {checkpoint.folder}", line)
         except ModelError as error:
             problems.append(str(error))
             _warn_once(f"model store: skipping {checkpoint.name}: {error}")
@@ -442,6 +542,16 @@ def latest(store: Path, line: str, *, parameters: int | None = None) -> Checkpoi
             'republish them, or set model.checkpoint = "none"'
         )
     return None
+
+
+def require_store_folder(store: Path) -> None:
+    """A one-line `ModelError` when `store` exists but is not a folder (a link to one is fine;
+    one that does not exist yet is an empty store)."""
+    if store.exists() and not store.is_dir():
+        raise ModelError(
+            f"model store {store} is not a folder; set model.store (--store) to a folder "
+            "(a trainer creates it when it first publishes)"
+        )
 
 
 def resolve(
@@ -458,6 +568,7 @@ def resolve(
     if checkpoint == "latest":
         return latest(store, line, parameters=parameters)
     if version_number(checkpoint) is not None:
+        require_store_folder(store)
         folder = store / line / checkpoint
         if not (folder.is_dir() or folder.is_symlink()):
             have = ", ".join(c.manifest.version for c in versions(store, line)) or "none"
@@ -518,14 +629,18 @@ def publish(
     note: str = "",
     loss: dict[str, float] | None = None,
 ) -> Checkpoint:
-    """Save `model`'s weights as the next version of `line`, atomically.
+    """Save `model`'s weights as the next version of `line`, atomically and durably.
 
     `loss` (per head, finite numbers) goes into the manifest beside the batch count.
 
-    Only the network's weights are saved (no optimizer state). Concurrent publishers (threads
-    or processes, on this machine or sharing the folder) each get their own version: on a
-    collision the next number is taken; an existing version is never overwritten. Folders get
-    mode 0o755 and files 0o644, less the umask.
+    Only the network's weights are saved (no optimizer state), built in memory and written
+    with plain file writes, weights and manifest fsynced before the rename and the folder after
+    it: when this returns, the version is on disk. A publish that cannot complete (a full disk,
+    a store gone read-only) raises a one-line `ModelError` and leaves the store as it was: its
+    staging folder is removed and no version is touched. Concurrent publishers
+    (threads or processes, on this machine or sharing the folder) each get their own version:
+    on a collision the next number is taken; an existing version is never overwritten. Folders
+    get mode 0o755 and files 0o644, less the umask.
     """
     if line not in LINE_NAMES:
         raise ModelError(f"cannot publish as unknown model line '{line}'")
@@ -535,36 +650,106 @@ def publish(
     if takes != LINES[line].input_shape:
         raise ModelError(f"cannot publish {model.name} as {line}: it takes input {list(takes)}")
     _refuse_non_finite(model, line)
-    root = store / line
-    if root.is_symlink():
-        raise _link_error(root, f"model store {store}")
-    root.mkdir(parents=True, exist_ok=True)
-    staging = _make_staging_folder(root)
+    data = weights_image(model)
+    root = line_folder(store, line, probe=False)
+    require_room(root, len(data) + PUBLISH_RESERVE, line)
+    staging: Path | None = None
     try:
-        weights = staging / WEIGHTS_FILE
-        model.save_weights(str(weights))
-        _drop_optimizer_state(weights)
-        weights.chmod(weights.stat().st_mode & 0o644)  # h5py creates 0o666 less the umask
-        fsync_path(weights)
+        staging = _make_staging_folder(root)
+        _write_new_file(staging / WEIGHTS_FILE, data)
         return _rename_into_place(
             staging,
             root,
             line=line,
             batches=batches,
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            weights_sha256=sha256_of(weights),
-            weights_bytes=weights.stat().st_size,
+            weights_sha256=hashlib.sha256(data).hexdigest(),
+            weights_bytes=len(data),
             input_shape=takes,
             note=note,
             loss=tuple((name, float(value)) for name, value in (loss or {}).items()),
         )
+    except OSError as error:
+        raise _publish_failed(root, line, error) from None
     finally:
-        shutil.rmtree(staging, ignore_errors=True)  # gone already after a successful rename
+        if staging is not None:  # gone already after a successful rename
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def line_folder(store: Path, line: str, *, probe: bool = True) -> Path:
+    """`store/line`, created when missing: a one-line `ModelError` unless it is a folder (and,
+    with `probe`, one this process can create things in: checked by creating and removing a
+    staging folder, so a read-only store is refused before a trainer starts, not at its first
+    publish)."""
+    require_store_folder(store)
+    root = store / line
+    if root.is_symlink():
+        raise _link_error(root, f"model store {store}")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        pass  # not a folder: said below
+    except OSError as error:
+        raise _not_writable(store, error) from None
+    if not root.is_dir():
+        raise ModelError(f"model store {store}: {root.name} is not a folder; move it away")
+    if probe:
+        try:
+            _make_staging_folder(root).rmdir()
+        except OSError as error:
+            raise _not_writable(store, error) from None
+    return root
+
+
+def require_room(root: Path, needed: int, line: str) -> None:
+    """A one-line `ModelError` unless the file system of `root` has `needed` bytes free."""
+    try:
+        free = shutil.disk_usage(root).free
+    except OSError:
+        return  # cannot tell; the writes themselves will say
+    if free < needed:
+        raise ModelError(
+            f"cannot publish {line} into model store {root.parent}: {_megabytes(free)} free, "
+            f"a checkpoint needs {_megabytes(needed)}; free some space there (the versions "
+            "already published are intact)"
+        )
+
+
+def weights_bytes_estimate(parameters: int) -> int:
+    """About how many bytes a checkpoint of a `parameters`-parameter network takes (float32)."""
+    return parameters * 4 + PUBLISH_RESERVE
+
+
+def _megabytes(count: int) -> str:
+    return f"{count / 1e6:.1f} MB"
+
+
+def _not_writable(store: Path, error: OSError) -> ModelError:
+    if error.errno in _ROOM_ERRORS:
+        return ModelError(f"model store {store} is full ({error.strerror}); free some space there")
+    return ModelError(
+        f"model store {store} is not a folder Charles can write to "
+        f"({one_line(error.strerror or error, 80)}); set model.store to a writable folder"
+    )
+
+
+def _publish_failed(root: Path, line: str, error: OSError) -> ModelError:
+    if error.errno in _ROOM_ERRORS:
+        advice = "free some space there"
+    elif error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        advice = "make it writable or set model.store to a writable folder"
+    else:
+        advice = "check the disk"
+    return ModelError(
+        f"could not publish {line} into model store {root.parent}: "
+        f"{one_line(error.strerror or error, 80)}; {advice} (the versions already published are "
+        "intact)"
+    )
 
 
 def prune(store: Path, line: str, keep: int) -> list[str]:
     """Delete all but the newest `keep` versions of `line` (never fewer than two); returns
-    the names removed, oldest first.
+    the names removed, oldest first. Call it only after a publish that succeeded.
 
     A version is first renamed to a hidden name (one atomic step, so a scanner sees it either
     whole or not at all), then deleted. A version another pruner took first is skipped.
@@ -574,7 +759,7 @@ def prune(store: Path, line: str, keep: int) -> list[str]:
     found = versions(store, line)
     removed = []
     for checkpoint in found[: max(0, len(found) - keep)]:
-        doomed = root / f".pruned-{checkpoint.folder.name}-{secrets.token_hex(4)}"
+        doomed = root / f"{PRUNED_PREFIX}{checkpoint.folder.name}-{secrets.token_hex(4)}"
         try:
             os.rename(checkpoint.folder, doomed)
         except OSError:
@@ -598,7 +783,7 @@ def _refuse_non_finite(model: keras.Model, line: str) -> None:
 def _make_staging_folder(root: Path) -> Path:
     """A new hidden folder in `root` (never listed as a version), mode 0o755 less the umask."""
     while True:
-        staging = root / f".staging-{secrets.token_hex(8)}"
+        staging = root / f"{STAGING_PREFIX}{secrets.token_hex(8)}"
         try:
             staging.mkdir(mode=0o755)
         except FileExistsError:
@@ -606,25 +791,31 @@ def _make_staging_folder(root: Path) -> Path:
         return staging
 
 
-def _drop_optimizer_state(weights: Path) -> None:
-    """Rewrite `weights` without the optimizer group Keras saves for a compiled model.
+_WRITE_FLAGS = (
+    os.O_WRONLY
+    | os.O_CREAT
+    | os.O_EXCL
+    | getattr(os, "O_NOFOLLOW", 0)
+    | getattr(os, "O_CLOEXEC", 0)
+    | getattr(os, "O_BINARY", 0)
+)
+_WRITE_CHUNK = 16 << 20
 
-    A checkpoint is the network only: the strict loader refuses arrays the network lacks, and
-    optimizer state would triple the file.
+
+def _write_new_file(path: Path, data: bytes) -> None:
+    """Create `path` (mode 0o644 less the umask) holding `data`, flushed to disk.
+
+    Plain writes: a full disk is an `OSError` here, never a half-written file that a library
+    still holds open.
     """
-    import h5py
-
-    with h5py.File(weights, "r") as source:
-        if "optimizer" not in source:
-            return
-        slim = weights.with_name(f".slim-{weights.name}")
-        with h5py.File(slim, "w") as target:
-            for key, value in source.attrs.items():
-                target.attrs[key] = value
-            for name in source:
-                if name != "optimizer":
-                    source.copy(source[name], target, name=name)
-    os.replace(slim, weights)
+    fd = os.open(path, _WRITE_FLAGS, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view[:_WRITE_CHUNK]) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _rename_into_place(staging: Path, root: Path, line: str, **fields: Any) -> Checkpoint:
@@ -634,6 +825,7 @@ def _rename_into_place(staging: Path, root: Path, line: str, **fields: Any) -> C
         version = version_name(number)
         manifest = Manifest(model_line=line, version=version, **fields)
         _write_manifest(staging / MANIFEST_FILE, manifest)
+        fsync_folder(staging)
         target = root / version
         # rename() onto an existing empty folder would replace it, so look first; a racing
         # publisher's folder is never empty, so rename() fails on it instead.
@@ -644,7 +836,7 @@ def _rename_into_place(staging: Path, root: Path, line: str, **fields: Any) -> C
                 if error.errno not in (errno.EEXIST, errno.ENOTEMPTY):
                     raise
             else:
-                fsync_path(root)
+                fsync_folder(root)
                 return Checkpoint(target, manifest)
         log.info("model store: %s of %s was taken meanwhile; trying the next", version, line)
         number = max(number + 1, _next_number(root))
@@ -663,12 +855,9 @@ def _write_manifest(path: Path, manifest: Manifest) -> None:
         "loss": manifest.loss_by_name,
         "outputs": list(manifest.outputs),
     }
-    text = json.dumps(fields, indent=2)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o644)
-    with os.fdopen(fd, "wb") as stream:
-        stream.write((text + "\n").encode("utf-8"))
-        stream.flush()
-        os.fsync(stream.fileno())
+    text = json.dumps(fields, indent=2) + "\n"
+    path.unlink(missing_ok=True)  # written again when the version number was taken
+    _write_new_file(path, text.encode("utf-8"))
 
 
 def fsync_path(path: Path) -> None:
@@ -683,3 +872,166 @@ def fsync_path(path: Path) -> None:
         pass  # folders cannot be fsynced on Windows
     finally:
         os.close(fd)
+
+
+def fsync_folder(folder: Path) -> None:
+    """Flush `folder`'s entries to disk; an `OSError` when the disk says it failed.
+
+    Windows cannot fsync a folder, and some file systems refuse to (EINVAL): nothing to do
+    there. An I/O error is raised: a publish must not count as done when it is not on disk.
+    """
+    if os.name == "nt":
+        return
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    except OSError as error:
+        if error.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
+# --- one publisher per line ------------------------------------------------------------------
+
+
+class PublishingLock:
+    """The right to publish `line` into `store` (and to tidy up after a killed publisher).
+
+    An OS file lock on `store/line/.trainer.lock` (`flock` on POSIX, `msvcrt.locking` on
+    Windows), taken without waiting: the kernel releases it when its holder exits in any way,
+    kill -9 included, so a dead trainer never leaves a stuck lock, and no stale-lock guessing
+    is needed. The file itself stays; it names its holder (process, host, start), for the
+    refusal the next trainer prints. Opened without following links and refused unless a
+    regular file, like everything in the store.
+    """
+
+    def __init__(self, store: Path, line: str) -> None:
+        self.store = store
+        self.line = line
+        self.root = line_folder(store, line, probe=False)  # opening the lock file writes
+        self.path = self.root / LOCK_FILE
+        self._fd: int | None = self._open()
+        try:
+            if not _try_lock(self._fd):
+                raise ModelError(
+                    f"model store {store} already has a trainer publishing {line} "
+                    f"({self._holder()}); stop it first or set model.store to another folder "
+                    "(one trainer per model line and store)"
+                )
+            self._name_holder()
+        except BaseException:
+            self.release()
+            raise
+
+    def _open(self) -> int:
+        flags = (
+            os.O_RDWR
+            | os.O_CREAT
+            | getattr(os, "O_NOFOLLOW", 0)
+            | getattr(os, "O_NONBLOCK", 0)
+            | getattr(os, "O_CLOEXEC", 0)
+            | getattr(os, "O_BINARY", 0)
+        )
+        what = f"model store {self.store}"
+        if not hasattr(os, "O_NOFOLLOW") and self.path.is_symlink():
+            raise _link_error(self.path, what)
+        try:
+            fd = os.open(self.path, flags, 0o644)
+        except OSError as error:
+            if error.errno in (errno.ELOOP, errno.EMLINK) or self.path.is_symlink():
+                raise _link_error(self.path, what) from None
+            raise _not_writable(self.store, error) from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise ModelError(f"{what}: {self.path.name} is not a regular file; delete it")
+        return fd
+
+    def _holder(self) -> str:
+        """Who holds the lock, as its holder wrote it; the file's content is untrusted."""
+        assert self._fd is not None
+        try:
+            os.lseek(self._fd, 0, os.SEEK_SET)
+            holder = json.loads(os.read(self._fd, _HOLDER_LIMIT).decode("utf-8"))
+            return one_line(
+                f"pid {int(holder['pid'])} on {holder['host']} since {holder['since']}", 160
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            return "another process"
+
+    def _name_holder(self) -> None:
+        assert self._fd is not None
+        text = json.dumps({
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "since": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        })  # fmt: skip
+        try:  # best effort: a full disk must not stop a trainer that holds the lock
+            os.ftruncate(self._fd, 0)
+            os.lseek(self._fd, 0, os.SEEK_SET)
+            os.write(self._fd, text.encode("utf-8"))
+        except OSError:
+            pass
+
+    def remove_leftovers(self) -> list[str]:
+        """Delete what killed publishers and pruners left in the line's folder (hidden
+        `.staging-*` and `.pruned-*` entries, Charles's own names only); the names removed.
+
+        Only the holder may: no other trainer is publishing or pruning this line meanwhile.
+        """
+        if self._fd is None:
+            raise RuntimeError("the publishing lock is not held")
+        removed = []
+        try:
+            entries = list(os.scandir(self.root))
+        except OSError:
+            return []
+        for entry in entries:
+            if not entry.name.startswith(LEFTOVER_PREFIXES):
+                continue
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path)
+                else:
+                    os.unlink(entry.path)  # a link or file by that name: never followed
+            except OSError as error:
+                log.warning("model store: could not remove %s (%s)", entry.path, error)
+                continue
+            removed.append(entry.name)
+        return sorted(removed)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing releases the lock
+            self._fd = None
+
+    def __enter__(self) -> PublishingLock:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.release()
+
+
+def _try_lock(fd: int) -> bool:
+    """Lock `fd`'s file for this process, without waiting; False when another holds it."""
+    if os.name == "nt":
+        import msvcrt
+
+        # A byte far past the holder's text, which readers must still be able to read.
+        os.lseek(fd, 1 << 20, os.SEEK_SET)
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError as error:
+        if error.errno in (errno.EACCES, errno.EAGAIN):
+            return False
+        raise
+    return True

@@ -17,17 +17,24 @@ h5py, the same way whatever Keras version is installed:
 
 Loading runs on any thread: nothing here touches process-wide state such as warning filters.
 Nothing in the file is ever executed or unpickled: HDF5 holds arrays and attributes only.
+
+Saving (`weights_image`) builds the file in memory and hands back its bytes: HDF5 never writes
+to a disk here. The HDF5 library does not survive a write that fails (a full disk): the file it
+could not close stays half-open inside the library, and at interpreter exit the library's own
+clean-up crashes on it (SIGSEGV in H5_term_library). Plain `os.write` of the finished bytes
+fails with a clean `OSError` instead.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import stat
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO, TypeVar
 
 import numpy as np
 
@@ -38,6 +45,7 @@ if TYPE_CHECKING:
     import keras
 
 Shape = tuple[int, ...]
+_T = TypeVar("_T")
 
 # Filters built into every HDF5 library (deflate, shuffle, fletcher32, szip, nbit, scaleoffset)
 # plus h5py's own LZF. Any other filter ID makes HDF5 search its plugin path and load a shared
@@ -109,16 +117,34 @@ def read_arrays(
     network (or one claiming a gigantic array) is refused without reading its data. Raises
     `ModelError` for a file h5py cannot read, or one holding anything but plain arrays.
     """
+    return _each_array(path, what, check_shapes, _read)
+
+
+def finite_array_shapes(source: BinaryIO, what: str) -> list[Shape]:
+    """The shapes of the arrays of the HDF5 file open as `source`, after checking, as
+    `read_arrays` does, that it is readable, self-contained and all finite (no digests).
+
+    For a look at a checkpoint before anything is built to load it into (`agent.store.latest`).
+    """
+    return _each_array(source, what, None, _finite_shape)
+
+
+def _each_array(
+    source: Path | BinaryIO,
+    what: str,
+    check_shapes: Callable[[list[Shape]], None] | None,
+    read: Callable[[h5py.Dataset, str], _T],
+) -> list[_T]:
     import h5py
 
     try:
-        with h5py.File(path, "r") as file:
+        with h5py.File(source, "r") as file:
             datasets = _datasets(file, what)
             for dataset in datasets:
                 _check_dataset(dataset, what)
             if check_shapes is not None:
                 check_shapes([tuple(int(n) for n in d.shape) for d in datasets])
-            return [_read(dataset, what) for dataset in datasets]
+            return [read(dataset, what) for dataset in datasets]
     except OSError as error:
         raise ModelError(
             f"{what} is not a readable HDF5 weights file (corrupt or truncated? "
@@ -176,15 +202,23 @@ def _check_dataset(dataset: h5py.Dataset, what: str) -> None:
 
 
 def _read(dataset: h5py.Dataset, what: str) -> FileArray:
-    name = _name(dataset)
+    values = _finite_values(dataset, what)
+    return FileArray(_name(dataset), tuple(int(d) for d in values.shape), _digest(values))
+
+
+def _finite_shape(dataset: h5py.Dataset, what: str) -> Shape:
+    return tuple(int(d) for d in _finite_values(dataset, what).shape)
+
+
+def _finite_values(dataset: h5py.Dataset, what: str) -> np.ndarray:
     values = _canonical(np.asarray(dataset[()]))
     # Checked after the cast: a float64 1e300 is finite in the file but inf in the model.
     if not np.isfinite(values).all():
         raise ModelError(
-            f"{what} holds non-finite values (NaN or inf) in {name} {values.shape}; "
+            f"{what} holds non-finite values (NaN or inf) in {_name(dataset)} {values.shape}; "
             "weights like these cannot drive: use another file or retrain"
         )
-    return FileArray(name, tuple(int(d) for d in values.shape), _digest(values))
+    return values
 
 
 def _canonical(values: np.ndarray) -> np.ndarray:
@@ -204,10 +238,20 @@ def _digest(values: np.ndarray) -> str:
 
 def _check_shapes(model: keras.Model, found: list[Shape], what: str) -> None:
     """Refuse a file whose arrays are not, as shapes, exactly the model's weights."""
+    check_shapes(weight_shapes(model), found, what, model.name)
+
+
+def weight_shapes(model: keras.Model) -> Counter[Shape]:
+    """The shapes of `model`'s weights, as a multiset."""
+    return Counter(tuple(int(d) for d in w.shape) for w in model.weights)
+
+
+def check_shapes(expected: Counter[Shape], found: list[Shape], what: str, network: str) -> None:
+    """Refuse arrays of shapes `found` unless they are, as a multiset, exactly `expected` (the
+    weights of the network called `network`)."""
     in_file = Counter(found)
-    in_model = Counter(tuple(int(d) for d in w.shape) for w in model.weights)
-    extra = in_file - in_model
-    missing = in_model - in_file
+    extra = in_file - expected
+    missing = expected - in_file
     if not extra and not missing:
         return
     extra_text = f"{_arrays(extra.total())} the model lacks ({_shapes(extra)})"
@@ -218,7 +262,7 @@ def _check_shapes(model: keras.Model, found: list[Shape], what: str) -> None:
         detail = f"the file holds {extra_text}"
     else:
         detail = f"the file {missing_text}"
-    raise ModelError(f"{what} does not fit {model.name}: {detail}")
+    raise ModelError(f"{what} does not fit {network}: {detail}")
 
 
 def _arrays(count: int) -> str:
@@ -247,3 +291,48 @@ def _check_loaded(model: keras.Model, arrays: list[FileArray], what: str) -> Non
         "without the file's values (it matched the file to another layer layout); "
         "use weights saved from this network"
     )
+
+
+def weights_image(model: keras.Model) -> bytes:
+    """`model`'s weights as the bytes of a Keras `.weights.h5` file, built in memory.
+
+    The same file `model.save_weights` writes, less the optimizer's state (a compiled model's
+    Adam moments would triple it, and the strict loader refuses arrays the network lacks). It
+    goes through Keras's own HDF5 store, so Keras lays the file out as its loader expects,
+    but into a `BytesIO`: HDF5 never meets a full disk (see the module's docstring). A Keras
+    without that store (its internals may move) takes the slower public way instead.
+    """
+    try:
+        from keras.src.saving.saving_lib import H5IOStore, _save_state
+    except ImportError:
+        return _weights_image_through_a_file(model)
+    buffer = io.BytesIO()
+    store = H5IOStore(buffer, mode="w")
+    try:
+        optimizer = getattr(model, "optimizer", None)
+        skip = {id(optimizer)} if optimizer is not None else set()
+        # Positional: the parameters' names changed between Keras 3 releases.
+        _save_state(model, store, None, "", skip)
+    finally:
+        store.close()
+    return buffer.getvalue()
+
+
+def _weights_image_through_a_file(model: keras.Model) -> bytes:
+    """`weights_image` by the public API: `save_weights` into a private temporary folder (not
+    the store), then the file copied into memory without the optimizer's group."""
+    import tempfile
+
+    import h5py
+
+    with tempfile.TemporaryDirectory(prefix="charles-weights-") as folder:
+        saved = Path(folder) / "model.weights.h5"
+        model.save_weights(str(saved))
+        buffer = io.BytesIO()
+        with h5py.File(saved, "r") as source, h5py.File(buffer, "w") as target:
+            for key, value in source.attrs.items():
+                target.attrs[key] = value
+            for name in source:
+                if name != "optimizer":
+                    source.copy(source[name], target, name=name)
+    return buffer.getvalue()

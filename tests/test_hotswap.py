@@ -102,6 +102,45 @@ def test_each_bad_checkpoint_is_refused_once_and_the_older_good_one_still_swaps_
     assert not marker.exists()
 
 
+def test_newer_versions_whose_arrays_do_not_fit_are_refused_and_the_good_one_swaps_in(
+    tmp_path: Path,
+) -> None:
+    """Damage a manifest cannot show (issue 17, item 15): arrays of the wrong shape, missing
+    or extra, and non-finite values, each behind an honest size and SHA-256."""
+    import json
+    import shutil
+
+    import h5py
+
+    from tests.test_store_damage import DAMAGE, reseal
+
+    good = publish_driver(tmp_path, 0.2, 0.4)  # v0001
+    kinds = {"v0002": "nan", "v0003": "extra array", "v0004": "missing array",
+             "v0005": "wrong shape"}  # fmt: skip
+    for version, damage in kinds.items():
+        folder = tmp_path / LINE / version
+        shutil.copytree(good, folder)
+        manifest = json.loads((folder / "manifest.json").read_text())
+        (folder / "manifest.json").write_text(json.dumps({**manifest, "version": version}))
+        with h5py.File(folder / "model.weights.h5", "a") as file:
+            DAMAGE[damage](file)
+        reseal(folder)
+    swap = hot_swap(tmp_path)
+    driving = predictor(0.3, 0.0, "driving")
+    taken = None
+    for _ in range(len(kinds) + 3):
+        swap._poll_once()
+        taken = take(swap, driving, 1.0)
+        if taken is not None:
+            break
+    refused = {r.version: r.reason for r in swap.record.rejections}
+    assert sorted(refused) == sorted(kinds)
+    assert "non-finite" in refused["v0002"]
+    assert all("does not fit" in refused[v] for v in ("v0003", "v0004", "v0005")), refused
+    assert taken is not None and outputs(taken) == (0.2, 0.4)
+    assert [s.version for s in swap.record.swaps] == ["v0001"]
+
+
 def test_a_checkpoint_written_while_polled_is_never_loaded_half_written(tmp_path: Path) -> None:
     source = publish_driver(tmp_path / "elsewhere", -0.3, 0.6)
     swap = hot_swap(tmp_path)

@@ -329,18 +329,16 @@ def test_latest_falls_back_past_a_damaged_newest_version(
         data = bytearray(weights.read_bytes())
         data[-1] ^= 0xFF
         weights.write_bytes(bytes(data))
-    if damage != "nan":
-        assert latest(store, LINE).manifest.version == "v0001"
-        assert len(warnings_about(caplog, "v0002")) == 1
-        return
-    # NaN weights with an honest manifest: found by the strict load, not by latest().
-    with h5py.File(weights, "a") as file:
-        file["layers/dense/vars/1"][3] = np.nan
-    reseal(folder)
-    checkpoint = latest(store, LINE)
-    assert checkpoint.manifest.version == "v0002"
-    message = one_line_error(lambda: load_into(small, checkpoint, LINE))
-    assert "holds non-finite values (NaN or inf) in layers/dense/vars/1" in message
+    elif damage == "nan":  # NaN weights with an honest manifest: size and SHA-256 match
+        with h5py.File(weights, "a") as file:
+            file["layers/dense/vars/1"][3] = np.nan
+        reseal(folder)
+        message = one_line_error(
+            lambda: load_into(small, Checkpoint(folder, read_manifest(folder)), LINE)
+        )
+        assert "holds non-finite values (NaN or inf) in layers/dense/vars/1" in message
+    assert latest(store, LINE).manifest.version == "v0001"
+    assert len(warnings_about(caplog, "v0002")) == 1
 
 
 def test_latest_refuses_when_every_version_is_damaged(store: Path) -> None:
@@ -408,17 +406,18 @@ def test_publish_writes_under_a_temporary_name_then_renames(
     tmp_path: Path, small: keras.Model, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     final = tmp_path / LINE / "v0001"
-    real = small.save_weights
+    real = agent.store._write_new_file
     written: list[Path] = []
 
-    def save_weights(path: str, *args, **kwargs) -> None:
-        assert not final.exists(), "the version folder exists before its weights are written"
+    def write_new_file(path: Path, data: bytes) -> None:
+        assert not final.exists(), "the version folder exists before its files are written"
         written.append(Path(path))
-        real(path, *args, **kwargs)
+        real(path, data)
 
-    monkeypatch.setattr(small, "save_weights", save_weights)
+    monkeypatch.setattr(agent.store, "_write_new_file", write_new_file)
     checkpoint = publish(small, tmp_path, LINE, batches=0)
     assert checkpoint.folder == final
+    assert [p.name for p in written] == [WEIGHTS_FILE, MANIFEST_FILE]
     assert written[0].parent.parent == final.parent and written[0].parent.name.startswith(".")
     assert [p.name for p in final.parent.iterdir()] == ["v0001"]  # no staging left behind
 
@@ -426,15 +425,16 @@ def test_publish_writes_under_a_temporary_name_then_renames(
 def test_concurrent_publishes_each_get_their_own_version(
     tmp_path: Path, small: keras.Model, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Both publishers are inside save_weights at once, so both saw the same versions on disk.
+    # Both publishers are writing their weights at once, so both saw the same versions on disk.
     together = threading.Barrier(2, timeout=30)
-    real = small.save_weights
+    real = agent.store._write_new_file
 
-    def save_weights(*args, **kwargs) -> None:
-        together.wait()
-        real(*args, **kwargs)
+    def write_new_file(path: Path, data: bytes) -> None:
+        if path.name == WEIGHTS_FILE:
+            together.wait()
+        real(path, data)
 
-    monkeypatch.setattr(small, "save_weights", save_weights)
+    monkeypatch.setattr(agent.store, "_write_new_file", write_new_file)
     results: list[Checkpoint | BaseException] = []
 
     def publish_one(batches: int) -> None:

@@ -266,3 +266,39 @@ def test_arrays_keras_silently_skips_are_caught_after_loading(tmp_path: Path) ->
     with pytest.warns(UserWarning, match="Skipping nested container"):
         message = refused(path, _nested())
     assert "Keras left 2 of the model's arrays without the file's values" in message
+
+
+def test_the_in_memory_weights_file_is_keras_own_less_the_optimizer(tmp_path: Path) -> None:
+    """Publishing builds the file in memory through Keras's own HDF5 store (a private Keras
+    API, so a Keras upgrade that changes it must fail here, not in a user's trainer)."""
+    import io
+
+    from agent.weights import _weights_image_through_a_file, weights_image
+
+    model = build()
+    model.compile(optimizer="adam", loss="mse")
+    model.optimizer.build(model.trainable_variables)
+    saved = tmp_path / "saved.weights.h5"
+    model.save_weights(str(saved))
+
+    def arrays(source: Path | io.BytesIO) -> dict[str, np.ndarray]:
+        found: dict[str, np.ndarray] = {}
+        with h5py.File(source, "r") as file:
+            file.visititems(
+                lambda name, item: found.__setitem__(name, item[()])
+                if isinstance(item, h5py.Dataset) else None
+            )  # fmt: skip
+        return found
+
+    on_disk = {k: v for k, v in arrays(saved).items() if not k.startswith("optimizer/")}
+    assert any(k.startswith("optimizer/") for k in arrays(saved))  # Keras did save Adam's state
+    # Both ways give the same arrays: Keras's store in memory, and the public API's file.
+    for image_of in (weights_image, _weights_image_through_a_file):
+        in_memory = arrays(io.BytesIO(image_of(model)))
+        assert sorted(in_memory) == sorted(on_disk)
+        assert all(np.array_equal(in_memory[k], on_disk[k]) for k in on_disk)
+    image = tmp_path / "image.weights.h5"
+    image.write_bytes(weights_image(model))
+    fresh = build()
+    load_weights_strictly(fresh, image, "test file image.weights.h5")
+    assert same(fresh, model.get_weights())

@@ -10,6 +10,15 @@ already loaded, a rotating copy of the buffers and TensorBoard event files.
 Crash safety: everything it writes appears atomically (store versions, shards, state files), so
 after `kill -9` a restart resumes from the last published checkpoint and its batch count, with
 the optimizer state saved at that publish (when it matches) and the buffers' last copy.
+
+One trainer per model line and store: `run_train` holds the store's publishing lock for the
+line (an OS file lock, released by the kernel even after kill -9) and, under it, removes what a
+killed publish left behind. A second trainer is refused in one line before it starts. The
+members of one multi-worker cluster are one trainer: only the chief publishes, so only the
+chief takes the lock; the other workers never write to the store. A store it cannot publish
+into (a file, read-only, full) is refused at start, not at the first publish; a publish that
+fails (a disk filled meanwhile) stops training in one line with every published version
+intact, and nothing is pruned after it.
 """
 
 from __future__ import annotations
@@ -37,7 +46,16 @@ from agent.nets.registry import OUTPUT_NAMES, ModelLine, get_line
 from agent.predictor import require_tensorflow
 from agent.reference import reference_checkpoint
 from agent.signals import Stop, on_stop_signals
-from agent.store import latest, load_into, prune, publish
+from agent.store import (
+    PublishingLock,
+    latest,
+    line_folder,
+    load_into,
+    prune,
+    publish,
+    require_room,
+    weights_bytes_estimate,
+)
 
 log = logging.getLogger(__name__)
 
@@ -152,10 +170,17 @@ class Trainer:
         self.data = Path(config.data.folder)
         self.stop = stop
         self.strategy = strategy
+        self.chief = is_chief()
         check_data_folder(self.data)
+        # Before any work: a store this trainer cannot publish into is refused now, not at
+        # the first publish, up to train.publish_seconds of training later.
+        root = line_folder(self.store, self.line.name) if self.chief else None
         self.state = TrainerState(Path(self.train.state), self.line.name)
         self.schedule = WarmupSchedule(self.train.learning_rate, self.train.warmup_batches)
         self.model, self.batches, self.resumed_from = self._build_model()
+        if root is not None:
+            estimate = weights_bytes_estimate(self.model.count_params())
+            require_room(root, estimate, self.line.name)
         self.buffers = BufferSet(
             self.train.buffer_size,
             self.line.input_shape,
@@ -171,13 +196,17 @@ class Trainer:
             already_loaded = self.state.loaded_shards()
         self.watcher = ShardWatcher(self.data, self.line.input_shape, already_loaded=already_loaded)
         self.samples_loaded = 0
-        self.chief = is_chief()
 
     def _build_model(self) -> tuple[Any, int, str]:
         import keras
 
         tf = require_tensorflow()
-        checkpoint = latest(self.store, self.line.name)
+        # Whether a version's arrays fit is checked against the network built below, not one
+        # built to learn its shapes: a second build in this process would rename Keras's
+        # automatically named layers, and the saved optimizer state is matched by those names.
+        # So this first look skips the fit, and the second picks the newest version that fits.
+        checkpoint = latest(self.store, self.line.name, check_fit=False)
+        from_store = checkpoint is not None
         if checkpoint is None and self.train.start_from == "reference":
             checkpoint = reference_checkpoint(self.line.name)
             if checkpoint is None:
@@ -185,6 +214,8 @@ class Trainer:
         with self.strategy.scope():
             keras.utils.set_random_seed(self.train.seed)
             model = self.line.build("none" if checkpoint else self.config.model.pretrained)
+            if from_store:  # the newest version whose arrays fit it (cached checks: cheap)
+                checkpoint = latest(self.store, self.line.name, fits=model)
             batches, resumed = 0, ""
             if checkpoint is not None:
                 load_into(model, checkpoint, self.line.name)
@@ -217,6 +248,7 @@ class Trainer:
         last_buffer_copy = time.monotonic()
         next_poll = 0.0
         losses: list[dict[str, float]] = []
+        publishing = False
         log.info(
             "training %s from %s; data %s; buffers of %d (start at %.0f%%), %d uses a sample",
             self.line.name, self.resumed_from or "fresh weights", self.data,
@@ -245,19 +277,24 @@ class Trainer:
                     now - last_publish >= self.train.publish_seconds
                 )
                 if due:
+                    publishing = True
                     summary.published.append(self._publish(losses))
+                    publishing = False
                     losses, last_publish = [], time.monotonic()
                 if time.monotonic() - last_buffer_copy >= self.train.save_buffers_seconds:
                     self.state.save_buffers(self.buffers)
                     last_buffer_copy = time.monotonic()
             if losses:  # a clean stop keeps the batches trained since the last publish
+                publishing = True
                 summary.published.append(self._publish(losses))
+                publishing = False
             summary.published = [version for version in summary.published if version]
             self.state.save_buffers(self.buffers)
         except Exception:
             # Whatever ended training, batches trained since the last publish are kept when
-            # the weights are sound (a diverged model is refused by publish itself).
-            if losses:
+            # the weights are sound (a diverged model is refused by publish itself), unless
+            # it was publishing that failed: trying again at once fails again.
+            if losses and not publishing:
                 try:
                     summary.published.append(self._publish(losses))
                 except Exception as error:  # the first error is the one to report
@@ -340,6 +377,8 @@ class Trainer:
         # Saved after the checkpoint: a crash in between leaves the older state, which the
         # restart sees does not match the checkpoint's batch count and leaves unused.
         self.state.save_optimizer(self.model.optimizer, self.batches)
+        # Only now: publish returned, so the new version is on disk (fsynced). A publish that
+        # failed raised above, and the versions it would have replaced stay.
         removed = prune(self.store, self.line.name, self.train.keep_versions)
         log.info(
             "published %s (loss %s)%s", checkpoint.name,
@@ -359,12 +398,33 @@ def run_train(
     """Train until a stop signal, `seconds` or `max_batches`; returns the summary."""
     stop = Stop()
     try:
-        with on_stop_signals(stop.on_signal), stop.interrupting():
-            limit_cpu(config.train)
-            strategy = make_strategy(config.train.strategy)
-            trainer = Trainer(config, strategy, stop)
-        with on_stop_signals(stop):
-            return trainer.run(seconds, max_batches)
+        with contextlib.ExitStack() as held:
+            with on_stop_signals(stop.on_signal), stop.interrupting():
+                if is_chief():  # first: a second trainer is refused before any slow start
+                    held.enter_context(claim_store(Path(config.model.store), config.model.line))
+                limit_cpu(config.train)
+                strategy = make_strategy(config.train.strategy)
+                trainer = Trainer(config, strategy, stop)
+            with on_stop_signals(stop):
+                return trainer.run(seconds, max_batches)
     except OSError as error:  # disk full, no permission: the user's to fix, in one line
         where = f" ({error.filename})" if error.filename else ""
         raise CharlesError(f"training stopped: {error.strerror or error}{where}") from None
+
+
+def claim_store(store: Path, line: str) -> PublishingLock:
+    """The lock that makes this process the one trainer publishing `line` into `store`, with
+    what killed publishers left behind removed under it; a one-line error when another holds
+    it."""
+    lock = PublishingLock(store, line)
+    try:
+        removed = lock.remove_leftovers()
+    except BaseException:
+        lock.release()
+        raise
+    if removed:
+        log.info(
+            "model store: removed %d leftover(s) of interrupted publishing: %s",
+            len(removed), ", ".join(removed),
+        )  # fmt: skip
+    return lock

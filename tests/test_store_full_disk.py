@@ -1,0 +1,108 @@
+"""A full disk never costs a published checkpoint (issue 17, item 9).
+
+The store is a real tmpfs of a few megabytes (tests/disks.py), so the kernel's own ENOSPC meets
+the real publishing code and the real `charles train`. A pilotnet_small checkpoint is ~1.95 MB:
+a 5 MB store holds two. The trainer used to die with SIGSEGV there (HDF5's clean-up at exit,
+after Keras's HDF5 writer met the full disk) and the store ended up empty: Keras wrote the
+weights with Adam's two moment arrays (~5.7 MB) before the slim copy (~1.9 MB more), so not
+even the first publish fitted.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import agent.store
+from agent.errors import ModelError
+from agent.learn.trainer import Trainer
+from agent.nets.registry import get_line
+from agent.signals import Stop
+from agent.store import Checkpoint, load_into, publish, versions
+from tests.conftest import assert_one_line_error, run_charles_process
+from tests.disks import fill, free_bytes, small_filesystem
+from tests.models import constant_driver
+from tests.test_trainer import _default_strategy, small_config, write_shards
+
+LINE = "pilotnet_small"
+DISK = 5_000_000
+"""Bytes: room for two pilotnet_small checkpoints, not three."""
+
+
+def assert_intact(store: Path, expected: list[str]) -> list[Checkpoint]:
+    """The versions of the store are `expected`, each loads strictly, nothing else is there."""
+    found = versions(store, LINE)
+    assert [c.manifest.version for c in found] == expected
+    for checkpoint in found:
+        load_into(get_line(LINE).build("none"), checkpoint, LINE)
+    hidden = [p.name for p in (store / LINE).iterdir() if p.name.startswith(".")]
+    assert set(hidden) <= {agent.store.LOCK_FILE}, hidden  # no staging folder left behind
+    return found
+
+
+def test_a_trainer_whose_store_fills_up_stops_in_one_line_and_keeps_every_version(
+    tmp_path: Path,
+) -> None:
+    write_shards(tmp_path / "data", 100)
+    with small_filesystem(DISK) as disk:
+        store = disk / "models"
+        config = tmp_path / "config.toml"
+        config.write_text(
+            f"[model]\nstore = {json.dumps(str(store))}\n[data]\nfolder = 'data'\n"
+            "[train]\nbuffer_size = 40\nbatch_per_buffer = 4\nmax_uses = 1000\n"
+            "warmup_batches = 3\npublish_batches = 2\nkeep_versions = 2\nnice = 0\n"
+            "save_buffers_seconds = 3600.0\n"
+        )
+        result = run_charles_process(
+            "train", "--config", str(config), "--batches", "40", cwd=tmp_path,
+            env={"TF_CPP_MIN_LOG_LEVEL": "2"},
+        )  # fmt: skip
+        assert result.returncode == 1, (result.returncode, result.stderr[-3000:])  # not SIGSEGV
+        line = assert_one_line_error(result, "pilotnet_small", str(store), "free some space")
+        assert "intact" in line
+        assert "could not keep" not in result.stderr  # no second try at a publish that failed
+        found = assert_intact(store, ["v0001", "v0002"])
+        assert [c.manifest.batches for c in found] == [2, 4]
+
+
+@pytest.mark.parametrize("checked", [True, False], ids=["room checked", "the write fails"])
+def test_a_publish_onto_a_full_disk_leaves_the_versions_as_they_were(
+    monkeypatch: pytest.MonkeyPatch, checked: bool
+) -> None:
+    model = constant_driver(0.2, -0.4, LINE)
+    with small_filesystem(DISK) as disk:
+        store = disk / "models"
+        publish(model, store, LINE, batches=1)
+        publish(model, store, LINE, batches=2)
+        free = free_bytes(disk)
+        if not checked:  # past the check: the kernel's ENOSPC in the middle of the weights
+            monkeypatch.setattr(agent.store, "require_room", lambda *_: None, raising=False)
+        with pytest.raises(ModelError) as caught:
+            publish(model, store, LINE, batches=3)
+        message = str(caught.value)
+        assert "\n" not in message and "free some space" in message, message
+        assert "MB free" in message if checked else "No space left on device" in message
+        assert_intact(store, ["v0001", "v0002"])
+        assert free_bytes(disk) == free  # what the failed publish wrote is gone again
+
+
+def test_a_trainer_never_prunes_after_a_publish_that_failed(tmp_path: Path) -> None:
+    """keep_versions = 2 with three versions in the store: a successful publish would prune
+    the oldest two; a failed one must not touch them."""
+    write_shards(tmp_path / "data", 100)
+    model = constant_driver(0.2, -0.4, LINE)
+    with small_filesystem(9_000_000) as disk:
+        store = disk / "models"
+        for batches in (1, 2, 3):
+            publish(model, store, LINE, batches=batches)
+        config = small_config(tmp_path, publish_batches=1, keep_versions=2)
+        config = type(config)(model=type(config.model)(store=str(store)), data=config.data,
+                              train=config.train)  # fmt: skip
+        trainer = Trainer(config, _default_strategy(), Stop())  # room for one more at start
+        fill(disk, leave_bytes=1_000_000)  # then another writer fills the disk
+        with pytest.raises(ModelError, match="free some space"):
+            trainer.run(max_batches=5)
+        assert trainer.batches == 4  # one batch trained, its publish failed
+        assert_intact(store, ["v0001", "v0002", "v0003"])

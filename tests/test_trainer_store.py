@@ -1,0 +1,285 @@
+"""`charles train` and its model store: one trainer per line and store, leftovers of killed
+publishes, stores it cannot publish into, damaged newest versions (issue 17, items 10, 14, 15,
+16). Real `charles train` processes, real kill -9, real read-only and full file systems."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+import agent.store
+from agent.errors import CharlesError, ModelError
+from agent.learn.trainer import Trainer, run_train
+from agent.signals import Stop
+from agent.store import WEIGHTS_FILE, latest, publish, versions
+from tests.conftest import REPO, assert_one_line_error, run_charles_process
+from tests.disks import fill, small_filesystem
+from tests.models import constant_driver
+from tests.test_store_damage import DAMAGE, reseal
+from tests.test_trainer import _default_strategy, small_config, write_shards
+
+LINE = "pilotnet_small"
+ENV = {"TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+def config_file(tmp_path: Path, store: Path | str = "models", **train: object) -> Path:
+    settings = {
+        "buffer_size": 40, "batch_per_buffer": 4, "max_uses": 1000, "warmup_batches": 3,
+        "publish_batches": 1000, "nice": 0, "save_buffers_seconds": 3600.0, **train,
+    }  # fmt: skip
+    lines = [f"[model]\nstore = {json.dumps(str(store))}\n[data]\nfolder = 'data'\n[train]"]
+    lines += [f"{key} = {json.dumps(value)}" for key, value in settings.items()]
+    path = tmp_path / "config.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def wait_for_output(process: subprocess.Popen, text: str, seconds: float = 120) -> str:
+    """Read `process`'s stderr (a pipe) until `text` appears; what was read."""
+    assert process.stderr is not None
+    fd = process.stderr.fileno()
+    seen = b""
+    deadline = time.monotonic() + seconds
+    while text.encode() not in seen:
+        left = deadline - time.monotonic()
+        assert left > 0 and process.poll() is None, seen.decode(errors="replace")[-3000:]
+        ready, _, _ = select.select([fd], [], [], left)
+        if ready:
+            seen += os.read(fd, 1 << 16)
+    return seen.decode(errors="replace")
+
+
+# --- item 14: one trainer per line and store -------------------------------------------------
+
+
+def test_a_second_trainer_is_refused_in_one_line_and_kill_9_frees_the_lock(tmp_path: Path) -> None:
+    write_shards(tmp_path / "data", 100)
+    (tmp_path / "empty").mkdir()
+    config = str(config_file(tmp_path))
+    # The first trainer waits for data (an empty folder) and holds the store meanwhile.
+    first = subprocess.Popen(
+        [sys.executable, "-m", "agent", "train", "--config", config, "--data", "empty"],
+        cwd=tmp_path, env={**os.environ, **ENV}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        wait_for_output(first, "training pilotnet_small from")
+        second = run_charles_process(
+            "train", "--config", config, "--batches", "2", cwd=tmp_path, env=ENV
+        )
+        line = assert_one_line_error(
+            second, "already has a trainer publishing pilotnet_small", f"pid {first.pid} on"
+        )
+        assert "model.store" in line
+        assert "training pilotnet_small" not in second.stderr  # refused before any work
+        assert versions(tmp_path / "models", LINE) == []
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    # kill -9 left the lock file behind, but not the lock: the kernel released it.
+    assert (tmp_path / "models" / LINE / agent.store.LOCK_FILE).is_file()
+    third = run_charles_process(
+        "train", "--config", config, "--batches", "2", cwd=tmp_path, env=ENV
+    )
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert "published: v0001" in third.stdout
+    assert [c.manifest.batches for c in versions(tmp_path / "models", LINE)] == [2]
+
+
+def test_cluster_workers_leave_the_lock_to_their_chief(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the chief of a multi-worker cluster publishes, so only it holds the lock: its
+    workers start beside it; any other trainer of the line is refused."""
+    from agent.store import PublishingLock
+
+    write_shards(tmp_path / "data", 100)
+    config = small_config(tmp_path)
+    store = tmp_path / "models"
+    cluster = {"worker": ["a:1", "b:1"]}
+    with PublishingLock(store, LINE):  # the chief, here in this process
+        monkeypatch.setenv(
+            "TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 1}})
+        )
+        summary = run_train(config, max_batches=2)
+        assert summary.batches == 2 and summary.published == []
+        monkeypatch.delenv("TF_CONFIG")
+        with pytest.raises(ModelError, match="already has a trainer publishing") as caught:
+            run_train(config, max_batches=2)
+        assert f"pid {os.getpid()}" in str(caught.value)
+    assert versions(store, LINE) == []
+
+
+def test_the_lock_file_is_never_reached_through_a_link(tmp_path: Path) -> None:
+    from agent.store import PublishingLock
+
+    target = tmp_path / "someone-elses-file"
+    target.write_text("precious")
+    root = tmp_path / "models" / LINE
+    root.mkdir(parents=True)
+    (root / agent.store.LOCK_FILE).symlink_to(target)
+    with pytest.raises(ModelError, match="symbolic link") as caught:
+        PublishingLock(tmp_path / "models", LINE)
+    assert "\n" not in str(caught.value)
+    assert target.read_text() == "precious"
+
+
+# --- item 10: what killed publishes leave behind ---------------------------------------------
+
+_KILLED_MID_PUBLISH = """
+import os, sys
+from pathlib import Path
+import agent.store
+from tests.models import constant_driver
+
+real_rename = os.rename
+
+def stuck(source, target, *args, **kwargs):
+    # Every byte of the version is written; kill -9 lands before it is renamed into place.
+    if Path(source).name.startswith("."):
+        print("publishing", file=sys.stderr, flush=True)
+        sys.stdin.read()
+    return real_rename(source, target, *args, **kwargs)
+
+agent.store.os.rename = stuck
+agent.store.publish(constant_driver(0.1, 0.1), Path(sys.argv[1]), "pilotnet_small", 5)
+"""
+
+
+def test_leftovers_of_killed_publishes_are_removed_at_the_next_start(tmp_path: Path) -> None:
+    write_shards(tmp_path / "data", 100)
+    store = tmp_path / "models"
+    publish(constant_driver(0.2, 0.2), store, LINE, batches=1)
+    root = store / LINE
+    for _ in range(2):  # two trainers killed with -9 while publishing
+        child = subprocess.Popen(
+            [sys.executable, "-c", _KILLED_MID_PUBLISH, str(store)], cwd=REPO,
+            env={**os.environ, **ENV}, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            wait_for_output(child, "publishing")
+        finally:
+            child.send_signal(signal.SIGKILL)
+            child.wait()
+    (root / ".pruned-v0000-0123abcd" / "x").mkdir(parents=True)  # a prune killed mid-delete
+    outside = tmp_path / "outside"
+    (outside / "precious").mkdir(parents=True)
+    (root / ".staging-link").symlink_to(outside, target_is_directory=True)
+    # Not Charles's: kept.
+    (root / ".keep").write_text("someone else's")
+    (root / ".writing-v0007").mkdir()
+    staged = sorted(p.name for p in root.iterdir() if p.name.startswith(".staging-"))
+    assert len(staged) == 3, staged
+
+    summary = run_train(small_config(tmp_path), max_batches=1)
+
+    assert summary.published == ["v0002"]
+    hidden = sorted(p.name for p in root.iterdir() if p.name.startswith("."))
+    assert [name for name in hidden if name.startswith((".staging-", ".pruned-"))] == []
+    assert hidden == [".keep", agent.store.LOCK_FILE, ".writing-v0007"]
+    assert (outside / "precious").is_dir()  # the link was removed, never followed
+    assert [c.manifest.version for c in versions(store, LINE)] == ["v0001", "v0002"]
+
+
+# --- item 16: a store the trainer cannot publish into ----------------------------------------
+
+
+def test_a_store_that_is_a_file_is_refused_before_training(tmp_path: Path) -> None:
+    write_shards(tmp_path / "data", 100)
+    store = tmp_path / "models"
+    store.write_text("not a folder")
+    config = str(config_file(tmp_path, store, publish_batches=1))
+    result = run_charles_process(
+        "train", "--config", config, "--batches", "5", cwd=tmp_path, env=ENV
+    )
+    assert_one_line_error(result, f"model store {store} is not a folder", "model.store")
+    assert "training pilotnet_small" not in result.stderr  # not one batch was trained
+    assert store.read_text() == "not a folder"
+
+
+def test_a_line_folder_that_is_a_file_is_refused_before_training(tmp_path: Path) -> None:
+    write_shards(tmp_path / "data", 100)
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / LINE).write_text("not a folder")
+    with pytest.raises(ModelError, match=f"{LINE} is not a folder"):
+        Trainer(small_config(tmp_path), _default_strategy(), Stop())
+
+
+def _remount_read_only(mountpoint: Path) -> None:
+    subprocess.run(["mount", "-o", "remount,ro", str(mountpoint)], check=True)
+
+
+def test_a_read_only_store_is_refused_before_training(tmp_path: Path) -> None:
+    write_shards(tmp_path / "data", 100)
+    with small_filesystem(8 << 20) as disk:
+        store = disk / "models"
+        publish(constant_driver(0.2, 0.2), store, LINE, batches=10)
+        _remount_read_only(disk)
+        config = small_config(tmp_path)
+        config = type(config)(model=type(config.model)(store=str(store)), data=config.data,
+                              train=config.train)  # fmt: skip
+        with pytest.raises(ModelError) as caught:
+            Trainer(config, _default_strategy(), Stop())
+        message = str(caught.value)
+        assert f"model store {store} is not a folder Charles can write to" in message
+        assert "Read-only file system" in message and "\n" not in message
+
+
+def test_a_full_store_is_refused_before_training(tmp_path: Path) -> None:
+    write_shards(tmp_path / "data", 100)
+    with small_filesystem(8 << 20) as disk:
+        store = disk / "models"
+        publish(constant_driver(0.2, 0.2), store, LINE, batches=10)
+        fill(disk, leave_bytes=200_000)
+        config = small_config(tmp_path)
+        config = type(config)(model=type(config.model)(store=str(store)), data=config.data,
+                              train=config.train)  # fmt: skip
+        with pytest.raises(ModelError) as caught:
+            Trainer(config, _default_strategy(), Stop())
+        message = str(caught.value)
+        assert "cannot publish pilotnet_small" in message and "MB free" in message
+        assert "free some space" in message and "\n" not in message
+
+
+# --- item 15: a damaged newest version at a trainer's start ----------------------------------
+
+
+@pytest.mark.parametrize("damage", ["nan", "extra array", "wrong shape"])
+def test_a_trainer_resumes_from_the_newest_good_version(tmp_path: Path, damage: str) -> None:
+    write_shards(tmp_path / "data", 100)
+    store = tmp_path / "models"
+    good = publish(constant_driver(0.2, -0.4), store, LINE, batches=100)
+    bad = publish(constant_driver(0.5, 0.5), store, LINE, batches=200)
+    with h5py.File(bad.weights, "a") as file:
+        DAMAGE[damage](file)
+    reseal(bad.folder)
+    trainer = Trainer(small_config(tmp_path), _default_strategy(), Stop())
+    assert trainer.resumed_from == good.name and trainer.batches == 100
+    frames = np.zeros((1, 90, 160, 3), np.uint8)
+    throttle, steering = (float(o[0, 0]) for o in trainer.model(frames, training=False))
+    assert (round(throttle, 4), round(steering, 4)) == (0.2, -0.4)
+
+
+def test_a_trainer_never_starts_fresh_when_every_version_is_damaged(tmp_path: Path) -> None:
+    write_shards(tmp_path / "data", 100)
+    store = tmp_path / "models"
+    only = publish(constant_driver(0.2, -0.4), store, LINE, batches=100)
+    with h5py.File(only.weights, "a") as file:
+        DAMAGE["missing array"](file)
+    reseal(only.folder)
+    with pytest.raises(CharlesError, match="no intact checkpoint of pilotnet_small"):
+        Trainer(small_config(tmp_path), _default_strategy(), Stop())
+    # Readable and finite, so found without the fit check; it is the fit that fails.
+    assert latest(store, LINE, check_fit=False).folder == only.folder
+    assert (only.folder / WEIGHTS_FILE).is_file()
