@@ -40,6 +40,9 @@ KEY_FLAGS = {
 }
 
 
+log = logging.getLogger(__name__)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `charles` console script and `python -m agent`."""
     # TensorFlow's C++ start-up chatter is noise for a user; real errors still surface.
@@ -235,6 +238,24 @@ def _add(
     return sub
 
 
+def _write_new_file(path: Path, data: bytes, flag: str) -> Path:
+    """Write `data` into a new file at `path`, or at the next free name (`out-2.png`, ...):
+    never over a file, never through a link. Returns where it went."""
+    from agent.files import create_first_free, free_names
+
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise CharlesError(f"{flag} {path} is a link or not a plain file; give a new file name")
+    try:
+        written, fd = create_first_free(free_names(path), 0o644)
+        with os.fdopen(fd, "wb") as stream:
+            stream.write(data)
+    except OSError as error:
+        raise CharlesError(f"cannot write {path}: {error.strerror or error}") from None
+    if written != path:
+        log.info("%s exists; writing into %s", path, written)
+    return written
+
+
 def _convcam(args: argparse.Namespace, config: Config) -> int:
     import cv2
 
@@ -257,15 +278,12 @@ def _convcam(args: argparse.Namespace, config: Config) -> int:
     ok, encoded = cv2.imencode(".png", tile(prediction.convcam, args.scale))
     if not ok:
         raise CharlesError("OpenCV could not encode the Convcam as PNG")
-    try:
-        args.out.write_bytes(encoded.tobytes())
-    except OSError as error:
-        raise CharlesError(f"cannot write {args.out}: {error.strerror}") from None
+    out = _write_new_file(args.out, encoded.tobytes(), "--out")
     height, width, channels = prediction.convcam.shape
     rows, columns = grid(channels)
     print(
         f"Convcam of {predictor.name} ({line.convcam_layer}): {channels} maps of "
-        f"{height}x{width} in {rows} rows of {columns} -> {args.out}; "
+        f"{height}x{width} in {rows} rows of {columns} -> {out}; "
         f"throttle {prediction.throttle:+.3f} steering {prediction.steering:+.3f}"
     )
     return 0

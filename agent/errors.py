@@ -8,6 +8,7 @@ other exception is a bug and keeps its traceback.
 from __future__ import annotations
 
 import logging
+import threading
 
 
 class CharlesError(Exception):
@@ -38,3 +39,21 @@ def log_failure(
     error to judge by when `error` wraps it."""
     user_problem = isinstance(cause or error, CharlesError)
     logger.error("%s: %s", what, error, exc_info=not user_problem)
+
+
+_warned: set[str] = set()
+_warned_lock = threading.Lock()
+_WARNED_LIMIT = 1000
+
+
+def warn_once(logger: logging.Logger, message: str) -> None:
+    """Log `message` as a warning once per process: a watcher that polls the same damaged
+    file or folder again and again must not flood the log (after 1,000 different messages
+    the memory of them starts afresh)."""
+    with _warned_lock:
+        if message in _warned:
+            return
+        if len(_warned) >= _WARNED_LIMIT:
+            _warned.clear()
+        _warned.add(message)
+    logger.warning("%s", message)

@@ -35,7 +35,6 @@ import os
 import secrets
 import stat
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -45,7 +44,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from agent.errors import DependencyError, ModelError
+from agent.errors import DependencyError, ModelError, warn_once
+from agent.files import CREATE_FLAGS, READ_FLAGS
 
 if TYPE_CHECKING:
     import keras
@@ -300,10 +300,11 @@ def private_cache() -> Iterator[ExportCache | None]:
     try:
         cache = ExportCache.open(folder)
     except UntrustedCache as problem:
-        _warn_once(f"not using the ONNX cache: {problem}; exporting in memory meanwhile")
+        warn_once(log, f"not using the ONNX cache: {problem}; exporting in memory meanwhile")
     except OSError as error:
-        _warn_once(
-            f"cannot use the ONNX cache {folder} ({error.strerror or error}); exporting in memory"
+        warn_once(
+            log,
+            f"cannot use the ONNX cache {folder} ({error.strerror or error}); exporting in memory",
         )
     try:
         yield cache
@@ -312,35 +313,6 @@ def private_cache() -> Iterator[ExportCache | None]:
             cache.close()
 
 
-_warned: set[str] = set()
-_warned_lock = threading.Lock()
-
-
-def _warn_once(message: str) -> None:
-    """A hot swap loads one checkpoint after another: the same folder problem is said once."""
-    with _warned_lock:
-        if message in _warned:
-            return
-        _warned.add(message)
-    log.warning("%s", message)
-
-
-# A link as the last component is refused; a FIFO neither blocks nor passes (not regular).
-_READ_FLAGS = (
-    os.O_RDONLY
-    | getattr(os, "O_NOFOLLOW", 0)
-    | getattr(os, "O_NONBLOCK", 0)
-    | getattr(os, "O_CLOEXEC", 0)
-    | getattr(os, "O_BINARY", 0)
-)
-_CREATE_FLAGS = (
-    os.O_WRONLY
-    | os.O_CREAT
-    | os.O_EXCL
-    | getattr(os, "O_NOFOLLOW", 0)
-    | getattr(os, "O_CLOEXEC", 0)
-    | getattr(os, "O_BINARY", 0)
-)
 # On POSIX every file is reached through the opened folder (openat and friends), so renaming
 # or replacing a folder on the path after the checks changes nothing. Windows has no such
 # calls; there %LOCALAPPDATA% is private to the user by its access rights.
@@ -443,7 +415,7 @@ class ExportCache:
         the old one) when it is not 32 bytes, as after a crash while it was written."""
         secret = os.urandom(SECRET_BYTES)
         try:
-            fd = os.open(*self._at(SECRET_FILE), _CREATE_FLAGS, 0o600, **self._dir())
+            fd = os.open(*self._at(SECRET_FILE), CREATE_FLAGS, 0o600, **self._dir())
         except FileExistsError:
             pass
         else:
@@ -481,7 +453,7 @@ class ExportCache:
         if self._fd is None and (self.folder / name).is_symlink():  # no O_NOFOLLOW (Windows)
             raise OSError(errno.ELOOP, "a symbolic link, never followed")
         try:
-            fd = os.open(*self._at(name), _READ_FLAGS, **self._dir())
+            fd = os.open(*self._at(name), READ_FLAGS, **self._dir())
         except OSError as error:
             if error.errno in (errno.ELOOP, errno.EMLINK):
                 raise OSError(error.errno, "a symbolic link, never followed") from None
@@ -504,7 +476,7 @@ class ExportCache:
         """Write `name` atomically (readers see the old file or all of the new one): a fresh
         temporary file, mode 0o600, renamed over it (replacing a link, never writing through)."""
         temporary = f".{name}.{secrets.token_hex(4)}.tmp"
-        fd = os.open(*self._at(temporary), _CREATE_FLAGS, 0o600, **self._dir())
+        fd = os.open(*self._at(temporary), CREATE_FLAGS, 0o600, **self._dir())
         try:
             with os.fdopen(fd, "wb") as stream:
                 stream.write(data)

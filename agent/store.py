@@ -47,7 +47,8 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
-from agent.errors import ModelError
+from agent.errors import ModelError, warn_once
+from agent.files import CREATE_FLAGS, READ_FLAGS
 from agent.nets.registry import LINE_NAMES, LINES, OUTPUT_NAMES
 from agent.weights import (
     Shape,
@@ -87,15 +88,6 @@ _HASH_CACHE_SIZE = 16
 _HOLDER_LIMIT = 4096
 """Bytes of a lock file read to say who holds it."""
 _ROOM_ERRORS = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG)
-# O_NOFOLLOW refuses a link as the last path component; O_NONBLOCK keeps a FIFO from blocking
-# the open (it is then refused as not a regular file). Both are absent on Windows.
-SAFE_OPEN_FLAGS = (
-    os.O_RDONLY
-    | getattr(os, "O_NOFOLLOW", 0)
-    | getattr(os, "O_NONBLOCK", 0)
-    | getattr(os, "O_CLOEXEC", 0)
-    | getattr(os, "O_BINARY", 0)
-)
 
 
 @dataclass(frozen=True)
@@ -295,7 +287,7 @@ def open_regular(path: Path, what: str, missing: str) -> Iterator[tuple[BinaryIO
     if not hasattr(os, "O_NOFOLLOW") and path.is_symlink():
         raise _link_error(path, what)
     try:
-        fd = os.open(path, SAFE_OPEN_FLAGS)
+        fd = os.open(path, READ_FLAGS)
     except FileNotFoundError:
         raise ModelError(f"{what} has no {path.name}; {missing}") from None
     except OSError as error:
@@ -427,20 +419,6 @@ def line_weight_shapes(line: str) -> Counter[Shape]:
 
 # --- finding checkpoints ---------------------------------------------------------------------
 
-_warned: set[str] = set()
-_warned_lock = threading.Lock()
-
-
-def _warn_once(message: str) -> None:
-    """Log a store problem once per process: a watcher polling the store must not flood."""
-    with _warned_lock:
-        if message in _warned:
-            return
-        if len(_warned) > 1000:
-            _warned.clear()
-        _warned.add(message)
-    log.warning("%s", message)
-
 
 def _scan(store: Path, line: str) -> tuple[list[Checkpoint], list[str]]:
     """Checkpoints of `line` whose manifests are sound, by version number; and the problems of
@@ -448,7 +426,7 @@ def _scan(store: Path, line: str) -> tuple[list[Checkpoint], list[str]]:
     root = store / line
     if root.is_symlink():
         problem = str(_link_error(root, f"model store {store}"))
-        _warn_once(f"model store: skipping {line}: {problem}")
+        warn_once(log, f"model store: skipping {line}: {problem}")
         return [], [problem]
     if not root.is_dir():
         return [], []
@@ -466,7 +444,7 @@ def _scan(store: Path, line: str) -> tuple[list[Checkpoint], list[str]]:
             found.append(checkpoint_in(folder, line))
         except ModelError as error:
             problems.append(str(error))
-            _warn_once(f"model store: skipping {folder.name} of {line}: {error}")
+            warn_once(log, f"model store: skipping {folder.name} of {line}: {error}")
     return found, problems
 
 
@@ -532,7 +510,7 @@ def latest(
                 check_shapes(expected, shapes, f"checkpoint {checkpoint.folder}", line)
         except ModelError as error:
             problems.append(str(error))
-            _warn_once(f"model store: skipping {checkpoint.name}: {error}")
+            warn_once(log, f"model store: skipping {checkpoint.name}: {error}")
             continue
         return checkpoint
     if problems:
@@ -791,14 +769,6 @@ def _make_staging_folder(root: Path) -> Path:
         return staging
 
 
-_WRITE_FLAGS = (
-    os.O_WRONLY
-    | os.O_CREAT
-    | os.O_EXCL
-    | getattr(os, "O_NOFOLLOW", 0)
-    | getattr(os, "O_CLOEXEC", 0)
-    | getattr(os, "O_BINARY", 0)
-)
 _WRITE_CHUNK = 16 << 20
 
 
@@ -808,7 +778,7 @@ def _write_new_file(path: Path, data: bytes) -> None:
     Plain writes: a full disk is an `OSError` here, never a half-written file that a library
     still holds open.
     """
-    fd = os.open(path, _WRITE_FLAGS, 0o644)
+    fd = os.open(path, CREATE_FLAGS, 0o644)
     try:
         view = memoryview(data)
         while view:
@@ -858,20 +828,6 @@ def _write_manifest(path: Path, manifest: Manifest) -> None:
     text = json.dumps(fields, indent=2) + "\n"
     path.unlink(missing_ok=True)  # written again when the version number was taken
     _write_new_file(path, text.encode("utf-8"))
-
-
-def fsync_path(path: Path) -> None:
-    """Flush `path` (a file, or a folder's entries) to disk, where the platform allows it."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # folders cannot be fsynced on Windows
-    finally:
-        os.close(fd)
 
 
 def fsync_folder(folder: Path) -> None:

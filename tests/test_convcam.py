@@ -81,6 +81,17 @@ def test_charles_convcam_saves_the_tiled_picture_for_a_checkpoint(
     assert picture.shape == (8 * (4 * 2 + GAP) - GAP, 8 * (13 * 2 + GAP) - GAP)
     assert picture.max() > 0
 
+    # Never over a file, never through a link: a second run takes the next free name.
+    first = out.read_bytes()
+    again = run_charles(*result.args[3:], cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"-> {tmp_path / 'cam-2.png'}" in again.stdout and out.read_bytes() == first
+    assert f"{out} exists; writing into {tmp_path / 'cam-2.png'}" in again.stderr
+    (tmp_path / "link.png").symlink_to(image)
+    linked = run_charles(*result.args[3:5], "--out", str(tmp_path / "link.png"), *result.args[7:])
+    assert_one_line_error(linked, "is a link or not a plain file")
+    assert cv2.imread(str(image)).shape == (720, 1280, 3)  # the link's target is untouched
+
 
 def test_charles_convcam_refuses_what_is_not_a_picture(tmp_path: Path, run_charles) -> None:
     text = tmp_path / "notes.txt"

@@ -32,6 +32,20 @@ def test_game_telemetry_onto_a_full_device_is_one_line(x_display: str, run_charl
     assert_one_line_error(result, "telemetry", "/dev/full", "No space left on device")
 
 
+def test_game_telemetry_is_never_written_through_a_link(
+    x_display: str, tmp_path: Path, run_charles
+) -> None:
+    victim = tmp_path / "notes.txt"
+    victim.write_text("keep me")
+    (tmp_path / "telemetry.jsonl").symlink_to(victim)
+    result = run_charles(
+        "game", *CONFIG, "--telemetry", str(tmp_path / "telemetry.jsonl"), "--port",
+        str(free_udp_port()), "--seconds", "5", env={"DISPLAY": x_display}, timeout=60,
+    )  # fmt: skip
+    assert_one_line_error(result, "cannot write telemetry to", "telemetry.jsonl")
+    assert victim.read_text() == "keep me"
+
+
 def test_collecting_onto_a_full_disk_is_one_line_and_leaves_no_half_shard(
     tmp_path: Path, run_charles
 ) -> None:

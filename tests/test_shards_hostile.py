@@ -25,8 +25,10 @@ import numpy as np
 import pytest
 
 import agent.learn.shards as shards
+from agent import files
 from agent.config import load_config
-from agent.learn.shards import ShardError, ShardWriter, read_shard, write_atomically
+from agent.files import write_atomically
+from agent.learn.shards import ShardError, ShardWriter, read_shard
 from agent.learn.sink import SampleSink
 from tests.conftest import REPO
 
@@ -334,7 +336,7 @@ def test_a_link_planted_at_the_temporary_name_is_passed_over_and_left_alone(
     planted = folder / ".loaded-shards.txt.planted.tmp"
     planted.symlink_to(victim)
     names = iter(["planted", "planted", "fresh"])
-    monkeypatch.setattr(shards.secrets, "token_hex", lambda _bytes: next(names))
+    monkeypatch.setattr(files.secrets, "token_hex", lambda _bytes: next(names))
 
     write_atomically(folder / "loaded-shards.txt", lambda stream: stream.write(b"new\n"))
 

@@ -60,8 +60,10 @@ class TelemetryWriter:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        # Appends (a harness may read the same file across runs), but never through a link.
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
-        self._fd: int | None = os.open(path, flags | getattr(os, "O_BINARY", 0), 0o666)
+        flags |= getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+        self._fd: int | None = os.open(path, flags, 0o666)
 
     def write(self, record: TelemetryRecord) -> None:
         values = {

@@ -30,7 +30,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from agent.learn.shards import write_atomically
+from agent.files import write_atomically
 from agent.nets.registry import OUTPUT_NAMES
 
 _TENTHS = 10

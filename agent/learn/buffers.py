@@ -29,7 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from agent.learn.shards import FileRefused, NpzArchive, open_npz, write_atomically
+from agent.files import FileRefused, write_atomically
+from agent.learn.shards import NpzArchive, open_npz
 from agent.nets.registry import OUTPUT_NAMES
 from agent.weights import one_line
 

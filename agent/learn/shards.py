@@ -25,7 +25,6 @@ costs one warning, never the trainer's memory.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import io
 import itertools
@@ -34,15 +33,13 @@ import logging
 import math
 import os
 import re
-import secrets
 import socket
-import stat
 import struct
 import threading
 import time as clock
 import zipfile
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,8 +48,8 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from agent.errors import CharlesError
+from agent.files import FileRefused, open_regular_file, write_atomically
 from agent.nets.registry import OUTPUT_NAMES
-from agent.store import SAFE_OPEN_FLAGS, fsync_path
 from agent.weights import one_line
 
 log = logging.getLogger(__name__)
@@ -103,110 +100,6 @@ _READ_ERRORS = (
 
 class ShardError(CharlesError):
     """A data folder or shard that cannot be used; the message names it and the fix."""
-
-
-# --- writing files atomically ----------------------------------------------------------------
-
-_TEMPORARY_ATTEMPTS = 100
-# Created, never opened: O_EXCL fails on any name present (a planted link included) and
-# O_NOFOLLOW refuses a link even where O_EXCL alone would not.
-_CREATE_FLAGS = (
-    os.O_WRONLY
-    | os.O_CREAT
-    | os.O_EXCL
-    | getattr(os, "O_NOFOLLOW", 0)
-    | getattr(os, "O_CLOEXEC", 0)
-    | getattr(os, "O_BINARY", 0)
-)
-
-
-def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Create or replace `path` with what `write` writes to a binary stream, atomically.
-
-    The data goes to a new hidden temporary file beside `path` (".<name>.<random>.tmp", never
-    a shard name), is flushed to disk, then renamed over `path`: a reader sees the old file or
-    the whole new one, never a part. Nothing is written through a link or into a file that
-    was there before: the temporary file is created afresh (a name already taken, even by a
-    link, is passed over and left alone), and the rename replaces a link or file at `path`
-    instead of writing into it. The folder is created (with its parents) when missing.
-    """
-    folder = path.parent
-    folder.mkdir(parents=True, exist_ok=True)
-    temporary, fd = _create_temporary(folder, path.name)
-    try:
-        with os.fdopen(fd, "wb") as stream:
-            write(stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            temporary.unlink()  # ours: created by this call with O_EXCL
-        raise
-    fsync_path(folder)
-
-
-def _create_temporary(folder: Path, name: str) -> tuple[Path, int]:
-    for _ in range(_TEMPORARY_ATTEMPTS):
-        temporary = folder / f".{name}.{secrets.token_hex(6)}.tmp"
-        try:
-            return temporary, os.open(temporary, _CREATE_FLAGS, 0o666)
-        except FileExistsError:
-            continue  # someone else's name (or a link planted there): never touched
-        except OSError as error:
-            if error.errno == errno.ELOOP:
-                continue
-            raise
-    raise FileExistsError(errno.EEXIST, "no free temporary file name", str(folder / name))
-
-
-# --- reading untrusted files safely ----------------------------------------------------------
-
-
-class FileRefused(Exception):
-    """Why a file is not read: the problem only; the caller names the file."""
-
-
-def read_regular_file(path: Path, limit: int) -> bytes:
-    """The whole content of the regular file `path`, of at most `limit` bytes.
-
-    `FileRefused` for a symbolic link (never followed), a FIFO, device or folder (never
-    opened in a way that could wait), a missing file and a file over `limit` bytes (also one
-    that grows past it while being read), so a planted link to /dev/zero costs nothing.
-    """
-    stream, size = _open_regular(path)
-    with stream:
-        if size > limit:
-            raise FileRefused(f"it is {size} bytes, more than the {limit} it may have")
-        chunks, total = [], 0
-        while total <= limit:
-            chunk = stream.read(min(_CHUNK_BYTES, limit + 1 - total))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            total += len(chunk)
-    if total > limit:
-        raise FileRefused(f"it grew past the {limit} bytes it may have while being read")
-    return b"".join(chunks)
-
-
-def _open_regular(path: Path) -> tuple[BinaryIO, int]:
-    """`path` opened for binary reading, and its size; FileRefused for anything but a file."""
-    if not hasattr(os, "O_NOFOLLOW") and path.is_symlink():
-        raise FileRefused("it is a symbolic link, which Charles never follows")
-    try:
-        fd = os.open(path, SAFE_OPEN_FLAGS)
-    except FileNotFoundError:
-        raise FileRefused("it does not exist (deleted meanwhile?)") from None
-    except OSError as error:
-        if error.errno in (errno.ELOOP, errno.EMLINK) or path.is_symlink():
-            raise FileRefused("it is a symbolic link, which Charles never follows") from None
-        raise FileRefused(f"it cannot be opened ({error.strerror})") from None
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode):
-        os.close(fd)
-        raise FileRefused("it is not a regular file")
-    return os.fdopen(fd, "rb"), info.st_size
 
 
 # --- reading .npz files safely ---------------------------------------------------------------
@@ -360,7 +253,7 @@ def open_npz(
     the .npy headers, before any array data is inflated; arrays are then inflated into
     arrays of their declared size, never past it (`NpzArchive.read`).
     """
-    stream, size = _open_regular(path)
+    stream, size = open_regular_file(path)
     with stream:
         if size > max_file_bytes:
             raise FileRefused(f"it is {size} bytes, more than the {max_file_bytes} a file may have")

@@ -30,6 +30,7 @@ import numpy as np
 
 from agent.config import Config
 from agent.errors import CharlesError
+from agent.files import free_names
 from agent.learn.shards import ShardWatcher, read_shard
 from agent.nets.registry import get_line
 from agent.record import draw
@@ -39,7 +40,6 @@ from agent.record.writer import (
     VideoOutput,
     create_free,
     even_size,
-    free_names,
     refuse_link_or_special,
 )
 

@@ -25,6 +25,7 @@ from datetime import datetime
 from pathlib import Path
 
 from agent.config import RecordConfig
+from agent.files import free_names
 from agent.record.clock import ShownFrames, VideoClock
 from agent.record.hud import Status
 from agent.record.layout import Composer, Panels
@@ -35,7 +36,6 @@ from agent.record.writer import (
     VideoWriter,
     create_free,
     encoder_opens,
-    free_names,
     refuse_link_or_special,
     require_av,
 )

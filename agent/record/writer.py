@@ -39,6 +39,7 @@ import cv2
 import numpy as np
 
 from agent.errors import CharlesError, DependencyError, log_failure
+from agent.files import CREATE_FLAGS, create_first_free
 from agent.threads import lower_this_threads_priority
 
 log = logging.getLogger(__name__)
@@ -50,12 +51,6 @@ QUEUE_SECONDS = 1.0
 ENCODERS = ("auto", "libx264", "h264_nvenc")
 """record.encoder: "auto" uses NVENC when this machine's GPU and driver can open it."""
 FRAGMENTED_MP4 = "frag_keyframe+empty_moov+default_base_moof"
-NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-"""How every video file is opened: created new, or not at all (a file, a folder or a link, even
-a dangling one, already has the name), in one step, so no race can slip a link in."""
-NEW_FILE |= getattr(os, "O_BINARY", 0)  # Windows: no newline translation
-MOST_NAMES = 1000
-"""How many numbered names (`out-2.mp4` ... ) are tried before giving up."""
 PLAYABLE_AFTER = frozenset({b"moov", b"mdat", b"mfra"})
 """Top-level boxes after which a fragmented MP4 plays: the header, each fragment's data (its
 moof comes just before), the closing index."""
@@ -116,18 +111,6 @@ def even_size(width: int, height: int) -> tuple[int, int]:
     return width - width % 2, height - height % 2
 
 
-def numbered(path: Path, number: int) -> Path:
-    """`path` for 1, else `<stem>-<number>.mp4` beside it: `out.mp4`, `out-2.mp4`, ..."""
-    if number == 1:
-        return path
-    return path.with_name(f"{path.stem}-{number}{path.suffix or '.mp4'}")
-
-
-def free_names(path: Path, first: int = 1) -> Iterator[Path]:
-    """The names `create_free` tries for `path`, from number `first` on."""
-    return (numbered(path, number) for number in range(first, first + MOST_NAMES))
-
-
 def refuse_link_or_special(
     path: Path, flag: str, fix: str = "give a plain file or a folder"
 ) -> None:
@@ -140,18 +123,9 @@ def refuse_link_or_special(
 
 
 def create_free(names: Iterable[Path]) -> VideoOutput:
-    """A new file at the first of `names` that nothing has (see NEW_FILE); folders are made.
-
-    Raises FileExistsError when every name is taken, OSError when the file cannot be created.
-    """
-    last = None
-    for path in names:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            return VideoOutput.create(path)
-        except FileExistsError:
-            last = path
-    raise FileExistsError(f"every name up to {last} is taken")
+    """A new video file at the first of `names` that nothing has (`agent.files`); folders are
+    made. FileExistsError when every name is taken, OSError when the file cannot be created."""
+    return VideoOutput(*create_first_free(names))
 
 
 class VideoOutput:
@@ -173,7 +147,7 @@ class VideoOutput:
     def create(cls, path: Path) -> VideoOutput:
         """Create `path` as a new file; FileExistsError when the name is taken, by anything: a
         file, a folder, a link (even a dangling one)."""
-        return cls(path, os.open(path, NEW_FILE, 0o666))
+        return cls(path, os.open(path, CREATE_FLAGS, 0o666))
 
     @property
     def fragments(self) -> int:
