@@ -9,10 +9,12 @@ every axis it is given: the driver boundary.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import ControllerConfig
+from agent.config import ControllerConfig, KeyboardConfig
 from agent.controllers import open_controller
 from agent.controllers.remote import ControllerProcess
 from agent.errors import DependencyError
@@ -104,11 +106,14 @@ def test_keys_go_to_the_game_window_only_whatever_the_focus_does(
 
 
 def test_it_lets_go_when_the_drive_stops_sending(
-    x_display: str, two_windows: tuple[WindowProgram, WindowProgram]
+    x_display: str,
+    two_windows: tuple[WindowProgram, WindowProgram],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     game, _ = two_windows
     w = keycode(x_display, "w")
     game.focus()
+    caplog.set_level(logging.INFO)
     controller = open_controller(ControllerConfig(backend="keyboard", hold=0.5), 0, Target(game.id))
     try:
         controller.set(FULL_THROTTLE_RIGHT)
@@ -117,15 +122,54 @@ def test_it_lets_go_when_the_drive_stops_sending(
         released_at, _, _ = wait_for_event(game, "release", w, timeout=3.0)
         assert 0.4 <= released_at - sent <= 0.5 + 0.5
         wait_until(lambda: controller.releases == 1, 2.0, "the release to be reported")
+        # The controller process's log lines are this process's log lines.
+        assert "keyboard controller: no new command for 0.5 s" in caplog.text
         controller.set(FULL_THROTTLE_RIGHT)  # a new command drives again
         wait_until(lambda: sum(e[1:] == ("press", w) for e in game.events) == 2, 2.0, "a new press")
     finally:
+        controller.close()
+    assert controller.error is None  # a close is not a loss
+
+
+def test_the_configured_keys_are_the_ones_pressed(
+    x_display: str, two_windows: tuple[WindowProgram, WindowProgram]
+) -> None:
+    game, _ = two_windows
+    game.focus()
+    keys = KeyboardConfig(accelerate="i", brake="k", left="j", right="l")
+    config = ControllerConfig(backend="keyboard", hold=5.0, keyboard=keys)
+    controller = open_controller(config, 0, Target(game.id))
+    try:
+        controller.set(ControllerState(steering=-1.0, accelerate=1.0))
+        wait_for_event(game, "press", keycode(x_display, "i"))
+        wait_for_event(game, "press", keycode(x_display, "j"))
+    finally:
+        controller.close()
+    assert {code for _, _, code in game.events} == {keycode(x_display, k) for k in "ij"}
+
+
+def test_a_frozen_controller_process_never_stalls_the_drive(x_display: str) -> None:
+    """The controller process stops reading (SIGSTOP): the drive's commands are dropped and
+    counted, never waited for, so the drive loop goes on."""
+    controller = open_controller(ControllerConfig(backend="keyboard"), 0, Target(0))
+    try:
+        os.kill(controller.pid, signal.SIGSTOP)
+        sending = threading.Thread(
+            target=lambda: [controller.set(FULL_THROTTLE_RIGHT) for _ in range(20_000)],
+            daemon=True,
+        )
+        sending.start()
+        sending.join(30)
+        assert not sending.is_alive(), "set() blocked on a controller process that stopped"
+        assert isinstance(controller, ControllerProcess) and controller.dropped > 0
+    finally:
+        os.kill(controller.pid, signal.SIGCONT)
         controller.close()
 
 
 DRIVE_THAT_DIES = """
 import sys, time
-from agent.config import ControllerConfig
+from agent.config import ControllerConfig, KeyboardConfig
 from agent.controllers import open_controller
 from agent.types import ControllerState
 
@@ -274,7 +318,7 @@ def test_a_virtual_xbox_pad_in_its_process_lets_go_when_the_drive_is_killed(
 
 PAD_DRIVE_THAT_DIES = """
 import time
-from agent.config import ControllerConfig
+from agent.config import ControllerConfig, KeyboardConfig
 from agent.controllers import open_controller
 from agent.types import ControllerState
 
@@ -300,7 +344,9 @@ def test_a_controller_process_that_dies_stops_the_drive_with_one_line(tmp_path: 
         controller.set(ControllerState(steering=0.5))
         os.kill(controller.pid, signal.SIGKILL)
         wait_until(lambda: controller.error is not None, 5.0, "the loss to be noticed")
-        with pytest.raises(Exception, match="vjoy controller process ended unexpectedly"):
+        with pytest.raises(
+            Exception, match=r"vjoy controller process ended unexpectedly \(exit status -9\)"
+        ):
             controller.set(NEUTRAL)
     finally:
         controller.close()

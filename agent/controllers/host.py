@@ -184,17 +184,27 @@ class _Stop(Exception):
     """A termination signal: release everything and exit."""
 
 
+_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGTERM", "SIGHUP", "SIGINT") if hasattr(signal, name)
+)
+
+
 def _on_signal(signum: int, _frame: Any) -> None:
     raise _Stop(signal.Signals(signum).name)
 
 
-def serve(stdin: BinaryIO, stdout: BinaryIO) -> int:
-    """Run the controller the first line asks for until the drive closes it or goes away."""
-    outbox = Outbox(stdout)
+def main() -> int:
+    """The controller process: stdin and stdout are its pipes to the drive."""
+    outbox = Outbox(sys.stdout.buffer)
     logging.basicConfig(level=logging.INFO, handlers=[OutboxLogHandler(outbox)], force=True)
-    for name in ("SIGTERM", "SIGHUP", "SIGINT"):
-        if hasattr(signal, name):
-            signal.signal(getattr(signal, name), _on_signal)
+    for number in _SIGNALS:
+        signal.signal(number, _on_signal)
+    return serve(sys.stdin.buffer, outbox)
+
+
+def serve(stdin: BinaryIO, outbox: Outbox) -> int:
+    """Run the controller the first line asks for until the drive closes it or goes away;
+    what it has to say goes to `outbox`, which it closes."""
     controller: Controller | None = None
     done = threading.Event()
     try:
@@ -216,9 +226,9 @@ def serve(stdin: BinaryIO, stdout: BinaryIO) -> int:
     except _Stop:
         pass
     finally:
-        for name in ("SIGTERM", "SIGHUP", "SIGINT"):  # let nothing interrupt the release
-            if hasattr(signal, name):
-                signal.signal(getattr(signal, name), signal.SIG_IGN)
+        if threading.current_thread() is threading.main_thread():
+            for number in _SIGNALS:  # let nothing interrupt the release
+                signal.signal(number, signal.SIG_IGN)
         done.set()
         if controller is not None:
             controller.close()
@@ -228,4 +238,4 @@ def serve(stdin: BinaryIO, stdout: BinaryIO) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(serve(sys.stdin.buffer, sys.stdout.buffer))
+    sys.exit(main())
