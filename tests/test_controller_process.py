@@ -29,7 +29,7 @@ from agent.errors import DependencyError
 from agent.types import NEUTRAL, ControllerState
 from tests.conftest import REPO
 from tests.drives import running, wait_until
-from tests.xvfb import WindowProgram
+from tests.xvfb import WindowProgram, keycode
 
 FULL_THROTTLE_RIGHT = ControllerState(steering=1.0, accelerate=1.0)
 
@@ -50,17 +50,6 @@ def two_windows(x_display: str) -> Iterator[tuple[WindowProgram, WindowProgram]]
     yield game, other
     other.close()
     game.close()
-
-
-def keycode(display: str, name: str) -> int:
-    from Xlib import XK
-    from Xlib.display import Display
-
-    connection = Display(display)
-    try:
-        return connection.keysym_to_keycode(XK.string_to_keysym(name))
-    finally:
-        connection.close()
 
 
 def wait_for_event(

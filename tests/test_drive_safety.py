@@ -31,7 +31,14 @@ from tests.drives import (
     wait_until,
     without_display,
 )
-from tests.xvfb import WindowProgram, display_env, focus_window, program_named, wait_for_window
+from tests.xvfb import (
+    WindowProgram,
+    display_env,
+    focus_window,
+    keycode,
+    program_named,
+    wait_for_window,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore:builtin type [Ss]wig:DeprecationWarning")
 
@@ -273,17 +280,6 @@ def test_keyboard_with_a_region_needs_the_games_window_for_focus(
 
 
 # --- keys only to the game, under every title rule, and let go by a frozen Charles -----------
-
-
-def keycode(display: str, name: str) -> int:
-    from Xlib import XK
-    from Xlib.display import Display
-
-    connection = Display(display)
-    try:
-        return connection.keysym_to_keycode(XK.string_to_keysym(name))
-    finally:
-        connection.close()
 
 
 def wait_for_key(window: WindowProgram, kind: str, code: int, timeout: float = 60.0) -> float:

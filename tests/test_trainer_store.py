@@ -4,6 +4,7 @@ publishes, stores it cannot publish into, damaged newest versions (issue 17, ite
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import select
@@ -18,6 +19,7 @@ import numpy as np
 import pytest
 
 import agent.store
+from agent.config import Config
 from agent.errors import CharlesError, ModelError
 from agent.learn.trainer import Trainer, run_train
 from agent.signals import Stop
@@ -30,6 +32,12 @@ from tests.test_trainer import _default_strategy, small_config, write_shards
 
 LINE = "pilotnet_small"
 ENV = {"TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+def config_storing_in(tmp_path: Path, store: Path) -> Config:
+    """The small trainer config of tests/test_trainer.py, publishing into `store`."""
+    config = small_config(tmp_path)
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, store=str(store)))
 
 
 def config_file(tmp_path: Path, store: Path | str = "models", **train: object) -> Path:
@@ -226,9 +234,7 @@ def test_a_read_only_store_is_refused_before_training(tmp_path: Path) -> None:
         store = disk / "models"
         publish(constant_driver(0.2, 0.2), store, LINE, batches=10)
         _remount_read_only(disk)
-        config = small_config(tmp_path)
-        config = type(config)(model=type(config.model)(store=str(store)), data=config.data,
-                              train=config.train)  # fmt: skip
+        config = config_storing_in(tmp_path, store)
         with pytest.raises(ModelError) as caught:
             Trainer(config, _default_strategy(), Stop())
         message = str(caught.value)
@@ -242,9 +248,7 @@ def test_a_full_store_is_refused_before_training(tmp_path: Path) -> None:
         store = disk / "models"
         publish(constant_driver(0.2, 0.2), store, LINE, batches=10)
         fill(disk, leave_bytes=200_000)
-        config = small_config(tmp_path)
-        config = type(config)(model=type(config.model)(store=str(store)), data=config.data,
-                              train=config.train)  # fmt: skip
+        config = config_storing_in(tmp_path, store)
         with pytest.raises(ModelError) as caught:
             Trainer(config, _default_strategy(), Stop())
         message = str(caught.value)

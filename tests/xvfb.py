@@ -108,6 +108,18 @@ def focus_window(display: str, window_id: int) -> None:
         connection.close()
 
 
+def keycode(display: str, name: str) -> int:
+    """The keycode of the key with X keysym name `name` ("w", "Up") on `display`."""
+    from Xlib import XK
+    from Xlib import display as xdisplay
+
+    connection = xdisplay.Display(display)
+    try:
+        return connection.keysym_to_keycode(XK.string_to_keysym(name))
+    finally:
+        connection.close()
+
+
 def key_down(display: str, key: str) -> None:
     """Press `key` (an X keysym name: "Up", "s", "F10", "Escape") and leave it down."""
     _fake_key(display, key, down=True)
