@@ -85,7 +85,12 @@ class ControllerProcess(Controller):
             "keyboard": asdict(config.keyboard),
         }
         self._send(settings)
-        if not self._ready.wait(START_TIMEOUT) or self._start_error is not None:
+        try:
+            started = self._ready.wait(START_TIMEOUT)
+        except BaseException:  # a stop signal while it starts: it must not outlive this
+            self._stop_process()
+            raise
+        if not started or self._start_error is not None:
             self._stop_process()
             raise self._start_error or ControllerProcessError(
                 f"the {config.backend} controller process did not start in {START_TIMEOUT:.0f} s"
