@@ -23,6 +23,7 @@ from agent.controllers.host import FocusTarget, Outbox, apply, build_backend, se
 from agent.controllers.xkeys import WindowKeySender, keysym_of
 from agent.errors import ConfigError
 from agent.types import NEUTRAL, ControllerState
+from tests.xvfb import keycode
 
 X_AXIS = 0x30
 
@@ -175,6 +176,32 @@ class Recorder:
     def aim(self, handle: int) -> None:
         self.done.append(("aim", handle))
         self.handle = handle
+
+
+def test_the_keyboard_is_served_with_its_keys_and_presses_only_in_the_named_window(
+    x_display: str,
+) -> None:
+    game, other = EventWindow(x_display), EventWindow(x_display)
+    served = Served()
+    try:
+        keys = {"accelerate": "i", "brake": "k", "left": "j", "right": "l", "pulse_period": 0.1}
+        served.send({"backend": "keyboard", "hold": 60.0, "vjoy_device": 1, "keyboard": keys})
+        served.out.wait_for("ready")
+        served.send({"set": [1.0, 1.0, 0.0], "tag": 0})
+        assert game.events(0.3) == [] and other.events(0.05) == []  # no window named yet
+        game.window.set_input_focus(0, 0)  # X.RevertToNone, CurrentTime
+        game.connection.sync()
+        served.send({"window": game.id})
+        served.send({"set": [1.0, 1.0, 0.0], "tag": 0})
+        i, l_key = (keycode(x_display, name) for name in "il")
+        assert sorted(game.events(0.3)) == [("press", i), ("press", l_key)]
+        served.send({"neutral": 1})
+        assert sorted(game.events(0.3)) == [("release", i), ("release", l_key)]
+        assert other.events(0.05) == []
+    finally:
+        served.hang_up()
+        game.close()
+        other.close()
 
 
 def test_a_new_game_window_is_aimed_at_only_after_letting_go() -> None:

@@ -89,6 +89,10 @@ def test_keys_go_to_the_game_window_only_whatever_the_focus_does(
         wait_for_event(game, "release", d)
         time.sleep(0.2)
         assert other.events == [], "a key event reached another program's window"
+        game.focus()  # back to the game, then neutral() lets go at once (the hold is 5 s)
+        wait_until(lambda: sum(e[1:] == ("press", w) for e in game.events) == 2, 5, "W again")
+        controller.neutral()
+        wait_until(lambda: sum(e[1:] == ("release", w) for e in game.events) == 2, 1, "release")
     finally:
         controller.close()
     assert controller.releases == 0
