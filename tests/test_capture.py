@@ -372,6 +372,61 @@ def test_fixed_region(painter: Painter) -> None:
         fixed_region(1800, 0, 200, 100)
 
 
+# --- which window a drive takes (agent.target) ----------------------------------------------
+
+
+def _config(**game: object) -> Any:
+    from agent.config import Config, ControllerConfig, GameConfig
+
+    backend = game.pop("backend", "game")
+    return Config(game=GameConfig(**game), controller=ControllerConfig(backend=backend))
+
+
+@pytest.mark.filterwarnings("ignore:builtin type [Ss]wig:DeprecationWarning")
+def test_the_drive_takes_the_window_config_names_by_its_rules(x_display: str) -> None:
+    from agent.game.launcher import BundledGame
+    from agent.signals import Stop
+    from agent.target import acquire_window, is_bundled_game, window_query
+
+    loose = _config(title="Target Game", match="substring", process=THIS_PROGRAM)
+    assert window_query(loose) == WindowQuery("Target Game", "substring", THIS_PROGRAM)
+    assert is_bundled_game(_config()) and not is_bundled_game(_config(title="Target Game"))
+    assert not is_bundled_game(_config(region=(0, 0, 10, 10)))
+    with contextlib.ExitStack() as stack:
+        game = stack.enter_context(WindowProgram(x_display, "Target Game", (40, 30, 200, 100)))
+        stack.enter_context(WindowProgram(x_display, "Target Game - notes", (0, 0, 900, 700)))
+        exact = acquire_window(_config(title="Target Game"), None, Stop())
+        assert exact.handle == game.id and exact.region() == Region(40, 30, 200, 100)
+        with pytest.raises(WindowError, match=r"not to game\.process 'GTA5\.exe'"):
+            acquire_window(_config(title="Target", match="substring", process="GTA5.exe"),
+                           None, Stop())  # fmt: skip
+
+        # A region: the keyboard's focus window by the same rules; other backends need none.
+        region = acquire_window(
+            _config(title="Target Game", region=(0, 0, 64, 48), backend="keyboard"), None, Stop()
+        )
+        assert region.region() == Region(0, 0, 64, 48) and region.handle == game.id
+        plain = acquire_window(_config(title="Nothing", region=(0, 0, 64, 48)), None, Stop())
+        assert plain.handle == 0 and not plain.has_focus()
+        with pytest.raises(WindowError, match="keyboard backend still needs the game's window"):
+            acquire_window(
+                _config(title="Target", region=(0, 0, 64, 48), backend="keyboard"), None, Stop()
+            )
+
+        # The bundled game: the window its own process made, never a lookalike's.
+        bundled = stack.enter_context(
+            WindowProgram(x_display, "Charles CarRacing", (300, 300, 160, 90))
+        )
+        stack.enter_context(
+            WindowProgram(
+                x_display, "Charles CarRacing", (0, 0, 1200, 900), claimed_pid=bundled.pid
+            )
+        )
+        started = BundledGame(port=0, process=bundled.process)  # type: ignore[arg-type]
+        found = acquire_window(_config(), started, Stop())
+        assert found.handle == bundled.id and found.region() == Region(300, 300, 160, 90)
+
+
 # --- pure parts shared by the X11 and Windows backends ----------------------------------------
 
 
