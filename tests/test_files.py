@@ -1,0 +1,97 @@
+"""The file rules every part of Charles uses (agent/files.py), on real files, links and FIFOs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from agent.files import (
+    FileRefused,
+    create_first_free,
+    free_names,
+    numbered,
+    read_regular_file,
+    write_atomically,
+)
+
+MiB = 1 << 20
+
+
+def test_a_regular_file_is_read_whole_up_to_its_limit(tmp_path: Path) -> None:
+    path = tmp_path / "list.txt"
+    data = bytes(range(256)) * (3 * MiB // 256 + 7)  # several read chunks, not a round size
+    path.write_bytes(data)
+    assert read_regular_file(path, len(data)) == data  # exactly at the limit
+    with pytest.raises(FileRefused, match=f"it is {len(data)} bytes, more than the"):
+        read_regular_file(path, len(data) - 1)
+    assert read_regular_file(tmp_path / "list.txt", 4 * MiB) == data
+
+
+def test_links_fifos_folders_and_missing_files_are_refused_without_waiting(
+    tmp_path: Path,
+) -> None:
+    target = tmp_path / "target.txt"
+    target.write_bytes(b"secret")
+    (tmp_path / "link").symlink_to(target)
+    (tmp_path / "to-zero").symlink_to("/dev/zero")
+    os.mkfifo(tmp_path / "fifo")  # nobody writes it: opening it to read would block
+    (tmp_path / "folder").mkdir()
+    cases = {
+        "link": "symbolic link",
+        "to-zero": "symbolic link",
+        "fifo": "not a regular file",
+        "folder": "not a regular file",
+        "missing": "does not exist",
+    }
+    for name, reason in cases.items():
+        with pytest.raises(FileRefused, match=reason):
+            read_regular_file(tmp_path / name, MiB)
+    with pytest.raises(FileRefused, match="not a regular file"):
+        read_regular_file(Path("/dev/zero"), MiB)
+
+
+def test_writing_replaces_a_link_or_file_and_never_writes_through(tmp_path: Path) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"precious")
+    folder = tmp_path / "state" / "line"  # made with its parents
+    path = folder / "loaded-shards.txt"
+    folder.mkdir(parents=True)
+    path.symlink_to(victim)
+    write_atomically(path, lambda stream: stream.write(b"new\n"))
+    assert not path.is_symlink() and path.read_bytes() == b"new\n"
+    assert victim.read_bytes() == b"precious"
+    write_atomically(path, lambda stream: stream.write(b"newer\n"))
+    assert path.read_bytes() == b"newer\n"
+    write_atomically(tmp_path / "fresh" / "a.bin", lambda stream: stream.write(b"x"))
+    assert (tmp_path / "fresh" / "a.bin").read_bytes() == b"x"
+
+    def fails(stream: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        write_atomically(path, fails)
+    assert path.read_bytes() == b"newer\n"  # the old file stays whole
+    assert sorted(p.name for p in folder.iterdir()) == ["loaded-shards.txt"]  # no temporary
+
+
+def test_new_files_take_the_first_free_name_and_never_a_link(tmp_path: Path) -> None:
+    out = tmp_path / "movies" / "out.mp4"
+    assert numbered(out, 1) == out and numbered(out, 3) == out.with_name("out-3.mp4")
+    assert [p.name for p in list(free_names(out, first=2))[:2]] == ["out-2.mp4", "out-3.mp4"]
+    path, fd = create_first_free(free_names(out), 0o600)  # the folder is made
+    os.close(fd)
+    assert path == out and (out.stat().st_mode & 0o777) == 0o600 & ~_umask()
+    (tmp_path / "movies" / "out-2.mp4").symlink_to(tmp_path / "nowhere")  # dangling
+    path, fd = create_first_free(free_names(out))
+    os.close(fd)
+    assert path.name == "out-3.mp4" and not (tmp_path / "nowhere").exists()
+    with pytest.raises(FileExistsError, match=r"every name up to .*out-3\.mp4 is taken"):
+        create_first_free([out, out.with_name("out-2.mp4"), out.with_name("out-3.mp4")])
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
