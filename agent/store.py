@@ -43,7 +43,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, Generic, TypeVar
 
 import numpy as np
 
@@ -313,8 +313,35 @@ def _link_error(path: Path, what: str) -> ModelError:
 
 _FileKey = tuple[str, int, int, int, int]
 """(path, device, inode, size, mtime_ns): changes whenever the file could have changed."""
-_hash_cache: OrderedDict[_FileKey, str] = OrderedDict()
-_hash_lock = threading.Lock()
+
+
+_Verdict = TypeVar("_Verdict")
+
+
+class _FileVerdicts(Generic[_Verdict]):
+    """What reading a file found, by file identity, for the most recent few files.
+
+    Shared by the drive's threads (swap loader, start), hence the lock; bounded so a store
+    that keeps changing never grows it.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._verdicts: OrderedDict[_FileKey, _Verdict] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: _FileKey) -> _Verdict | None:
+        with self._lock:
+            return self._verdicts.get(key)
+
+    def put(self, key: _FileKey, verdict: _Verdict) -> None:
+        with self._lock:
+            self._verdicts[key] = verdict
+            while len(self._verdicts) > self._size:
+                self._verdicts.popitem(last=False)
+
+
+_hash_cache: _FileVerdicts[str] = _FileVerdicts(_HASH_CACHE_SIZE)
 
 
 def _file_key(path: Path, info: os.stat_result) -> _FileKey:
@@ -347,14 +374,10 @@ def verify_weights(checkpoint: Checkpoint, parameters: int | None = None) -> _Fi
                 f"{needs}; delete the folder"
             )
         key = _file_key(path, info)
-        with _hash_lock:
-            sha = _hash_cache.get(key)
+        sha = _hash_cache.get(key)
         if sha is None:
             sha = _hash_stream(stream)
-            with _hash_lock:
-                _hash_cache[key] = sha
-                while len(_hash_cache) > _HASH_CACHE_SIZE:
-                    _hash_cache.popitem(last=False)
+            _hash_cache.put(key, sha)
     if sha != manifest.weights_sha256:
         raise ModelError(
             f"{what}: {WEIGHTS_FILE} does not match its manifest's SHA-256 (truncated or "
@@ -370,7 +393,7 @@ def _current_key(path: Path) -> _FileKey | None:
         return None
 
 
-_content_cache: OrderedDict[_FileKey, list[Shape] | str] = OrderedDict()
+_content_cache: _FileVerdicts[list[Shape] | str] = _FileVerdicts(_HASH_CACHE_SIZE)
 """A weights file's array shapes (readable, self-contained, all finite), or why it is not."""
 
 
@@ -385,17 +408,13 @@ def verify_contents(checkpoint: Checkpoint) -> list[Shape]:
     what = f"checkpoint {checkpoint.folder}"
     with open_regular(path, what, missing="republish it or delete the folder") as (stream, info):
         key = _file_key(path, info)
-        with _hash_lock:
-            verdict = _content_cache.get(key)
+        verdict = _content_cache.get(key)
         if verdict is None:
             try:
                 verdict = finite_array_shapes(stream, f"{what}: {WEIGHTS_FILE}")
             except ModelError as error:
                 verdict = str(error)
-            with _hash_lock:
-                _content_cache[key] = verdict
-                while len(_content_cache) > _HASH_CACHE_SIZE:
-                    _content_cache.popitem(last=False)
+            _content_cache.put(key, verdict)
     if isinstance(verdict, str):
         raise ModelError(verdict)
     return verdict

@@ -49,6 +49,18 @@ def take(swap: HotSwap, driving: Predictor, now: float) -> Predictor | None:
     return None if predictor is driving else predictor
 
 
+def poll_until_taken(swap: HotSwap, polls: int) -> Predictor | None:
+    """Poll the store up to `polls` times, as the loader thread would, until a swap happens;
+    the model swapped in, or None."""
+    driving = predictor(0.3, 0.0, "driving")
+    for _ in range(polls):
+        swap._poll_once()
+        taken = take(swap, driving, 1.0)
+        if taken is not None:
+            return taken
+    return None
+
+
 def outputs(p: Predictor) -> tuple[float, float]:
     prediction = p.predict(FRAME)
     return round(prediction.throttle, 4), round(prediction.steering, 4)
@@ -83,13 +95,7 @@ def test_each_bad_checkpoint_is_refused_once_and_the_older_good_one_still_swaps_
     lambda_keras_file(good / "model.keras", marker)  # beside good weights: never opened
     kinds = write_every_bad_kind(tmp_path, 2, tmp_path / "scratch", marker)
     swap = hot_swap(tmp_path)
-    driving = predictor(0.3, 0.0, "driving")
-    taken = None
-    for _ in range(len(kinds) + 3):
-        swap._poll_once()
-        taken = take(swap, driving, 1.0)
-        if taken is not None:
-            break
+    taken = poll_until_taken(swap, polls=len(kinds) + 3)
     refused = {r.version: r.reason for r in swap.record.rejections}
     assert sorted(refused) == sorted(kinds)
     for version, kind in kinds.items():
@@ -126,13 +132,7 @@ def test_newer_versions_whose_arrays_do_not_fit_are_refused_and_the_good_one_swa
             DAMAGE[damage](file)
         reseal(folder)
     swap = hot_swap(tmp_path)
-    driving = predictor(0.3, 0.0, "driving")
-    taken = None
-    for _ in range(len(kinds) + 3):
-        swap._poll_once()
-        taken = take(swap, driving, 1.0)
-        if taken is not None:
-            break
+    taken = poll_until_taken(swap, polls=len(kinds) + 3)
     refused = {r.version: r.reason for r in swap.record.rejections}
     assert sorted(refused) == sorted(kinds)
     assert "non-finite" in refused["v0002"]
