@@ -22,8 +22,8 @@ from agent.errors import CharlesError
 from agent.learn.shards import ShardWriter
 from agent.record.hud import Status
 from agent.record.makemovie import make_movie
-from agent.record.recorder import Recorder
-from agent.record.writer import VideoWriter
+from agent.record.recorder import Recorder, check_before_driving
+from agent.record.writer import RecordingError, VideoOutput, VideoWriter
 from agent.slot import Slot
 from agent.types import Frame, Region, Tick
 from tests.conftest import REPO, assert_one_line_error
@@ -385,3 +385,61 @@ def test_a_target_that_cannot_take_a_video_is_one_line_before_driving(
     line = assert_one_line_error(result, message)
     assert "record" in line.split(";")[1]  # the fix names the setting
     assert "driving" not in result.stderr
+
+
+def test_the_checks_before_driving_name_what_cannot_take_a_video(tmp_path: Path) -> None:
+    """The same rules as above in this process (mutation testing sees only this process): each
+    refusal names the setting and its fix; a folder that does not exist yet is fine when the
+    nearest one that does can be written, since the first recording makes it."""
+    folder = RecordConfig(folder=str(tmp_path / "new" / "deeper"))
+    check_before_driving(folder, None, from_the_start=True)  # made when recording starts
+    check_before_driving(folder, tmp_path / "new" / "out.mp4", from_the_start=True)
+    (tmp_path / "f").write_text("a file")
+    (tmp_path / "nowhere").symlink_to(tmp_path / "missing")
+    (tmp_path / "out.mp4").symlink_to(tmp_path / "elsewhere.mp4")
+    refused = {
+        "record.folder /dev/null is not a folder; set record.folder": (
+            RecordConfig(folder="/dev/null"), None),
+        f"record.folder {tmp_path / 'f' / 'sub'}: {tmp_path / 'f'} is not a folder": (
+            RecordConfig(folder=str(tmp_path / "f" / "sub")), None),
+        f"{tmp_path / 'nowhere'} is a symbolic link to nothing": (
+            RecordConfig(folder=str(tmp_path / "nowhere" / "sub")), None),
+        f"--record {tmp_path / 'f' / 'out.mp4'}: {tmp_path / 'f'} is not a folder; give --record": (
+            RecordConfig(), tmp_path / "f" / "out.mp4"),
+        "--record /dev/null is not a regular file": (RecordConfig(), Path("/dev/null")),
+        f"--record {tmp_path / 'out.mp4'} is a symbolic link": (
+            RecordConfig(), tmp_path / "out.mp4"),
+        "record.encoder is 'h264_nvenc' but it does not open on this machine": (
+            RecordConfig(folder=str(tmp_path), encoder="h264_nvenc"), None),
+    }  # fmt: skip
+    for message, (config, path) in refused.items():
+        with pytest.raises(RecordingError) as error:
+            check_before_driving(config, path, from_the_start=True)
+        assert message in str(error.value), (message, str(error.value))
+    # A recording that starts later (the hotkey) checks only the path the user named.
+    check_before_driving(RecordConfig(folder="/dev/null"), None, from_the_start=False)
+    with pytest.raises(RecordingError, match="symbolic link"):
+        check_before_driving(RecordConfig(), tmp_path / "out.mp4", from_the_start=False)
+
+
+def test_the_checks_before_driving_see_a_read_only_file_system() -> None:
+    with small_filesystem(1_000_000) as disk:
+        read_only_folder(disk)
+        for config, path in [(RecordConfig(folder=str(disk / "sub")), None),
+                             (RecordConfig(), disk / "out.mp4")]:  # fmt: skip
+            with pytest.raises(RecordingError, match="is on a read-only file system; "):
+                check_before_driving(config, path, from_the_start=True)
+
+
+def test_a_video_file_is_created_new_or_not_at_all(tmp_path: Path) -> None:
+    (tmp_path / "taken.mp4").write_bytes(b"an earlier recording")
+    (tmp_path / "dangling.mp4").symlink_to(tmp_path / "target.mp4")
+    for name in ("taken.mp4", "dangling.mp4"):
+        with pytest.raises(FileExistsError):
+            VideoOutput.create(tmp_path / name)
+    assert (tmp_path / "taken.mp4").read_bytes() == b"an earlier recording"
+    assert not (tmp_path / "target.mp4").exists()
+    output = VideoOutput.create(tmp_path / "new.mp4")
+    assert output.write(b"\x00\x00\x00\x08free") == 8
+    output.close()
+    assert (tmp_path / "new.mp4").read_bytes() == b"\x00\x00\x00\x08free"

@@ -96,10 +96,12 @@ def check_recording_path(path: Path) -> None:
     refuse_link_or_special(path, "--record")
 
 
-def check_folder(folder: Path, shown: str, fix: str) -> None:
+def check_folder(folder: Path, shown: str, fix: str, named: Path) -> None:
     """Refuse a folder no video can be created in: not a folder (a file, /dev/null), or one
     this user cannot write (permissions, a read-only file system). A missing folder is made
-    when the first recording starts, so the nearest folder that exists must be writable."""
+    when the first recording starts, so the nearest folder that exists must be writable.
+    `shown` names the setting and its value `named`; the line names the culprit too when it
+    is another path (a parent folder)."""
     existing = folder
     while not existing.exists():
         if existing.is_symlink():
@@ -108,10 +110,10 @@ def check_folder(folder: Path, shown: str, fix: str) -> None:
             break
         existing = existing.parent
     if not existing.is_dir():
-        where = shown if existing == folder else f"{shown}: {existing}"
+        where = shown if existing == named else f"{shown}: {existing}"
         raise RecordingError(f"{where} is not a folder; {fix}")
     if not os.access(existing, os.W_OK | os.X_OK):
-        where = shown if existing == folder else f"{shown}: {existing}"
+        where = shown if existing == named else f"{shown}: {existing}"
         why = "is on a read-only file system" if _read_only(existing) else "is not writable"
         raise RecordingError(f"{where} {why}; {fix}")
 
@@ -130,12 +132,12 @@ def check_before_driving(config: RecordConfig, path: Path | None, from_the_start
     if not from_the_start:
         return
     if path is None:
-        folder = Path(config.folder)
-        shown, fix = f"record.folder {folder}", "set record.folder to a folder this user can write"
+        named = Path(config.folder)
+        shown, fix = f"record.folder {named}", "set record.folder to a folder this user can write"
     else:
-        folder = path if path.is_dir() else path.parent
+        named = path
         shown, fix = f"--record {path}", "give --record a path in a folder this user can write"
-    check_folder(folder, shown, fix)
+    check_folder(named if named.is_dir() or path is None else named.parent, shown, fix, named)
     require_av()
     if config.encoder != "auto" and not encoder_opens(config.encoder):
         raise RecordingError(
