@@ -20,8 +20,8 @@ import time
 from agent.capture import GameWindow, WindowError, WindowQuery, find_window, fixed_region
 from agent.capture.window import Owner
 from agent.config import Config
-from agent.game.host import WINDOW_TITLE as BUNDLED_GAME_TITLE
 from agent.game.launcher import BundledGame, GameStartError
+from agent.game.options import WINDOW_TITLE as BUNDLED_GAME_TITLE
 from agent.signals import Stop
 
 log = logging.getLogger(__name__)

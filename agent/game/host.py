@@ -28,7 +28,7 @@ from agent.game.autopilot import Autopilot
 from agent.game.camera import draw_view
 from agent.game.channel import FrameRecord, GamepadReceiver
 from agent.game.inputs import choose_input, keyboard_state
-from agent.game.options import GameError, GameOptions
+from agent.game.options import WINDOW_TITLE, GameError, GameOptions
 from agent.game.sim import PHYSICS_HZ, HostedCarRacing, view_rect
 from agent.game.stamp import draw_stamp
 from agent.game.telemetry import TelemetryRecord, TelemetryWriter
@@ -39,7 +39,6 @@ from agent.types import NEUTRAL, ControllerState
 
 log = logging.getLogger(__name__)
 
-WINDOW_TITLE = "Charles CarRacing"
 TELEMETRY_HZ = 10.0
 STDIN = 0
 ASPECT = 16 / 9

@@ -10,6 +10,9 @@ from pathlib import Path
 from agent.errors import CharlesError
 from agent.game.channel import DEFAULT_PORT
 
+WINDOW_TITLE = "Charles CarRacing"
+"""The bundled game's window title; here, not in host.py, so that finding a window never
+imports pygame or Gymnasium."""
 MAX_SIDE = 7680
 """Largest window side in pixels (the same bound as config.toml's capture.size)."""
 MAX_SEED = 2**31 - 1

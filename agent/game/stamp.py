@@ -7,8 +7,12 @@ pairing` reads it back from captured frames.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import pygame
+
+if TYPE_CHECKING:  # the reader runs in the drive, which never imports pygame
+    import pygame
 
 BITS = 16
 CELL = 8
@@ -17,7 +21,7 @@ CELL = 8
 def draw_stamp(surface: pygame.Surface, number: int) -> None:
     for bit in range(BITS):
         colour = (255, 255, 255) if number >> bit & 1 else (0, 0, 0)
-        surface.fill(colour, pygame.Rect(bit * CELL, 0, CELL, CELL))
+        surface.fill(colour, (bit * CELL, 0, CELL, CELL))
 
 
 def read_stamp(image: np.ndarray) -> int:
