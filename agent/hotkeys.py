@@ -37,21 +37,7 @@ class Hotkeys:
         self.error: BaseException | None = None
 
     def start(self) -> None:
-        from pynput import keyboard
-
-        hotkeys = self
-
-        class Listener(keyboard.Listener):  # type: ignore[misc, valid-type]
-            def run(self) -> None:
-                try:
-                    super().run()
-                except Exception as error:  # kept for the drive loop, not printed by threading
-                    hotkeys._listener_died(error)
-
-        self._listener = Listener(on_press=self._on_press)
-        self._listener.daemon = True
-        self._listener.start()
-        self._listener.wait()
+        self._listener = start_key_listener(self._on_press, None, self._listener_died)
 
     def _listener_died(self, error: Exception) -> None:
         self.error = explain_display_loss(error)
@@ -69,20 +55,47 @@ class Hotkeys:
 
     def stop(self) -> None:
         if self._listener is not None:
-            try:
-                self._listener.stop()
-            except Exception as error:
-                # With the X server gone the listener cannot be told anything, and it is dead
-                # already; this must not hide the error that ended the session.
-                explained = explain_display_loss(error)
-                if not isinstance(explained, CharlesError):
-                    raise
-                log.debug("hotkey listener could not be stopped: %s", explained)
-            _unblock_x11_listener(self._listener)
-            # Wait for its thread: it holds X connections that must close before the display
-            # (possibly our own Xvfb) goes away.
-            self._listener.join(timeout=2.0)
+            stop_key_listener(self._listener)
             self._listener = None
+
+
+def start_key_listener(
+    on_press: Callable[[Any], None],
+    on_release: Callable[[Any], None] | None,
+    on_death: Callable[[Exception], None],
+) -> Any:
+    """A pynput keyboard listener, started and ready. Its thread's death (the X server went
+    away) goes to `on_death` instead of threading's excepthook, which would print it."""
+    from pynput import keyboard
+
+    class Listener(keyboard.Listener):  # type: ignore[misc, valid-type]
+        def run(self) -> None:
+            try:
+                super().run()
+            except Exception as error:
+                on_death(error)
+
+    listener = Listener(on_press=on_press, on_release=on_release)
+    listener.daemon = True
+    listener.start()
+    listener.wait()
+    return listener
+
+
+def stop_key_listener(listener: Any) -> None:
+    """Stop a listener from `start_key_listener` and wait for its thread: it holds X
+    connections that must close before the display (possibly our own Xvfb) goes away."""
+    try:
+        listener.stop()
+    except Exception as error:
+        # With the X server gone the listener cannot be told anything, and it is dead
+        # already; this must not hide the error that ended the session.
+        explained = explain_display_loss(error)
+        if not isinstance(explained, CharlesError):
+            raise
+        log.debug("key listener could not be stopped: %s", explained)
+    _unblock_x11_listener(listener)
+    listener.join(timeout=2.0)
 
 
 def _unblock_x11_listener(listener: Any) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -260,8 +261,7 @@ def test_key_labels_follow_the_driving_keys_only_while_the_game_has_focus(
 ) -> None:
     focused = [True]
     keys = KeyboardConfig()
-    with KeyLabels(keys, lambda: focused[0]) as labels:
-        time.sleep(0.3)  # the listener starts
+    with KeyLabels(keys, lambda: focused[0]) as labels:  # returns once it listens
         key_down(x_display, "w")
         key_down(x_display, "a")
         deadline = time.monotonic() + 3
@@ -277,6 +277,26 @@ def test_key_labels_follow_the_driving_keys_only_while_the_game_has_focus(
         while labels.state() != ControllerState() and time.monotonic() < deadline:
             time.sleep(0.02)
         assert labels.state() == ControllerState()
+
+
+def test_key_labels_go_quiet_when_the_x_server_goes_away(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No traceback from the listener's thread, no label from then on, one log line."""
+    from agent.display import xvfb
+
+    unhandled: list[threading.ExceptHookArgs] = []
+    monkeypatch.setattr(threading, "excepthook", unhandled.append)
+    with xvfb(320, 240) as display:
+        monkeypatch.setenv("DISPLAY", display)
+        labels = KeyLabels(KeyboardConfig(), lambda: True)
+        assert labels.state() == ControllerState()
+    labels._listener.join(timeout=10)
+    assert not labels._listener.is_alive()
+    assert unhandled == []
+    assert labels.state() is None
+    assert "the driving keys can no longer be followed" in caplog.text
+    labels.stop()  # with the server gone: nothing to tell, and no error
 
 
 def test_frame_records_with_impossible_values_are_dropped_or_cleaned() -> None:

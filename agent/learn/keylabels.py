@@ -8,21 +8,24 @@ becomes a label.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from typing import Any
 
+from agent.capture.screen import explain_display_loss
 from agent.config import KeyboardConfig
-from agent.hotkeys import key_name
+from agent.errors import log_failure
+from agent.hotkeys import key_name, start_key_listener, stop_key_listener
 from agent.types import ControllerState
+
+log = logging.getLogger(__name__)
 
 
 class KeyLabels:
     """Which driving keys are held now."""
 
     def __init__(self, keys: KeyboardConfig, has_focus: Callable[[], bool]) -> None:
-        from pynput import keyboard
-
         self._names = {
             keys.accelerate.lower(): "accelerate",
             keys.brake.lower(): "brake",
@@ -32,14 +35,19 @@ class KeyLabels:
         self._held: set[str] = set()
         self._lock = threading.Lock()
         self._has_focus = has_focus
-        self._listener = keyboard.Listener(on_press=self._press, on_release=self._release)
-        self._listener.start()
+        self._listening = True
+        self._listener = start_key_listener(self._press, self._release, self._listener_died)
 
     def __enter__(self) -> KeyLabels:
         return self
 
     def __exit__(self, *_exc: object) -> None:
         self.stop()
+
+    def _listener_died(self, error: Exception) -> None:
+        # Which keys are held is unknown from now on: no frame gets a label.
+        self._listening = False
+        log_failure(log, "the driving keys can no longer be followed", explain_display_loss(error))
 
     def _press(self, key: Any) -> None:
         name = self._names.get(key_name(key) or "")
@@ -55,8 +63,8 @@ class KeyLabels:
 
     def state(self) -> ControllerState | None:
         """The held keys as controls; None while the game window lacks focus (the person is
-        not driving then, so the frame gets no label)."""
-        if not self._has_focus():
+        not driving then, so the frame gets no label), and once the listener died."""
+        if not self._listening or not self._has_focus():
             return None
         with self._lock:
             held = set(self._held)
@@ -67,5 +75,4 @@ class KeyLabels:
         )
 
     def stop(self) -> None:
-        self._listener.stop()
-        self._listener.join(timeout=2.0)
+        stop_key_listener(self._listener)

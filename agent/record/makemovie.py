@@ -274,7 +274,7 @@ def make_movie(
 
     predictor = Predictor.load(line.name, checkpoint_to_drive(config), config.model.pretrained)
     layout = layout_for(line.input_shape, scale)
-    encoder = getattr(config.record, "encoder", "auto")  # record.encoder is on its way
+    encoder = config.record.encoder
     output = _create(out)
     try:
         video = VideoFile(output, layout.width, layout.height, config.record.fps, encoder)
