@@ -1,13 +1,15 @@
 """The `charles` command: the only place that wires objects together.
 
-Every subcommand takes `--config PATH` (default ./config.toml) and `--set KEY=VALUE` to override
-one key; dedicated flags such as `--model` are shorthands for single keys. User mistakes end as
+Every subcommand takes `--config PATH` (default ./config.toml, else the built-in defaults) and
+`--set KEY=VALUE` to override one key; dedicated flags such as `--model` are shorthands for
+single keys. `charles config init` alone reads no config: it writes one. User mistakes end as
 one `charles: error: ...` line and a non-zero exit status, never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -51,6 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
     try:
+        if args.handler_without_config is not None:
+            return int(args.handler_without_config(args) or 0)
         config = load_config(args.config, *_overrides(args))
         return int(args.handler(args, config) or 0)
     except CharlesError as error:
@@ -89,8 +93,7 @@ def _build_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--config",
         type=Path,
-        default=DEFAULT_CONFIG_PATH,
-        help="config file (default: %(default)s)",
+        help=f"config file (default: ./{DEFAULT_CONFIG_PATH}, else the built-in defaults)",
     )
     common.add_argument(
         "--set", action="append", metavar="KEY=VALUE",
@@ -110,6 +113,8 @@ def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="charles", description="Charles: a live self-driving inference agent for games."
     )
+    # Set only by commands that read no config (config init).
+    parser.set_defaults(handler_without_config=None)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     drive = commands.add_parser(
@@ -192,9 +197,16 @@ def _build_parser() -> argparse.ArgumentParser:
     movie.add_argument("--data", metavar="FOLDER", help="data folder (data.folder)")
     makemovie.add_arguments(movie)
 
-    config_cmd = commands.add_parser("config", help="check and show the configuration")
+    config_cmd = commands.add_parser("config", help="check, show or write the configuration")
     config_sub = config_cmd.add_subparsers(dest="action", required=True, metavar="ACTION")
     _add(config_sub, "check", _config_check, [common], "validate the config and print it")
+    init_help = "write the commented default config to PATH (never over anything there)"
+    init = config_sub.add_parser("init", help=init_help, description=init_help)
+    init.set_defaults(handler_without_config=_config_init)
+    init.add_argument(
+        "path", nargs="?", type=Path, default=DEFAULT_CONFIG_PATH, metavar="PATH",
+        help=f"where to write it (default: ./{DEFAULT_CONFIG_PATH}, the file Charles reads)",
+    )  # fmt: skip
 
     model_cmd = commands.add_parser("model", help="inspect and benchmark model lines")
     model_sub = model_cmd.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -366,6 +378,40 @@ def _config_check(args: argparse.Namespace, config: Config) -> int:
         if isinstance(values, dict):
             for key, value in values.items():
                 print(f"  {section}.{key} = {value!r}")
+    return 0
+
+
+def _config_init(args: argparse.Namespace) -> int:
+    from agent.config import default_config_text
+    from agent.files import CREATE_FLAGS
+
+    path: Path = args.path
+    text = default_config_text()
+    try:
+        # Created new, in one step: a file, folder or link (even a dangling one) already at
+        # the name is refused, never written into or through.
+        fd = os.open(path, CREATE_FLAGS, 0o644)
+    except FileExistsError:
+        raise CharlesError(
+            f"{path} already exists; config init never replaces anything: edit that file, "
+            "move it away, or give config init another PATH"
+        ) from None
+    except OSError as error:
+        raise CharlesError(
+            f"cannot write {path}: {error.strerror or error}; give config init a PATH in a "
+            "folder that exists and that you may write to"
+        ) from None
+    try:
+        with os.fdopen(fd, "wb") as stream:
+            stream.write(text.encode("utf-8"))
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            path.unlink()  # ours, created above: no half config is left behind
+        raise CharlesError(f"cannot write {path}: {error.strerror or error}") from None
+    check = "charles config check"
+    if path != DEFAULT_CONFIG_PATH:
+        check += f" --config {path}"
+    print(f"wrote the default config to {path}; edit it, then check it with: {check}")
     return 0
 
 

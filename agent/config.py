@@ -1,5 +1,12 @@
 """config.toml -> frozen, validated dataclasses.
 
+Without a config.toml in the current folder (and no --config), the commented default config
+that ships inside the package (agent/default_config.toml) is loaded instead: it is also what
+`charles config init` writes and what the repository's config.toml is a copy of, so the
+defaults a new user runs with, the file they edit and the file the README describes are one
+text. Keys a config file leaves out take the dataclass defaults below, which tests hold to
+exactly that file's values.
+
 The dataclasses below are the schema: each field's type and `metadata` (range, choices, length)
 are what the loader checks. A mistake becomes one `ConfigError` line that names the file, the
 key, what was expected and what was found, e.g.
@@ -21,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import math
 import os
 import re
@@ -30,6 +38,7 @@ import typing
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +51,13 @@ else:  # pragma: no cover - Python 3.10 only
     import tomli as tomllib
 
 DEFAULT_CONFIG_PATH = Path("config.toml")
+"""Where a config is read from when no --config is given (the current folder)."""
+DEFAULT_CONFIG_RESOURCE = "default_config.toml"
+"""The commented default config, a file of the `agent` package."""
+BUILT_IN_SOURCE = "built-in defaults"
+"""`Config.source` (and the name in messages) when no config file was read."""
+
+log = logging.getLogger(__name__)
 
 # Key names pynput knows besides single characters (pynput.keyboard.Key members we allow).
 SPECIAL_KEYS = frozenset(
@@ -394,22 +410,32 @@ class _Invalid(Exception):
 
 
 def load_config(
-    path: Path | str = DEFAULT_CONFIG_PATH,
+    path: Path | str | None = None,
     overrides: Mapping[str, str] | None = None,
     origins: Mapping[str, str] | None = None,
 ) -> Config:
     """Read, override and validate a config file.
 
-    `overrides` maps dotted keys ("model.line") to TOML value text ("'x'", "3", or a bare word,
-    which is taken as a string). `origins` maps an overridden key to how the user gave it
-    ("--model", "--set capture.fps"); an error about an overridden key starts with that origin
-    instead of the file name (default "--set KEY"). Raises `ConfigError` with a one-line
-    message on any problem.
+    `path` None: ./config.toml when anything is at that name, else the built-in defaults
+    (`default_config_text()`), said in one INFO line; a `path` given that does not exist is an
+    error. `overrides` maps dotted keys ("model.line") to TOML value text ("'x'", "3", or a
+    bare word, which is taken as a string). `origins` maps an overridden key to how the user
+    gave it ("--model", "--set capture.fps"); an error about an overridden key starts with that
+    origin instead of the file name (default "--set KEY"). Raises `ConfigError` with a
+    one-line message on any problem.
     """
-    path = Path(path)
-    source = str(path)
+    if path is None and not _anything_at(DEFAULT_CONFIG_PATH):
+        log.info(
+            "no config file at %s: using the built-in defaults (`charles config init` writes "
+            "them there, commented, to edit)",
+            _absolute(DEFAULT_CONFIG_PATH),
+        )
+        source = BUILT_IN_SOURCE
+        table = _loads(default_config_text())
+    else:
+        source = str(DEFAULT_CONFIG_PATH if path is None else path)
+        table = _parse_file(Path(source), _clip(source, 200))
     shown = _clip(source, 200)
-    table = _parse_file(path, shown)
     overrides = overrides or {}
     try:
         for dotted, value_text in overrides.items():
@@ -420,6 +446,37 @@ def load_config(
         origin = _origin(problem.keys, overrides, origins or {}) or shown
         raise ConfigError(f"{origin}: {problem}") from None
     return dataclasses.replace(config, source=source)
+
+
+def default_config_text() -> str:
+    """The commented default config: every key with its default value and what it means.
+
+    What `charles config init` writes and what runs when there is no config file; read from
+    the installed package, so a wheel installed anywhere carries it.
+    """
+    return resources.files("agent").joinpath(DEFAULT_CONFIG_RESOURCE).read_text(encoding="utf-8")
+
+
+def _anything_at(path: Path) -> bool:
+    """Whether `path` names anything at all: a file, a folder, a link (even a dangling one).
+
+    Anything there is read (and refused, when it is no config file) rather than passed over
+    for the defaults.
+    """
+    try:
+        path.lstat()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        pass  # it cannot even be looked at: reading it says why
+    return True
+
+
+def _absolute(path: Path) -> Path:
+    try:
+        return path.absolute()
+    except OSError:  # the current folder was deleted
+        return path
 
 
 def parse_override(text: str) -> tuple[str, str]:
@@ -450,8 +507,8 @@ def _read_small_file(path: Path, shown: str) -> bytes:
         info = path.stat()
     except FileNotFoundError:
         raise ConfigError(
-            f"config file not found: {shown} (pass --config PATH, or copy config.toml "
-            "from the Charles repository)"
+            f"config file not found: {shown} (check the --config path, or write the "
+            f"commented default config there with: charles config init {shown})"
         ) from None
     except (OSError, ValueError) as error:  # ValueError: a NUL in the path
         raise ConfigError(f"cannot read config file {shown}: {_why(error)}") from None

@@ -3,17 +3,27 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import re
+import subprocess
 import sys
 import typing
 from pathlib import Path
 
 import pytest
 
-from agent.config import Config, load_config, parse_override
+from agent.cli import main
+from agent.config import (
+    BUILT_IN_SOURCE,
+    Config,
+    default_config_text,
+    load_config,
+    parse_override,
+)
 from agent.errors import ConfigError
 from tests.conftest import REPO, assert_one_line_error
+from tests.disks import fill, small_filesystem
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -97,7 +107,9 @@ def test_missing_file(tmp_path: Path, run_charles) -> None:
     missing = tmp_path / "nope.toml"
     result = run_charles("model", "list", "--config", str(missing))
     assert result.returncode == 2
-    assert_one_line_error(result, "config file not found", str(missing), "--config")
+    assert_one_line_error(
+        result, "config file not found", str(missing), "--config", "charles config init"
+    )
 
 
 def test_bad_override_from_the_command_line(tmp_path: Path, run_charles) -> None:
@@ -447,3 +459,156 @@ def test_a_substring_title_rule_needs_the_games_program(tmp_path: Path) -> None:
     loose = '[game]\nmatch = "substring"\nprocess = "GTA5.exe"\n'
     assert load_config(write(tmp_path, loose)).game.process == "GTA5.exe"
     assert "game.process" in error_of(tmp_path, '[game]\nprocess = "  "\n')
+
+
+# Without a config file: the built-in defaults, and `charles config init` to write them out.
+# The packaged agent/default_config.toml is the one text behind both, and the repository's
+# config.toml is a copy of it; the dataclass defaults (for keys a file leaves out) must parse
+# out of it exactly.
+
+
+def charles_here(capsys: pytest.CaptureFixture[str], *args: str) -> subprocess.CompletedProcess:
+    """`charles ARGS` run in this process (so mutation testing sees it), as a finished run."""
+    status = main(list(args))
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(["charles", *args], status, out, err)
+
+
+def test_the_repository_config_is_the_packaged_default() -> None:
+    assert (REPO / "config.toml").read_text(encoding="utf-8") == default_config_text()
+
+
+def test_without_a_config_file_the_built_in_defaults_serve(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level(logging.INFO, logger="agent.config"):
+        config = load_config()
+    assert config == Config()
+    assert config.source == BUILT_IN_SOURCE
+    assert [record.levelno for record in caplog.records] == [logging.INFO]
+    said = caplog.records[0].getMessage()
+    assert str(tmp_path / "config.toml") in said and "charles config init" in said
+    # Overrides apply to the defaults by the same rules, and name their flag when wrong.
+    assert load_config(None, {"capture.fps": "20"}).capture.fps == 20
+    with pytest.raises(ConfigError, match=r"^--set capture\.fps: capture\.fps must be between"):
+        load_config(None, {"capture.fps": "0"})
+
+
+def test_a_deleted_current_folder_gets_the_defaults_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    with caplog.at_level(logging.INFO, logger="agent.config"):
+        assert load_config() == Config()
+    assert "no config file at config.toml" in caplog.records[0].getMessage()
+
+
+def test_a_new_user_sees_the_defaults_and_one_info_line(tmp_path: Path, run_charles) -> None:
+    result = run_charles("config", "check", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"{BUILT_IN_SOURCE}: OK\n")
+    info = [line for line in result.stderr.splitlines() if line.startswith("INFO")]
+    assert len(info) == 1, result.stderr
+    assert str(tmp_path / "config.toml") in info[0] and "charles config init" in info[0]
+    committed = run_charles("config", "check", "--config", str(REPO / "config.toml"))
+    assert result.stdout.splitlines()[1:] == committed.stdout.splitlines()[1:]
+
+
+def test_anything_at_the_default_path_is_read_not_passed_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    default = tmp_path / "config.toml"
+    default.mkdir()
+    with pytest.raises(ConfigError, match=r"config file config\.toml is not a regular file"):
+        load_config()
+    default.rmdir()
+    default.symlink_to(tmp_path / "nowhere.toml")
+    with pytest.raises(ConfigError, match=r"config file not found: config\.toml"):
+        load_config()
+    default.unlink()
+    default.write_text("[capture]\nfps = 12\n", encoding="utf-8")
+    config = load_config()
+    assert config.capture.fps == 12 and config.source == "config.toml"
+
+
+def test_a_config_path_given_must_exist(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = charles_here(capsys, "config", "check", "--config", "config.toml")
+    assert result.returncode == 2
+    assert_one_line_error(result, "config file not found: config.toml", "--config")
+
+
+def test_config_init_writes_the_commented_defaults(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = charles_here(capsys, "config", "init")
+    assert result.returncode == 0, result.stderr
+    assert "charles config check" in result.stdout
+    written = tmp_path / "config.toml"
+    text = written.read_text(encoding="utf-8")
+    assert text == default_config_text()
+    assert text.count("\n# ") > 100  # the commented file, not a bare list of values
+    # It parses to exactly the defaults, and the next start reads it instead of them.
+    assert load_config(written) == Config()
+    assert load_config().source == "config.toml"
+    elsewhere = tmp_path / "gta.toml"
+    result = charles_here(capsys, "config", "init", str(elsewhere))
+    assert result.returncode == 0, result.stderr
+    assert f"charles config check --config {elsewhere}" in result.stdout
+    result = charles_here(capsys, "config", "check", "--config", str(elsewhere))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"{elsewhere}: OK\n")
+
+
+@pytest.mark.parametrize("planted", ["file", "folder", "link to a file", "dangling link"])
+def test_config_init_never_replaces_anything(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], planted: str
+) -> None:
+    target = tmp_path / "mine.toml"
+    other = tmp_path / "notes.txt"
+    other.write_text("keep me", encoding="utf-8")
+    if planted == "file":
+        target.write_text("keep me", encoding="utf-8")
+    elif planted == "folder":
+        target.mkdir()
+    elif planted == "link to a file":
+        target.symlink_to(other)
+    else:
+        target.symlink_to(tmp_path / "nowhere.toml")
+    result = charles_here(capsys, "config", "init", str(target))
+    assert result.returncode == 1
+    assert_one_line_error(result, str(target), "already exists", "another PATH")
+    assert other.read_text(encoding="utf-8") == "keep me"
+    if planted == "file":
+        assert target.read_text(encoding="utf-8") == "keep me"
+    elif planted == "folder":
+        assert list(target.iterdir()) == []
+    else:
+        assert target.is_symlink() and not (tmp_path / "nowhere.toml").exists()
+
+
+def test_config_init_into_a_missing_folder_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = tmp_path / "missing" / "config.toml"
+    result = charles_here(capsys, "config", "init", str(target))
+    assert_one_line_error(result, f"cannot write {target}", "No such file or directory")
+    assert not target.parent.exists()
+
+
+def test_config_init_onto_a_full_disk_leaves_no_half_file(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with small_filesystem(1 << 20) as disk:
+        fill(disk, leave_bytes=4096)
+        result = charles_here(capsys, "config", "init", str(disk / "config.toml"))
+        assert_one_line_error(result, f"cannot write {disk / 'config.toml'}", "No space left")
+        assert not (disk / "config.toml").exists()
