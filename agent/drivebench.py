@@ -230,11 +230,6 @@ def _result(predictor: Predictor, raw: Rates, summary: DriveSummary, naive: Rate
             "preprocess_p50_ms", "skipped_frames", "requested_frames", "render_to_command_ms",
         )
     }  # fmt: skip
-    # A line faster than the capture can only predict on each new frame: that is its limit.
-    limit = min(raw.pps, summary.fps) if summary.fps > 0 else raw.pps
-    goal = PPS_GOAL * limit
-    latency_goal = raw.p50_ms + LATENCY_GOAL_MS if raw.p50_ms is not None else None
-    latency = summary.latency_p50_ms
     return DriveBench(
         line=predictor.line.name,
         model=predictor.name,
@@ -242,14 +237,29 @@ def _result(predictor: Predictor, raw: Rates, summary: DriveSummary, naive: Rate
         raw=raw,
         drive=drive,
         naive=naive,
-        pps_ratio=round(summary.pps / raw.pps, 3) if raw.pps else 0.0,
-        pps_goal=round(goal, 2),
-        latency_goal_ms=round(latency_goal, 2) if latency_goal is not None else None,
-        pps_goal_met=summary.pps >= goal,
-        latency_goal_met=latency is not None
-        and latency_goal is not None
-        and latency <= latency_goal,
+        **judge(raw, summary.pps, summary.fps, summary.latency_p50_ms),
     )
+
+
+def judge(
+    raw: Rates, pps: float, fps: float, latency_p50_ms: float | None
+) -> dict[str, float | bool | None]:
+    """The drive's goals from the raw model's rates and the drive's PPS, capture FPS and
+    capture->command p50: DriveBench's pps_ratio, pps_goal, latency_goal_ms and whether each
+    goal was met."""
+    # A line faster than the capture can only predict on each new frame: that is its limit.
+    limit = min(raw.pps, fps) if fps > 0 else raw.pps
+    goal = PPS_GOAL * limit
+    latency_goal = raw.p50_ms + LATENCY_GOAL_MS if raw.p50_ms is not None else None
+    return {
+        "pps_ratio": round(pps / raw.pps, 3) if raw.pps else 0.0,
+        "pps_goal": round(goal, 2),
+        "latency_goal_ms": round(latency_goal, 2) if latency_goal is not None else None,
+        "pps_goal_met": pps >= goal,
+        "latency_goal_met": latency_p50_ms is not None
+        and latency_goal is not None
+        and latency_p50_ms <= latency_goal,
+    }
 
 
 def as_json(result: DriveBench) -> dict[str, Any]:
