@@ -416,21 +416,31 @@ def _config_init(args: argparse.Namespace) -> int:
 
 
 def _model_list(args: argparse.Namespace, config: Config) -> int:
-    from agent.errors import ModelError
-    from agent.store import latest
-
     for name in LINE_NAMES:
         line = get_line(name)
         height, width, _ = line.input_shape
-        try:
-            # The newest intact version: what "latest" would drive with.
-            newest = latest(Path(config.model.store), name)
-            shown = newest.name if newest else "no checkpoints yet"
-        except ModelError as error:
-            shown = f"no intact checkpoint: {error}"
-        print(f"{name}  input {width}x{height}  [{shown}]")
+        print(f"{name}  input {width}x{height}  [{_latest_shown(Path(config.model.store), name)}]")
         print(f"    {line.description}")
     return 0
+
+
+def _latest_shown(store: Path, line: str) -> str:
+    """What "latest" drives for `line`: the store's newest intact version or, while the store
+    has none, the reference checkpoint Charles ships."""
+    from agent.errors import ModelError
+    from agent.reference import reference_checkpoint
+    from agent.store import latest
+
+    try:
+        newest = latest(store, line)
+    except ModelError as error:
+        return f"no intact checkpoint: {error}"
+    if newest is not None:
+        return newest.name
+    reference = reference_checkpoint(line)
+    if reference is not None:
+        return f"no checkpoints yet; shipped reference {reference.name}"
+    return "no checkpoints yet"
 
 
 def _model_summary(args: argparse.Namespace, config: Config) -> int:

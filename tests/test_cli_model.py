@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tests.conftest import assert_one_line_error
+from tests.conftest import REPO, assert_one_line_error
 
 
 def test_summary_prints_the_seed_numbers_for_model_0005(run_charles) -> None:
@@ -49,3 +49,20 @@ def test_summary_loads_the_checkpoint_it_is_given(tmp_path, run_charles) -> None
     # Without --checkpoint nothing is loaded (the config's "latest" is for driving).
     result = run_charles("model", "summary", *common, "--json")
     assert json.loads(result.stdout)["checkpoint"] is None
+
+
+def test_list_names_the_shipped_reference_while_the_store_is_empty(tmp_path, capsys) -> None:
+    from agent.cli import main
+    from agent.reference import reference_checkpoint
+
+    store = json.dumps(str(tmp_path / "models"))
+    assert main(["model", "list", "--config", str(REPO / "config.toml"),
+                 "--set", f"model.store={store}"]) == 0  # fmt: skip
+    listed = capsys.readouterr().out
+    shipped = reference_checkpoint("pilotnet_small")
+    assert shipped is not None
+    assert (
+        f"pilotnet_small  input 160x90  [no checkpoints yet; shipped reference {shipped.name}]"
+        in listed
+    )
+    assert "model_0005_inceptionresnetv2  input 480x270  [no checkpoints yet]" in listed
