@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING
 from agent.config import DEFAULT_CONFIG_PATH, Config, load_config, parse_override
 from agent.errors import CharlesError
 from agent.nets.registry import LINE_NAMES, get_line
-from agent.signals import EXIT_STATUS, StopRequested
+from agent.runtime.signals import EXIT_STATUS, StopRequested
 
 if TYPE_CHECKING:
-    from agent.bench import BenchResult
+    from agent.bench.model import BenchResult
 
 # Flags that are shorthands for one config key each: flag dest -> dotted key.
 KEY_FLAGS = {
@@ -185,7 +185,7 @@ def _build_parser() -> argparse.ArgumentParser:
     convcam.add_argument("--out", type=Path, default=Path("convcam.png"), help="PNG to write")
     convcam.add_argument("--scale", type=int, default=4, help="screen pixels per map pixel")
 
-    from agent.record import makemovie
+    from agent.learn import makemovie
 
     movie = commands.add_parser(
         "makemovie", parents=[common, model_flags],
@@ -271,10 +271,10 @@ def _write_new_file(path: Path, data: bytes, flag: str) -> Path:
 def _convcam(args: argparse.Namespace, config: Config) -> int:
     import cv2
 
-    from agent.convcam import grid, read_picture, tile
-    from agent.predictor import Predictor
-    from agent.preprocess import preprocess
-    from agent.reference import checkpoint_to_drive
+    from agent.checkpoints.reference import checkpoint_to_drive
+    from agent.inference.convcam import grid, read_picture, tile
+    from agent.inference.predictor import Predictor
+    from agent.inference.preprocess import preprocess
 
     if not 1 <= args.scale <= 32:
         raise CharlesError("--scale must be a whole number from 1 to 32")
@@ -302,7 +302,7 @@ def _convcam(args: argparse.Namespace, config: Config) -> int:
 
 
 def _drive(args: argparse.Namespace, config: Config) -> int:
-    from agent.drive import run_drive
+    from agent.drive.session import run_drive
 
     if args.seconds is not None and not (args.seconds > 0 and math.isfinite(args.seconds)):
         raise CharlesError("--seconds must be a positive number of seconds")
@@ -320,7 +320,7 @@ def _drive(args: argparse.Namespace, config: Config) -> int:
 
 
 def _bench_drive(args: argparse.Namespace, config: Config) -> int:
-    from agent.drivebench import as_json, print_table, run_drive_bench
+    from agent.bench.drive import as_json, print_table, run_drive_bench
 
     for value, flag in ((args.seconds, "--seconds"), (args.raw_seconds, "--raw-seconds"),
                         (args.naive_seconds, "--naive-seconds")):  # fmt: skip
@@ -359,9 +359,9 @@ def _train(args: argparse.Namespace, config: Config) -> int:
 
 
 def _game(args: argparse.Namespace, config: Config) -> int:
-    from agent.display import display_for_this_process
     from agent.game.__main__ import run_game_or_explain
     from agent.game.options import options_from_args
+    from agent.runtime.display import display_for_this_process
 
     if args.size is None:
         args.size = config.capture.size
@@ -427,9 +427,9 @@ def _model_list(args: argparse.Namespace, config: Config) -> int:
 def _latest_shown(store: Path, line: str) -> str:
     """What "latest" drives for `line`: the store's newest intact version or, while the store
     has none, the reference checkpoint Charles ships."""
+    from agent.checkpoints.reference import reference_checkpoint
+    from agent.checkpoints.store import latest
     from agent.errors import ModelError
-    from agent.reference import reference_checkpoint
-    from agent.store import latest
 
     try:
         newest = latest(store, line)
@@ -446,13 +446,13 @@ def _latest_shown(store: Path, line: str) -> str:
 def _model_summary(args: argparse.Namespace, config: Config) -> int:
     import numpy as np
 
-    from agent.predictor import require_tensorflow
+    from agent.nets.runtime import require_tensorflow
 
     require_tensorflow()
     line = get_line(config.model.line)
     checkpoint = None
     if args.checkpoint is not None:  # only when asked: the config's "latest" would load weights
-        from agent.store import load_into, resolve
+        from agent.checkpoints.store import load_into, resolve
 
         checkpoint = resolve(Path(config.model.store), line.name, config.model.checkpoint)
     model = line.build("none" if checkpoint else config.model.pretrained)
@@ -460,7 +460,7 @@ def _model_summary(args: argparse.Namespace, config: Config) -> int:
         load_into(model, checkpoint, line.name)
     trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
     non_trainable = sum(int(np.prod(w.shape)) for w in model.non_trainable_weights)
-    from agent.predictor import convcam_tensor
+    from agent.inference.predictor import convcam_tensor
 
     convcam_shape = tuple(convcam_tensor(model, line).shape[1:])
     report = {
@@ -495,10 +495,11 @@ def _model_summary(args: argparse.Namespace, config: Config) -> int:
 
 
 def _model_bench(args: argparse.Namespace, config: Config) -> int:
-    from agent.bench import run_bench
-    from agent.onnx_backend import check_installed
-    from agent.predictor import Predictor, configure_threads
-    from agent.store import resolve
+    from agent.bench.model import run_bench
+    from agent.checkpoints.store import resolve
+    from agent.inference.onnx_backend import check_installed
+    from agent.inference.predictor import Predictor
+    from agent.nets.runtime import configure_threads
 
     if args.seconds <= 0 or not math.isfinite(args.seconds) or args.max_predictions < 1:
         raise CharlesError("--seconds must be > 0 and --max-predictions at least 1")

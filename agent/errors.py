@@ -57,3 +57,10 @@ def warn_once(logger: logging.Logger, message: str) -> None:
             _warned.clear()
         _warned.add(message)
     logger.warning("%s", message)
+
+
+def one_line(text: object, limit: int = 120) -> str:
+    """`text` made safe for a one-line user message: no control characters, at most `limit`."""
+    flat = " ".join(str(text).split())
+    flat = "".join(c if c.isprintable() else "?" for c in flat)
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."

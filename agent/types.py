@@ -70,7 +70,7 @@ class Prediction:
     """One inference result, as the network gave it.
 
     `throttle` and `steering` are in [-1, 1], or NaN/infinity from a broken network: then
-    `finite` is False, and the control mapping (`agent.control.ControlMapper`) sends neutral.
+    `finite` is False, and the control mapping (`agent.drive.control.ControlMapper`) sends neutral.
     """
 
     throttle: float

@@ -14,8 +14,8 @@ import h5py
 import keras
 import numpy as np
 
+from agent.checkpoints.store import MANIFEST_FILE, WEIGHTS_FILE, Manifest, publish, sha256_of
 from agent.nets.registry import get_line
-from agent.store import MANIFEST_FILE, WEIGHTS_FILE, Manifest, publish, sha256_of
 from tests.models import constant_driver
 
 LINE = "pilotnet_small"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.display import xvfb
+from agent.runtime.display import xvfb
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -21,7 +21,7 @@ import pytest
 from agent.capture import Grabber, WindowError, WindowQuery, find_window, fixed_region
 from agent.capture.window import Candidate, choose, not_found_message, title_matches
 from agent.capture.x11 import attach
-from agent.slot import Slot
+from agent.runtime.slot import Slot
 from agent.types import Frame, Region
 from tests.xvfb import WindowProgram, program_named
 
@@ -372,7 +372,7 @@ def test_fixed_region(painter: Painter) -> None:
         fixed_region(1800, 0, 200, 100)
 
 
-# --- which window a drive takes (agent.target) ----------------------------------------------
+# --- which window a drive takes (agent.drive.target) ----------------------------------------------
 
 
 def _config(**game: object) -> Any:
@@ -384,9 +384,9 @@ def _config(**game: object) -> Any:
 
 @pytest.mark.filterwarnings("ignore:builtin type [Ss]wig:DeprecationWarning")
 def test_the_drive_takes_the_window_config_names_by_its_rules(x_display: str) -> None:
+    from agent.drive.target import acquire_window, is_bundled_game, window_query
     from agent.game.launcher import BundledGame
-    from agent.signals import Stop
-    from agent.target import acquire_window, is_bundled_game, window_query
+    from agent.runtime.signals import Stop
 
     loose = _config(title="Target Game", match="substring", process=THIS_PROGRAM)
     assert window_query(loose) == WindowQuery("Target Game", "substring", THIS_PROGRAM)

@@ -34,8 +34,8 @@ def test_bench_refuses_nonsense_arguments(run_charles) -> None:
 
 
 def test_summary_loads_the_checkpoint_it_is_given(tmp_path, run_charles) -> None:
+    from agent.checkpoints.store import publish
     from agent.nets.registry import get_line
-    from agent.store import publish
 
     store = tmp_path / "models"
     publish(get_line("pilotnet_small").build("none"), store, "pilotnet_small", batches=7)
@@ -52,8 +52,8 @@ def test_summary_loads_the_checkpoint_it_is_given(tmp_path, run_charles) -> None
 
 
 def test_list_names_the_shipped_reference_while_the_store_is_empty(tmp_path, capsys) -> None:
+    from agent.checkpoints.reference import reference_checkpoint
     from agent.cli import main
-    from agent.reference import reference_checkpoint
 
     store = json.dumps(str(tmp_path / "models"))
     assert main(["model", "list", "--config", str(REPO / "config.toml"),

@@ -17,12 +17,12 @@ from agent.capture import WindowQuery, find_window
 from agent.config import KeyboardConfig
 from agent.game.autopilot import Autopilot
 from agent.game.channel import FrameRecord, GamepadReceiver, subscribe_packet
+from agent.game.pairing import FrameRecordListener
 from agent.game.sim import HostedCarRacing
 from agent.game.stamp import draw_stamp, read_stamp
+from agent.inference.preprocess import preprocess
 from agent.learn.keylabels import KeyLabels
-from agent.learn.pairing import FrameRecordListener
 from agent.learn.shards import ShardWatcher
-from agent.preprocess import preprocess
 from agent.types import ControllerState
 from tests.conftest import REPO, assert_one_line_error
 from tests.drives import free_udp_port
@@ -246,7 +246,7 @@ def test_window_collection_pairs_frames_with_the_games_records(
 
 def test_pairing_picks_the_frame_on_screen(x_display: str, tmp_path: Path) -> None:
     """Measured with stamped frames: a grab gets the record of the picture it shows."""
-    from agent.learn.pairing_bench import measure_pairing
+    from agent.bench.pairing import measure_pairing
 
     result = measure_pairing(seconds=4.0, port=free_udp_port(), log_folder=tmp_path)
     assert result.grabs > 30
@@ -283,7 +283,7 @@ def test_key_labels_go_quiet_when_the_x_server_goes_away(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """No traceback from the listener's thread, no label from then on, one log line."""
-    from agent.display import xvfb
+    from agent.runtime.display import xvfb
 
     unhandled: list[threading.ExceptHookArgs] = []
     monkeypatch.setattr(threading, "excepthook", unhandled.append)

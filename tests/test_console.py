@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from rich.console import Console
 
-from agent.console import Rates, render
+from agent.drive.console import Rates, render
 from agent.types import ControllerState, Frame, Prediction, Region, Tick
 
 

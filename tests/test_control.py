@@ -7,7 +7,7 @@ import math
 import pytest
 
 from agent.config import ControllerConfig
-from agent.control import ControlMapper, lift_past_deadzone, to_controller_state
+from agent.drive.control import ControlMapper, lift_past_deadzone, to_controller_state
 from agent.types import NEUTRAL, ControllerState, clamp
 
 

@@ -11,8 +11,8 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.convcam import GAP, grid, read_picture, tile
 from agent.errors import CharlesError
+from agent.inference.convcam import GAP, grid, read_picture, tile
 from agent.nets.registry import get_line
 from tests.conftest import REPO, assert_one_line_error
 from tests.drives import publish_constant_driver
@@ -114,7 +114,7 @@ def test_read_picture_reads_png_and_jpeg_as_opencv_does(tmp_path: Path) -> None:
 _READ_HUGE = """
 import sys
 from pathlib import Path
-from agent.convcam import read_picture
+from agent.inference.convcam import read_picture
 from agent.errors import CharlesError
 _start_measuring()
 try:

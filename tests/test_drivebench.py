@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from agent.drivebench import Rates, judge
+from agent.bench.drive import Rates, judge
 from tests.conftest import REPO
 from tests.drives import free_udp_port
 

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from agent.duty import SLICE_SECONDS, DutyCycle
+from agent.runtime.duty import SLICE_SECONDS, DutyCycle
 
 
 def busy(seconds_of_python: int) -> int:

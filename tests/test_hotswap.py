@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from agent.checkpoints.store import publish
 from agent.config import SwapConfig
-from agent.hotswap import HotSwap
+from agent.drive.hotswap import HotSwap
+from agent.inference.predictor import Predictor
 from agent.nets.registry import get_line
-from agent.predictor import Predictor
-from agent.store import publish
 from tests.checkpoints import (
     BAD_KINDS,
     LINE,

@@ -10,14 +10,14 @@ from functools import partial
 import numpy as np
 import pytest
 
-from agent.control import ControlMapper
 from agent.controllers.null import NullController
+from agent.drive.control import ControlMapper
+from agent.drive.loop import DRIVING, PAUSED, WAITING, DriveLoop, PartFailed, failure_to_raise
 from agent.errors import CharlesError
-from agent.loop import DRIVING, PAUSED, WAITING, DriveLoop, PartFailed, failure_to_raise
+from agent.inference.predictor import Predictor
+from agent.inference.preprocess import preprocess
 from agent.nets.registry import get_line
-from agent.predictor import Predictor
-from agent.preprocess import preprocess
-from agent.slot import Slot
+from agent.runtime.slot import Slot
 from agent.types import NEUTRAL, ControllerState, Frame, Region, Tick
 from tests.models import constant_driver
 
@@ -369,7 +369,7 @@ def test_a_non_finite_prediction_sends_neutral_counts_and_forgets_smoothing(
     assert mapper._previous is not None  # smoothing history from a good prediction
 
     broken = broken_predictor()
-    with caplog.at_level(logging.WARNING, logger="agent.loop"):
+    with caplog.at_level(logging.WARNING, logger="agent.drive.loop"):
         first = Rig(broken, mapper)
         first.controller.set(ControllerState(accelerate=1.0))
         first.frames.put(frame(1))
@@ -409,11 +409,11 @@ def test_a_bug_in_the_loop_keeps_its_traceback_and_is_not_a_user_error(
 
     rig.loop._to_model_input = buggy
     rig.frames.put(frame(1))
-    with caplog.at_level(logging.ERROR, logger="agent.loop"):
+    with caplog.at_level(logging.ERROR, logger="agent.drive.loop"):
         rig.loop.run(max_ticks=3)
     assert isinstance(rig.loop.error, Boom)
     assert rig.controller.last == NEUTRAL
-    [record] = [r for r in caplog.records if r.name == "agent.loop"]
+    [record] = [r for r in caplog.records if r.name == "agent.drive.loop"]
     assert record.getMessage() == "drive loop stopped: a bug in preprocessing"
     assert record.exc_info, "a bug must be logged with its traceback"
     raised = failure_to_raise(rig.loop.error)
@@ -424,11 +424,11 @@ def test_a_bug_in_the_loop_keeps_its_traceback_and_is_not_a_user_error(
     lost = CharlesError("lost the X display ':9'")
     rig = Rig(predictor)
     rig.failure = lost
-    with caplog.at_level(logging.ERROR, logger="agent.loop"):
+    with caplog.at_level(logging.ERROR, logger="agent.drive.loop"):
         caplog.clear()
         rig.loop.run(max_ticks=3)
     assert failure_to_raise(rig.loop.error) is lost
-    [record] = [r for r in caplog.records if r.name == "agent.loop"]
+    [record] = [r for r in caplog.records if r.name == "agent.drive.loop"]
     assert not record.exc_info
     # A user error raised from another error is still that user error, not its cause.
     try:

@@ -11,9 +11,7 @@ import pytest
 
 from agent.config import Config, DataConfig, ModelConfig
 from agent.errors import CharlesError
-from agent.learn.shards import ShardWriter
-from agent.record import draw
-from agent.record.makemovie import (
+from agent.learn.makemovie import (
     KINDS,
     OUTPUTS,
     PREDICTED_COLOUR,
@@ -27,6 +25,8 @@ from agent.record.makemovie import (
     make_movie,
     run,
 )
+from agent.learn.shards import ShardWriter
+from agent.record import draw
 from tests.drives import publish_constant_driver
 
 SHAPE = (90, 160, 3)

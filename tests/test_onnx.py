@@ -10,14 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import agent.onnx_backend as onnx_backend
+import agent.inference.onnx_backend as onnx_backend
+from agent.checkpoints.store import checkpoint_in, publish
 from agent.config import InferenceConfig, SwapConfig
+from agent.drive.hotswap import HotSwap
 from agent.errors import ModelError
-from agent.hotswap import HotSwap
+from agent.inference.onnx_backend import TOLERANCE
+from agent.inference.predictor import Predictor, build_model
 from agent.nets.registry import get_line
-from agent.onnx_backend import TOLERANCE
-from agent.predictor import Predictor, build_model
-from agent.store import checkpoint_in, publish
 from tests.checkpoints import LINE, publish_driver
 from tests.conftest import REPO, assert_one_line_error
 
@@ -130,7 +130,7 @@ def test_a_linked_cache_file_is_replaced_never_written_through(tmp_path: Path) -
 
 
 def test_a_shipped_checkpoint_is_cached_in_the_user_cache(cache: Path) -> None:
-    from agent.reference import reference_checkpoint
+    from agent.checkpoints.reference import reference_checkpoint
 
     checkpoint = reference_checkpoint(LINE)
     assert checkpoint is not None

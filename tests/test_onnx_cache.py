@@ -13,12 +13,12 @@ import keras
 import numpy as np
 import pytest
 
-import agent.onnx_backend as backend
+import agent.inference.onnx_backend as backend
+from agent.checkpoints.reference import reference_checkpoint
+from agent.checkpoints.store import Checkpoint, checkpoint_in, load_into
 from agent.config import InferenceConfig
+from agent.inference.predictor import Predictor
 from agent.nets.registry import get_line
-from agent.predictor import Predictor
-from agent.reference import reference_checkpoint
-from agent.store import Checkpoint, checkpoint_in, load_into
 from tests.checkpoints import LINE, publish_driver
 
 ONNX = InferenceConfig(backend="onnxruntime")
@@ -195,7 +195,7 @@ def test_a_cache_folder_others_could_write_is_not_trusted(
     assert first.onnx.path.is_relative_to(cache)
     make_untrusted(cache, tmp_path)
     before = snapshot(tmp_path / "cache")
-    with caplog.at_level("WARNING", logger="agent.onnx_backend"):
+    with caplog.at_level("WARNING", logger="agent.inference.onnx_backend"):
         again = Predictor.load(LINE, checkpoint, inference=ONNX)
     assert len(exports) == 2  # exported in memory, nothing read from the folder
     assert again.onnx is not None and again.onnx.path is None

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from agent.inference.predictor import Predictor
 from agent.nets.registry import get_line
-from agent.predictor import Predictor
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agent.preprocess import preprocess
+from agent.inference.preprocess import preprocess
 
 # Quadrant colours as RGB; frames below are built in BGRA the way mss delivers them.
 TOP_LEFT = (200, 10, 20)

@@ -17,20 +17,20 @@ import numpy as np
 import pytest
 
 from agent.config import RecordConfig
-from agent.control import ControlMapper
 from agent.controllers.null import NullController
-from agent.convcam import tile
-from agent.loop import DriveLoop
+from agent.drive.control import ControlMapper
+from agent.drive.loop import DriveLoop
+from agent.inference.convcam import tile
+from agent.inference.predictor import Predictor
+from agent.inference.preprocess import preprocess
 from agent.nets.registry import get_line
-from agent.predictor import Predictor
-from agent.preprocess import preprocess
 from agent.record import draw
 from agent.record.clock import ShownFrames, VideoClock
 from agent.record.hud import Status, hud_geometry
 from agent.record.layout import CONVCAM_BOX, INPUT_BOX
 from agent.record.recorder import Recorder, recording_path
 from agent.record.writer import choose_encoder, encoder_opens
-from agent.slot import Slot
+from agent.runtime.slot import Slot
 from agent.types import Frame, Region, Tick
 from tests.conftest import REPO, assert_one_line_error
 from tests.drives import Drive, drive_command, free_udp_port, publish_constant_driver, wait_until

@@ -19,12 +19,12 @@ import pytest
 
 from agent.config import Config, DataConfig, ModelConfig, RecordConfig
 from agent.errors import CharlesError
+from agent.learn.makemovie import make_movie
 from agent.learn.shards import ShardWriter
 from agent.record.hud import Status
-from agent.record.makemovie import make_movie
 from agent.record.recorder import Recorder, check_before_driving
 from agent.record.writer import RecordingError, VideoOutput, VideoWriter
-from agent.slot import Slot
+from agent.runtime.slot import Slot
 from agent.types import Frame, Region, Tick
 from tests.conftest import REPO, assert_one_line_error
 from tests.disks import fill, free_bytes, small_filesystem

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
+from agent.checkpoints.reference import REFERENCE_ROOT, checkpoint_to_drive, reference_checkpoint
+from agent.checkpoints.store import WEIGHTS_FILE, load_into, publish, sha256_of
 from agent.config import Config, ModelConfig
 from agent.nets.registry import get_line
-from agent.reference import REFERENCE_ROOT, checkpoint_to_drive, reference_checkpoint
-from agent.store import WEIGHTS_FILE, load_into, publish, sha256_of
 
 
 def test_the_reference_checkpoint_loads_and_its_manifest_matches_the_file() -> None:

@@ -1,5 +1,5 @@
 """Render-to-command latency: tags on the pad, tag_since in the frame records, and
-`agent.latency.RenderToCommand` timing each command from its picture to the game's physics.
+`agent.drive.latency.RenderToCommand` timing each command from its picture to the game's physics.
 
 The channel tests use a real receiver on loopback; the game tests start the real bundled game
 (`--stamp`) under the module's Xvfb, grab its window with the real capture thread and drive it
@@ -22,14 +22,14 @@ import pytest
 from agent.capture import Grabber
 from agent.config import Config
 from agent.controllers.game import GameController
+from agent.drive.latency import Match, RenderToCommand
+from agent.drive.target import acquire_window
 from agent.game.channel import FrameRecord, GamepadReceiver, GamepadSender
 from agent.game.launcher import connect_or_launch
+from agent.game.pairing import FrameRecordListener
 from agent.game.stamp import BITS, CELL
-from agent.latency import Match, RenderToCommand
-from agent.learn.pairing import FrameRecordListener
-from agent.signals import Stop
-from agent.slot import Slot
-from agent.target import acquire_window
+from agent.runtime.signals import Stop
+from agent.runtime.slot import Slot
 from agent.types import NEUTRAL, ControllerState, Frame
 from tests.drives import free_udp_port
 
@@ -395,7 +395,7 @@ def test_render_to_command_latency_on_the_real_game(session: Session) -> None:
     wrong = [(exact, guess) for exact, guess in both if exact.frame != guess.frame]
     for exact, guess in wrong:
         assert exact.applied_at == guess.applied_at
-    # Most drives have none; the worst seen had 9% (see agent.latency's docstring).
+    # Most drives have none; the worst seen had 9% (see agent.drive.latency's docstring).
     assert len(wrong) <= 0.2 * len(both), wrong
     print(
         f"\n{stamped.describe()}\n{by_time.describe()}\n"

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from agent.ratekeeper import RateKeeper
-from agent.slot import Slot
+from agent.runtime.ratekeeper import RateKeeper
+from agent.runtime.slot import Slot
 
 
 def test_slot_keeps_only_the_newest_value() -> None:

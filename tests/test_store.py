@@ -15,11 +15,8 @@ import keras
 import numpy as np
 import pytest
 
-import agent.store
-from agent.errors import ModelError
-from agent.nets.registry import get_line
-from agent.predictor import Predictor
-from agent.store import (
+import agent.checkpoints.store
+from agent.checkpoints.store import (
     MANIFEST_FILE,
     WEIGHTS_FILE,
     Checkpoint,
@@ -32,6 +29,9 @@ from agent.store import (
     version_number,
     versions,
 )
+from agent.errors import ModelError
+from agent.inference.predictor import Predictor
+from agent.nets.registry import get_line
 from tests.conftest import assert_one_line_error
 
 LINE = "pilotnet_small"
@@ -352,9 +352,12 @@ def test_weights_are_hashed_once_per_process_while_unchanged(
     store: Path, small: keras.Model, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     hashed: list[str] = []
-    real = getattr(agent.store, "_hash_stream", None)
+    real = getattr(agent.checkpoints.store, "_hash_stream", None)
     monkeypatch.setattr(
-        agent.store, "_hash_stream", lambda s: hashed.append(s.name) or real(s), raising=False
+        agent.checkpoints.store,
+        "_hash_stream",
+        lambda s: hashed.append(s.name) or real(s),
+        raising=False,
     )
     checkpoint = latest(store, LINE)
     load_into(small, checkpoint, LINE)
@@ -376,7 +379,9 @@ def test_absurd_weights_files_are_refused_before_hashing(
         stream.truncate(64 << 20)  # sparse: costs no disk
     reseal(checkpoint.folder)
     checkpoint = versions(store, LINE)[0]
-    monkeypatch.setattr(agent.store, "_hash_stream", lambda _: pytest.fail("hashed"), raising=False)
+    monkeypatch.setattr(
+        agent.checkpoints.store, "_hash_stream", lambda _: pytest.fail("hashed"), raising=False
+    )
     message = one_line_error(lambda: load_into(small, checkpoint, LINE))
     assert "far more than a weights file can be for a 475390-parameter network" in message
 
@@ -406,7 +411,7 @@ def test_publish_writes_under_a_temporary_name_then_renames(
     tmp_path: Path, small: keras.Model, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     final = tmp_path / LINE / "v0001"
-    real = agent.store._write_new_file
+    real = agent.checkpoints.store._write_new_file
     written: list[Path] = []
 
     def write_new_file(path: Path, data: bytes) -> None:
@@ -414,7 +419,7 @@ def test_publish_writes_under_a_temporary_name_then_renames(
         written.append(Path(path))
         real(path, data)
 
-    monkeypatch.setattr(agent.store, "_write_new_file", write_new_file)
+    monkeypatch.setattr(agent.checkpoints.store, "_write_new_file", write_new_file)
     checkpoint = publish(small, tmp_path, LINE, batches=0)
     assert checkpoint.folder == final
     assert [p.name for p in written] == [WEIGHTS_FILE, MANIFEST_FILE]
@@ -427,14 +432,14 @@ def test_concurrent_publishes_each_get_their_own_version(
 ) -> None:
     # Both publishers are writing their weights at once, so both saw the same versions on disk.
     together = threading.Barrier(2, timeout=30)
-    real = agent.store._write_new_file
+    real = agent.checkpoints.store._write_new_file
 
     def write_new_file(path: Path, data: bytes) -> None:
         if path.name == WEIGHTS_FILE:
             together.wait()
         real(path, data)
 
-    monkeypatch.setattr(agent.store, "_write_new_file", write_new_file)
+    monkeypatch.setattr(agent.checkpoints.store, "_write_new_file", write_new_file)
     results: list[Checkpoint | BaseException] = []
 
     def publish_one(batches: int) -> None:
@@ -461,12 +466,12 @@ def test_a_publish_that_loses_the_race_takes_the_next_number(
     # Another publisher renames v0001 into place between our look and our rename.
     first = versions(store, LINE)[0]
     before = (first.folder / MANIFEST_FILE).read_bytes(), first.weights.read_bytes()
-    real_next = agent.store._next_number
+    real_next = agent.checkpoints.store._next_number
     calls = iter([1])
     monkeypatch.setattr(
-        agent.store, "_next_number", lambda root: next(calls, None) or real_next(root)
+        agent.checkpoints.store, "_next_number", lambda root: next(calls, None) or real_next(root)
     )
-    monkeypatch.setattr(agent.store.os.path, "lexists", lambda _: False)
+    monkeypatch.setattr(agent.checkpoints.store.os.path, "lexists", lambda _: False)
     checkpoint = publish(small, store, LINE, batches=2)
     monkeypatch.undo()
     assert checkpoint.manifest.version == "v0002" == checkpoint.folder.name

@@ -19,12 +19,12 @@ import h5py
 import numpy as np
 import pytest
 
-import agent.store
+import agent.checkpoints.store
+from agent.checkpoints.reference import checkpoint_to_drive
+from agent.checkpoints.store import MANIFEST_FILE, WEIGHTS_FILE, latest, publish, sha256_of
 from agent.config import Config, ModelConfig
 from agent.errors import ModelError
-from agent.predictor import Predictor
-from agent.reference import checkpoint_to_drive
-from agent.store import MANIFEST_FILE, WEIGHTS_FILE, latest, publish, sha256_of
+from agent.inference.predictor import Predictor
 from tests.models import constant_driver
 
 LINE = "pilotnet_small"
@@ -182,9 +182,11 @@ def test_the_content_check_reads_a_file_once_while_it_is_unchanged(
 ) -> None:
     """model_0005's weights are 226 MB: a start must not read them again for every look."""
     read: list[str] = []
-    real = agent.store.finite_array_shapes
+    real = agent.checkpoints.store.finite_array_shapes
     monkeypatch.setattr(
-        agent.store, "finite_array_shapes", lambda s, what: read.append(what) or real(s, what)
+        agent.checkpoints.store,
+        "finite_array_shapes",
+        lambda s, what: read.append(what) or real(s, what),
     )
     damaged_copy(store, "nan")
     for _ in range(3):

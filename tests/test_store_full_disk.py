@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-import agent.store
+import agent.checkpoints.store
+from agent.checkpoints.store import Checkpoint, load_into, publish, versions
 from agent.errors import ModelError
 from agent.learn.trainer import Trainer
 from agent.nets.registry import get_line
-from agent.signals import Stop
-from agent.store import Checkpoint, load_into, publish, versions
+from agent.runtime.signals import Stop
 from tests.conftest import assert_one_line_error, run_charles_process
 from tests.disks import fill, free_bytes, small_filesystem
 from tests.models import constant_driver
@@ -38,7 +38,9 @@ def assert_intact(store: Path, expected: list[str]) -> list[Checkpoint]:
     for checkpoint in found:
         load_into(get_line(LINE).build("none"), checkpoint, LINE)
     hidden = [p.name for p in (store / LINE).iterdir() if p.name.startswith(".")]
-    assert set(hidden) <= {agent.store.LOCK_FILE}, hidden  # no staging folder left behind
+    assert set(hidden) <= {agent.checkpoints.store.LOCK_FILE}, (
+        hidden
+    )  # no staging folder left behind
     return found
 
 
@@ -78,7 +80,9 @@ def test_a_publish_onto_a_full_disk_leaves_the_versions_as_they_were(
         publish(model, store, LINE, batches=2)
         free = free_bytes(disk)
         if not checked:  # past the check: the kernel's ENOSPC in the middle of the weights
-            monkeypatch.setattr(agent.store, "require_room", lambda *_: None, raising=False)
+            monkeypatch.setattr(
+                agent.checkpoints.store, "require_room", lambda *_: None, raising=False
+            )
         with pytest.raises(ModelError) as caught:
             publish(model, store, LINE, batches=3)
         message = str(caught.value)

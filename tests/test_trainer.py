@@ -15,14 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from agent.checkpoints.store import latest, publish, verify_weights, versions
 from agent.config import Config, DataConfig, ModelConfig, TrainConfig
 from agent.errors import CharlesError
 from agent.learn.schedule import WarmupSchedule
 from agent.learn.shards import ShardWriter
 from agent.learn.trainer import Trainer
 from agent.nets.registry import get_line
-from agent.signals import Stop
-from agent.store import latest, publish, verify_weights, versions
+from agent.runtime.signals import Stop
 from tests.conftest import REPO, assert_one_line_error
 
 SHAPE = (90, 160, 3)
@@ -97,7 +97,7 @@ def test_the_optimizer_follows_the_warmup_from_the_resumed_batch(tmp_path: Path)
 
 
 def test_start_from_reference_fine_tunes_the_shipped_checkpoint(tmp_path: Path) -> None:
-    from agent.reference import reference_checkpoint
+    from agent.checkpoints.reference import reference_checkpoint
 
     write_shards(tmp_path / "data", 100)
     shipped = reference_checkpoint("pilotnet_small")
@@ -108,7 +108,7 @@ def test_start_from_reference_fine_tunes_the_shipped_checkpoint(tmp_path: Path) 
     tuned = Trainer(small_config(tmp_path, start_from="reference"), _default_strategy(), Stop())
     assert tuned.batches == shipped.manifest.batches
     reference = get_line("pilotnet_small").build("none")
-    from agent.store import load_into
+    from agent.checkpoints.store import load_into
 
     load_into(reference, shipped, "pilotnet_small")
     expected = [float(np.asarray(o)[0, 0]) for o in reference(frame, training=False)]
@@ -300,7 +300,7 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from tests.test_trainer import small_config
 from agent.learn.trainer import Trainer, make_strategy
-from agent.signals import Stop
+from agent.runtime.signals import Stop
 strategy = make_strategy("mirrored")
 print("replicas", strategy.num_replicas_in_sync)
 summary = Trainer(small_config(Path(sys.argv[1])), strategy, Stop()).run(max_batches=4)

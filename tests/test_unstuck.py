@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from agent.config import UnstuckConfig
+from agent.drive.unstuck import RecoveryPlan, StuckDetector, Unstuck, thumbnail
 from agent.types import NEUTRAL, ControllerState
-from agent.unstuck import RecoveryPlan, StuckDetector, Unstuck, thumbnail
 
 RNG = np.random.default_rng(7)
 SCENE = RNG.integers(0, 256, (720, 1280, 3), dtype=np.uint8)

@@ -15,7 +15,7 @@ from keras import layers
 
 from agent.errors import ModelError
 from agent.nets.registry import get_line
-from agent.weights import load_weights_strictly
+from agent.nets.weights import load_weights_strictly
 
 LINE = "pilotnet_small"
 
@@ -273,7 +273,7 @@ def test_the_in_memory_weights_file_is_keras_own_less_the_optimizer(tmp_path: Pa
     API, so a Keras upgrade that changes it must fail here, not in a user's trainer)."""
     import io
 
-    from agent.weights import _weights_image_through_a_file, weights_image
+    from agent.nets.weights import _weights_image_through_a_file, weights_image
 
     model = build()
     model.compile(optimizer="adam", loss="mse")

@@ -26,7 +26,7 @@ import pytest
 from agent.config import BUILT_IN_SOURCE
 from tests.conftest import REPO, assert_one_line_error
 
-REFERENCE = REPO / "agent" / "reference_checkpoints" / "pilotnet_small"
+REFERENCE = REPO / "agent" / "checkpoints" / "reference_checkpoints" / "pilotnet_small"
 # What the dependencies (numpy, rich, h5py, ...) are imported from: this environment's own.
 DEPENDENCIES = tuple(dict.fromkeys(sysconfig.get_paths()[key] for key in ("purelib", "platlib")))
 

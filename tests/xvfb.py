@@ -1,6 +1,7 @@
 """Looking at and acting on a test X server from outside: windows by title, focus, keys.
 
-The server itself is the `x_display` fixture (tests/conftest.py, on agent.display.xvfb). Under
+The server itself is the `x_display` fixture (tests/conftest.py, on
+agent.runtime.display.xvfb). Under
 bare Xvfb there is no window manager: windows are never decorated, moved or focused by anyone
 but the test itself. Focus and key presses go through python-xlib (core protocol and the XTest
 extension), a dependency of Charles on Linux, so the tests need no extra program such as

@@ -17,8 +17,8 @@ import numpy as np
 from agent.capture.screen import explain_display_loss, open_mss, screen_bounds
 from agent.capture.window import GameWindow, WindowError, clip_to
 from agent.errors import log_failure
-from agent.ratekeeper import RateKeeper
-from agent.slot import Slot
+from agent.runtime.ratekeeper import RateKeeper
+from agent.runtime.slot import Slot
 from agent.types import Frame, Region
 
 log = logging.getLogger(__name__)

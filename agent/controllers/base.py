@@ -27,7 +27,7 @@ class Controller(ABC):
     - `set(state, tag)` sends the newest state; it returns quickly (no waiting on the game).
       `tag` names the captured frame the state was computed from (its capture sequence number;
       0: none). Backends that cannot carry it ignore it; the bundled game's pad carries it, so
-      the game can say when its physics first applied the command (`agent.latency`).
+      the game can say when its physics first applied the command (`agent.drive.latency`).
     - A state stays applied for at most `hold` seconds without a newer `set()`: then the
       backend's own thread goes neutral (the dead-man, `agent.controllers.deadman`).
     - `neutral()` centres the stick and releases the pedals/keys. It is idempotent, safe from

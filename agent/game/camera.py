@@ -14,7 +14,7 @@ import numpy as np
 import pygame
 
 from agent.game.sim import HostedCarRacing, view_rect
-from agent.preprocess import preprocess
+from agent.inference.preprocess import preprocess
 
 ASPECT = 16 / 9
 

@@ -28,7 +28,7 @@ byte (bit 0: the game was paused, so the picture is a still and the input did no
 tag of the pad command physics was applying with the monotonic time physics first applied it
 (tag 0 when the pad was not what drove). That pairs a captured frame with the command of the
 moment the game drew it, not the later moment it was captured, and times a command from the
-picture it was computed from to the physics (`agent.latency`). Record packet, little-endian:
+picture it was computed from to the physics (`agent.drive.latency`). Record packet, little-endian:
 magic, uint32 frame, uint32 episode, float64 shown_at, float32 x3 applied, float32 x3 autopilot,
 float32 speed, uint8 flags, uint32 tag, float64 tag_since (61 bytes). A 49-byte record without
 the last two (an older game) is read as untagged.

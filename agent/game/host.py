@@ -32,9 +32,9 @@ from agent.game.options import WINDOW_TITLE, GameError, GameOptions
 from agent.game.sim import PHYSICS_HZ, HostedCarRacing, view_rect
 from agent.game.stamp import draw_stamp
 from agent.game.telemetry import TelemetryRecord, TelemetryWriter
-from agent.lifetime import die_with_parent
-from agent.ratekeeper import RateKeeper
-from agent.signals import on_stop_signals
+from agent.runtime.lifetime import die_with_parent
+from agent.runtime.ratekeeper import RateKeeper
+from agent.runtime.signals import on_stop_signals
 from agent.types import NEUTRAL, ControllerState
 
 log = logging.getLogger(__name__)

@@ -3,7 +3,8 @@
 A running game is found by asking the gamepad port who listens there (`ask_identity`), never by
 window title: a text editor titled "notes on charles carracing" is not the game. A game that
 another `charles drive` started, alive or dead, is refused rather than adopted. A game Charles
-starts itself dies with it (parent-death signal and a lifeline pipe, see `agent.lifetime`), and
+starts itself dies with it (parent-death signal and a lifeline pipe, see
+`agent.runtime.lifetime`), and
 its output goes to a log file, never to a pipe nobody reads (a full pipe would freeze it).
 """
 
@@ -22,7 +23,7 @@ from pathlib import Path
 from agent.capture.window import WindowError
 from agent.errors import CharlesError
 from agent.game.channel import GameIdentity, ask_identity
-from agent.processes import stop_process
+from agent.runtime.processes import stop_process
 
 log = logging.getLogger(__name__)
 

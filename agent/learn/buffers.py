@@ -29,10 +29,10 @@ from typing import Any
 
 import numpy as np
 
+from agent.errors import one_line
 from agent.files import FileRefused, write_atomically
 from agent.learn.shards import NpzArchive, open_npz
 from agent.nets.registry import OUTPUT_NAMES
-from agent.weights import one_line
 
 log = logging.getLogger(__name__)
 

@@ -10,10 +10,10 @@
 from __future__ import annotations
 
 from agent.config import Config
+from agent.drive.target import is_bundled_game
 from agent.errors import ConfigError
 from agent.learn.sink import CollectSummary
-from agent.signals import Stop, on_stop_signals
-from agent.target import is_bundled_game
+from agent.runtime.signals import Stop, on_stop_signals
 
 
 def run_collect(config: Config, seconds: float | None, frames: int | None) -> CollectSummary:

@@ -15,8 +15,8 @@ from typing import Any
 
 from agent.capture.screen import explain_display_loss
 from agent.config import KeyboardConfig
+from agent.drive.hotkeys import key_name, start_key_listener, stop_key_listener
 from agent.errors import log_failure
-from agent.hotkeys import key_name, start_key_listener, stop_key_listener
 from agent.types import ControllerState
 
 log = logging.getLogger(__name__)

@@ -28,17 +28,17 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from agent.config import Config
-from agent.control import ControlMapper
+from agent.drive.control import ControlMapper
 from agent.game.autopilot import Autopilot
 from agent.game.camera import OffscreenCamera
 from agent.game.sim import PHYSICS_HZ, HostedCarRacing
 from agent.learn.sink import CollectSummary, SampleSink
 from agent.nets.registry import OUTPUT_NAMES, get_line
-from agent.signals import Stop
+from agent.runtime.signals import Stop
 from agent.types import ControllerState
 
 if TYPE_CHECKING:
-    from agent.predictor import Predictor
+    from agent.inference.predictor import Predictor
 
 log = logging.getLogger("agent.learn.collect")
 
@@ -164,8 +164,8 @@ def collect_offscreen(
 
 
 def load_agent(config: Config) -> Predictor:
-    from agent.predictor import Predictor
-    from agent.reference import checkpoint_to_drive
+    from agent.checkpoints.reference import checkpoint_to_drive
+    from agent.inference.predictor import Predictor
 
     checkpoint = checkpoint_to_drive(config)
     if checkpoint is None:

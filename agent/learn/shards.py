@@ -47,10 +47,9 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from agent.errors import CharlesError
+from agent.errors import CharlesError, one_line
 from agent.files import FileRefused, open_regular_file, write_atomically
 from agent.nets.registry import OUTPUT_NAMES
-from agent.weights import one_line
 
 log = logging.getLogger(__name__)
 

@@ -25,10 +25,10 @@ from typing import Any
 
 import numpy as np
 
+from agent.errors import one_line
 from agent.files import FileRefused, read_regular_file, write_atomically
 from agent.learn.buffers import BufferSet
 from agent.learn.shards import is_shard_name, open_npz
-from agent.weights import one_line
 
 log = logging.getLogger(__name__)
 

@@ -35,18 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from agent.config import Config, TrainConfig
-from agent.errors import CharlesError, ModelError
-from agent.learn.buffers import BufferSet
-from agent.learn.progress import TrainProgress
-from agent.learn.schedule import WarmupSchedule
-from agent.learn.shards import ShardError, ShardWatcher
-from agent.learn.state import TrainerState
-from agent.nets.registry import OUTPUT_NAMES, ModelLine, get_line
-from agent.predictor import require_tensorflow
-from agent.reference import reference_checkpoint
-from agent.signals import Stop, on_stop_signals
-from agent.store import (
+from agent.checkpoints.reference import reference_checkpoint
+from agent.checkpoints.store import (
     PublishingLock,
     latest,
     line_folder,
@@ -56,6 +46,16 @@ from agent.store import (
     require_room,
     weights_bytes_estimate,
 )
+from agent.config import Config, TrainConfig
+from agent.errors import CharlesError, ModelError
+from agent.learn.buffers import BufferSet
+from agent.learn.progress import TrainProgress
+from agent.learn.schedule import WarmupSchedule
+from agent.learn.shards import ShardError, ShardWatcher
+from agent.learn.state import TrainerState
+from agent.nets.registry import OUTPUT_NAMES, ModelLine, get_line
+from agent.nets.runtime import require_tensorflow
+from agent.runtime.signals import Stop, on_stop_signals
 
 log = logging.getLogger(__name__)
 

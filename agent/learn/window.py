@@ -3,7 +3,7 @@
 Labels:
 - the bundled game: each captured frame is paired with the game's frame record of the picture
   on screen when it was grabbed (the newest record shown before the grab;
-  `agent.learn.pairing`), so the label is the command in effect when the game *rendered* the
+  `agent.game.pairing`), so the label is the command in effect when the game *rendered* the
   frame: the autopilot's suggestion (autopilot, dagger) or the input applied (human, from the
   game window's own keys). `charles bench pairing` measures how often that is the right frame.
 - any other game (human): the driving keys of [controller.keyboard] held at the grab, read by a
@@ -25,20 +25,20 @@ import numpy as np
 
 from agent.capture import Grabber
 from agent.config import Config
-from agent.control import ControlMapper
 from agent.controllers import open_controller
-from agent.display import display_for_this_process
+from agent.drive.control import ControlMapper
+from agent.drive.target import acquire_window, is_bundled_game
 from agent.errors import CharlesError
 from agent.game.launcher import connect_or_launch
+from agent.game.pairing import FrameRecordListener
+from agent.inference.preprocess import preprocess
 from agent.learn.keylabels import KeyLabels
 from agent.learn.offscreen import DAGGER_STRETCH_SECONDS, STEERING_ONLY
-from agent.learn.pairing import FrameRecordListener
 from agent.learn.sink import CollectSummary, SampleSink
 from agent.nets.registry import OUTPUT_NAMES, get_line
-from agent.preprocess import preprocess
-from agent.signals import Stop
-from agent.slot import Slot
-from agent.target import acquire_window, is_bundled_game
+from agent.runtime.display import display_for_this_process
+from agent.runtime.signals import Stop
+from agent.runtime.slot import Slot
 from agent.types import NEUTRAL, ControllerState, Frame
 
 log = logging.getLogger("agent.learn.collect")

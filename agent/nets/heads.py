@@ -5,17 +5,17 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from agent.nets.registry import OUTPUT_NAMES
 
-
-def two_heads(features: keras.KerasTensor, units: tuple[int, ...]) -> list[keras.KerasTensor]:
-    """One head per output: Dense layers of `units` (ReLU), then one tanh unit in [-1, 1].
+def two_heads(
+    features: keras.KerasTensor, units: tuple[int, ...], names: tuple[str, ...]
+) -> list[keras.KerasTensor]:
+    """One head per output name: Dense layers of `units` (ReLU), then one tanh unit in [-1, 1].
 
     tanh bounds the outputs without extra parameters, so parameter counts stay those of the
     plain regression heads the seed describes.
     """
     outputs = []
-    for name in OUTPUT_NAMES:
+    for name in names:
         hidden = features
         for width in units:
             hidden = layers.Dense(width, activation="relu", name=f"{name}_dense_{width}")(hidden)

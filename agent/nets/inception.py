@@ -13,21 +13,21 @@ from keras import layers
 
 from agent.nets.heads import two_heads
 from agent.nets.pretrained import load_backbone_weights
-from agent.nets.registry import LINES
 
 
-def build_model_0005(pretrained: str = "none") -> keras.Model:
+def build_model_0005(
+    name: str, input_shape: tuple[int, int, int], outputs: tuple[str, ...], pretrained: str
+) -> keras.Model:
     """Build the model; `pretrained` is "none", "imagenet" or a local backbone weights file."""
-    line = LINES["model_0005_inceptionresnetv2"]
-    frame = keras.Input(shape=line.input_shape, dtype="uint8", name="frame")
+    frame = keras.Input(shape=input_shape, dtype="uint8", name="frame")
     # ImageNet weights for InceptionResNetV2 expect pixels in [-1, 1]; scaling inside the model
     # keeps checkpoints and preprocessing from ever being paired wrongly.
     scaled = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="scale_to_unit")(frame)
     backbone = keras.applications.InceptionResNetV2(
-        include_top=False, weights=None, input_shape=line.input_shape, pooling=None
+        include_top=False, weights=None, input_shape=input_shape, pooling=None
     )
-    load_backbone_weights(backbone, pretrained, line.name)
+    load_backbone_weights(backbone, pretrained, name)
     # Pooling outside the backbone keeps its output the last conv feature map (the Convcam).
     features = layers.GlobalAveragePooling2D(name="pool")(backbone(scaled))
     common = layers.Dense(1024, activation="relu", name="common_dense_1024")(features)
-    return keras.Model(frame, two_heads(common, units=(256, 64, 16)), name=line.name)
+    return keras.Model(frame, two_heads(common, units=(256, 64, 16), names=outputs), name=name)

@@ -7,7 +7,7 @@ from pathlib import Path
 import keras
 
 from agent.errors import ModelError
-from agent.weights import load_weights_strictly
+from agent.nets.weights import load_weights_strictly
 
 IMAGENET_FILES = {
     "inception_resnet_v2": "inception_resnet_v2_weights_tf_dim_ordering_tf_kernels_notop.h5",

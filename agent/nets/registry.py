@@ -34,8 +34,14 @@ class ModelLine:
     description: str
     convcam_layer: str
     """Name of the layer whose output (last conv feature map) the Convcam shows."""
-    build: Callable[[str], keras.Model]
-    """pretrained ("none", "imagenet" or a weights file path) -> a new model."""
+    builder: Callable[[ModelLine, str], keras.Model]
+    """(this line, pretrained) -> a new model; see `build`."""
+    outputs: tuple[str, ...] = OUTPUT_NAMES
+    """The output heads, in order."""
+
+    def build(self, pretrained: str) -> keras.Model:
+        """pretrained ("none", "imagenet" or a weights file path) -> a new model."""
+        return self.builder(self, pretrained)
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -43,16 +49,20 @@ class ModelLine:
         return self.input_shape[1], self.input_shape[0]
 
 
-def _build_model_0005(pretrained: str) -> keras.Model:
+# The builders import Keras, so they are imported when a line is built. They take what they
+# need of the line as values: the builder modules never import this one (no import circle).
+
+
+def _build_model_0005(line: ModelLine, pretrained: str) -> keras.Model:
     from agent.nets.inception import build_model_0005
 
-    return build_model_0005(pretrained)
+    return build_model_0005(line.name, line.input_shape, line.outputs, pretrained)
 
 
-def _build_pilotnet_small(pretrained: str) -> keras.Model:
+def _build_pilotnet_small(line: ModelLine, pretrained: str) -> keras.Model:
     from agent.nets.pilotnet import build_pilotnet_small
 
-    return build_pilotnet_small(pretrained)
+    return build_pilotnet_small(line.name, line.input_shape, line.outputs, pretrained)
 
 
 LINES: dict[str, ModelLine] = {
@@ -66,7 +76,7 @@ LINES: dict[str, ModelLine] = {
                 "Dense 1024, two heads of Dense 256/64/16 -> 1 (the seed's flagship)"
             ),
             convcam_layer="inception_resnet_v2",
-            build=_build_model_0005,
+            builder=_build_model_0005,
         ),
         ModelLine(
             name="pilotnet_small",
@@ -76,7 +86,7 @@ LINES: dict[str, ModelLine] = {
                 "real time on a 2-core CPU; the bundled demo's line"
             ),
             convcam_layer="conv5",
-            build=_build_pilotnet_small,
+            builder=_build_pilotnet_small,
         ),
     )
 }

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from agent.convcam import tile
+from agent.inference.convcam import tile
 from agent.record import draw
 from agent.record.hud import PanelGeometry, Status, draw_hud, draw_panel, draw_swap_marker
 from agent.record.writer import even_size

@@ -10,8 +10,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from agent.checkpoints.store import versions
 from agent.errors import CharlesError
-from agent.store import versions
 
 POLL_SECONDS = 5.0
 

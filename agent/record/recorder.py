@@ -39,8 +39,8 @@ from agent.record.writer import (
     refuse_link_or_special,
     require_av,
 )
-from agent.slot import Slot
-from agent.threads import lower_this_threads_priority
+from agent.runtime.slot import Slot
+from agent.runtime.threads import lower_this_threads_priority
 from agent.types import Frame, Tick
 
 log = logging.getLogger(__name__)

@@ -40,7 +40,7 @@ import numpy as np
 
 from agent.errors import CharlesError, DependencyError, log_failure
 from agent.files import CREATE_FLAGS, create_first_free
-from agent.threads import lower_this_threads_priority
+from agent.runtime.threads import lower_this_threads_priority
 
 log = logging.getLogger(__name__)
 

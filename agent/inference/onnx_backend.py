@@ -50,8 +50,8 @@ from agent.files import CREATE_FLAGS, READ_FLAGS
 if TYPE_CHECKING:
     import keras
 
+    from agent.checkpoints.store import Checkpoint
     from agent.config import InferenceConfig
-    from agent.store import Checkpoint
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The reference checkpoint shipped with Charles, and which checkpoint a session drives with.
 
-`agent/reference_checkpoints/<line>/` holds a checkpoint trained by this project's own
+`agent/checkpoints/reference_checkpoints/<line>/` holds a checkpoint trained by this project's own
 `charles collect` + `charles train` (its manifest's note gives the recipe), so that
 `charles drive` with the default config drives the bundled game well before anyone has trained
 anything. It is used only when `model.checkpoint = "latest"` and the store holds no checkpoint
@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from agent.checkpoints.store import Checkpoint, read_manifest, resolve
 from agent.config import Config
-from agent.store import Checkpoint, read_manifest, resolve
+from agent.nets.runtime import configure_threads
 
 REFERENCE_ROOT = Path(__file__).resolve().parent / "reference_checkpoints"
 
@@ -35,8 +36,6 @@ def checkpoint_to_drive(config: Config) -> Checkpoint | None:
     `[inference]` says. A store path that is not a folder is a one-line error.
     """
     if config.model.checkpoint == "latest":
-        from agent.predictor import configure_threads
-
         configure_threads(config.inference)
     found = resolve(Path(config.model.store), config.model.line, config.model.checkpoint)
     if found is None and config.model.checkpoint == "latest":

@@ -26,9 +26,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from agent.store import MANIFEST_FILE, publish
+from agent.checkpoints.store import MANIFEST_FILE, publish
+from agent.config import default_config_text
 
-REPO = Path(__file__).resolve().parent.parent
 LINES = ("pilotnet_small", "model_0005_inceptionresnetv2")
 GOAL = 1.5
 
@@ -60,6 +60,12 @@ def release_versions(staged: list[Path], root: Path, every: float, stop: threadi
         os.rename(folder, root / f"v{number:04d}")
 
 
+def write_default_config(work: Path) -> None:
+    """The built-in default config in a benchmark's work folder: every drive of the
+    benchmark reads it (an installed Charles has no repository to copy one from)."""
+    (work / "config.toml").write_text(default_config_text())
+
+
 def drive(
     line: str,
     store: Path,
@@ -71,7 +77,7 @@ def drive(
 ) -> dict[str, Any]:
     """`charles drive` for `seconds`; its JSON summary. `started` is set once it drives."""
     command = [
-        sys.executable, "-m", "agent", "drive", "--config", str(REPO / "config.toml"),
+        sys.executable, "-m", "agent", "drive", "--config", str(work / "config.toml"),
         "--model", line, "--seconds", str(seconds), "--json",
         "--set", f"model.store={json.dumps(str(store))}", "--set", "unstuck.enabled=false",
         "--set", f"game.channel_port={port}", "--set", "controller.hold=5.0",
@@ -85,7 +91,7 @@ def drive(
     with log_path.open("w") as log:
         for text in process.stderr:
             log.write(text)
-            if started is not None and "agent.drive: driving" in text:
+            if started is not None and "agent.drive.session: driving" in text:
                 started.set()
     out = process.stdout.read()
     if process.wait() != 0:
@@ -194,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="charles-swapbench-") as folder:
         work = Path(folder)
-        shutil.copy(REPO / "config.toml", work / "config.toml")
+        write_default_config(work)
         for line in args.lines:
             seconds = args.seconds_0005 if line.startswith("model_0005") else args.seconds
             # A model_0005 load (220 MB) takes about 15 s within its CPU budget.

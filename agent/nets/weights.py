@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, BinaryIO, TypeVar
 
 import numpy as np
 
-from agent.errors import ModelError
+from agent.errors import ModelError, one_line
 
 if TYPE_CHECKING:
     import h5py
@@ -63,13 +63,6 @@ class FileArray:
     shape: Shape
     digest: str
     """SHA-256 of the values in canonical form (see `_digest`)."""
-
-
-def one_line(text: object, limit: int = 120) -> str:
-    """`text` made safe for a one-line user message: no control characters, at most `limit`."""
-    flat = " ".join(str(text).split())
-    flat = "".join(c if c.isprintable() else "?" for c in flat)
-    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
 def load_weights_strictly(model: keras.Model, path: Path, what: str) -> None:
@@ -124,7 +117,8 @@ def finite_array_shapes(source: BinaryIO, what: str) -> list[Shape]:
     """The shapes of the arrays of the HDF5 file open as `source`, after checking, as
     `read_arrays` does, that it is readable, self-contained and all finite (no digests).
 
-    For a look at a checkpoint before anything is built to load it into (`agent.store.latest`).
+    For a look at a checkpoint before anything is built to load it into
+    (`agent.checkpoints.store.latest`).
     """
     return _each_array(source, what, None, _finite_shape)
 

@@ -6,7 +6,7 @@ chosen by `inference.backend`:
   use, so the drive loop never pays for tracing or `model.predict`'s per-call setup (XLA and
   mixed precision behind `inference.xla` / `inference.mixed_precision`);
 - "onnxruntime": the same Keras model exported to ONNX and run by ONNX Runtime
-  (agent/onnx_backend.py), checked against the compiled TensorFlow function whenever its
+  (agent/inference/onnx_backend.py), checked against the compiled TensorFlow function whenever its
   weights change.
 Both take the frame as uint8 and scale it inside the graph, and both sit behind `predict()`.
 """
@@ -22,33 +22,22 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from agent.checkpoints.store import Checkpoint, load_into
 from agent.config import InferenceConfig
 from agent.errors import DependencyError
 from agent.nets.registry import ModelLine, get_line
-from agent.store import Checkpoint, load_into
+from agent.nets.runtime import require_tensorflow
 from agent.types import Prediction
 
 if TYPE_CHECKING:
     import keras
 
-    from agent.onnx_backend import OnnxSession
+    from agent.inference.onnx_backend import OnnxSession
 
 log = logging.getLogger(__name__)
 
 TENSORFLOW = "tensorflow"
 ONNXRUNTIME = "onnxruntime"
-
-
-def require_tensorflow() -> Any:
-    """Import TensorFlow, or explain how to install it."""
-    try:
-        import tensorflow as tf
-    except ImportError:
-        raise DependencyError(
-            "TensorFlow is not installed: pip install 'charles[cpu]' (or 'charles[gpu]' on a "
-            "Linux machine with an NVIDIA GPU), or run scripts/setup"
-        ) from None
-    return tf
 
 
 def convcam_tensor(model: keras.Model, line: ModelLine) -> Any:
@@ -129,7 +118,7 @@ class Predictor:
         the variables it already has."""
         if self.backend != ONNXRUNTIME:
             return
-        from agent.onnx_backend import session_for
+        from agent.inference.onnx_backend import session_for
 
         self.onnx = None  # never predict with the previous weights' session
         self.onnx = session_for(
@@ -216,29 +205,3 @@ def _dtype_policy(name: str | None) -> Iterator[None]:
         yield
     finally:
         keras.mixed_precision.set_dtype_policy(before)
-
-
-def configure_threads(inference: InferenceConfig) -> None:
-    """TensorFlow's thread pools as `inference` says (0: TensorFlow's default).
-
-    Only possible before TensorFlow runs its first operation in this process; later (a second
-    drive in one process, as in tests) the pools stay as they are, with a warning if they
-    differ.
-    """
-    tf = require_tensorflow()
-    threading = tf.config.threading
-    wanted = (inference.intra_op_threads, inference.inter_op_threads)
-    current = (
-        threading.get_intra_op_parallelism_threads(),
-        threading.get_inter_op_parallelism_threads(),
-    )
-    if wanted == current:
-        return
-    try:
-        threading.set_intra_op_parallelism_threads(wanted[0])
-        threading.set_inter_op_parallelism_threads(wanted[1])
-    except RuntimeError:
-        log.warning(
-            "TensorFlow already runs with %d intra-op and %d inter-op threads in this process; "
-            "inference.intra_op_threads/inter_op_threads apply from the next start", *current
-        )  # fmt: skip

@@ -1,6 +1,6 @@
 """The learning benchmark: collect, train, then drive unseen tracks through window capture.
 
-    .venv/bin/python -m agent.learn.benchmark [--collect-minutes 4 --train-minutes 4 ...]
+    .venv/bin/python -m agent.bench.learn [--collect-minutes 4 --train-minutes 4 ...]
     (scripts/bench-learn runs it)
 
 Every phase is a real `charles` command in its own process, in a fresh work folder:
@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -36,10 +35,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from agent.display import display_for_this_process
+from agent.bench.swap import write_default_config
 from agent.game.channel import ask_identity
+from agent.runtime.display import display_for_this_process
 
-REPO = Path(__file__).resolve().parents[2]
 EVAL_SEEDS = (1, 2, 3, 4, 5)
 BC_SEED = 1000
 DAGGER_SEED = 2000
@@ -81,9 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--skip-eval", action="store_true", help="only collect and train")
     args = parser.parse_args(argv)
-    work = args.work or REPO / "bench-learn" / time.strftime("%Y%m%d-%H%M%S")
+    work = args.work or Path("bench-learn") / time.strftime("%Y%m%d-%H%M%S")
     work.mkdir(parents=True, exist_ok=True)
-    shutil.copy(REPO / "config.toml", work / "config.toml")
+    write_default_config(work)
     seeds = [int(s) for s in args.seeds.split(",")]
     # One display for every game and drive of the evaluation (each would start its own).
     with display_for_this_process():

@@ -44,13 +44,13 @@ def tied_to_this_process(command: list[str]) -> list[str]:
     """`command` started so that it dies (SIGTERM) when this process exits, however it exits."""
     if not sys.platform.startswith("linux"):
         return command
-    return [sys.executable, "-m", "agent.lifetime", str(os.getpid()), *command]
+    return [sys.executable, "-m", "agent.runtime.lifetime", str(os.getpid()), *command]
 
 
 def _exec_tied(argv: list[str]) -> None:
     parent, *command = argv
     if not command:
-        raise SystemExit("usage: python -m agent.lifetime PARENT_PID PROGRAM [ARGS...]")
+        raise SystemExit("usage: python -m agent.runtime.lifetime PARENT_PID PROGRAM [ARGS...]")
     if not die_with_parent(int(parent)):
         raise SystemExit(f"parent {parent} exited before {command[0]} started")
     os.execvp(command[0], command)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from agent.predictor import Predictor
+from agent.inference.predictor import Predictor
 
 
 @dataclass(frozen=True)

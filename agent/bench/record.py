@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from agent.swapbench import REPO, drive
+from agent.bench.swap import drive, write_default_config
 
 LINES = ("pilotnet_small", "model_0005_inceptionresnetv2")
 MODES = ("off", "hud", "layout")
@@ -164,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="charles-recordbench-") as folder:
         work = Path(folder)
-        shutil.copy(REPO / "config.toml", work / "config.toml")
+        write_default_config(work)
         for line in args.lines:
             seconds = args.seconds_0005 if line.startswith("model_0005") else args.seconds
             modes = args.modes_0005 if line.startswith("model_0005") else args.modes

@@ -22,7 +22,7 @@ from agent.capture.window import Owner
 from agent.config import Config
 from agent.game.launcher import BundledGame, GameStartError
 from agent.game.options import WINDOW_TITLE as BUNDLED_GAME_TITLE
-from agent.signals import Stop
+from agent.runtime.signals import Stop
 
 log = logging.getLogger(__name__)
 

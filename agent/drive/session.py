@@ -21,35 +21,36 @@ from pathlib import Path
 from typing import Any
 
 from agent.capture import Grabber
+from agent.checkpoints.reference import checkpoint_to_drive
+from agent.checkpoints.store import Checkpoint, version_number
+from agent.checkpoints.watcher import Rejection
 from agent.config import Config, InferenceConfig
-from agent.console import RateMeter, render
-from agent.control import ControlMapper
 from agent.controllers import open_controller
-from agent.display import display_for_this_process
+from agent.drive.console import RateMeter, render
+from agent.drive.control import ControlMapper
+from agent.drive.hotkeys import Hotkeys
+from agent.drive.hotswap import OFF, HotSwap, Swap
+from agent.drive.latency import RenderToCommand
+from agent.drive.loop import DriveLoop, failure_to_raise
+from agent.drive.summary import DriveSummary, command_gaps, median_ms, percentiles_ms
+from agent.drive.target import acquire_window, is_bundled_game
+from agent.drive.unstuck import RecoveryPlan, StuckDetector, Unstuck
 from agent.game.channel import request_reset
 from agent.game.launcher import BundledGame, connect_or_launch
+from agent.game.pairing import FrameRecordListener
 from agent.game.telemetry import read_last_telemetry
-from agent.hotkeys import Hotkeys
-from agent.hotswap import OFF, HotSwap, Swap
-from agent.latency import RenderToCommand
-from agent.learn.pairing import FrameRecordListener
-from agent.loop import DriveLoop, failure_to_raise
+from agent.inference.onnx_backend import check_installed
+from agent.inference.predictor import Predictor, build_model
+from agent.inference.preprocess import preprocess
 from agent.nets.registry import ModelLine, get_line
-from agent.onnx_backend import check_installed
-from agent.predictor import Predictor, build_model, configure_threads
-from agent.preprocess import preprocess
+from agent.nets.runtime import configure_threads
 from agent.record.hud import Status
 from agent.record.losses import LossCurve
 from agent.record.recorder import Recorder, check_before_driving
-from agent.reference import checkpoint_to_drive
-from agent.signals import Stop, on_stop_signals
-from agent.slot import Slot
-from agent.store import Checkpoint, version_number
-from agent.summary import DriveSummary, command_gaps, median_ms, percentiles_ms
-from agent.target import acquire_window, is_bundled_game
+from agent.runtime.display import display_for_this_process
+from agent.runtime.signals import Stop, on_stop_signals
+from agent.runtime.slot import Slot
 from agent.types import Frame, Tick
-from agent.unstuck import RecoveryPlan, StuckDetector, Unstuck
-from agent.watcher import Rejection
 
 log = logging.getLogger(__name__)
 

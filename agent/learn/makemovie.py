@@ -269,8 +269,8 @@ def make_movie(
     first, stop = _sample_range(start, end, limit, len(times), folder)
     shard_of, row_of = _time_order(shards, times, first, stop)
 
-    from agent.predictor import Predictor  # TensorFlow: only once the cheap checks passed
-    from agent.reference import checkpoint_to_drive
+    from agent.checkpoints.reference import checkpoint_to_drive
+    from agent.inference.predictor import Predictor  # TensorFlow: only once the cheap checks passed
 
     predictor = Predictor.load(line.name, checkpoint_to_drive(config), config.model.pretrained)
     layout = layout_for(line.input_shape, scale)

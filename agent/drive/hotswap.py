@@ -1,29 +1,29 @@
 """Hot swap: newer checkpoints take over the driving model without the car ever driving blind.
 
-A loader thread watches the store (agent/watcher.py). For each newer version it fills a second,
-already compiled copy of the network (the shadow) with the checkpoint's weights, checks it, and
-offers it. The drive loop takes an offered shadow between two predictions with one reference
-swap and hands the model it drove with back; that copy is the shadow for the next version. So
-nothing is ever built, compiled or traced while driving: both copies are built and warmed up
-before the first command, and a swap afterwards costs the loop a lock it only tries and a queue
-put.
+A loader thread watches the store (agent/checkpoints/watcher.py). For each newer version it
+fills a second, already compiled copy of the network (the shadow) with the checkpoint's weights,
+checks it, and offers it. The drive loop takes an offered shadow between two predictions with
+one reference swap and hands the model it drove with back; that copy is the shadow for the next
+version. So nothing is ever built, compiled or traced while driving: both copies are built and
+warmed up before the first command, and a swap afterwards costs the loop a lock it only tries
+and a queue put.
 
 Checks before a checkpoint may drive, each refusal one log line (the version is not tried again
 until its files change): a readable manifest of this line and its input shape and outputs
 (manifest), size and SHA-256 of the weights (truncated or replaced file), weights that fit the
-network exactly and are all finite (agent/weights.py), and a finite prediction on the newest
-frame. That last check is the checkpoint's first prediction in the loop, on the frame it was
-going to drive on anyway: a separate test prediction in the background would take a whole
+network exactly and are all finite (agent/nets/weights.py), and a finite prediction on
+the newest frame. That last check is the checkpoint's first prediction in the loop, on the frame
+it was going to drive on anyway: a separate test prediction in the background would take a whole
 prediction's worth of CPU from the driving model on a small machine (measured: the largest gap
 between commands during a model_0005 swap was 1.9 x the median with it). A non-finite one is
 never sent: the current model predicts on that frame instead and keeps driving.
 
 Only the HDF5 weights file is read, by h5py, as arrays: nothing in a checkpoint folder is
 unpickled or deserialised as code, so a `.keras` file with a Lambda layer placed there never
-runs. On a small machine the load competes with inference for the CPU, so the loader thread
-runs at a lower priority (`swap.nice`, Linux) and within a CPU budget (`swap.load_share`,
-agent/duty.py): the load takes longer, but each prediction beside it overlaps only a little of
-it.
+runs. On a small machine the load competes with inference for the CPU, so the loader thread runs
+at a lower priority (`swap.nice`, Linux) and within a CPU budget (`swap.load_share`,
+agent/runtime/duty.py): the load takes longer, but each prediction beside it overlaps only a
+little of it.
 """
 
 from __future__ import annotations
@@ -37,15 +37,14 @@ from pathlib import Path
 
 import numpy as np
 
+from agent.checkpoints.store import Checkpoint, load_into
+from agent.checkpoints.watcher import Candidate, CheckpointWatcher, Rejection
 from agent.config import SwapConfig
-from agent.duty import DutyCycle
-from agent.errors import ModelError
-from agent.predictor import Predictor
-from agent.store import Checkpoint, load_into
-from agent.threads import lower_this_threads_priority
+from agent.errors import ModelError, one_line
+from agent.inference.predictor import Predictor
+from agent.runtime.duty import DutyCycle
+from agent.runtime.threads import lower_this_threads_priority
 from agent.types import Prediction
-from agent.watcher import Candidate, CheckpointWatcher, Rejection
-from agent.weights import one_line
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ on time. It meets everything slow only through slots and offers each tick to the
 the recorder through another. Nothing in a tick touches disk, loads files or sleeps except the
 wait for a frame. Every way out of `run()` leaves the controller neutral.
 
-Two things may change what a tick sends. A hot swap (agent/hotswap.py) replaces the predictor
+Two things may change what a tick sends. A hot swap (agent/drive/hotswap.py) replaces the predictor
 between two predictions with one that was loaded and checked in the background. Unstuck
-(agent/unstuck.py) watches the frames and, when the car stands still, sends a short recovery
+(agent/drive/unstuck.py) watches the frames and, when the car stands still, sends a short recovery
 script instead of predictions.
 """
 
@@ -29,15 +29,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from agent.control import ControlMapper
 from agent.controllers.base import Controller
+from agent.drive.control import ControlMapper
+from agent.drive.hotswap import HotSwap
+from agent.drive.latency import RenderToCommand
+from agent.drive.unstuck import Unstuck
 from agent.errors import CharlesError, log_failure
-from agent.hotswap import HotSwap
-from agent.latency import RenderToCommand
-from agent.predictor import Predictor
-from agent.slot import Slot
+from agent.inference.predictor import Predictor
+from agent.runtime.slot import Slot
 from agent.types import NEUTRAL, ControllerState, Frame, Tick
-from agent.unstuck import Unstuck
 
 log = logging.getLogger(__name__)
 

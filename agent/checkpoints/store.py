@@ -9,7 +9,7 @@ their size and SHA-256, so a loader can refuse a file that is not what it claims
 touching the model. A version folder is written under a temporary name and renamed into place,
 so a watcher never sees half a checkpoint, and a version is never overwritten.
 
-Publishing survives a full disk: the weights file is built in memory (agent.weights) and
+Publishing survives a full disk: the weights file is built in memory (agent.nets.weights) and
 written with plain `os.write`, after a check that the store has room for it, then fsynced,
 manifest and folder too, before the rename; a publish that cannot complete leaves nothing
 behind but the versions that were there. One trainer publishes into a line of a store at a
@@ -47,15 +47,14 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Generic, TypeVar
 
 import numpy as np
 
-from agent.errors import ModelError, warn_once
+from agent.errors import ModelError, one_line, warn_once
 from agent.files import CREATE_FLAGS, READ_FLAGS
 from agent.nets.registry import LINE_NAMES, LINES, OUTPUT_NAMES
-from agent.weights import (
+from agent.nets.weights import (
     Shape,
     check_shapes,
     finite_array_shapes,
     load_weights_strictly,
-    one_line,
     weight_shapes,
     weights_image,
 )

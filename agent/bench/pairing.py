@@ -1,6 +1,6 @@
 """How often a captured frame is paired with the record of the picture it really shows.
 
-    .venv/bin/python -m agent.learn.pairing_bench [--seconds 20]   (scripts/bench-pairing)
+    .venv/bin/python -m agent.bench.pairing [--seconds 20]   (scripts/bench-pairing)
 
 Starts the bundled game with `--stamp` (each picture carries its frame number in its top-left
 corner) and its autopilot, captures the window as `charles collect` does, pairs every grab with
@@ -21,13 +21,13 @@ from pathlib import Path
 
 from agent.capture import Grabber
 from agent.config import Config, GameConfig
-from agent.display import display_for_this_process
+from agent.drive.target import acquire_window
 from agent.game.launcher import connect_or_launch
+from agent.game.pairing import FrameRecordListener
 from agent.game.stamp import BITS, read_stamp
-from agent.learn.pairing import FrameRecordListener
-from agent.signals import Stop
-from agent.slot import Slot
-from agent.target import acquire_window
+from agent.runtime.display import display_for_this_process
+from agent.runtime.signals import Stop
+from agent.runtime.slot import Slot
 from agent.types import Frame
 
 _MASK = (1 << BITS) - 1

@@ -29,19 +29,20 @@ import numpy as np
 
 from agent.capture.screen import open_mss
 from agent.capture.window import GameWindow
+from agent.checkpoints.reference import checkpoint_to_drive
 from agent.config import Config
-from agent.control import ControlMapper
-from agent.display import display_for_this_process
+from agent.drive.control import ControlMapper
+from agent.drive.summary import DriveSummary, percentiles_ms
+from agent.drive.target import acquire_window, is_bundled_game
 from agent.errors import CharlesError
 from agent.game.channel import GamepadSender
 from agent.game.launcher import connect_or_launch
-from agent.onnx_backend import check_installed
-from agent.predictor import Predictor, configure_threads
-from agent.preprocess import preprocess
-from agent.reference import checkpoint_to_drive
-from agent.signals import Stop
-from agent.summary import DriveSummary, percentiles_ms
-from agent.target import acquire_window, is_bundled_game
+from agent.inference.onnx_backend import check_installed
+from agent.inference.predictor import Predictor
+from agent.inference.preprocess import preprocess
+from agent.nets.runtime import configure_threads
+from agent.runtime.display import display_for_this_process
+from agent.runtime.signals import Stop
 from agent.types import NEUTRAL
 
 log = logging.getLogger(__name__)
@@ -123,7 +124,7 @@ def run_drive_bench(
     config: Config, seconds: float, raw_seconds: float, naive_seconds: float
 ) -> DriveBench:
     """Measure raw, drive and naive on the bundled game (see the module docstring)."""
-    from agent.drive import run_drive
+    from agent.drive.session import run_drive
 
     if not is_bundled_game(config):
         raise CharlesError(

@@ -17,7 +17,7 @@ from rich.text import Text
 from agent.types import Tick
 
 if TYPE_CHECKING:
-    from agent.hotswap import HotSwapRecord
+    from agent.drive.hotswap import HotSwapRecord
 
 
 @dataclass(frozen=True)

@@ -49,10 +49,10 @@ from types import TracebackType
 
 import numpy as np
 
+from agent.drive.summary import percentiles_ms
 from agent.game.channel import FrameRecord
+from agent.game.pairing import KEPT_RECORDS, FrameRecordListener
 from agent.game.stamp import BITS, CELL, read_stamp
-from agent.learn.pairing import KEPT_RECORDS, FrameRecordListener
-from agent.summary import percentiles_ms
 
 log = logging.getLogger(__name__)
 

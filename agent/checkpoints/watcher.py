@@ -19,8 +19,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.checkpoints.store import (
+    MANIFEST_FILE,
+    WEIGHTS_FILE,
+    Checkpoint,
+    checkpoint_in,
+    version_number,
+)
 from agent.errors import ModelError
-from agent.store import MANIFEST_FILE, WEIGHTS_FILE, Checkpoint, checkpoint_in, version_number
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ import sys
 from collections.abc import Iterator
 
 from agent.errors import DependencyError
-from agent.lifetime import tied_to_this_process
-from agent.processes import stop_process
+from agent.runtime.lifetime import tied_to_this_process
+from agent.runtime.processes import stop_process
 
 log = logging.getLogger(__name__)
 
