@@ -15,19 +15,14 @@ import logging
 import math
 import os
 import sys
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from agent.config import DEFAULT_CONFIG_PATH, Config, load_config, parse_override
-from agent.errors import CharlesError
+from agent.errors import CharlesError, require_positive
 from agent.nets.registry import LINE_NAMES, get_line
 from agent.runtime.signals import EXIT_STATUS, StopRequested
-
-if TYPE_CHECKING:
-    from agent.bench.model import BenchResult
 
 # Flags that are shorthands for one config key each: flag dest -> dotted key.
 KEY_FLAGS = {
@@ -208,33 +203,40 @@ def _build_parser() -> argparse.ArgumentParser:
         help=f"where to write it (default: ./{DEFAULT_CONFIG_PATH}, the file Charles reads)",
     )  # fmt: skip
 
-    model_cmd = commands.add_parser("model", help="inspect and benchmark model lines")
+    model_cmd = commands.add_parser("model", help="list and inspect model lines")
     model_sub = model_cmd.add_subparsers(dest="action", required=True, metavar="ACTION")
     _add(model_sub, "list", _model_list, [common], "registered model lines and stored versions")
     summary = _add(model_sub, "summary", _model_summary, [common, model_flags],
                    "build a model line and print its shape and parameter counts")  # fmt: skip
     summary.add_argument("--layers", action="store_true", help="also print Keras's layer table")
     summary.add_argument("--json", action="store_true", help="print JSON instead of text")
-    bench = _add(model_sub, "bench", _model_bench, [common, model_flags],
-                 "predictions per second and latency percentiles at batch 1")  # fmt: skip
-    bench.add_argument("--seconds", type=float, default=10.0, help="measuring time (default 10)")
-    bench.add_argument(
-        "--max-predictions", type=int, default=100_000, help="stop after this many predictions"
-    )
-    bench.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
-    bench_cmd = commands.add_parser("bench", help="benchmarks of the whole agent")
-    bench_sub = bench_cmd.add_subparsers(dest="action", required=True, metavar="ACTION")
-    drive_bench = _add(bench_sub, "drive", _bench_drive, [common, model_flags],
-                       "drive the bundled game and compare the loop with the raw model and a "
-                       "naive loop")  # fmt: skip
-    drive_bench.add_argument("--seconds", type=float, default=30.0,
-                             help="driving time (default 30)")  # fmt: skip
-    drive_bench.add_argument("--raw-seconds", type=float, default=10.0,
-                             help="time the predictor runs alone (default 10)")  # fmt: skip
-    drive_bench.add_argument("--naive-seconds", type=float, default=15.0,
-                             help="time of the naive loop (default 15)")  # fmt: skip
-    drive_bench.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    from agent.bench import drive as drive_bench
+    from agent.bench import learn, model, pairing, record, swap
+
+    bench_cmd = commands.add_parser(
+        "bench", help="benchmarks: the model alone, the drive loop, swaps, recording, "
+        "learning, frame pairing",
+    )  # fmt: skip
+    bench_sub = bench_cmd.add_subparsers(dest="action", required=True, metavar="BENCHMARK")
+    benchmarks = {
+        "model": (model, "predictions per second and latency percentiles at batch 1"),
+        "drive": (drive_bench, "drive the bundled game and compare the loop with the raw "
+                  "model and a naive loop, once or in rounds over settings"),
+        "swap": (swap, "drive while new checkpoints land in the store: can a swap be seen?"),
+        "record": (record, "drive with recording off, in HUD and in layout mode: what does "
+                   "recording cost?"),
+        "learn": (learn, "collect, train, then drive unseen tracks: score against training "
+                  "time"),
+        "pairing": (pairing, "how often a grabbed frame is paired with the record of the "
+                    "picture it shows"),
+    }  # fmt: skip
+    for name, (module, help_text) in benchmarks.items():
+        # model and drive run one model here; the others choose their lines themselves.
+        parents = [common, model_flags] if name in ("model", "drive") else [common]
+        sub = _add(bench_sub, name, module.run, parents, help_text)
+        sub.add_argument("--json", action="store_true", help="print one JSON document")
+        module.add_arguments(sub)
     return parser
 
 
@@ -319,30 +321,11 @@ def _drive(args: argparse.Namespace, config: Config) -> int:
     return EXIT_STATUS.get(summary.stopped_by, 0)
 
 
-def _bench_drive(args: argparse.Namespace, config: Config) -> int:
-    from agent.bench.drive import as_json, print_table, run_drive_bench
-
-    for value, flag in ((args.seconds, "--seconds"), (args.raw_seconds, "--raw-seconds"),
-                        (args.naive_seconds, "--naive-seconds")):  # fmt: skip
-        _positive_limit(value, flag)
-    result = run_drive_bench(config, args.seconds, args.raw_seconds, args.naive_seconds)
-    if args.json:
-        print(json.dumps(as_json(result)))
-    else:
-        print_table(result)
-    return 0
-
-
-def _positive_limit(value: float | None, flag: str) -> None:
-    if value is not None and not (value > 0 and math.isfinite(value)):
-        raise CharlesError(f"{flag} must be a positive number")
-
-
 def _collect(args: argparse.Namespace, config: Config) -> int:
     from agent.learn.collect import run_collect
 
-    _positive_limit(args.seconds, "--seconds")
-    _positive_limit(args.frames, "--frames")
+    require_positive(args.seconds, "--seconds")
+    require_positive(args.frames, "--frames")
     summary = run_collect(config, args.seconds, args.frames)
     print("\n".join(summary.lines()))
     return EXIT_STATUS.get(summary.stopped_by, 0)
@@ -351,8 +334,8 @@ def _collect(args: argparse.Namespace, config: Config) -> int:
 def _train(args: argparse.Namespace, config: Config) -> int:
     from agent.learn.trainer import run_train
 
-    _positive_limit(args.seconds, "--seconds")
-    _positive_limit(args.batches, "--batches")
+    require_positive(args.seconds, "--seconds")
+    require_positive(args.batches, "--batches")
     summary = run_train(config, args.seconds, args.batches)
     print("\n".join(summary.lines()))
     return EXIT_STATUS.get(summary.stopped_by, 0)
@@ -492,59 +475,3 @@ def _model_summary(args: argparse.Namespace, config: Config) -> int:
     print(f"Trainable params: {trainable:,}")
     print(f"Non-trainable params: {non_trainable:,}")
     return 0
-
-
-def _model_bench(args: argparse.Namespace, config: Config) -> int:
-    from agent.bench.model import run_bench
-    from agent.checkpoints.store import resolve
-    from agent.inference.onnx_backend import check_installed
-    from agent.inference.predictor import Predictor
-    from agent.nets.runtime import configure_threads
-
-    if args.seconds <= 0 or not math.isfinite(args.seconds) or args.max_predictions < 1:
-        raise CharlesError("--seconds must be > 0 and --max-predictions at least 1")
-    check_installed(config.inference)
-    configure_threads(config.inference)  # before resolve: checking "latest" may build the line
-    checkpoint = resolve(Path(config.model.store), config.model.line, config.model.checkpoint)
-    start = time.perf_counter()
-    predictor = Predictor.load(
-        config.model.line, checkpoint, config.model.pretrained, inference=config.inference
-    )
-    load_seconds = time.perf_counter() - start - predictor.warmup_seconds
-    result = run_bench(predictor, args.seconds, args.max_predictions, load_seconds)
-    if args.json:
-        print(
-            json.dumps({**asdict(result), "predictions_per_second": result.predictions_per_second})
-        )
-        return 0
-    _print_bench_table(result)
-    return 0
-
-
-def _print_bench_table(result: BenchResult) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"charles model bench: {result.model} on {result.backend}, batch 1")
-    for column in (
-        "predictions",
-        "PPS",
-        "p50 ms",
-        "p95 ms",
-        "p99 ms",
-        "mean ms",
-        "load s",
-        "warm-up s",
-    ):
-        table.add_column(column, justify="right")
-    table.add_row(
-        str(result.predictions),
-        f"{result.predictions_per_second:.1f}",
-        f"{result.p50_ms:.1f}",
-        f"{result.p95_ms:.1f}",
-        f"{result.p99_ms:.1f}",
-        f"{result.mean_ms:.1f}",
-        f"{result.load_seconds:.2f}",
-        f"{result.warmup_seconds:.2f}",
-    )
-    Console().print(table)

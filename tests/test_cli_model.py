@@ -15,24 +15,6 @@ def test_summary_prints_the_seed_numbers_for_model_0005(run_charles) -> None:
     assert "Non-trainable params: 60,544" in result.stdout
 
 
-def test_bench_reports_rate_and_percentiles_as_json(run_charles) -> None:
-    result = run_charles(
-        "model", "bench", "--model", "pilotnet_small", "--seconds", "1", "--json",
-        "--checkpoint", "none",
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert report["predictions"] >= 1
-    assert report["predictions_per_second"] > 0
-    assert 0 < report["p50_ms"] <= report["p95_ms"] <= report["p99_ms"]
-    assert report["model"].startswith("pilotnet_small")
-
-
-def test_bench_refuses_nonsense_arguments(run_charles) -> None:
-    result = run_charles("model", "bench", "--seconds", "0", "--checkpoint", "none")
-    assert_one_line_error(result, "--seconds must be > 0")
-
-
 def test_summary_loads_the_checkpoint_it_is_given(tmp_path, run_charles) -> None:
     from agent.checkpoints.store import publish
     from agent.nets.registry import get_line

@@ -244,14 +244,14 @@ def test_window_collection_pairs_frames_with_the_games_records(
     assert len(frames) > 0
 
 
-def test_pairing_picks_the_frame_on_screen(x_display: str, tmp_path: Path) -> None:
+def test_pairing_picks_the_frame_on_screen(x_display: str) -> None:
     """Measured with stamped frames: a grab gets the record of the picture it shows."""
     from agent.bench.pairing import measure_pairing
 
-    result = measure_pairing(seconds=4.0, port=free_udp_port(), log_folder=tmp_path)
+    result = measure_pairing(seconds=4.0, port=free_udp_port())
     assert result.grabs > 30
     # Lenient on purpose (a loaded 2-core machine delays the X server now and then); the
-    # benchmark (scripts/bench-pairing) reports the real numbers.
+    # benchmark (charles bench pairing) reports the real numbers.
     assert result.exact / result.grabs >= 0.6, result.describe()
     assert (result.exact + result.off_by_one) / result.grabs >= 0.9, result.describe()
 

@@ -173,7 +173,7 @@ def test_the_backend_is_chosen_in_config(run_charles, tmp_path: Path) -> None:  
     results = {}
     for backend in ("tensorflow", "onnxruntime"):
         result = run_charles(
-            "model", "bench", "--config", str(REPO / "config.toml"), "--seconds", "1", "--json",
+            "bench", "model", "--config", str(REPO / "config.toml"), "--seconds", "1", "--json",
             "--checkpoint", "none",
             "--set", f"inference.backend={backend}", "--set", "inference.intra_op_threads=1",
             cwd=tmp_path,
@@ -194,7 +194,7 @@ def test_missing_onnxruntime_is_one_line_naming_the_install_command(
     (shim / "__init__.py").write_text("raise ImportError(\"No module named 'onnxruntime'\")\n")
     env = {"PYTHONPATH": os.pathsep.join([str(shim.parent), str(REPO)])}
     config = str(REPO / "config.toml")
-    for command in (["drive", "--seconds", "1"], ["model", "bench", "--seconds", "1"]):
+    for command in (["drive", "--seconds", "1"], ["bench", "model", "--seconds", "1"]):
         result = run_charles(
             *command, "--config", config, "--set", "inference.backend=onnxruntime",
             env=env, cwd=tmp_path,

@@ -106,7 +106,7 @@ def test_bad_checkpoint_on_the_command_line_is_one_line(tmp_path: Path, run_char
     folder.mkdir()
     (folder / WEIGHTS_FILE).write_bytes(b"junk")
     result = run_charles(
-        "model", "bench", "--model", LINE, "--checkpoint", str(folder), "--seconds", "0.1"
+        "bench", "model", "--model", LINE, "--checkpoint", str(folder), "--seconds", "0.1"
     )
     assert_one_line_error(result, str(folder), "manifest.json", "not a Charles checkpoint")
 

@@ -13,12 +13,16 @@ three see the same machine under the same game):
 
 Goals (issue 10): drive PPS at least 0.95 x raw PPS, or for a line faster than the game, equal
 to the game's new frames per second; capture-to-command p50 within the raw p50 + 5 ms.
+
+With --rounds or --setting it runs in rounds over several settings instead (drive_rounds.py).
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
+import json
 import logging
 import time
 from dataclasses import asdict, dataclass
@@ -34,7 +38,7 @@ from agent.config import Config
 from agent.drive.control import ControlMapper
 from agent.drive.summary import DriveSummary, percentiles_ms
 from agent.drive.target import acquire_window, is_bundled_game
-from agent.errors import CharlesError
+from agent.errors import CharlesError, require_positive
 from agent.game.channel import GamepadSender
 from agent.game.launcher import connect_or_launch
 from agent.inference.onnx_backend import check_installed
@@ -263,8 +267,40 @@ def judge(
     }
 
 
-def as_json(result: DriveBench) -> dict[str, Any]:
-    return asdict(result)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The drive benchmark's own flags (--config, --set, the model flags and --json come from
+    the CLI)."""
+    parser.add_argument("--seconds", type=float, default=30.0, help="driving time (default 30)")
+    parser.add_argument("--raw-seconds", type=float, default=10.0,
+                        help="time the predictor runs alone (default 10)")  # fmt: skip
+    parser.add_argument("--naive-seconds", type=float, default=15.0,
+                        help="time of the naive loop (default 15)")  # fmt: skip
+    parser.add_argument(
+        "--rounds", type=int, default=1,
+        help="runs of each setting, interleaved; medians over them (default 1)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--setting", action="append", metavar="NAME='FLAGS'",
+        help="one setting to compare: a name and extra flags for every run of it, e.g. "
+        "ort='--set inference.backend=onnxruntime' (repeatable; each run in a process of its "
+        "own)",
+    )  # fmt: skip
+
+
+def run(args: argparse.Namespace, config: Config) -> int:
+    """The `charles bench drive` handler: one run here, or rounds over settings."""
+    for flag in ("seconds", "raw_seconds", "naive_seconds", "rounds"):
+        require_positive(getattr(args, flag), f"--{flag.replace('_', '-')}")
+    if args.setting or args.rounds > 1:
+        from agent.bench.drive_rounds import run_settings
+
+        return run_settings(args, config)
+    result = run_drive_bench(config, args.seconds, args.raw_seconds, args.naive_seconds)
+    if args.json:
+        print(json.dumps(asdict(result)))
+    else:
+        print_table(result)
+    return 0
 
 
 def print_table(result: DriveBench) -> None:

@@ -1,7 +1,4 @@
-"""The learning benchmark: collect, train, then drive unseen tracks through window capture.
-
-    .venv/bin/python -m agent.bench.learn [--collect-minutes 4 --train-minutes 4 ...]
-    (scripts/bench-learn runs it)
+"""`charles bench learn`: collect, train, then drive unseen tracks through window capture.
 
 Every phase is a real `charles` command in its own process, in a fresh work folder:
 1. behaviour cloning: `charles collect --source autopilot --render offscreen` on tracks from
@@ -15,7 +12,10 @@ Every phase is a real `charles` command in its own process, in a fresh work fold
    A run ends when the lap is done or after `--cap` seconds of driving; its score is
    CarRacing's (+1000/N per new tile of N, -0.1 per 50 Hz step), as the game logs it.
 
-Prints one table and writes results.json and score-vs-training.png into the work folder.
+Prints one table (or, with --json, the report as one JSON document) and writes results.json
+and score-vs-training.png into the work folder. Progress goes to stderr. The work folder reads
+the config the benchmark was given (its file, else the built-in defaults); each --set override
+goes to every command, before the recipe's own settings.
 """
 
 from __future__ import annotations
@@ -35,7 +35,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from agent.bench.swap import write_default_config
+from agent.bench.workfolder import charles_command, set_flags, write_config
+from agent.config import Config
+from agent.errors import CharlesError, require_positive
 from agent.game.channel import ask_identity
 from agent.runtime.display import display_for_this_process
 
@@ -66,9 +68,10 @@ class Run:
     seconds: float
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--work", type=Path, default=None, help="work folder (default: new)")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The learning benchmark's own flags (--config, --set and --json come from the CLI)."""
+    parser.add_argument("--work", type=Path, default=None,
+                        help="work folder (default: a new bench-learn/<time>/)")  # fmt: skip
     parser.add_argument("--collect-minutes", type=float, default=4.0)
     parser.add_argument("--train-minutes", type=float, default=4.0)
     parser.add_argument("--dagger-collect-minutes", type=float, default=2.0)
@@ -79,18 +82,29 @@ def main(argv: list[str] | None = None) -> int:
         "--buffer", type=int, default=4000, help="train.buffer_size (default: %(default)s)"
     )
     parser.add_argument("--skip-eval", action="store_true", help="only collect and train")
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace, config: Config) -> int:
+    """The `charles bench learn` handler."""
+    for flag in ("collect_minutes", "train_minutes", "dagger_collect_minutes",
+                 "dagger_train_minutes", "cap", "buffer"):  # fmt: skip
+        require_positive(getattr(args, flag), f"--{flag.replace('_', '-')}")
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        raise CharlesError(
+            f"--seeds takes whole numbers with commas (1,2,3), not {args.seeds}"
+        ) from None
     work = args.work or Path("bench-learn") / time.strftime("%Y%m%d-%H%M%S")
     work.mkdir(parents=True, exist_ok=True)
-    write_default_config(work)
-    seeds = [int(s) for s in args.seeds.split(",")]
+    write_config(work, config)
     # One display for every game and drive of the evaluation (each would start its own).
     with display_for_this_process():
         return _run(args, work, seeds)
 
 
 def _run(args: argparse.Namespace, work: Path, seeds: list[int]) -> int:
-    bench = Bench(work)
+    bench = Bench(work, set_flags(args.set))
     train_settings = [*TRAIN_SETTINGS, f"train.buffer_size={args.buffer}"]
     phases = {}
     phases["collect_bc"] = bench.charles(
@@ -131,9 +145,12 @@ def _run(args: argparse.Namespace, work: Path, seeds: list[int]) -> int:
         "runs": [asdict(run) for run in runs],
     }
     (work / "results.json").write_text(json.dumps(report, indent=2))
-    print_table(report, runs, seeds)
     if runs:
         plot(work / "score-vs-training.png", report, runs)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print_table(report, runs, seeds)
     return 0
 
 
@@ -141,25 +158,33 @@ def _sets(settings: list[str]) -> list[str]:
     return [item for setting in settings for item in ("--set", setting)]
 
 
+def _progress(text: str) -> None:
+    """A progress line: on stderr, so stdout is the result alone."""
+    print(text, file=sys.stderr, flush=True)
+
+
 class Bench:
-    def __init__(self, work: Path) -> None:
+    def __init__(self, work: Path, settings: list[str]) -> None:
         self.work = work
-        self.python = sys.executable
+        self.settings = settings
+        """--set flags of the user's for every command, before the recipe's own."""
+
+    def command(self, *args: str) -> list[str]:
+        """`charles COMMAND` with the user's overrides, then the rest of `args`."""
+        return charles_command(args[0], *self.settings, *args[1:])
 
     def charles(self, *args: str) -> float:
         """Run one charles command in the work folder; returns its wall seconds."""
         started = time.monotonic()
         log = self.work / f"{args[0]}-{int(time.time())}.log"
-        print(f"[bench] charles {' '.join(args)}  (log: {log.name})", flush=True)
+        _progress(f"[bench] charles {' '.join(args)}  (log: {log.name})")
         with log.open("w") as out:
-            status = subprocess.call(
-                [self.python, "-m", "agent", *args], cwd=self.work, stdout=out, stderr=out
-            )
+            status = subprocess.call(self.command(*args), cwd=self.work, stdout=out, stderr=out)
         if status not in (0, 130, 143):
-            raise SystemExit(f"charles {args[0]} failed with status {status}; see {log}")
+            raise CharlesError(f"charles {args[0]} failed with status {status}; see {log}")
         seconds = time.monotonic() - started
         tail = log.read_text().strip().splitlines()[-6:]
-        print("\n".join(f"    {line}" for line in tail), flush=True)
+        _progress("\n".join(f"    {line}" for line in tail))
         return seconds
 
     def newest_version(self) -> Path:
@@ -174,10 +199,10 @@ class Bench:
         port = _free_udp_port()
         game_log = self.work / f"eval-{policy}-{seed}-game.log"
         telemetry = self.work / f"eval-{policy}-{seed}.jsonl"
-        game_cmd = [
-            self.python, "-m", "agent", "game", "--seed", str(seed), "--port", str(port),
+        game_cmd = self.command(
+            "game", "--seed", str(seed), "--port", str(port),
             "--telemetry", str(telemetry), "--wait-for-input",
-        ]  # fmt: skip
+        )  # fmt: skip
         if policy == "autopilot":
             game_cmd.append("--autopilot")
         game = subprocess.Popen(
@@ -189,24 +214,17 @@ class Bench:
             deadline = time.monotonic() + 60
             while ask_identity(port) is None:
                 if time.monotonic() > deadline or game.poll() is not None:
-                    raise SystemExit(f"the game for {policy} seed {seed} did not start; see "
-                                     f"{game_log}")  # fmt: skip
+                    raise CharlesError(f"the game for {policy} seed {seed} did not start; see "
+                                       f"{game_log}")  # fmt: skip
                 time.sleep(0.2)
             if policy != "autopilot":
                 drive_log = self.work / f"eval-{policy}-{seed}-drive.log"
+                drive_cmd = self.command(
+                    "drive", "--checkpoint", checkpoint, "--seconds", str(cap + 60),
+                    "--set", f"game.channel_port={port}",
+                )  # fmt: skip
                 drive = subprocess.Popen(
-                    [
-                        self.python,
-                        "-m",
-                        "agent",
-                        "drive",
-                        "--checkpoint",
-                        checkpoint,
-                        "--seconds",
-                        str(cap + 60),
-                        "--set",
-                        f"game.channel_port={port}",
-                    ],
+                    drive_cmd,
                     cwd=self.work,
                     stdout=drive_log.open("w"),
                     stderr=subprocess.STDOUT,
@@ -220,11 +238,10 @@ class Bench:
                         process.wait(timeout=15)
                     except subprocess.TimeoutExpired:
                         process.kill()
-        print(
+        _progress(
             f"[bench] {policy:9s} seed {seed}: score {run.score:7.1f}, "
             f"{run.distance:6.0f} m, {'lap done' if run.finished else 'cap'} "
-            f"after {run.seconds:.1f} s",
-            flush=True,
+            f"after {run.seconds:.1f} s"
         )
         return run
 
@@ -313,7 +330,7 @@ def plot(path: Path, report: dict, runs: list[Run]) -> None:
     means = {p: float(np.nanmean([r.score for r in runs if r.policy == p])) for _, p in points}
     autopilot = float(np.nanmean([r.score for r in runs if r.policy == "autopilot"]))
     if not all(np.isfinite([*means.values(), autopilot])):
-        print("plot: skipped (a policy has no finished evaluation)")
+        _progress("plot: skipped (a policy has no finished evaluation)")
         return
     width, height, margin = 800, 500, 70
     image = np.full((height, width, 3), 255, np.uint8)
@@ -348,8 +365,4 @@ def plot(path: Path, report: dict, runs: list[Run]) -> None:
     cv2.putText(image, f"training minutes (0 - {span_x:.1f})", (width // 2 - 80, height - 20), 0,
                 0.5, (0, 0, 0), 1)  # fmt: skip
     cv2.imwrite(str(path), image)
-    print(f"plot: {path}")
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    _progress(f"plot: {path}")

@@ -1,18 +1,25 @@
-"""Inference benchmark: predictions per second and latency percentiles at batch 1."""
+"""`charles bench model`: predictions per second and latency percentiles at batch 1, the
+model alone (no game, no capture) on `inference.backend`."""
 
 from __future__ import annotations
 
+import argparse
+import json
+import math
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
+from agent.config import Config
+from agent.errors import CharlesError
 from agent.inference.predictor import Predictor
 
 
 @dataclass(frozen=True)
 class BenchResult:
-    """What `charles model bench` reports; times in seconds unless named `_ms`."""
+    """What `charles bench model` reports; times in seconds unless named `_ms`."""
 
     model: str
     backend: str
@@ -60,3 +67,60 @@ def run_bench(
         p99_ms=float(p99),
         mean_ms=float(ms.mean()),
     )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model benchmark's own flags (--config, --set, the model flags and --json come from
+    the CLI)."""
+    parser.add_argument("--seconds", type=float, default=10.0, help="measuring time (default 10)")
+    parser.add_argument(
+        "--max-predictions", type=int, default=100_000, help="stop after this many predictions"
+    )
+
+
+def run(args: argparse.Namespace, config: Config) -> int:
+    """The `charles bench model` handler: load the configured checkpoint, measure, report."""
+    from agent.checkpoints.store import resolve
+    from agent.inference.onnx_backend import check_installed
+    from agent.nets.runtime import configure_threads
+
+    if args.seconds <= 0 or not math.isfinite(args.seconds) or args.max_predictions < 1:
+        raise CharlesError("--seconds must be > 0 and --max-predictions at least 1")
+    check_installed(config.inference)
+    configure_threads(config.inference)  # before resolve: checking "latest" may build the line
+    checkpoint = resolve(Path(config.model.store), config.model.line, config.model.checkpoint)
+    start = time.perf_counter()
+    predictor = Predictor.load(
+        config.model.line, checkpoint, config.model.pretrained, inference=config.inference
+    )
+    load_seconds = time.perf_counter() - start - predictor.warmup_seconds
+    result = run_bench(predictor, args.seconds, args.max_predictions, load_seconds)
+    if args.json:
+        print(
+            json.dumps({**asdict(result), "predictions_per_second": result.predictions_per_second})
+        )
+    else:
+        print_table(result)
+    return 0
+
+
+def print_table(result: BenchResult) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"charles bench model: {result.model} on {result.backend}, batch 1")
+    columns = ("predictions", "PPS", "p50 ms", "p95 ms", "p99 ms", "mean ms", "load s",
+               "warm-up s")  # fmt: skip
+    for column in columns:
+        table.add_column(column, justify="right")
+    table.add_row(
+        str(result.predictions),
+        f"{result.predictions_per_second:.1f}",
+        f"{result.p50_ms:.1f}",
+        f"{result.p95_ms:.1f}",
+        f"{result.p99_ms:.1f}",
+        f"{result.mean_ms:.1f}",
+        f"{result.load_seconds:.2f}",
+        f"{result.warmup_seconds:.2f}",
+    )
+    Console().print(table)

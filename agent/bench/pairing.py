@@ -1,6 +1,5 @@
-"""How often a captured frame is paired with the record of the picture it really shows.
-
-    .venv/bin/python -m agent.bench.pairing [--seconds 20]   (scripts/bench-pairing)
+"""`charles bench pairing`: how often a captured frame is paired with the record of the
+picture it really shows.
 
 Starts the bundled game with `--stamp` (each picture carries its frame number in its top-left
 corner) and its autopilot, captures the window as `charles collect` does, pairs every grab with
@@ -13,15 +12,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import sys
-import tempfile
+import json
 import time
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import asdict, dataclass
 
 from agent.capture import Grabber
-from agent.config import Config, GameConfig
+from agent.config import Config
 from agent.drive.target import acquire_window
+from agent.errors import require_positive
 from agent.game.launcher import connect_or_launch
 from agent.game.pairing import FrameRecordListener
 from agent.game.stamp import BITS, read_stamp
@@ -52,8 +50,11 @@ class PairingResult:
         )
 
 
-def measure_pairing(seconds: float, port: int, log_folder: Path | None = None) -> PairingResult:
-    config = dataclasses.replace(Config(), game=GameConfig(channel_port=port))
+def measure_pairing(seconds: float, port: int, config: Config | None = None) -> PairingResult:
+    """Grab the stamped, autopiloted bundled game for `seconds`, its gamepad on `port`, with
+    `config`'s capture settings (default: the built-in ones), and count the pairings."""
+    config = config or Config()
+    config = dataclasses.replace(config, game=dataclasses.replace(config.game, channel_port=port))
     result = PairingResult()
     with contextlib.ExitStack() as stack:
         stack.enter_context(display_for_this_process())
@@ -90,16 +91,21 @@ def measure_pairing(seconds: float, port: int, log_folder: Path | None = None) -
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seconds", type=float, default=20.0)
-    parser.add_argument("--port", type=int, default=47811)
-    args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory() as folder:
-        result = measure_pairing(args.seconds, args.port, Path(folder))
-    print(f"frame/command pairing: {result.describe()}")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The pairing benchmark's own flags (--config, --set and --json come from the CLI)."""
+    parser.add_argument("--seconds", type=float, default=20.0, help="grabbing time (default 20)")
+    parser.add_argument(
+        "--port", type=int, default=47811,
+        help="the game's gamepad port (default 47811, beside a game on the usual 47800)",
+    )  # fmt: skip
+
+
+def run(args: argparse.Namespace, config: Config) -> int:
+    """The `charles bench pairing` handler: one line, or one JSON document."""
+    require_positive(args.seconds, "--seconds")
+    result = measure_pairing(args.seconds, args.port, config)
+    if args.json:
+        print(json.dumps(asdict(result)))
+    else:
+        print(f"frame/command pairing: {result.describe()}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

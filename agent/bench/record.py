@@ -1,4 +1,4 @@
-"""Recording benchmark: what does recording cost the car? (`scripts/bench-record`)
+"""`charles bench record`: what does recording cost the car?
 
 For each model line, drives the bundled game with `charles drive` (window capture, the game's
 gamepad, unstuck off, swapping off) with recording off, in HUD mode and in layout mode, in
@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from agent.bench.swap import drive, write_default_config
+from agent.bench.rounds import interleaved, median
+from agent.bench.swap import drive
+from agent.bench.workfolder import set_flags, write_config
+from agent.config import Config
+from agent.errors import CharlesError, require_positive
 
 LINES = ("pilotnet_small", "model_0005_inceptionresnetv2")
 MODES = ("off", "hud", "layout")
@@ -49,11 +51,6 @@ def drive_once(line: str, mode: str, seconds: float, work: Path, settings: list[
 
 def row(line: str, mode: str, summaries: list[dict]) -> dict[str, Any]:
     """Medians over the rounds of one line and mode."""
-
-    def median(values: list[float | None]) -> float | None:
-        known = [value for value in values if value is not None]
-        return round(statistics.median(known), 2) if known else None
-
     videos = [summary["recordings"][0] for summary in summaries if summary["recordings"]]
     return {
         "line": line,
@@ -80,16 +77,11 @@ def row(line: str, mode: str, summaries: list[dict]) -> dict[str, Any]:
 def run_line(
     line: str, modes: list[str], seconds: float, rounds: int, work: Path, settings: list[str]
 ) -> list[dict]:
-    results: dict[str, list[dict]] = {mode: [] for mode in modes}
-    for round_number in range(rounds):
-        for mode in modes:
-            summary = drive_once(line, mode, seconds, work, settings)
-            results[mode].append(summary)
-            print(
-                f"  {line} {mode} round {round_number + 1}: PPS {summary['pps']:.2f}, latency "
-                f"p50 {summary['latency_p50_ms']} ms",
-                file=sys.stderr, flush=True,
-            )  # fmt: skip
+    results = interleaved(
+        modes, rounds, lambda mode, _round: drive_once(line, mode, seconds, work, settings),
+        lambda summary: f"{line}: PPS {summary['pps']:.2f}, latency p50 "
+        f"{summary['latency_p50_ms']} ms",
+    )  # fmt: skip
     rows = [row(line, mode, results[mode]) for mode in modes]
     add_costs(rows)
     return rows
@@ -104,7 +96,7 @@ def add_costs(rows: list[dict[str, Any]]) -> None:
         each["cost"] = round(1 - each["pps"] / off["pps"], 4) if off["pps"] else None
         pairs = zip(each["pps_each"], off["pps_each"], strict=True)
         per_round = [1 - pps / off_pps for pps, off_pps in pairs if off_pps]
-        each["cost_per_round"] = round(statistics.median(per_round), 4) if per_round else None
+        each["cost_per_round"] = median(per_round, digits=4)
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
@@ -140,8 +132,9 @@ def _n(value: float | None, shown: bool) -> str:
     return "-" if value is None or not shown else f"{value:g}"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The recording benchmark's own flags (--config, --set and --json come from the CLI);
+    every --set override goes to every drive, e.g. --set record.nice=0."""
     parser.add_argument("--lines", nargs="+", default=list(LINES), choices=LINES)
     parser.add_argument("--seconds", type=float, default=30.0, help="per drive (pilotnet_small)")
     parser.add_argument("--seconds-0005", type=float, default=60.0, help="per drive (model_0005)")
@@ -153,27 +146,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--modes-0005", nargs="+", default=[*MODES, "hud@15"], help="modes for model_0005"
     )
-    parser.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE",
-        help="a config override for every drive, e.g. --set record.nice=0",
-    )  # fmt: skip
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
-    settings = [arg for item in args.set for arg in ("--set", item)]
+
+
+def run(args: argparse.Namespace, config: Config) -> int:
+    """The `charles bench record` handler: every drive, then a table or one JSON document."""
+    require_positive(args.seconds, "--seconds")
+    require_positive(args.seconds_0005, "--seconds-0005")
+    require_positive(args.rounds, "--rounds")
+    for modes, flag in ((args.modes, "--modes"), (args.modes_0005, "--modes-0005")):
+        if modes[0] != "off":
+            raise CharlesError(f"{flag} must start with off: the costs are against it")
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="charles-recordbench-") as folder:
         work = Path(folder)
-        write_default_config(work)
+        write_config(work, config)
         for line in args.lines:
             seconds = args.seconds_0005 if line.startswith("model_0005") else args.seconds
             modes = args.modes_0005 if line.startswith("model_0005") else args.modes
-            rows.extend(run_line(line, modes, seconds, args.rounds, work, settings))
+            rows.extend(run_line(line, modes, seconds, args.rounds, work, set_flags(args.set)))
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps(rows))
     else:
         print_table(rows)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""Swap benchmark: can anyone see a hot swap? (`scripts/bench-swap`)
+"""`charles bench swap`: can anyone see a hot swap?
 
 For each model line, drives the bundled game with `charles drive` (window capture, the game's
 gamepad, unstuck off) several times in one run: once with nothing published, then while a new
@@ -18,16 +18,17 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 from pathlib import Path
 from typing import Any
 
+from agent.bench.rounds import median
+from agent.bench.workfolder import charles_command, set_flags, write_config
 from agent.checkpoints.store import MANIFEST_FILE, publish
-from agent.config import default_config_text
+from agent.config import Config
+from agent.errors import CharlesError, require_positive
 
 LINES = ("pilotnet_small", "model_0005_inceptionresnetv2")
 GOAL = 1.5
@@ -60,12 +61,6 @@ def release_versions(staged: list[Path], root: Path, every: float, stop: threadi
         os.rename(folder, root / f"v{number:04d}")
 
 
-def write_default_config(work: Path) -> None:
-    """The built-in default config in a benchmark's work folder: every drive of the
-    benchmark reads it (an installed Charles has no repository to copy one from)."""
-    (work / "config.toml").write_text(default_config_text())
-
-
 def drive(
     line: str,
     store: Path,
@@ -76,13 +71,13 @@ def drive(
     started: threading.Event | None = None,
 ) -> dict[str, Any]:
     """`charles drive` for `seconds`; its JSON summary. `started` is set once it drives."""
-    command = [
-        sys.executable, "-m", "agent", "drive", "--config", str(work / "config.toml"),
+    command = charles_command(
+        "drive", "--config", str(work / "config.toml"),
         "--model", line, "--seconds", str(seconds), "--json",
         "--set", f"model.store={json.dumps(str(store))}", "--set", "unstuck.enabled=false",
         "--set", f"game.channel_port={port}", "--set", "controller.hold=5.0",
         "--set", "swap.poll_seconds=0.5", *extra,
-    ]  # fmt: skip
+    )  # fmt: skip
     log_path = work / f"drive-{line}-{len(list(work.glob('drive-*.log')))}.log"
     process = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=work
@@ -95,7 +90,7 @@ def drive(
                 started.set()
     out = process.stdout.read()
     if process.wait() != 0:
-        raise SystemExit(f"charles drive failed ({process.returncode}); see {log_path}")
+        raise CharlesError(f"charles drive failed ({process.returncode}); see {log_path}")
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -151,7 +146,7 @@ def _row(line: str, mode: str, summary: dict[str, Any]) -> dict[str, Any]:
         "largest_during_ms": gaps.get("largest_during_ms"),
         "pps_during_loads": gaps.get("pps_during"),
         "swaps": len(loads),
-        "load_s_median": round(statistics.median(loads), 2) if loads else None,
+        "load_s_median": median(loads),
         "rejections": len(summary.get("rejections", [])),
     }
 
@@ -181,8 +176,9 @@ def _num(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The swap benchmark's own flags (--config, --set and --json come from the CLI); every
+    --set override goes to every drive, e.g. --set swap.load_share=0.5."""
     parser.add_argument("--lines", nargs="+", default=list(LINES), choices=LINES)
     parser.add_argument("--seconds", type=float, default=40.0, help="per drive (pilotnet_small)")
     parser.add_argument(
@@ -190,28 +186,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--every", type=float, default=5.0, help="seconds between versions")
     parser.add_argument("--nice", type=int, nargs="+", default=[10, 0], help="loader niceness")
-    parser.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE",
-        help="a config override for every drive, e.g. --set swap.load_share=0.5",
-    )  # fmt: skip
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
-    settings = [arg for item in args.set for arg in ("--set", item)]
+
+
+def run(args: argparse.Namespace, config: Config) -> int:
+    """The `charles bench swap` handler: every drive, then a table or one JSON document."""
+    for flag in ("seconds", "seconds_0005", "every"):
+        require_positive(getattr(args, flag), f"--{flag.replace('_', '-')}")
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="charles-swapbench-") as folder:
         work = Path(folder)
-        write_default_config(work)
+        write_config(work, config)
         for line in args.lines:
             seconds = args.seconds_0005 if line.startswith("model_0005") else args.seconds
             # A model_0005 load (220 MB) takes about 15 s within its CPU budget.
             every = args.every if line == "pilotnet_small" else max(args.every, 25.0)
-            rows.extend(run_line(line, seconds, every, args.nice, work, settings))
+            rows.extend(run_line(line, seconds, every, args.nice, work, set_flags(args.set)))
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps(rows))
     else:
         print_table(rows)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -99,7 +99,7 @@ class FrameRecordListener:
     def describe(self, unpaired: int) -> str:
         return (
             f"{self.paired} frames paired by display time, {unpaired} left unpaired "
-            "(scripts/bench-pairing measures how often the pair is the right frame)"
+            "(charles bench pairing measures how often the pair is the right frame)"
         )
 
     def close(self) -> None:

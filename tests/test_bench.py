@@ -1,0 +1,131 @@
+"""The benchmark family: `charles bench NAME`, and the rounds and medians they share."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from agent.bench.drive_rounds import Setting, parse_setting, summarise
+from agent.bench.rounds import interleaved, median, medians
+from agent.cli import main
+from agent.errors import CharlesError
+from tests.conftest import REPO, assert_one_line_error
+
+CONFIG = str(REPO / "config.toml")
+
+BENCHMARKS = ["model", "drive", "swap", "record", "learn", "pairing"]
+
+
+def test_bench_help_lists_exactly_the_six_benchmarks(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", "--help"])
+    assert exit_.value.code == 0
+    usage = capsys.readouterr().out
+    # One line per benchmark, indented by four; wrapped help is indented deeper.
+    listed = [match[1] for match in re.finditer(r"^    (\S+)", usage, re.MULTILINE)]
+    assert listed == BENCHMARKS
+
+
+@pytest.mark.parametrize("name", BENCHMARKS)
+def test_every_benchmark_takes_json(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["bench", name, "--help"])
+    assert "--json" in capsys.readouterr().out
+
+
+def test_model_bench_is_gone_not_aliased(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["model", "bench", "--seconds", "1"])
+    assert exit_.value.code == 2
+    assert "invalid choice: 'bench'" in capsys.readouterr().err
+
+
+def test_bench_model_reports_rate_and_percentiles_as_json(run_charles) -> None:  # type: ignore[no-untyped-def]
+    result = run_charles(
+        "bench", "model", "--model", "pilotnet_small", "--seconds", "1", "--json",
+        "--checkpoint", "none",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)  # one JSON document, nothing else
+    assert report["predictions"] >= 1
+    assert report["predictions_per_second"] > 0
+    assert 0 < report["p50_ms"] <= report["p95_ms"] <= report["p99_ms"]
+    assert report["model"].startswith("pilotnet_small")
+
+
+def test_bench_model_refuses_nonsense_arguments(run_charles) -> None:  # type: ignore[no-untyped-def]
+    result = run_charles("bench", "model", "--seconds", "0", "--checkpoint", "none")
+    assert_one_line_error(result, "--seconds must be > 0")
+
+
+def test_settings_run_interleaved_round_by_round() -> None:
+    calls: list[tuple[str, int]] = []
+
+    def measure(setting: str, number: int) -> str:
+        calls.append((setting, number))
+        return f"{setting}{number}"
+
+    runs = interleaved(["a", "b", "c"], 2, measure)
+    assert calls == [("a", 0), ("b", 0), ("c", 0), ("a", 1), ("b", 1), ("c", 1)]
+    assert runs == {"a": ["a0", "a1"], "b": ["b0", "b1"], "c": ["c0", "c1"]}
+
+
+def test_a_median_leaves_unknown_values_out_and_is_none_without_any() -> None:
+    assert median([3.0, None, 1.0, None, 2.0]) == 2.0
+    assert median([None, 4.0, 1.0]) == 2.5  # of the two known values, not of four
+    assert median([1.0, 2.0, 4.0, 5.0]) == 3.0
+    assert median([None, None]) is None
+    assert median([]) is None
+    assert median([1.23456, 2.0, 3.0], digits=None) == 2.0
+    assert median([1.23456], digits=3) == 1.235
+    assert median([1.23456]) == 1.23
+
+
+def test_medians_take_each_figure_over_the_runs() -> None:
+    runs = [{"pps": 10.0, "p50": None}, {"pps": 30.0, "p50": 4.0}, {"pps": 20.0, "p50": 6.0}]
+    figures = {"pps": lambda run: run["pps"], "p50": lambda run: run["p50"]}
+    assert medians(runs, figures) == {"pps": 20.0, "p50": 5.0}
+
+
+def test_a_drive_setting_is_a_name_and_shell_split_flags() -> None:
+    setting = parse_setting("model_0005 ort=--model model_0005 --set 'inference.backend=ort'")
+    assert setting == Setting(
+        "model_0005 ort", ("--model", "model_0005", "--set", "inference.backend=ort")
+    )
+    assert parse_setting("plain=") == Setting("plain", ())
+    for wrong in ("no equals sign", "=--model x", "open='quote"):
+        with pytest.raises(CharlesError, match="--setting"):
+            parse_setting(wrong)
+
+
+def test_a_drive_setting_row_holds_medians_and_goal_counts() -> None:
+    def report(pps: float, shown_p50: float | None, met: bool) -> dict:
+        drive = {"pps": pps, "fps": 30.0, "latency_p50_ms": 3.0, "latency_p95_ms": 5.0,
+                 "latency_p99_ms": 6.0, "capture_p50_ms": 0.7, "preprocess_p50_ms": 0.8,
+                 "render_to_command_ms": {"p50": shown_p50} if shown_p50 else None}  # fmt: skip
+        return {"raw": {"pps": 800.0, "p50_ms": 1.0}, "drive": drive, "pps_ratio": pps / 800,
+                "naive": {"pps": 20.0, "p50_ms": 48.0}, "pps_goal_met": met,
+                "latency_goal_met": True}  # fmt: skip
+
+    runs = [report(30.0, 31.0, True), report(28.0, None, False), report(29.0, 33.0, True)]
+    row = summarise(Setting("tf", ()), runs)
+    assert row["drive_pps"] == 29.0
+    assert row["shown_p50_ms"] == 32.0  # the run without render-to-command is left out
+    assert row["shown_p95_ms"] is None
+    assert (row["pps_goal_met"], row["latency_goal_met"]) == (2, 3)
+    assert row["runs"] == runs
+
+
+def test_drive_rounds_refuse_two_settings_of_one_name(capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["bench", "drive", "--setting", "a=", "--setting", "a=--model pilotnet_small"]
+    assert main([*args, "--config", CONFIG]) == 1
+    assert "--setting names must differ" in capsys.readouterr().err
+
+
+def test_benchmark_numbers_must_be_positive(capsys: pytest.CaptureFixture[str]) -> None:
+    for args in (["drive", "--rounds", "0"], ["swap", "--every", "0"], ["record", "--rounds", "-1"],
+                 ["pairing", "--seconds", "nan"], ["learn", "--cap", "0"]):  # fmt: skip
+        assert main(["bench", *args, "--config", CONFIG]) == 1
+        assert "must be a positive number" in capsys.readouterr().err, args
