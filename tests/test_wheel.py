@@ -134,3 +134,27 @@ def test_config_init_in_an_empty_folder_writes_the_defaults_it_runs_on(
         assert result.stdout.splitlines()[1:] == defaults.stdout.splitlines()[1:]
     result = charles(installed, tmp_path, "config", "init")
     assert_one_line_error(result, "config.toml already exists")
+
+
+def test_bench_model_in_an_empty_folder_measures_the_shipped_reference(
+    installed: Path, tmp_path: Path
+) -> None:
+    # TensorFlow comes from this environment's site-packages, named on the path (-S reads no
+    # .pth file, so the editable repository stays out of reach): agent is the installed copy.
+    found = subprocess.run(
+        [sys.executable, "-S", "-P", "-c",
+         "import agent, tensorflow; print(agent.__file__)"],
+        capture_output=True, text=True, cwd=tmp_path,
+        env=python_path(installed, *DEPENDENCIES), timeout=120,
+    )  # fmt: skip
+    assert found.returncode == 0, found.stderr
+    assert Path(found.stdout.strip()).is_relative_to(installed)
+    result = charles(installed, tmp_path, "bench", "model", "--seconds", "2", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    manifest = json.loads((REFERENCE / "manifest.json").read_text(encoding="utf-8"))
+    assert (
+        report["model"] == f"pilotnet_small/{manifest['version']} ({manifest['batches']} batches)"
+    )
+    assert report["predictions"] >= 1 and report["predictions_per_second"] > 0
+    assert list(tmp_path.iterdir()) == []  # a benchmark of the model alone writes nothing

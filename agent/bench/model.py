@@ -8,7 +8,6 @@ import json
 import math
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -79,16 +78,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-    """The `charles bench model` handler: load the configured checkpoint, measure, report."""
-    from agent.checkpoints.store import resolve
+    """The `charles bench model` handler: load the checkpoint `charles drive` would drive
+    with (the shipped reference while the store is empty), measure, report."""
+    from agent.checkpoints.reference import checkpoint_to_drive
     from agent.inference.onnx_backend import check_installed
     from agent.nets.runtime import configure_threads
 
     if args.seconds <= 0 or not math.isfinite(args.seconds) or args.max_predictions < 1:
         raise CharlesError("--seconds must be > 0 and --max-predictions at least 1")
     check_installed(config.inference)
-    configure_threads(config.inference)  # before resolve: checking "latest" may build the line
-    checkpoint = resolve(Path(config.model.store), config.model.line, config.model.checkpoint)
+    configure_threads(config.inference)  # before anything builds the line (a pinned version)
+    checkpoint = checkpoint_to_drive(config)
     start = time.perf_counter()
     predictor = Predictor.load(
         config.model.line, checkpoint, config.model.pretrained, inference=config.inference
