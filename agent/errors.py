@@ -71,3 +71,8 @@ def one_line(text: object, limit: int = 120) -> str:
     flat = " ".join(str(text).split())
     flat = "".join(c if c.isprintable() else "?" for c in flat)
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def quoted(value: object, limit: int = 40) -> str:
+    """A value read from a file, quoted and short enough for a one-line message."""
+    return one_line(repr(value), limit)

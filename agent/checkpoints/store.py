@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Generic, TypeVar
 
 import numpy as np
 
-from agent.errors import ModelError, one_line, warn_once
+from agent.errors import ModelError, one_line, quoted, warn_once
 from agent.files import CREATE_FLAGS, READ_FLAGS
 from agent.nets.registry import LINE_NAMES, LINES, OUTPUT_NAMES
 from agent.nets.weights import (
@@ -208,35 +208,37 @@ def _manifest_from(data: Any, path: Path) -> Manifest:
     line = data["model_line"]
     if line not in LINE_NAMES:
         raise _bad_manifest(
-            path, f"model_line {_show(line)} is not a known line ({', '.join(LINE_NAMES)})"
+            path, f"model_line {quoted(line)} is not a known line ({', '.join(LINE_NAMES)})"
         )
     version = data["version"]
     if not isinstance(version, str) or version_number(version) is None:
-        raise _bad_manifest(path, f"version {_show(version)} is not like v0003")
+        raise _bad_manifest(path, f"version {quoted(version)} is not like v0003")
     batches = data["batches"]
     if not _is_count(batches):
-        raise _bad_manifest(path, f"batches {_show(batches)} is not a whole number >= 0")
+        raise _bad_manifest(path, f"batches {quoted(batches)} is not a whole number >= 0")
     sha = data["weights_sha256"]
     if not (isinstance(sha, str) and len(sha) == 64 and set(sha.lower()) <= _SHA256_HEX):
-        raise _bad_manifest(path, f"weights_sha256 {_show(sha)} is not 64 hex digits")
+        raise _bad_manifest(path, f"weights_sha256 {quoted(sha)} is not 64 hex digits")
     shape = data["input_shape"]
     expected = LINES[line].input_shape
     if not (isinstance(shape, list) and all(_is_count(d) for d in shape)):
-        raise _bad_manifest(path, f"input_shape {_show(shape)} is not a list of sizes")
+        raise _bad_manifest(path, f"input_shape {quoted(shape)} is not a list of sizes")
     if tuple(shape) != expected:
-        raise _bad_manifest(path, f"input_shape {_show(shape)} is not {line}'s {list(expected)}")
+        raise _bad_manifest(path, f"input_shape {quoted(shape)} is not {line}'s {list(expected)}")
     size = data.get("weights_bytes")
     if size is not None and not _is_count(size):
-        raise _bad_manifest(path, f"weights_bytes {_show(size)} is not a whole number >= 0")
+        raise _bad_manifest(path, f"weights_bytes {quoted(size)} is not a whole number >= 0")
     created, note = data["created"], data.get("note", "")
     if not isinstance(created, str) or not isinstance(note, str):
         raise _bad_manifest(path, "created and note must be text")
     loss = data.get("loss", {})
     if not (isinstance(loss, dict) and all(_is_finite_number(v) for v in loss.values())):
-        raise _bad_manifest(path, f"loss {_show(loss)} is not an object of finite numbers")
+        raise _bad_manifest(path, f"loss {quoted(loss)} is not an object of finite numbers")
     outputs = data.get("outputs", list(OUTPUT_NAMES))
     if outputs != list(OUTPUT_NAMES):
-        raise _bad_manifest(path, f"outputs {_show(outputs)} are not {line}'s {list(OUTPUT_NAMES)}")
+        raise _bad_manifest(
+            path, f"outputs {quoted(outputs)} are not {line}'s {list(OUTPUT_NAMES)}"
+        )
     return Manifest(
         model_line=line,
         version=version,
@@ -262,11 +264,6 @@ def _is_finite_number(value: object) -> bool:
         return math.isfinite(float(value))
     except OverflowError:  # an integer too big for a float
         return False
-
-
-def _show(value: object) -> str:
-    """A value from a file, quoted and short enough for a one-line message."""
-    return one_line(repr(value), 40)
 
 
 def _bad_manifest(path: Path, problem: str) -> ModelError:

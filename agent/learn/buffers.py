@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from agent.errors import one_line
+from agent.errors import one_line, quoted
 from agent.files import FileRefused, write_atomically
 from agent.learn.shards import NpzArchive, open_npz
 from agent.nets.registry import OUTPUT_NAMES
@@ -446,18 +446,13 @@ def _read_meta(archive: NpzArchive) -> dict[str, Any]:
     if not isinstance(meta, dict) or meta.get("format") != BUFFERS_FORMAT:
         raise FileRefused(f"it is not a {BUFFERS_FORMAT} file")
     if meta.get("version") != BUFFERS_VERSION:
-        raise FileRefused(f"it is {BUFFERS_FORMAT} version {_show(meta.get('version'))}, not 1")
+        raise FileRefused(f"it is {BUFFERS_FORMAT} version {quoted(meta.get('version'))}, not 1")
     shape, saves = meta.get("input_shape"), meta.get("saves")
     if not (isinstance(shape, list) and len(shape) == 3 and all(type(d) is int for d in shape)):
         raise FileRefused("its meta input_shape is not [H, W, 3]")
     if type(saves) is not int:
         raise FileRefused("its meta save counter is not a whole number")
     return meta
-
-
-def _show(value: object) -> str:
-    """A value from a file, quoted and short enough for a one-line message."""
-    return one_line(repr(value), 40)
 
 
 class _OtherShape(Exception):

@@ -47,7 +47,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from agent.errors import CharlesError, one_line
+from agent.errors import CharlesError, one_line, quoted
 from agent.files import FileRefused, open_regular_file, write_atomically
 from agent.nets.registry import OUTPUT_NAMES
 
@@ -307,14 +307,14 @@ def _read_members(archive: zipfile.ZipFile, limit: int, max_arrays: int) -> dict
     for entry in entries:
         name = entry.filename.removesuffix(".npy")
         if entry.is_dir() or name == entry.filename:
-            raise FileRefused(f"it holds {_show(entry.filename)}, which is not an array")
+            raise FileRefused(f"it holds {quoted(entry.filename)}, which is not an array")
         if name in members:
-            raise FileRefused(f"it holds array {_show(name)} twice")
+            raise FileRefused(f"it holds array {quoted(name)} twice")
         if entry.flag_bits & 0x1:
-            raise FileRefused(f"array {_show(name)} is encrypted")
+            raise FileRefused(f"array {quoted(name)} is encrypted")
         if entry.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
             raise FileRefused(
-                f"array {_show(name)} is compressed with zip method {entry.compress_type}, "
+                f"array {quoted(name)} is compressed with zip method {entry.compress_type}, "
                 "not deflate"
             )
         try:
@@ -322,11 +322,11 @@ def _read_members(archive: zipfile.ZipFile, limit: int, max_arrays: int) -> dict
                 header, offset = _read_npy_header(stream, name)
         except _READ_ERRORS as error:
             raise FileRefused(
-                f"array {_show(name)} has a damaged header ({one_line(error, 80)})"
+                f"array {quoted(name)} has a damaged header ({one_line(error, 80)})"
             ) from None
         if offset + header.nbytes != entry.file_size:
             raise FileRefused(
-                f"array {_show(name)} declares {header.nbytes} bytes of data but its zip entry "
+                f"array {quoted(name)} declares {header.nbytes} bytes of data but its zip entry "
                 f"holds {entry.file_size - offset}"
             )
         members[name] = _Member(entry, header, offset)
@@ -338,15 +338,15 @@ def _read_npy_header(stream: BinaryIO, name: str) -> tuple[ArrayHeader, int]:
     it is read."""
     magic = _read_exactly(stream, 8)
     if magic[:6] != b"\x93NUMPY":
-        raise FileRefused(f"array {_show(name)} is not in .npy format")
+        raise FileRefused(f"array {quoted(name)} is not in .npy format")
     version = (magic[6], magic[7])
     if version not in ((1, 0), (2, 0)):
-        raise FileRefused(f"array {_show(name)} is in .npy format {version}")
+        raise FileRefused(f"array {quoted(name)} is in .npy format {version}")
     length_format = "<H" if version == (1, 0) else "<I"
     length_field = _read_exactly(stream, struct.calcsize(length_format))
     (length,) = struct.unpack(length_format, length_field)
     if length > _MAX_NPY_HEADER:
-        raise FileRefused(f"array {_show(name)} has a header of {length} bytes, far too long")
+        raise FileRefused(f"array {quoted(name)} has a header of {length} bytes, far too long")
     text = io.BytesIO(length_field + _read_exactly(stream, length))
     if version == (1, 0):
         shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(text)
@@ -354,19 +354,14 @@ def _read_npy_header(stream: BinaryIO, name: str) -> tuple[ArrayHeader, int]:
         shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(text)
     if dtype.hasobject:
         raise FileRefused(
-            f"array {_show(name)} holds Python objects (pickled data), which Charles never loads"
+            f"array {quoted(name)} holds Python objects (pickled data), which Charles never loads"
         )
     if dtype.fields is not None or dtype.subdtype is not None:
-        raise FileRefused(f"array {_show(name)} has a structured type")
+        raise FileRefused(f"array {quoted(name)} has a structured type")
     if any(d < 0 for d in shape):
-        raise FileRefused(f"array {_show(name)} has a negative dimension")
+        raise FileRefused(f"array {quoted(name)} has a negative dimension")
     header = ArrayHeader(tuple(int(d) for d in shape), dtype, bool(fortran_order))
     return header, 8 + len(length_field) + length
-
-
-def _show(value: object) -> str:
-    """A value from a file, quoted and short enough for a one-line message."""
-    return one_line(repr(value), 40)
 
 
 # --- shards ----------------------------------------------------------------------------------
@@ -450,7 +445,7 @@ def _check_layout(path: Path, headers: dict[str, ArrayHeader], frame_size: tuple
         raise _bad_shard(path, f"it lacks the arrays {', '.join(missing)}")
     extra = sorted(headers.keys() - expected)
     if extra:
-        raise _bad_shard(path, f"it holds unknown arrays {_show(', '.join(extra))}")
+        raise _bad_shard(path, f"it holds unknown arrays {quoted(', '.join(extra))}")
     for name, (dtype, ndim) in _LAYOUT.items():
         header = headers[name]
         if header.dtype != dtype or len(header.shape) != ndim:
@@ -489,7 +484,7 @@ def _read_meta(path: Path, meta: np.ndarray) -> dict[str, Any]:
         raise _bad_shard(path, f"it is not a {SHARD_FORMAT} file")
     if data.get("version") != SHARD_VERSION:
         raise _bad_shard(
-            path, f"it is {SHARD_FORMAT} version {_show(data.get('version'))}, not {SHARD_VERSION}"
+            path, f"it is {SHARD_FORMAT} version {quoted(data.get('version'))}, not {SHARD_VERSION}"
         )
     shape, source = data.get("input_shape"), data.get("source")
     if not (
@@ -497,7 +492,7 @@ def _read_meta(path: Path, meta: np.ndarray) -> dict[str, Any]:
         and len(shape) == 3
         and all(isinstance(d, int) and not isinstance(d, bool) for d in shape)
     ):
-        raise _bad_shard(path, f"its meta input_shape {_show(shape)} is not [H, W, 3]")
+        raise _bad_shard(path, f"its meta input_shape {quoted(shape)} is not [H, W, 3]")
     if not isinstance(source, str) or not isinstance(data.get("writer"), str):
         raise _bad_shard(path, "its meta source and writer must be text")
     return data
