@@ -22,6 +22,7 @@ from agent.checkpoints.store import (
     Checkpoint,
     latest,
     load_into,
+    prune,
     publish,
     read_manifest,
     resolve,
@@ -497,3 +498,24 @@ def test_publish_saves_the_network_only_and_refuses_nan(tmp_path: Path, small: k
     message = one_line_error(lambda: publish(small, tmp_path, LINE, batches=4))
     assert "cannot publish pilotnet_small: its weight steering/bias holds NaN or inf" in message
     assert [c.manifest.version for c in versions(tmp_path, LINE)] == ["v0001"]
+
+
+def test_prune_keeps_the_newest_versions_and_never_fewer_than_two(tmp_path: Path) -> None:
+    from agent.checkpoints.store import PRUNED_PREFIX
+    from tests.checkpoints import LINE as DRIVER_LINE
+    from tests.checkpoints import publish_driver
+
+    for step in range(4):
+        publish_driver(tmp_path, 0.1 * step, 0.0)
+    assert prune(tmp_path, DRIVER_LINE, keep=3) == ["v0001"]
+    assert [c.manifest.version for c in versions(tmp_path, DRIVER_LINE)] == [
+        "v0002", "v0003", "v0004",
+    ]  # fmt: skip
+    assert prune(tmp_path, DRIVER_LINE, keep=1) == [
+        "v0002"
+    ]  # two at least: the newest and one back
+    assert [c.manifest.version for c in versions(tmp_path, DRIVER_LINE)] == ["v0003", "v0004"]
+    assert prune(tmp_path, DRIVER_LINE, keep=2) == []
+    left = sorted(path.name for path in (tmp_path / DRIVER_LINE).iterdir())
+    assert left == ["v0003", "v0004"], left  # nothing half-removed under a hidden name
+    assert not any(name.startswith(PRUNED_PREFIX) for name in left)
