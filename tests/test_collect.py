@@ -8,12 +8,12 @@ import threading
 import time
 from pathlib import Path
 
-import mss
 import numpy as np
 import pygame
 import pytest
 
 from agent.capture import WindowQuery, find_window
+from agent.capture.screen import open_mss
 from agent.config import KeyboardConfig
 from agent.game.autopilot import Autopilot
 from agent.game.channel import FrameRecord, GamepadReceiver, subscribe_packet
@@ -75,7 +75,7 @@ def test_offscreen_frames_equal_window_capture_pixel_for_pixel(
     try:
         assert game.stdout is not None and game.stdout.readline().strip() == "ready"
         region = find_window(WindowQuery("camera equality test")).region()
-        with mss.mss() as screen:
+        with open_mss() as screen:  # the capture's own way to open mss
             shot = screen.grab(
                 {"left": region.left, "top": region.top, "width": 1280, "height": 720}
             )
