@@ -9,7 +9,7 @@ one `charles: error: ...` line and a non-zero exit status, never a traceback.
 from __future__ import annotations
 
 import argparse
-import contextlib
+import errno
 import json
 import logging
 import math
@@ -255,14 +255,12 @@ def _add(
 def _write_new_file(path: Path, data: bytes, flag: str) -> Path:
     """Write `data` into a new file at `path`, or at the next free name (`out-2.png`, ...):
     never over a file, never through a link. Returns where it went."""
-    from agent.files import create_first_free, free_names
+    from agent.files import free_names, write_new_file
 
     if path.is_symlink() or (path.exists() and not path.is_file()):
         raise CharlesError(f"{flag} {path} is a link or not a plain file; give a new file name")
     try:
-        written, fd = create_first_free(free_names(path), 0o644)
-        with os.fdopen(fd, "wb") as stream:
-            stream.write(data)
+        written = write_new_file(free_names(path), data, 0o644)
     except OSError as error:
         raise CharlesError(f"cannot write {path}: {error.strerror or error}") from None
     if written != path:
@@ -366,14 +364,15 @@ def _config_check(args: argparse.Namespace, config: Config) -> int:
 
 def _config_init(args: argparse.Namespace) -> int:
     from agent.config import default_config_text
-    from agent.files import CREATE_FLAGS
+    from agent.files import write_new_file
 
     path: Path = args.path
-    text = default_config_text()
     try:
-        # Created new, in one step: a file, folder or link (even a dangling one) already at
-        # the name is refused, never written into or through.
-        fd = os.open(path, CREATE_FLAGS, 0o644)
+        if not path.parent.is_dir():  # a typo in PATH must not create folders
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path.parent))
+        # Only this name: a file, folder or link (even a dangling one) already there is
+        # refused, never written into or through.
+        write_new_file([path], default_config_text().encode("utf-8"), 0o644)
     except FileExistsError:
         raise CharlesError(
             f"{path} already exists; config init never replaces anything: edit that file, "
@@ -384,13 +383,6 @@ def _config_init(args: argparse.Namespace) -> int:
             f"cannot write {path}: {error.strerror or error}; give config init a PATH in a "
             "folder that exists and that you may write to"
         ) from None
-    try:
-        with os.fdopen(fd, "wb") as stream:
-            stream.write(text.encode("utf-8"))
-    except OSError as error:
-        with contextlib.suppress(OSError):
-            path.unlink()  # ours, created above: no half config is left behind
-        raise CharlesError(f"cannot write {path}: {error.strerror or error}") from None
     check = "charles config check"
     if path != DEFAULT_CONFIG_PATH:
         check += f" --config {path}"

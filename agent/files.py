@@ -110,6 +110,20 @@ def create_first_free(names: Iterable[Path], mode: int = 0o666) -> tuple[Path, i
     raise FileExistsError(f"every name up to {last} is taken")
 
 
+def write_new_file(names: Iterable[Path], data: bytes, mode: int = 0o666) -> Path:
+    """`data` in a new file at the first free of `names` (`create_first_free`); where it went.
+    A write that fails (a full disk) removes the file: no half file is left behind."""
+    path, fd = create_first_free(names, mode)
+    try:
+        with os.fdopen(fd, "wb") as stream:
+            stream.write(data)
+    except OSError:
+        with contextlib.suppress(OSError):
+            path.unlink()  # ours: created just above
+        raise
+    return path
+
+
 class FileRefused(Exception):
     """Why a file is not read: the problem only; the caller names the file."""
 

@@ -14,6 +14,7 @@ from agent.files import (
     numbered,
     read_regular_file,
     write_atomically,
+    write_new_file,
 )
 
 MiB = 1 << 20
@@ -95,3 +96,19 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_a_new_file_takes_the_first_free_name_and_a_full_disk_leaves_none(
+    tmp_path: Path,
+) -> None:
+    from tests.disks import fill, small_filesystem
+
+    (tmp_path / "out.png").write_bytes(b"an earlier picture")
+    assert write_new_file(free_names(tmp_path / "out.png"), b"new") == tmp_path / "out-2.png"
+    assert (tmp_path / "out-2.png").read_bytes() == b"new"
+    assert (tmp_path / "out.png").read_bytes() == b"an earlier picture"
+    with small_filesystem(1_000_000) as disk:
+        fill(disk, leave_bytes=8192)
+        with pytest.raises(OSError, match="No space left"):
+            write_new_file(free_names(disk / "out.png"), b"x" * 200_000)
+        assert not (disk / "out.png").exists()  # no half picture left behind
