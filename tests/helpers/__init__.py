@@ -1,0 +1,1 @@
+"""Helpers the tests share: fake clocks, X windows, drives, models and checkpoints."""
