@@ -312,7 +312,7 @@ def _drive(args: argparse.Namespace, config: Config) -> int:
         record = Path(args.record) if args.record else True
     summary = run_drive(config, args.seconds, live_console=live, record=record)
     if args.json:
-        print(json.dumps(asdict(summary)))
+        print(json.dumps(summary.to_json()))
     else:
         print("\n".join(summary.lines()))
     # Stopped by a signal: the summary is printed, and the status says how it ended.

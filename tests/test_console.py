@@ -5,8 +5,20 @@ from __future__ import annotations
 import numpy as np
 from rich.console import Console
 
-from agent.drive.console import Rates, render
+from agent.checkpoints.watcher import Rejection
+from agent.drive.console import RateMeter, Rates, render
+from agent.drive.hotswap import Swap
+from agent.drive.status import DriveStatus
 from agent.types import ControllerState, Frame, Prediction, Region, Tick
+from tests.helpers.clock import FakeClock
+
+
+def snapshot(**changes) -> DriveStatus:
+    values = dict(
+        state="driving", model="m", backend="tensorflow", version=None, batches=None, at=10.0,
+        frames=0, ticks=0, predictions=0, skipped=0, nonfinite=0, unstucks=0,
+    )  # fmt: skip
+    return DriveStatus(**{**values, **changes})
 
 
 def text_of(renderable) -> str:
@@ -20,7 +32,8 @@ def test_console_shows_raw_and_translated_values_and_rates() -> None:
     prediction = Prediction(throttle=-0.4, steering=0.1, seconds=0.004)
     command = ControllerState(steering=0.316, accelerate=0.0, brake=0.4)
     tick = Tick("driving", frame, prediction, command, commanded_at=10.012)
-    text = text_of(render(tick, Rates(fps=29.9, pps=28.5), "pilotnet_small/v0002", "game", "Car"))
+    status = snapshot(model="pilotnet_small/v0002")
+    text = text_of(render(status, tick, Rates(fps=29.9, pps=28.5), "game", "Car"))
     assert "[driving]" in text and "pilotnet_small/v0002" in text and "controller game" in text
     assert "-0.400" in text and "+0.100" in text  # raw predictions
     assert "brake +0.400" in text and "stick X +0.316" in text  # translated values
@@ -29,5 +42,31 @@ def test_console_shows_raw_and_translated_values_and_rates() -> None:
 
 
 def test_console_before_the_first_prediction() -> None:
-    text = text_of(render(None, Rates(0.0, 0.0), "m", "null", "Car"))
+    text = text_of(render(snapshot(state="starting"), None, Rates(0.0, 0.0), "null", "Car"))
     assert "[starting]" in text and "latency   -" in text
+
+
+def test_the_swap_line_names_the_last_swap_and_counts_rejections() -> None:
+    swaps = (Swap("a", "line/v0002 (10 batches)", "v0002", 10, 1.25, at=7.0),)
+    rejections = (Rejection("v0003", "weights truncated", 8.0),)
+    status = snapshot(at=19.0, swaps=swaps, rejections=rejections, unstucks=2)
+    text = text_of(render(status, None, Rates(0.0, 0.0), "game", "Car", follows_store=True))
+    assert "swaps 1, last 12 s ago: a -> line/v0002 (10 batches) (loaded in 1.25 s)" in text
+    assert "rejected 1 (last v0003)" in text and "unstucks 2" in text
+    quiet = text_of(render(snapshot(), None, Rates(0.0, 0.0), "game", "Car", follows_store=True))
+    assert "swaps 0: following the store" in quiet and "unstucks" not in quiet
+    pinned = text_of(render(status, None, Rates(0.0, 0.0), "game", "Car", follows_store=False))
+    assert "swaps" not in pinned
+
+
+def test_rates_come_from_two_snapshots_half_a_second_apart_on_the_readers_clock() -> None:
+    clock = FakeClock()
+    meter = RateMeter(clock)
+    assert meter.update(snapshot(frames=100, predictions=90)) == Rates(0.0, 0.0)
+    clock.advance(0.49)
+    assert meter.update(snapshot(frames=130, predictions=120)) == Rates(0.0, 0.0)  # too soon
+    clock.advance(0.01)
+    assert meter.update(snapshot(frames=115, predictions=105)) == Rates(30.0, 30.0)
+    # A loop that stopped publishing: the same snapshot a second later reads as zero rates.
+    clock.advance(1.0)
+    assert meter.update(snapshot(frames=115, predictions=105)) == Rates(0.0, 0.0)

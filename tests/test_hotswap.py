@@ -6,13 +6,15 @@ test_drive_swap.py; these pin down each check and the hand-over between loader a
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from agent.checkpoints.store import publish
+from agent.checkpoints.store import WEIGHTS_FILE, publish
+from agent.checkpoints.watcher import SETTLE_SECONDS, CheckpointWatcher
 from agent.config import SwapConfig
 from agent.drive.hotswap import HotSwap
 from agent.inference.predictor import Predictor
@@ -25,6 +27,7 @@ from tests.checkpoints import (
     write_every_bad_kind,
     write_slowly,
 )
+from tests.helpers.clock import FakeClock
 from tests.models import constant_driver
 
 FRAME = np.full(get_line(LINE).input_shape, 120, dtype=np.uint8)
@@ -75,8 +78,8 @@ def test_a_newer_checkpoint_is_loaded_checked_and_taken_between_predictions(tmp_
     new = take(swap, driving, 1.0)
     assert new is not None and outputs(new) == (0.5, -0.25)
     assert new.name == "pilotnet_small/v0001 (100 batches)"
-    assert [s.version for s in swap.record.swaps] == ["v0001"]
-    assert swap.record.swaps[0].from_name == "driving"
+    assert [s.version for s in swap.history().swaps] == ["v0001"]
+    assert swap.history().swaps[0].from_name == "driving"
     # The old copy is the next shadow: the next version is loaded into it, not into `new`.
     publish_driver(tmp_path, -0.5, 0.75)
     swap._poll_once()
@@ -96,7 +99,7 @@ def test_each_bad_checkpoint_is_refused_once_and_the_older_good_one_still_swaps_
     kinds = write_every_bad_kind(tmp_path, 2, tmp_path / "scratch", marker)
     swap = hot_swap(tmp_path)
     taken = poll_until_taken(swap, polls=len(kinds) + 3)
-    refused = {r.version: r.reason for r in swap.record.rejections}
+    refused = {r.version: r.reason for r in swap.history().rejections}
     assert sorted(refused) == sorted(kinds)
     for version, kind in kinds.items():
         assert BAD_KINDS[kind].lower() in refused[version].lower(), (kind, refused[version])
@@ -104,7 +107,7 @@ def test_each_bad_checkpoint_is_refused_once_and_the_older_good_one_still_swaps_
     assert taken is not None and outputs(taken) == (0.2, 0.4)
     for _ in range(3):  # refused versions are not tried again while their files stay the same
         swap._poll_once()
-    assert len(swap.record.rejections) == len(kinds)
+    assert len(swap.history().rejections) == len(kinds)
     assert not marker.exists()
 
 
@@ -133,12 +136,12 @@ def test_newer_versions_whose_arrays_do_not_fit_are_refused_and_the_good_one_swa
         reseal(folder)
     swap = hot_swap(tmp_path)
     taken = poll_until_taken(swap, polls=len(kinds) + 3)
-    refused = {r.version: r.reason for r in swap.record.rejections}
+    refused = {r.version: r.reason for r in swap.history().rejections}
     assert sorted(refused) == sorted(kinds)
     assert "non-finite" in refused["v0002"]
     assert all("does not fit" in refused[v] for v in ("v0003", "v0004", "v0005")), refused
     assert taken is not None and outputs(taken) == (0.2, 0.4)
-    assert [s.version for s in swap.record.swaps] == ["v0001"]
+    assert [s.version for s in swap.history().swaps] == ["v0001"]
 
 
 def test_a_checkpoint_written_while_polled_is_never_loaded_half_written(tmp_path: Path) -> None:
@@ -156,7 +159,7 @@ def test_a_checkpoint_written_while_polled_is_never_loaded_half_written(tmp_path
         threading.Event().wait(0.05)
     writer.join()
     assert taken is not None and outputs(taken) == (-0.3, 0.6)  # the whole checkpoint
-    reasons = [r.reason for r in swap.record.rejections]
+    reasons = [r.reason for r in swap.history().rejections]
     assert reasons, "the watcher never looked while the copy was under way"
     # Refused once or twice while it grew (when first seen, and once it looked still), not
     # once per chunk: a copy under way is waited for.
@@ -174,7 +177,7 @@ def test_a_newer_version_replaces_one_still_waiting_for_its_turn(tmp_path: Path)
     swap.request_manual_swap()
     taken = take(swap, driving, 2.0)
     assert taken is not None and outputs(taken) == (0.7, -0.7)
-    assert [s.version for s in swap.record.swaps] == ["v0002"]
+    assert [s.version for s in swap.history().swaps] == ["v0002"]
 
 
 @pytest.mark.parametrize("event", ["unstuck", "timeout"])
@@ -222,3 +225,30 @@ def test_the_loader_thread_runs_at_a_lower_priority_and_stops(tmp_path: Path) ->
     assert swap._offer is not None and swap.error is None
     assert seen == [min(19, base + 7)]
     assert os.getpriority(os.PRIO_PROCESS, 0) == base  # only the loader thread yields
+
+
+def test_a_refused_version_is_tried_again_only_after_its_files_stood_still(tmp_path: Path) -> None:
+    """The swap's settle rule, on a clock the test moves: a refused version whose files change
+    is looked at again once they have not changed for SETTLE_SECONDS, not at every poll while a
+    copy is under way."""
+    folder = publish_driver(tmp_path, 0.1, 0.2)
+    clock = FakeClock()
+    watcher = CheckpointWatcher(tmp_path, LINE, 0, clock)
+    candidate, _ = watcher.next_candidate()
+    assert candidate is not None and candidate.number == 1
+    watcher.refuse(candidate.number, candidate.identity, "a made-up reason")
+    assert watcher.next_candidate() == (None, [])  # refused and unchanged: never again
+
+    def touch(mtime_ns: int) -> None:
+        os.utime(folder / WEIGHTS_FILE, ns=(mtime_ns, mtime_ns))
+
+    touch(1_000_000_000)  # a new copy arrives
+    assert watcher.next_candidate() == (None, [])  # just changed: wait
+    clock.advance(SETTLE_SECONDS - 0.01)
+    touch(2_000_000_000)  # still being written: the wait starts again
+    assert watcher.next_candidate() == (None, [])
+    clock.advance(SETTLE_SECONDS - 0.01)
+    assert watcher.next_candidate() == (None, [])
+    clock.advance(0.01)
+    again, _ = watcher.next_candidate()
+    assert again is not None and again.number == 1

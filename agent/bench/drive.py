@@ -227,8 +227,9 @@ def _rates(latencies: list[float], seconds: float) -> Rates:
 
 
 def _result(predictor: Predictor, raw: Rates, summary: DriveSummary, naive: Rates) -> DriveBench:
+    values = summary.to_json()
     drive = {
-        key: getattr(summary, key)
+        key: values[key]
         for key in (
             "seconds", "frames", "predictions", "fps", "pps", "latency_p50_ms",
             "latency_p95_ms", "latency_p99_ms", "predict_p50_ms", "capture_p50_ms",

@@ -17,11 +17,15 @@ import numpy as np
 from agent.capture.screen import explain_display_loss, open_mss, screen_bounds
 from agent.capture.window import GameWindow, WindowError, clip_to
 from agent.errors import log_failure
+from agent.runtime.liveness import Failures
 from agent.runtime.ratekeeper import RateKeeper
 from agent.runtime.slot import Slot
 from agent.types import Frame, Region
 
 log = logging.getLogger(__name__)
+
+PART = "capture"
+"""How the capture's failure is named in the session's Failures."""
 
 CAPTURING = "capturing"
 WINDOW_LOST = "window lost"
@@ -38,7 +42,8 @@ class Grabber:
     - `window_lost` is set while the window is gone, minimised or off the screen: no frames
       are put then, and the window is looked for again (by its title) every `reacquire_every`
       seconds; it is cleared with the first frame after the window is back.
-    - An unexpected exception ends the thread and is kept in `error` (never swallowed).
+    - An unexpected exception ends the thread and is reported to `failures` (the session's;
+      its own when none is given) and shown by `error` (never swallowed).
     - Frames' images are read-only BGRA arrays (height, width, 4), one new array per grab,
       so a consumer may keep a frame while later ones arrive.
     - `request_frame()` makes the next grab happen now instead of at the next tick: a drive
@@ -58,6 +63,7 @@ class Grabber:
         region_every: float = 0.25,
         reacquire_every: float = 0.5,
         black_after: float = 2.0,
+        failures: Failures | None = None,
     ) -> None:
         if fps <= 0:
             raise ValueError(f"fps must be positive, got {fps}")
@@ -65,7 +71,7 @@ class Grabber:
         self.fps = fps
         self.frames = frames
         self.window_lost = threading.Event()
-        self.error: BaseException | None = None
+        self._failures = failures if failures is not None else Failures()
         self.frames_grabbed = 0
         self.measured_fps = 0.0
         """Frames put per second over the last second or so."""
@@ -86,6 +92,11 @@ class Grabber:
         self.requested = 0
         """Grabs made early because the drive loop asked for a fresh frame."""
         self._thread = threading.Thread(target=self._run, name="capture", daemon=True)
+
+    @property
+    def error(self) -> BaseException | None:
+        """The error that ended the capture thread, if one did."""
+        return self._failures.of(PART)
 
     @property
     def state(self) -> str:
@@ -126,8 +137,9 @@ class Grabber:
             with open_mss() as sct:
                 self._capture(sct)
         except BaseException as error:
-            self.error = explain_display_loss(error)
-            log_failure(log, "capture stopped", self.error)
+            explained = explain_display_loss(error)
+            self._failures.report(PART, explained)
+            log_failure(log, "capture stopped", explained)
 
     def _capture(self, sct: Any) -> None:
         screen = screen_bounds(sct)

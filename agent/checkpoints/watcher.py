@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from agent.checkpoints.store import (
     version_number,
 )
 from agent.errors import ModelError
+from agent.runtime.clock import SYSTEM_CLOCK, Clock
 
 log = logging.getLogger(__name__)
 
@@ -57,14 +57,17 @@ class Rejection:
     version: str
     reason: str
     at: float
-    """time.monotonic() of the refusal."""
+    """Clock time of the refusal."""
 
 
 class CheckpointWatcher:
     """Finds the newest version of `line` in `store` newer than the one driving."""
 
-    def __init__(self, store: Path, line: str, driving_number: int) -> None:
+    def __init__(
+        self, store: Path, line: str, driving_number: int, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
         self.root = store / line
+        self._clock = clock
         self.line = line
         self.driving_number = driving_number
         self._refused: dict[int, FileIdentity] = {}
@@ -94,7 +97,7 @@ class CheckpointWatcher:
         """True when a refused version's files changed and have stood still since."""
         if self._refused[number] == identity:
             return False
-        now = time.monotonic()
+        now = self._clock.now()
         seen, since = self._changing.get(number, (None, now))
         if seen != identity:
             self._changing[number] = (identity, now)  # still being written: wait
@@ -105,7 +108,7 @@ class CheckpointWatcher:
         """Remember `number` as bad until its files change."""
         self._refused[number] = identity
         self._changing.pop(number, None)
-        return Rejection(f"v{number:04d}", reason, time.monotonic())
+        return Rejection(f"v{number:04d}", reason, self._clock.now())
 
     def accept(self, number: int) -> None:
         """`number` now drives: only newer versions are candidates from here on."""
@@ -120,7 +123,7 @@ class CheckpointWatcher:
             self._numbers = []
             return []
         stamp = (info.st_mtime_ns, info.st_ino)
-        now = time.monotonic()
+        now = self._clock.now()
         if stamp != self._folder_stamp or now - self._listed_at >= RESCAN_SECONDS:
             self._folder_stamp, self._listed_at = stamp, now
             self._numbers = self._list()

@@ -8,6 +8,7 @@ from typing import Any
 from agent.capture.window import GameWindow
 from agent.config import ControllerConfig
 from agent.controllers.base import Controller
+from agent.runtime.liveness import Failures
 
 BACKENDS = ("game", "keyboard", "vjoy", "vgamepad", "null")
 PROCESS_BACKENDS = ("keyboard", "vjoy", "vgamepad")
@@ -16,7 +17,10 @@ process of their own (`agent.controllers.host`)."""
 
 
 def open_controller(
-    config: ControllerConfig, channel_port: int, window: GameWindow | None
+    config: ControllerConfig,
+    channel_port: int,
+    window: GameWindow | None,
+    failures: Failures | None = None,
 ) -> Controller:
     """The backend `config.backend` names, connected and neutral, as `charles drive` uses it.
 
@@ -30,7 +34,7 @@ def open_controller(
     if config.backend in PROCESS_BACKENDS:
         from agent.controllers.remote import ControllerProcess
 
-        return ControllerProcess(config, window)
+        return ControllerProcess(config, window, failures=failures)
     has_focus = window.has_focus if window is not None else _never
     return build_controller(config, channel_port, has_focus)
 

@@ -23,9 +23,13 @@ from agent.capture.window import GameWindow
 from agent.config import ControllerConfig
 from agent.controllers.base import Controller
 from agent.errors import CharlesError, ConfigError, DependencyError
+from agent.runtime.liveness import Failures
 from agent.types import ControllerState
 
 log = logging.getLogger(__name__)
+
+PART = "controller"
+"""How the controller process's failure is named in the session's Failures."""
 
 START_TIMEOUT = 30.0
 """Seconds the controller process gets to open its driver and say it is ready."""
@@ -57,6 +61,7 @@ class ControllerProcess(Controller):
         *,
         command: list[str] | None = None,
         env: dict[str, str] | None = None,
+        failures: Failures | None = None,
     ) -> None:
         self.name = config.backend  # type: ignore[misc]  # per instance: the backend it runs
         self._hold = config.hold
@@ -68,8 +73,7 @@ class ControllerProcess(Controller):
         self._ready = threading.Event()
         self._finished = threading.Event()
         self._start_error: CharlesError | None = None
-        self.error: BaseException | None = None
-        """Why the controller process stopped driving (its driver failed, it died), if it did."""
+        self._failures = failures if failures is not None else Failures()
         self._lock = threading.RLock()  # re-entrant: neutral() from a signal handler mid-set()
         self._process = _spawn(command, env)
         self._stdin_fd = self._process.stdin.fileno()  # type: ignore[union-attr]
@@ -96,6 +100,11 @@ class ControllerProcess(Controller):
                 f"the {config.backend} controller process did not start in {START_TIMEOUT:.0f} s"
             )
         self._aim()
+
+    @property
+    def error(self) -> BaseException | None:
+        """Why the controller process stopped driving (its driver failed, it died), if it did."""
+        return self._failures.of(PART)
 
     @property
     def releases(self) -> int:
@@ -170,9 +179,9 @@ class ControllerProcess(Controller):
             self._receive(message)
         if not self._closed and self.error is None:
             status = self._process.wait()
-            self.error = ControllerProcessError(
+            self._failures.report(PART, ControllerProcessError(
                 f"the {self.name} controller process ended unexpectedly (exit status {status})"
-            )
+            ))  # fmt: skip
         self._ready.set()
         self._finished.set()
 
@@ -189,7 +198,7 @@ class ControllerProcess(Controller):
             self._start_error = kind(str(message["error"]))
             self._ready.set()
         elif "stopped" in message:
-            self.error = ControllerProcessError(str(message["stopped"]))
+            self._failures.report(PART, ControllerProcessError(str(message["stopped"])))
         elif "closed" in message:
             self._releases = int(message.get("releases", self._releases))
             self._finished.set()

@@ -1,23 +1,20 @@
 """The live player console: what the agent sees, predicts and sends, as the seed's player shows.
 
-It runs on the main thread and only reads: the newest tick from a slot and a few counters.
+It runs on the main thread and only reads two slots: the newest tick and the newest status
+snapshot (agent/drive/status.py).
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from agent.drive.status import DriveStatus
+from agent.runtime.clock import SYSTEM_CLOCK, Clock
 from agent.types import Tick
-
-if TYPE_CHECKING:
-    from agent.drive.hotswap import HotSwapRecord
 
 
 @dataclass(frozen=True)
@@ -31,18 +28,26 @@ class Rates:
 
 
 class RateMeter:
-    """Turns two ever-growing counters into per-second rates between calls."""
+    """Per-second rates of frames and predictions between two looks at the drive status.
 
-    def __init__(self, frames: Callable[[], int], predictions: Callable[[], int]) -> None:
-        self._frames = frames
-        self._predictions = predictions
-        self._last = (time.monotonic(), frames(), predictions())
+    Measured on the reader's clock, not the snapshot's: a loop that stopped publishing shows
+    its rates falling to zero, not frozen at their last value.
+    """
+
+    def __init__(self, clock: Clock = SYSTEM_CLOCK, every: float = 0.5) -> None:
+        self._clock = clock
+        self._every = every
+        self._last: tuple[float, int, int] | None = None
         self.rates = Rates(0.0, 0.0)
 
-    def update(self) -> Rates:
-        now, frames, predictions = time.monotonic(), self._frames(), self._predictions()
+    def update(self, status: DriveStatus | None) -> Rates:
+        now = self._clock.now()
+        frames, predictions = (status.frames, status.predictions) if status else (0, 0)
+        if self._last is None:
+            self._last = (now, frames, predictions)
+            return self.rates
         then, old_frames, old_predictions = self._last
-        if now - then >= 0.5:
+        if now - then >= self._every:
             span = now - then
             self.rates = Rates((frames - old_frames) / span, (predictions - old_predictions) / span)
             self._last = (now, frames, predictions)
@@ -50,21 +55,20 @@ class RateMeter:
 
 
 def render(
+    status: DriveStatus,
     tick: Tick | None,
     rates: Rates,
-    model_name: str,
-    backend: str,
+    controller: str,
     window: str,
-    swaps: HotSwapRecord | None = None,
-    unstucks: int = 0,
+    follows_store: bool = False,
 ) -> Group:
     """The console picture: state line, then raw predictions beside controller values, then
     rates, and the last swap and rejection when the store is followed."""
-    state = tick.state if tick else "starting"
+    state = status.state
     colour = {"driving": "green", "paused": "yellow", "unstuck": "magenta"}.get(state, "red")
     header = Text.assemble(
         ("Charles ", "bold"), (f"[{state}]", f"bold {colour}"),
-        f"  model {model_name}  window '{window}'  controller {backend}",
+        f"  model {status.model}  window '{window}'  controller {controller}",
     )  # fmt: skip
     table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
     for column in ("", "raw prediction", "controller value"):
@@ -89,27 +93,27 @@ def render(
         f"FPS {rates.fps:5.1f}   PPS {rates.pps:5.1f}   latency   -"
     )  # fmt: skip
     lines: list[Text] = [header, table, footer]  # type: ignore[list-item]
-    if unstucks:
-        footer.append(f"   unstucks {unstucks}")
-    if swaps is not None:
-        lines.append(_swap_line(swaps))
+    if status.unstucks:
+        footer.append(f"   unstucks {status.unstucks}")
+    if follows_store:
+        lines.append(_swap_line(status))
     return Group(*lines)
 
 
-def _swap_line(record: HotSwapRecord) -> Text:
+def _swap_line(status: DriveStatus) -> Text:
     """The last swap and the number of rejections, for a person watching the store."""
-    if record.swaps:
-        last = record.swaps[-1]
-        ago = time.monotonic() - last.at
+    if status.swaps:
+        last = status.swaps[-1]
+        ago = status.at - last.at
         text = (
-            f"swaps {len(record.swaps)}, last {ago:.0f} s ago: {last.from_name} -> "
+            f"swaps {len(status.swaps)}, last {ago:.0f} s ago: {last.from_name} -> "
             f"{last.to_name} (loaded in {last.load_seconds:.2f} s)"
         )
     else:
         text = "swaps 0: following the store for newer checkpoints"
-    if record.rejections:
-        newest = record.rejections[-1]
-        text += f"   rejected {len(record.rejections)} (last {newest.version})"
+    if status.rejections:
+        newest = status.rejections[-1]
+        text += f"   rejected {len(status.rejections)} (last {newest.version})"
     return Text(text)
 
 

@@ -9,8 +9,12 @@ from typing import Any
 
 from agent.capture.screen import explain_display_loss
 from agent.errors import CharlesError, log_failure
+from agent.runtime.liveness import Failures
 
 log = logging.getLogger(__name__)
+
+PART = "hotkeys"
+"""How the hotkeys' failure is named in the session's Failures."""
 
 
 def key_name(key: Any) -> str | None:
@@ -27,21 +31,29 @@ class Hotkeys:
 
     pynput imports its platform backend at import time (on X11 it needs DISPLAY), so the import
     happens in `start()`. A failing action, and the listener's own death (the X server went
-    away), are logged and recorded in `error`: the drive loop stops on it, because a session
+    away), are logged and reported to `failures`: the drive loop stops on it, because a session
     whose pause and quit keys no longer work must not go on driving.
     """
 
-    def __init__(self, actions: Mapping[str, Callable[[], None]]) -> None:
+    def __init__(
+        self, actions: Mapping[str, Callable[[], None]], failures: Failures | None = None
+    ) -> None:
         self._actions = {name.lower(): action for name, action in actions.items()}
         self._listener: Any = None
-        self.error: BaseException | None = None
+        self._failures = failures if failures is not None else Failures()
+
+    @property
+    def error(self) -> BaseException | None:
+        """Why the hotkeys stopped working (the listener died, an action failed), if they did."""
+        return self._failures.of(PART)
 
     def start(self) -> None:
         self._listener = start_key_listener(self._on_press, None, self._listener_died)
 
     def _listener_died(self, error: Exception) -> None:
-        self.error = explain_display_loss(error)
-        log_failure(log, "hotkeys stopped working", self.error)
+        explained = explain_display_loss(error)
+        self._failures.report(PART, explained)
+        log_failure(log, "hotkeys stopped working", explained)
 
     def _on_press(self, key: Any) -> None:
         action = self._actions.get(key_name(key) or "")
@@ -49,8 +61,8 @@ class Hotkeys:
             return
         try:
             action()
-        except Exception as error:  # recorded and logged; the drive loop checks `error`
-            self.error = error
+        except Exception as error:  # reported and logged; the drive loop stops on it
+            self._failures.report(PART, error)
             log.exception("hotkey action failed")
 
     def stop(self) -> None:

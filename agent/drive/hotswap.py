@@ -31,8 +31,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -42,11 +41,16 @@ from agent.checkpoints.watcher import Candidate, CheckpointWatcher, Rejection
 from agent.config import SwapConfig
 from agent.errors import ModelError, one_line
 from agent.inference.predictor import Predictor
+from agent.runtime.clock import SYSTEM_CLOCK, Clock
 from agent.runtime.duty import DutyCycle
+from agent.runtime.liveness import Failures
 from agent.runtime.threads import lower_this_threads_priority
 from agent.types import Prediction
 
 log = logging.getLogger(__name__)
+
+PART = "checkpoint loader"
+"""How the loader's failure is named in the session's Failures."""
 
 IMMEDIATE = "immediate"
 ON_UNSTUCK = "on_unstuck"
@@ -65,7 +69,7 @@ class Swap:
     load_seconds: float
     """Loading and checking it in the background: the time the car did NOT wait."""
     at: float
-    """time.monotonic() when the drive loop switched to it."""
+    """Clock time when the drive loop switched to it."""
 
 
 @dataclass
@@ -86,14 +90,17 @@ class _Return:
     """None: the offer drives now; else why its first prediction refused it."""
 
 
-@dataclass
-class HotSwapRecord:
-    """What the hot swap did, for the console and the summary."""
+@dataclass(frozen=True)
+class SwapHistory:
+    """What the hot swap has done so far. Frozen: each change makes a new one (under the hot
+    swap's lock), so the drive loop can hand it to other threads as it is."""
 
-    swaps: list[Swap] = field(default_factory=list)
-    rejections: list[Rejection] = field(default_factory=list)
-    loads: list[tuple[float, float]] = field(default_factory=list)
-    """(start, end) time.monotonic() of every background load, accepted or not."""
+    driving: str
+    """The name of the model driving now."""
+    swaps: tuple[Swap, ...] = ()
+    rejections: tuple[Rejection, ...] = ()
+    loads: tuple[tuple[float, float], ...] = ()
+    """(start, end) clock times of every background load, accepted or not."""
 
 
 class HotSwap:
@@ -111,12 +118,15 @@ class HotSwap:
         shadow: Predictor,
         driving_number: int,
         config: SwapConfig,
+        clock: Clock = SYSTEM_CLOCK,
+        failures: Failures | None = None,
     ) -> None:
         self.config = config
-        self.watcher = CheckpointWatcher(store, driving.line.name, driving_number)
-        self.record = HotSwapRecord()
+        self.watcher = CheckpointWatcher(store, driving.line.name, driving_number, clock)
         self.manual_request = threading.Event()
-        self.driving_name = driving.name
+        self._clock = clock
+        self._history = SwapHistory(driving.name)
+        self._history_lock = threading.Lock()
         self._lock = threading.Lock()
         self._offer: _Offer | None = None
         self._spare: Predictor | None = shadow
@@ -124,7 +134,27 @@ class HotSwap:
         self._unstuck_at = -1.0
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="checkpoint-loader", daemon=True)
-        self.error: BaseException | None = None
+        self._failures = failures if failures is not None else Failures()
+
+    @property
+    def error(self) -> BaseException | None:
+        """The error that ended the loader thread, if one did."""
+        return self._failures.of(PART)
+
+    def history(self) -> SwapHistory:
+        """Swaps, rejections and loads so far (safe from any thread)."""
+        with self._history_lock:
+            return self._history
+
+    def _add_to_history(self, **additions: tuple[object, ...] | str) -> None:
+        """Append to the history's tuples (and replace `driving`), as one new frozen value."""
+        with self._history_lock:
+            old = self._history
+            changes = {
+                name: value if isinstance(value, str) else getattr(old, name) + value
+                for name, value in additions.items()
+            }
+            self._history = replace(old, **changes)
 
     # --- the drive loop's side (never blocks) ---------------------------------------------
 
@@ -175,8 +205,7 @@ class HotSwap:
             driving.name, offer.predictor.name, manifest.version, manifest.batches,
             offer.load_seconds, now,
         )  # fmt: skip
-        self.driving_name = swap.to_name
-        self.record.swaps.append(swap)
+        self._add_to_history(swaps=(swap,), driving=swap.to_name)
         log.info(
             "swapped %s -> %s (loaded and checked in %.2f s while driving)",
             swap.from_name, swap.to_name, swap.load_seconds,
@@ -224,10 +253,10 @@ class HotSwap:
     def _run(self) -> None:
         lower_this_threads_priority(self.config.nice)
         try:
-            while not self._stopping.wait(self.config.poll_seconds):
+            while not self._clock.wait(self._stopping, self.config.poll_seconds):
                 self._poll_once()
-        except BaseException as error:  # kept for the drive loop's health check
-            self.error = error
+        except BaseException as error:  # the drive loop stops on it
+            self._failures.report(PART, error)
             log.exception("the checkpoint loader stopped")
 
     def _poll_once(self) -> None:
@@ -247,7 +276,7 @@ class HotSwap:
             self._spare = None
         if shadow is None:
             return  # the loop holds both copies this instant; it hands one back at once
-        started = time.monotonic()
+        started = self._clock.now()
         try:
             with DutyCycle(self.config.load_share).limiting():
                 self._fill(shadow, candidate.checkpoint)
@@ -259,8 +288,9 @@ class HotSwap:
             )
             return
         finally:
-            self.record.loads.append((started, time.monotonic()))
-        offer = _Offer(shadow, candidate, time.monotonic() - started, time.monotonic())
+            ended = self._clock.now()
+            self._add_to_history(loads=((started, ended),))
+        offer = _Offer(shadow, candidate, ended - started, ended)
         with self._lock:
             self._offer = offer
         log.info(
@@ -299,8 +329,8 @@ class HotSwap:
         shadow.weights_changed()
 
     def _reject(self, rejection: Rejection) -> None:
-        self.record.rejections.append(rejection)
+        self._add_to_history(rejections=(rejection,))
         log.warning(
             "rejected checkpoint %s of %s: %s; still driving %s",
-            rejection.version, self.watcher.line, rejection.reason, self.driving_name,
+            rejection.version, self.watcher.line, rejection.reason, self.history().driving,
         )  # fmt: skip

@@ -49,7 +49,7 @@ from types import TracebackType
 
 import numpy as np
 
-from agent.drive.summary import percentiles_ms
+from agent.drive.summary import ShownToCommand, percentiles_ms
 from agent.game.channel import FrameRecord
 from agent.game.pairing import KEPT_RECORDS, FrameRecordListener
 from agent.game.stamp import BITS, CELL, read_stamp
@@ -174,6 +174,16 @@ class RenderToCommand:
         with self._lock:
             seconds = list(self.latencies)
         return percentiles_ms(seconds, points)
+
+    def report(self) -> ShownToCommand:
+        """Stop listening (commands still waiting for a picture count as unseen) and report."""
+        self.close()
+        p50, p95, p99 = self.percentiles_ms((50, 95, 99))
+        # The listener's thread has ended: its counts no longer change.
+        return ShownToCommand(
+            p50, p95, p99, self.matched, self.noted, self.superseded, self.unpaired, self.unseen,
+            "stamped" if self.stamped else "paired by capture time",
+        )  # fmt: skip
 
     def describe(self) -> str:
         p50, p95, p99 = self.percentiles_ms((50, 95, 99))

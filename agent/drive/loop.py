@@ -8,9 +8,11 @@ skipped (counted), never queued: the next prediction takes the newest. A model s
 capture rate asks the capture for a fresh frame the moment its prediction ends
 (`request_frame`), so it never starts on a picture up to a period old. With no new frame the
 loop still wakes every period, so pause, window loss, recoveries and failed parts are handled
-on time. It meets everything slow only through slots and offers each tick to the console and
-the recorder through another. Nothing in a tick touches disk, loads files or sleeps except the
-wait for a frame. Every way out of `run()` leaves the controller neutral.
+on time. It meets everything slow only through slots: it offers each tick (frame, prediction,
+command) to the console and the recorder through one, and a `DriveStatus` snapshot (state,
+model, counters, swaps; agent/drive/status.py) through another, the only view other threads
+have of it. Nothing in a tick touches disk, loads files or sleeps except the wait for a frame.
+Every way out of `run()` leaves the controller neutral.
 
 Two things may change what a tick sends. A hot swap (agent/drive/hotswap.py) replaces the predictor
 between two predictions with one that was loaded and checked in the background. Unstuck
@@ -24,7 +26,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,9 +35,12 @@ from agent.controllers.base import Controller
 from agent.drive.control import ControlMapper
 from agent.drive.hotswap import HotSwap
 from agent.drive.latency import RenderToCommand
+from agent.drive.status import STARTING, DriveStatus
 from agent.drive.unstuck import Unstuck
 from agent.errors import CharlesError, log_failure
 from agent.inference.predictor import Predictor
+from agent.runtime.clock import SYSTEM_CLOCK, Clock
+from agent.runtime.liveness import Failures
 from agent.runtime.slot import Slot
 from agent.types import NEUTRAL, ControllerState, Frame, Tick
 
@@ -53,7 +58,8 @@ class PartFailed(RuntimeError):
 
 @dataclass
 class LoopCounters:
-    """What the loop did; read by the console and the end-of-run summary."""
+    """What the loop did: its own thread writes these; others read `DriveLoop.status`, and the
+    end-of-run summary reads these once the loop's thread has ended."""
 
     ticks: int = 0
     predictions: int = 0
@@ -65,7 +71,7 @@ class LoopCounters:
     preprocess_seconds: deque[float] = field(default_factory=lambda: deque(maxlen=200_000))
     """Seconds turning each captured frame into the model's input (crop, resize, colours)."""
     sent_at: deque[float] = field(default_factory=lambda: deque(maxlen=200_000))
-    """time.monotonic() of each command sent from a prediction (gaps between them = stalls)."""
+    """self._clock.now() of each command sent from a prediction (gaps between them = stalls)."""
 
 
 class DriveLoop:
@@ -81,13 +87,15 @@ class DriveLoop:
         controller: Controller,
         hz: float,
         ticks: Slot[Tick],
-        health_checks: Sequence[Callable[[], BaseException | None]] = (),
+        failures: Failures | None = None,
         hot_swap: HotSwap | None = None,
         unstuck: Unstuck | None = None,
         game_paused: Callable[[], bool] = lambda: False,
         request_frame: Callable[[], None] | None = None,
         stop_following: Callable[[], None] | None = None,
         render_latency: RenderToCommand | None = None,
+        status: Slot[DriveStatus] | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._frames = frames
         self._window_ready = window_ready
@@ -105,13 +113,21 @@ class DriveLoop:
         self._controller = controller
         self._hz = hz
         self._ticks = ticks
-        self._health_checks = tuple(health_checks)
+        self._failures = failures if failures is not None else Failures()
         self.paused = threading.Event()
         self._stopping = threading.Event()
         self.counters = LoopCounters()
         self.skipped = 0
         """Frames captured while a prediction ran and never predicted on (a newer one was)."""
         self.error: BaseException | None = None
+        self.status: Slot[DriveStatus] = status if status is not None else Slot()
+        """The newest snapshot, put at the end of every tick: what other threads read."""
+        self._clock = clock
+        self._state = STARTING
+        self._last_seq = 0
+        self._frames_put = 0
+        self._neutral_sent = False
+        self._publish_status()  # "starting": watchers have a snapshot before the first tick
 
     def stop(self) -> None:
         self._stopping.set()
@@ -129,52 +145,82 @@ class DriveLoop:
     def run(self, max_ticks: int | None = None) -> None:
         """The thread body. Exceptions are kept in `error` after the controller went neutral."""
         period = 1.0 / self._hz
-        last_seq = 0
-        neutral_sent = False
         try:
             while not self._stopping.is_set():
                 if max_ticks is not None and self.counters.ticks >= max_ticks:
                     break
                 # Wakes at once on a new frame; otherwise after a period, for pause and the rest.
-                frame, seq = self._frames.wait_newer(last_seq, timeout=period)
+                frame, seq = self._frames.wait_newer(self._last_seq, timeout=period)
                 self.counters.ticks += 1
+                self._frames_put = seq
                 self._raise_if_a_part_failed()
-                if self.paused.is_set() or not self._window_ready():
-                    state = PAUSED if self.paused.is_set() else WAITING
-                    if not neutral_sent:
-                        self._controller.neutral()
-                        self._mapper.reset()
-                        neutral_sent = True
-                    if self._unstuck is not None:
-                        self._unstuck.interrupt()
-                    self._ticks.put(Tick(state, None, None, NEUTRAL, time.monotonic()))
-                    last_seq = seq  # frames seen while paused are not predicted on later
-                    continue
-                if self._recovering():
-                    neutral_sent = False
-                    last_seq = seq
-                    continue
-                if frame is None or seq == last_seq:
-                    continue  # no new frame yet: never predict twice on the same picture
-                if last_seq:
-                    self.skipped += seq - last_seq - 1
-                last_seq = seq
-                neutral_sent = False
-                if self._stuck(frame):
-                    continue
-                latency = self._drive_one(frame)
-                if self._request_frame is not None and latency >= period:
-                    last_seq = self._ask_for_a_fresh_frame(last_seq)
-                elif self._stop_following is not None:
-                    # Fast again (one slow prediction, e.g. beside a load): frames at the
-                    # capture's rate, not only when asked.
-                    self._stop_following()
+                self._tick(frame, seq, period)
+                self._publish_status()
         except BaseException as error:
             self.error = error
             log_failure(log, "drive loop stopped", error, cause=_root_cause(error))
         finally:
             self._controller.neutral()
             self._stopping.set()
+
+    def _tick(self, frame: Frame | None, seq: int, period: float) -> None:
+        """One tick: neutral while paused or waiting, a recovery's command, or a prediction
+        on the newest frame."""
+        if self.paused.is_set() or not self._window_ready():
+            self._state = PAUSED if self.paused.is_set() else WAITING
+            if not self._neutral_sent:
+                self._controller.neutral()
+                self._mapper.reset()
+                self._neutral_sent = True
+            if self._unstuck is not None:
+                self._unstuck.interrupt()
+            self._ticks.put(Tick(self._state, None, None, NEUTRAL, self._clock.now()))
+            self._last_seq = seq  # frames seen while paused are not predicted on later
+            return
+        if self._recovering():
+            self._neutral_sent = False
+            self._last_seq = seq
+            return
+        if frame is None or seq == self._last_seq:
+            return  # no new frame yet: never predict twice on the same picture
+        if self._last_seq:
+            self.skipped += seq - self._last_seq - 1
+        self._last_seq = seq
+        self._neutral_sent = False
+        if self._stuck(frame):
+            return
+        latency = self._drive_one(frame)
+        self._state = DRIVING
+        if self._request_frame is not None and latency >= period:
+            self._last_seq = self._ask_for_a_fresh_frame(self._last_seq)
+        elif self._stop_following is not None:
+            # Fast again (one slow prediction, e.g. beside a load): frames at the
+            # capture's rate, not only when asked.
+            self._stop_following()
+
+    def _publish_status(self) -> None:
+        """Offer this tick's snapshot to the console, the recorder and the summary."""
+        checkpoint = self.predictor.checkpoint
+        history = self._hot_swap.history() if self._hot_swap is not None else None
+        self.status.put(
+            DriveStatus(
+                state=self._state,
+                model=self.predictor.name,
+                backend=self.predictor.backend,
+                version=checkpoint.manifest.version if checkpoint is not None else None,
+                batches=checkpoint.manifest.batches if checkpoint is not None else None,
+                at=self._clock.now(),
+                frames=self._frames_put,
+                ticks=self.counters.ticks,
+                predictions=self.counters.predictions,
+                skipped=self.skipped,
+                nonfinite=self.counters.nonfinite,
+                unstucks=self._unstuck.count if self._unstuck is not None else 0,
+                swaps=history.swaps if history is not None else (),
+                rejections=history.rejections if history is not None else (),
+                loads=history.loads if history is not None else (),
+            )
+        )
 
     def _ask_for_a_fresh_frame(self, last_seq: int) -> int:
         """After a prediction longer than a capture period: every frame captured meanwhile is
@@ -197,7 +243,7 @@ class DriveLoop:
         if self._hot_swap is not None:
             # Between two predictions: a checked checkpoint may take over on this frame.
             self.predictor, prediction = self._hot_swap.predict(
-                self.predictor, model_input, time.monotonic()
+                self.predictor, model_input, self._clock.now()
             )
         else:
             prediction = self.predictor.predict(model_input)
@@ -209,7 +255,7 @@ class DriveLoop:
                 log.warning("%s produced a non-finite output; sent neutral", self.predictor.name)
         # Tagged with the frame, so the bundled game can say when its physics applied it.
         self._controller.set(command, tag=frame.seq)
-        now = time.monotonic()
+        now = self._clock.now()
         if self._render_latency is not None:
             self._render_latency.note(frame.seq, frame.captured_at, frame.image)
         self._last_steering = command.steering
@@ -224,7 +270,7 @@ class DriveLoop:
         """Feed unstuck the new frame; True when it starts a recovery (sent instead)."""
         if self._unstuck is None:
             return False
-        now = time.monotonic()
+        now = self._clock.now()
         if self._game_paused():
             self._unstuck.interrupt()
             return False
@@ -240,7 +286,7 @@ class DriveLoop:
         """Send the recovery's command while one runs; True then."""
         if self._unstuck is None:
             return False
-        now = time.monotonic()
+        now = self._clock.now()
         was_recovering = self._unstuck.recovery is not None
         command = self._unstuck.command(now)
         if command is None:
@@ -251,14 +297,15 @@ class DriveLoop:
         return True
 
     def _send_script(self, command: ControllerState, now: float) -> None:
+        self._state = UNSTUCK
         self._controller.set(command)
         self._ticks.put(Tick(UNSTUCK, None, None, command, now))
 
     def _raise_if_a_part_failed(self) -> None:
-        for check in self._health_checks:
-            error = check()
-            if error is not None:
-                raise PartFailed(f"{type(error).__name__}: {error}") from error
+        failure = self._failures.first()
+        if failure is not None:
+            error = failure.error
+            raise PartFailed(f"{failure.part}: {type(error).__name__}: {error}") from error
 
 
 def _root_cause(error: BaseException) -> BaseException:

@@ -14,31 +14,39 @@ import gc
 import logging
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import asdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from agent.capture import Grabber
+from agent.capture.window import GameWindow
 from agent.checkpoints.reference import checkpoint_to_drive
 from agent.checkpoints.store import Checkpoint, version_number
-from agent.checkpoints.watcher import Rejection
 from agent.config import Config, InferenceConfig
-from agent.controllers import open_controller
+from agent.controllers import Controller, open_controller
 from agent.drive.console import RateMeter, render
 from agent.drive.control import ControlMapper
 from agent.drive.hotkeys import Hotkeys
-from agent.drive.hotswap import OFF, HotSwap, Swap
+from agent.drive.hotswap import OFF, HotSwap
 from agent.drive.latency import RenderToCommand
 from agent.drive.loop import DriveLoop, failure_to_raise
-from agent.drive.summary import DriveSummary, command_gaps, median_ms, percentiles_ms
+from agent.drive.status import DriveStatus
+from agent.drive.summary import (
+    DriveSummary,
+    command_gaps,
+    median_ms,
+    percentiles_ms,
+    rejection_rows,
+    swap_rows,
+)
 from agent.drive.target import acquire_window, is_bundled_game
 from agent.drive.unstuck import RecoveryPlan, StuckDetector, Unstuck
 from agent.game.channel import request_reset
 from agent.game.launcher import BundledGame, connect_or_launch
 from agent.game.pairing import FrameRecordListener
-from agent.game.telemetry import read_last_telemetry
+from agent.game.telemetry import TelemetryRecord, read_last_telemetry, record_from
 from agent.inference.onnx_backend import check_installed
 from agent.inference.predictor import Predictor, build_model
 from agent.inference.preprocess import preprocess
@@ -46,8 +54,9 @@ from agent.nets.registry import ModelLine, get_line
 from agent.nets.runtime import configure_threads
 from agent.record.hud import Status
 from agent.record.losses import LossCurve
-from agent.record.recorder import Recorder, check_before_driving
+from agent.record.recorder import Recorder, RecordingReport, check_before_driving
 from agent.runtime.display import display_for_this_process
+from agent.runtime.liveness import Failures
 from agent.runtime.signals import Stop, on_stop_signals
 from agent.runtime.slot import Slot
 from agent.types import Frame, Tick
@@ -84,94 +93,7 @@ def run_drive(
     with contextlib.ExitStack() as stack:
         stack.enter_context(on_stop_signals(stop.on_signal))
         with stop.interrupting():
-            stack.enter_context(display_for_this_process())
-            line = get_line(config.model.line)
-            checkpoint = checkpoint_to_drive(config)
-            game = None
-            if is_bundled_game(config):
-                game = connect_or_launch(
-                    config.game.channel_port, config.capture.size, config.game.launch, stack
-                )
-            window = acquire_window(config, game, stop)
-            # Load and warm the model before any input is sent, so the first command is not late.
-            log.info("loading %s", checkpoint.name if checkpoint else f"a fresh {line.name}")
-            # With the Convcam output the driving prediction carries its own feature map, so a
-            # recording (from the start, or from the hotkey) never runs the model twice.
-            convcam = config.record.convcam
-            configure_threads(config.inference)
-            predictor = Predictor.load(
-                line.name, checkpoint, config.model.pretrained, convcam=convcam,
-                inference=config.inference,
-            )  # fmt: skip
-            started_with = predictor.name
-            hot_swap = _hot_swap_for(config, line, checkpoint, predictor, convcam)
-            unstuck, game_paused = _unstuck_for(config, game is not None, stack)
-            render_latency = None
-            if game is not None:
-                render_latency = stack.enter_context(
-                    RenderToCommand(config.game.channel_port, stamped=stamped_game)
-                )
-
-            frames: Slot[Frame] = Slot()
-            grabber = Grabber(window, config.capture.fps, frames)
-            follow = config.capture.follow_model
-            grabber.start()
-            stack.callback(grabber.stop)
-            ticks: Slot[Tick] = Slot()
-            recorder = _recorder_for(
-                config, line, frames, ticks, lambda: status(), record
-            )  # fmt: skip
-            # Registered before the controller, so on the way out it runs after neutral.
-            stack.callback(recorder.close)
-
-            controller = open_controller(config.controller, config.game.channel_port, window)
-            # Registered after the grabber, so it runs before it: neutral first, then teardown.
-            stack.callback(controller.close)
-
-            hotkeys = Hotkeys({
-                config.hotkeys.pause: lambda: loop.toggle_pause(),
-                config.hotkeys.quit: partial(stop, "quit hotkey"),
-                config.hotkeys.swap: partial(_swap_hotkey, hot_swap),
-                config.hotkeys.record: recorder.toggle,
-            })  # fmt: skip
-            loop = DriveLoop(
-                frames=frames,
-                window_ready=lambda: not grabber.window_lost.is_set(),
-                to_model_input=partial(
-                    preprocess,
-                    capture_size=config.capture.size,
-                    crop=config.capture.crop,
-                    input_size=line.input_size,
-                ),
-                predictor=predictor,
-                mapper=ControlMapper.from_config(config.controller),
-                controller=controller,
-                hz=config.capture.fps,
-                ticks=ticks,
-                health_checks=[
-                    lambda: grabber.error,
-                    lambda: getattr(controller, "error", None),
-                    lambda: hotkeys.error,
-                    lambda: hot_swap.error if hot_swap is not None else None,
-                ],
-                hot_swap=hot_swap,
-                unstuck=unstuck,
-                game_paused=game_paused,
-                request_frame=partial(_request_frame, grabber, recorder) if follow else None,
-                stop_following=grabber.stop_following if follow else None,
-                render_latency=render_latency,
-            )
-            status = partial(
-                _status, loop, hot_swap, unstuck,
-                RateMeter(lambda: grabber.frames_grabbed, lambda: loop.counters.predictions),
-            )  # fmt: skip
-            hotkeys.start()
-            stack.callback(hotkeys.stop)
-            if hot_swap is not None:
-                hot_swap.start()
-                stack.callback(hot_swap.stop)
-            stop.raise_if_requested()  # e.g. the quit hotkey, pressed while starting
-
+            session = _start(config, stack, stop, record, stamped_game)
         # Everything built so far (TensorFlow, both networks) lives as long as the session: out
         # of the collector's sight, a full collection no longer walks it. Measured on model_0005
         # while a checkpoint loads beside driving: without this, garbage collections the loader
@@ -179,81 +101,213 @@ def run_drive(
         gc.collect()
         gc.freeze()
         stack.callback(gc.unfreeze)
-        # From here on a signal only sets `stop`: the loop must not be interrupted mid-send.
-        thread = threading.Thread(target=loop.run, name="drive-loop", daemon=True)
-        started = time.monotonic()
-        thread.start()
-        if record or config.record.enabled:
-            recorder.start()
-        stack.callback(_join_loop, loop, thread)
-        log.info("driving %r with %s via %s", window.title, predictor.name, controller.name)
-        if hot_swap is not None:
-            log.info(
-                "following %s for newer %s checkpoints (swap.policy %s)",
-                Path(config.model.store) / line.name, line.name, config.swap.policy,
-            )  # fmt: skip
-        meter = RateMeter(lambda: grabber.frames_grabbed, lambda: loop.counters.predictions)
+        return _drive(session, config, stack, stop, seconds, live_console, record)
 
-        def view(tick: Tick | None, rates: Any) -> Any:
-            return render(
-                tick, rates, model_name=loop.predictor.name, backend=controller.name,
-                window=window.title,
-                swaps=hot_swap.record if hot_swap is not None else None,
-                unstucks=unstuck.count if unstuck is not None else 0,
-            )  # fmt: skip
 
-        _wait_for_stop(stop, loop, game, seconds, started, ticks, meter, view, live_console)
-        # Read while the agent still drives: once the loop stops, the pad goes neutral and the
-        # game's next sample would say nobody is driving.
-        telemetry = game.telemetry if game is not None else None
-        game_state = read_last_telemetry(telemetry) if telemetry else None
-        _join_loop(loop, thread)
-        elapsed = time.monotonic() - started
-        recordings = recorder.close()
-        if loop.error is not None and stop.reason not in USER_STOPS:
-            raise failure_to_raise(loop.error)
-        latency_p50, latency_p95, latency_p99 = percentiles_ms(
-            loop.counters.latencies, (50, 95, 99)
+@dataclass
+class _Session:
+    """The parts of one drive session, built and started, before the loop's thread runs."""
+
+    window: GameWindow
+    game: BundledGame | None
+    started_with: str
+    grabber: Grabber
+    recorder: Recorder
+    controller: Controller
+    loop: DriveLoop
+    hot_swap: HotSwap | None
+    ticks: Slot[Tick]
+    render_latency: RenderToCommand | None
+
+
+def _start(
+    config: Config,
+    stack: contextlib.ExitStack,
+    stop: Stop,
+    record: Path | bool,
+    stamped_game: bool,
+) -> _Session:
+    """Build every part and start the helper threads; nothing is sent to the game yet.
+
+    Teardown is registered on `stack` as each part starts; it runs in reverse, so on the way
+    out the controller goes neutral before anything it depends on stops.
+    """
+    stack.enter_context(display_for_this_process())
+    line = get_line(config.model.line)
+    checkpoint = checkpoint_to_drive(config)
+    game = None
+    if is_bundled_game(config):
+        game = connect_or_launch(
+            config.game.channel_port, config.capture.size, config.game.launch, stack
         )
-        frames_grabbed = grabber.frames_grabbed
-        swap_record = hot_swap.record if hot_swap is not None else None
-        return DriveSummary(
-            model=loop.predictor.name,
-            started_with=started_with,
-            controller=controller.name,
-            window=window.title,
-            stopped_by=stop.reason or "drive loop ended",
-            seconds=round(elapsed, 3),
-            frames=frames_grabbed,
-            predictions=loop.counters.predictions,
-            fps=round(frames_grabbed / elapsed, 2) if elapsed > 0 else 0.0,
-            pps=round(loop.counters.predictions / elapsed, 2) if elapsed > 0 else 0.0,
-            latency_p50_ms=latency_p50,
-            latency_p95_ms=latency_p95,
-            predict_p50_ms=median_ms(loop.counters.predict_seconds),
-            skipped_frames=loop.skipped,
-            nonfinite_predictions=loop.counters.nonfinite,
-            deadman_releases=controller.releases,
-            game=game_state,
-            swaps=[_swap_row(s, started) for s in swap_record.swaps] if swap_record else [],
-            rejections=[_rejection_row(r, started) for r in swap_record.rejections]
-            if swap_record
-            else [],
-            unstucks=unstuck.count if unstuck is not None else 0,
-            command_gaps=command_gaps(
-                list(loop.counters.sent_at),
-                [*swap_record.loads, *((s.at, s.at) for s in swap_record.swaps)]
-                if swap_record
-                else [],
-            ),
-            recordings=[asdict(report) for report in recordings],
-            backend=loop.predictor.backend,
-            latency_p99_ms=latency_p99,
-            capture_p50_ms=median_ms(grabber.grab_seconds),
-            preprocess_p50_ms=median_ms(loop.counters.preprocess_seconds),
-            requested_frames=grabber.requested,
-            render_to_command_ms=_render_row(render_latency),
+    window = acquire_window(config, game, stop)
+    # Load and warm the model before any input is sent, so the first command is not late.
+    log.info("loading %s", checkpoint.name if checkpoint else f"a fresh {line.name}")
+    # With the Convcam output the driving prediction carries its own feature map, so a
+    # recording (from the start, or from the hotkey) never runs the model twice.
+    convcam = config.record.convcam
+    configure_threads(config.inference)
+    predictor = Predictor.load(
+        line.name, checkpoint, config.model.pretrained, convcam=convcam,
+        inference=config.inference,
+    )  # fmt: skip
+    # Every helper thread reports why it stopped here; the loop stops on the first report.
+    failures = Failures()
+    hot_swap = _hot_swap_for(config, line, checkpoint, predictor, convcam, failures)
+    unstuck, game_paused = _unstuck_for(config, game is not None, stack)
+    render_latency = None
+    if game is not None:
+        render_latency = stack.enter_context(
+            RenderToCommand(config.game.channel_port, stamped=stamped_game)
         )
+
+    frames: Slot[Frame] = Slot()
+    grabber = Grabber(window, config.capture.fps, frames, failures=failures)
+    follow = config.capture.follow_model
+    grabber.start()
+    stack.callback(grabber.stop)
+    ticks: Slot[Tick] = Slot()
+    status: Slot[DriveStatus] = Slot()
+    recorder = _recorder_for(config, line, frames, ticks, status, record)
+    # Registered before the controller, so on the way out it runs after neutral.
+    stack.callback(recorder.close)
+
+    controller = open_controller(config.controller, config.game.channel_port, window, failures)
+    # Registered after the grabber, so it runs before it: neutral first, then teardown.
+    stack.callback(controller.close)
+
+    loop = DriveLoop(
+        frames=frames,
+        window_ready=lambda: not grabber.window_lost.is_set(),
+        to_model_input=partial(
+            preprocess,
+            capture_size=config.capture.size,
+            crop=config.capture.crop,
+            input_size=line.input_size,
+        ),
+        predictor=predictor,
+        mapper=ControlMapper.from_config(config.controller),
+        controller=controller,
+        hz=config.capture.fps,
+        ticks=ticks,
+        failures=failures,
+        hot_swap=hot_swap,
+        unstuck=unstuck,
+        game_paused=game_paused,
+        request_frame=partial(_request_frame, grabber, recorder) if follow else None,
+        stop_following=grabber.stop_following if follow else None,
+        render_latency=render_latency,
+        status=status,
+    )
+    hotkeys = Hotkeys({
+        config.hotkeys.pause: loop.toggle_pause,
+        config.hotkeys.quit: partial(stop, "quit hotkey"),
+        config.hotkeys.swap: partial(_swap_hotkey, hot_swap),
+        config.hotkeys.record: recorder.toggle,
+    }, failures)  # fmt: skip
+    hotkeys.start()
+    stack.callback(hotkeys.stop)
+    if hot_swap is not None:
+        hot_swap.start()
+        stack.callback(hot_swap.stop)
+    stop.raise_if_requested()  # e.g. the quit hotkey, pressed while starting
+    return _Session(
+        window, game, predictor.name, grabber, recorder, controller, loop, hot_swap, ticks,
+        render_latency,
+    )  # fmt: skip
+
+
+def _drive(
+    session: _Session,
+    config: Config,
+    stack: contextlib.ExitStack,
+    stop: Stop,
+    seconds: float | None,
+    live_console: bool,
+    record: Path | bool,
+) -> DriveSummary:
+    """Run the loop's thread until a stop reason; stop it and report."""
+    loop = session.loop
+    # From here on a signal only sets `stop`: the loop must not be interrupted mid-send.
+    thread = threading.Thread(target=loop.run, name="drive-loop", daemon=True)
+    started = time.monotonic()
+    thread.start()
+    if record or config.record.enabled:
+        session.recorder.start()
+    stack.callback(_join_loop, loop, thread)
+    log.info(
+        "driving %r with %s via %s",
+        session.window.title, session.started_with, session.controller.name,
+    )  # fmt: skip
+    if session.hot_swap is not None:
+        log.info(
+            "following %s for newer %s checkpoints (swap.policy %s)",
+            Path(config.model.store) / config.model.line, config.model.line, config.swap.policy,
+        )  # fmt: skip
+    _wait_for_stop(stop, session, seconds, started, live_console)
+    # Read while the agent still drives: once the loop stops, the pad goes neutral and the
+    # game's next sample would say nobody is driving.
+    telemetry = session.game.telemetry if session.game is not None else None
+    game_state = record_from(read_last_telemetry(telemetry)) if telemetry else None
+    _join_loop(loop, thread)
+    elapsed = time.monotonic() - started
+    recordings = session.recorder.close()
+    # The capture stops before its counts are read: no thread changes them after this.
+    session.grabber.stop()
+    if loop.error is not None and stop.reason not in USER_STOPS:
+        raise failure_to_raise(loop.error)
+    final, _ = loop.status.get()
+    assert final is not None  # the loop puts a snapshot when it is built
+    return _summary(session, final, stop.reason, elapsed, started, game_state, recordings)
+
+
+def _summary(
+    session: _Session,
+    final: DriveStatus,
+    stopped_by: str | None,
+    elapsed: float,
+    started: float,
+    game_state: TelemetryRecord | None,
+    recordings: Sequence[RecordingReport],
+) -> DriveSummary:
+    """The end-of-run report: the loop's last status snapshot, plus the loop's and the
+    capture's timings (read after their threads ended)."""
+    counters = session.loop.counters
+    grabber = session.grabber
+    latency_p50, latency_p95, latency_p99 = percentiles_ms(counters.latencies, (50, 95, 99))
+    busy = [*final.loads, *((swap.at, swap.at) for swap in final.swaps)]
+    return DriveSummary(
+        model=final.model,
+        started_with=session.started_with,
+        controller=session.controller.name,
+        window=session.window.title,
+        stopped_by=stopped_by or "drive loop ended",
+        seconds=round(elapsed, 3),
+        frames=grabber.frames_grabbed,
+        predictions=final.predictions,
+        fps=round(grabber.frames_grabbed / elapsed, 2) if elapsed > 0 else 0.0,
+        pps=round(final.predictions / elapsed, 2) if elapsed > 0 else 0.0,
+        latency_p50_ms=latency_p50,
+        latency_p95_ms=latency_p95,
+        predict_p50_ms=median_ms(counters.predict_seconds),
+        skipped_frames=final.skipped,
+        nonfinite_predictions=final.nonfinite,
+        deadman_releases=session.controller.releases,
+        game=game_state,
+        swaps=swap_rows(final.swaps, started),
+        rejections=rejection_rows(final.rejections, started),
+        unstucks=final.unstucks,
+        command_gaps=command_gaps(list(counters.sent_at), busy),
+        recordings=tuple(recordings),
+        backend=final.backend,
+        latency_p99_ms=latency_p99,
+        capture_p50_ms=median_ms(grabber.grab_seconds),
+        preprocess_p50_ms=median_ms(counters.preprocess_seconds),
+        requested_frames=grabber.requested,
+        render_to_command_ms=(
+            session.render_latency.report() if session.render_latency is not None else None
+        ),
+    )
 
 
 def _hot_swap_for(
@@ -262,6 +316,7 @@ def _hot_swap_for(
     checkpoint: Checkpoint | None,
     predictor: Predictor,
     convcam: bool,
+    failures: Failures,
 ) -> HotSwap | None:
     """The hot swap when this session follows the store; None when a checkpoint is pinned."""
     if not follows_the_store(config):
@@ -270,7 +325,7 @@ def _hot_swap_for(
     # with weights, off the driving path.
     return HotSwap(
         Path(config.model.store), predictor, _shadow_of(line, convcam, config.inference),
-        _store_number(config, line, checkpoint), config.swap,
+        _store_number(config, line, checkpoint), config.swap, failures=failures,
     )  # fmt: skip
 
 
@@ -315,34 +370,35 @@ def _recorder_for(
     line: ModelLine,
     frames: Slot[Frame],
     ticks: Slot[Tick],
-    status: Callable[[], Status],
+    status: Slot[DriveStatus],
     record: Path | bool,
 ) -> Recorder:
     """The session's recorder (idle until started by --record, record.enabled or the hotkey)."""
     width, height = config.capture.size
+    hud = partial(_hud_status, status, RateMeter())
     return Recorder(
-        config.record, frames, ticks, status, (width, height), line.convcam_layer,
+        config.record, frames, ticks, hud, (width, height), line.convcam_layer,
         losses=LossCurve(Path(config.model.store), line.name),
         path=record if isinstance(record, Path) else None,
     )  # fmt: skip
 
 
-def _status(
-    loop: DriveLoop, hot_swap: HotSwap | None, unstuck: Unstuck | None, meter: RateMeter
-) -> Status:
-    """What the recording shows besides the frame and tick (called on the recorder's thread)."""
-    rates = meter.update()
-    swaps = hot_swap.record.swaps if hot_swap is not None else []
-    last = swaps[-1] if swaps else None
+def _hud_status(status: Slot[DriveStatus], meter: RateMeter) -> Status:
+    """What the recording shows besides the frame and tick (called on the recorder's thread):
+    the newest status snapshot, and rates measured between two of its pictures."""
+    now, _ = status.get()
+    assert now is not None  # the drive loop puts one when it is built, before any recording
+    rates = meter.update(now)
+    last = now.swaps[-1] if now.swaps else None
     return Status(
-        model_name=loop.predictor.name,
+        model_name=now.model,
         fps=rates.fps,
         pps=rates.pps,
-        swaps=len(swaps),
+        swaps=len(now.swaps),
         last_swap_to=last.version if last is not None else None,
         last_swap_at=last.at if last is not None else None,
-        rejections=len(hot_swap.record.rejections) if hot_swap is not None else 0,
-        unstucks=unstuck.count if unstuck is not None else 0,
+        rejections=len(now.rejections),
+        unstucks=now.unstucks,
     )
 
 
@@ -375,38 +431,6 @@ def _request_frame(grabber: Grabber, recorder: Recorder) -> None:
     grabber.request_frame(only_on_request=not recorder.recording)
 
 
-def _render_row(latency: RenderToCommand | None) -> dict[str, Any] | None:
-    if latency is None:
-        return None
-    latency.close()  # commands still waiting for a picture count as unseen
-    p50, p95, p99 = latency.percentiles_ms((50, 95, 99))
-    return {
-        "p50": p50, "p95": p95, "p99": p99, "matched": latency.matched, "noted": latency.noted,
-        "superseded": latency.superseded, "unpaired": latency.unpaired,
-        "unseen": latency.unseen,
-        "pictures": "stamped" if latency.stamped else "paired by capture time",
-    }  # fmt: skip
-
-
-def _rejection_row(rejection: Rejection, started: float) -> dict[str, Any]:
-    return {
-        "version": rejection.version,
-        "reason": rejection.reason,
-        "at_s": round(rejection.at - started, 2),
-    }
-
-
-def _swap_row(swap: Swap, started: float) -> dict[str, Any]:
-    return {
-        "from": swap.from_name,
-        "to": swap.to_name,
-        "version": swap.version,
-        "batches": swap.batches,
-        "load_s": round(swap.load_seconds, 3),
-        "at_s": round(swap.at - started, 2),
-    }
-
-
 def _join_loop(loop: DriveLoop, thread: threading.Thread) -> None:
     loop.stop()
     if thread.is_alive():
@@ -415,22 +439,31 @@ def _join_loop(loop: DriveLoop, thread: threading.Thread) -> None:
 
 def _wait_for_stop(
     stop: Stop,
-    loop: DriveLoop,
-    game: BundledGame | None,
+    session: _Session,
     seconds: float | None,
     started: float,
-    ticks: Slot[Tick],
-    meter: RateMeter,
-    view: Callable[..., Any],
     live_console: bool,
 ) -> None:
     """The main thread's job while driving: watch for stop reasons and draw the console."""
     deadline = None if seconds is None else started + seconds
+    loop, game = session.loop, session.game
+    meter = RateMeter()
+    follows_store = session.hot_swap is not None
+
+    def view() -> Any:
+        status, _ = loop.status.get()
+        assert status is not None  # put when the loop was built
+        tick, _ = session.ticks.get()
+        return render(
+            status, tick, meter.update(status), session.controller.name, session.window.title,
+            follows_store,
+        )  # fmt: skip
+
     live: Any = contextlib.nullcontext()
     if live_console:
         from rich.live import Live
 
-        live = Live(view(None, meter.rates), refresh_per_second=4, transient=False)
+        live = Live(view(), refresh_per_second=4, transient=False)
     with live:
         while not stop.event.wait(0.25):
             if deadline is not None and time.monotonic() >= deadline:
@@ -440,4 +473,4 @@ def _wait_for_stop(
             elif game is not None and game.exited():
                 stop("the game closed")
             if live_console:
-                live.update(view(ticks.get()[0], meter.update()))
+                live.update(view())

@@ -3,10 +3,71 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+
+from agent.checkpoints.watcher import Rejection
+from agent.drive.hotswap import Swap
+from agent.game.telemetry import TelemetryRecord
+from agent.record.recorder import RecordingReport
+
+
+@dataclass(frozen=True)
+class CommandGaps:
+    """Gaps between successive commands from predictions, split by whether a swap was under way
+    (see `command_gaps`)."""
+
+    count: int
+    median_ms: float
+    """Median gap outside swaps (over all gaps when every gap overlapped one)."""
+    largest_outside_ms: float | None
+    during_swaps: int
+    """Gaps that overlapped a background load or the instant of a switch."""
+    largest_during_ms: float | None
+    pps_during: float | None
+    """Commands per second while loads ran (1 / mean gap)."""
+    pps_outside: float | None
+
+
+@dataclass(frozen=True)
+class ShownToCommand:
+    """Bundled game: the game showing a picture -> its physics applying the command computed
+    from it (agent/drive/latency.py says what each count means)."""
+
+    p50: float | None
+    p95: float | None
+    p99: float | None
+    matched: int
+    noted: int
+    superseded: int
+    unpaired: int
+    unseen: int
+    pictures: str
+    """"stamped" or "paired by capture time"."""
+
+
+@dataclass(frozen=True)
+class SwapRow:
+    """One checkpoint that took over, timed from the start of driving."""
+
+    from_name: str
+    to_name: str
+    version: str
+    batches: int
+    load_s: float
+    """Loading and checking it in the background: the time the car did NOT wait."""
+    at_s: float
+
+
+@dataclass(frozen=True)
+class RejectionRow:
+    """One checkpoint refused, timed from the start of driving."""
+
+    version: str
+    reason: str
+    at_s: float
 
 
 @dataclass(frozen=True)
@@ -34,18 +95,16 @@ class DriveSummary:
     nonfinite_predictions: int
     deadman_releases: int
     """Times the controller went neutral by itself because no command came for controller.hold."""
-    game: dict[str, Any] | None
+    game: TelemetryRecord | None
     """The bundled game's last telemetry sample (score, distance, ...) when Charles started it."""
-    swaps: list[dict[str, Any]] = field(default_factory=list)
-    """Checkpoints swapped in: from, to, version, batches, load_s (background), at_s."""
-    rejections: list[dict[str, Any]] = field(default_factory=list)
-    """Checkpoints refused: version, reason, at_s."""
+    swaps: tuple[SwapRow, ...] = ()
+    rejections: tuple[RejectionRow, ...] = ()
     unstucks: int = 0
-    command_gaps: dict[str, Any] | None = None
-    """Gaps between successive commands from predictions (see `command_gaps`); the median is
-    over the gaps outside swaps."""
-    recordings: list[dict[str, Any]] = field(default_factory=list)
-    """Videos written (agent.record.recorder.RecordingReport as dicts)."""
+    command_gaps: CommandGaps | None = None
+    """Gaps between successive commands from predictions; the median is over the gaps outside
+    swaps."""
+    recordings: tuple[RecordingReport, ...] = ()
+    """Videos written."""
     backend: str = "tensorflow"
     """inference.backend the model ran on."""
     latency_p99_ms: float | None = None
@@ -55,9 +114,18 @@ class DriveSummary:
     """Captured frame to model input (crop, resize, colours), median."""
     requested_frames: int = 0
     """Frames grabbed at once because the model was slower than the capture (follow_model)."""
-    render_to_command_ms: dict[str, Any] | None = None
-    """Bundled game: the game showing a picture -> its physics applying the command computed
-    from it (p50/p95/p99 and counts); None for other games."""
+    render_to_command_ms: ShownToCommand | None = None
+    """Bundled game only; None for other games."""
+
+    def to_json(self) -> dict[str, Any]:
+        """The summary as `charles drive --json` prints it (the benchmarks read this)."""
+        values = asdict(self)
+        values["swaps"] = [
+            {"from": row.from_name, "to": row.to_name, "version": row.version,
+             "batches": row.batches, "load_s": row.load_s, "at_s": row.at_s}
+            for row in self.swaps
+        ]  # fmt: skip
+        return values
 
     def lines(self) -> list[str]:
         """The summary as text for a person."""
@@ -75,10 +143,10 @@ class DriveSummary:
                 f"frames skipped while predicting {self.skipped_frames}"
             )
         shown = self.render_to_command_ms
-        if shown and shown.get("p50") is not None:
+        if shown is not None and shown.p50 is not None and shown.p95 is not None:
             lines.append(
-                f"  latency game picture shown->command in its physics p50 {shown['p50']:.1f} ms"
-                f"  p95 {shown['p95']:.1f} ms  ({shown['matched']} commands matched)"
+                f"  latency game picture shown->command in its physics p50 {shown.p50:.1f} ms"
+                f"  p95 {shown.p95:.1f} ms  ({shown.matched} commands matched)"
             )
         if self.nonfinite_predictions:
             lines.append(f"  non-finite predictions (sent neutral): {self.nonfinite_predictions}")
@@ -89,40 +157,51 @@ class DriveSummary:
             )
         for swap in self.swaps:
             lines.append(
-                f"  swap at {swap['at_s']:.1f} s: {swap['from']} -> {swap['to']} "
-                f"(loaded and checked in {swap['load_s']:.2f} s beside driving)"
+                f"  swap at {swap.at_s:.1f} s: {swap.from_name} -> {swap.to_name} "
+                f"(loaded and checked in {swap.load_s:.2f} s beside driving)"
             )
         for rejection in self.rejections:
             lines.append(
-                f"  rejected {rejection['version']} at {rejection['at_s']:.1f} s: "
-                f"{rejection['reason']}"
+                f"  rejected {rejection.version} at {rejection.at_s:.1f} s: {rejection.reason}"
             )
         gaps = self.command_gaps
-        if gaps and gaps.get("during_swaps"):
+        if gaps is not None and gaps.during_swaps:
             lines.append(
-                f"  command gaps: median {gaps['median_ms']:.1f} ms, largest "
-                f"{gaps['largest_outside_ms']:.1f} ms outside swaps, "
-                f"{gaps['largest_during_ms']:.1f} ms during swaps"
+                f"  command gaps: median {gaps.median_ms:.1f} ms, largest "
+                f"{gaps.largest_outside_ms:.1f} ms outside swaps, "
+                f"{gaps.largest_during_ms:.1f} ms during swaps"
             )
         if self.unstucks:
             lines.append(f"  unstuck: {self.unstucks} recovery(ies) from a car standing still")
         for video in self.recordings:
             lines.append(
-                f"  recorded {video['path']}: {video['seconds']:.1f} s, {video['frames']} frames "
-                f"({video['repeated']} repeated, {video['left_out']} captured frames left out, "
-                f"{video['dropped']} dropped by a slow encoder; {video['encoder']}; CPU "
-                f"{video['drawing_cpu_s']:.1f} s drawing, {video['encoding_cpu_s']:.1f} s encoding)"
+                f"  recorded {video.path}: {video.seconds:.1f} s, {video.frames} frames "
+                f"({video.repeated} repeated, {video.left_out} captured frames left out, "
+                f"{video.dropped} dropped by a slow encoder; {video.encoder}; CPU "
+                f"{video.drawing_cpu_s:.1f} s drawing, {video.encoding_cpu_s:.1f} s encoding)"
             )
-            if video["error"]:
-                lines.append(f"    recording failed: {video['error']}")
-        if self.game:
+            if video.error:
+                lines.append(f"    recording failed: {video.error}")
+        if self.game is not None:
             game = self.game
             lines.append(
-                f"  game: score {game.get('score', 0):.1f}  "
-                f"distance {game.get('distance', 0):.1f} m  "
-                f"tiles {100 * game.get('tiles', 0):.0f}%  episode {game.get('episode')}"
+                f"  game: score {game.score:.1f}  distance {game.distance:.1f} m  "
+                f"tiles {100 * game.tiles:.0f}%  episode {game.episode}"
             )
         return lines
+
+
+def swap_rows(swaps: Sequence[Swap], started: float) -> tuple[SwapRow, ...]:
+    """`swaps` timed from `started` (the clock time driving began)."""
+    return tuple(
+        SwapRow(s.from_name, s.to_name, s.version, s.batches, round(s.load_seconds, 3),
+                round(s.at - started, 2))
+        for s in swaps
+    )  # fmt: skip
+
+
+def rejection_rows(rejections: Sequence[Rejection], started: float) -> tuple[RejectionRow, ...]:
+    return tuple(RejectionRow(r.version, r.reason, round(r.at - started, 2)) for r in rejections)
 
 
 def _ms(value: float | None) -> str:
@@ -143,7 +222,7 @@ def percentiles_ms(seconds: Sequence[float], points: Sequence[float]) -> list[fl
 
 def command_gaps(
     sent_at: Sequence[float], busy: Sequence[tuple[float, float]]
-) -> dict[str, Any] | None:
+) -> CommandGaps | None:
     """Gaps between successive commands, split by whether a swap was under way.
 
     A gap lies "during swaps" when it overlaps any `busy` interval (a background load, or the
@@ -160,13 +239,13 @@ def command_gaps(
         during |= (starts <= end) & (ends >= begin)
     outside = gaps[~during]
     inside = gaps[during]
-    return {
-        "count": len(gaps),
-        "median_ms": round(float(np.median(outside if len(outside) else gaps)), 2),
-        "largest_outside_ms": round(float(outside.max()), 2) if len(outside) else None,
-        "during_swaps": int(during.sum()),
-        "largest_during_ms": round(float(inside.max()), 2) if len(inside) else None,
+    return CommandGaps(
+        count=len(gaps),
+        median_ms=round(float(np.median(outside if len(outside) else gaps)), 2),
+        largest_outside_ms=round(float(outside.max()), 2) if len(outside) else None,
+        during_swaps=int(during.sum()),
+        largest_during_ms=round(float(inside.max()), 2) if len(inside) else None,
         # Commands per second while loads ran and otherwise (1 / mean gap).
-        "pps_during": round(1000.0 * len(inside) / inside.sum(), 2) if len(inside) else None,
-        "pps_outside": round(1000.0 * len(outside) / outside.sum(), 2) if len(outside) else None,
-    }
+        pps_during=round(1000.0 * len(inside) / inside.sum(), 2) if len(inside) else None,
+        pps_outside=round(1000.0 * len(outside) / outside.sum(), 2) if len(outside) else None,
+    )

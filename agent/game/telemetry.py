@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import IO, Any
 
@@ -47,6 +47,9 @@ class TelemetryRecord:
     resets: int
     x: float
     y: float
+
+
+_FIELDS = tuple(field.name for field in fields(TelemetryRecord))
 
 
 class TelemetryWriter:
@@ -87,6 +90,17 @@ class TelemetryWriter:
         if fd is not None:
             with contextlib.suppress(OSError):  # nothing is buffered: nothing can be lost
                 os.close(fd)
+
+
+def record_from(values: dict[str, Any] | None) -> TelemetryRecord | None:
+    """`values` (a line of the telemetry file) as a record; None when it is not a whole one
+    (another version of the game, a damaged line)."""
+    if values is None:
+        return None
+    try:
+        return TelemetryRecord(**{name: values[name] for name in _FIELDS})
+    except (KeyError, TypeError):
+        return None
 
 
 def read_last_telemetry(path: Path | str, chunk: int = 4096) -> dict[str, Any] | None:

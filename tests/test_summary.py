@@ -1,0 +1,89 @@
+"""The drive summary: typed records inside, the same JSON outside (the benchmarks read it)."""
+
+from __future__ import annotations
+
+import json
+
+from agent.checkpoints.watcher import Rejection
+from agent.drive.hotswap import Swap
+from agent.drive.summary import (
+    CommandGaps,
+    DriveSummary,
+    ShownToCommand,
+    command_gaps,
+    rejection_rows,
+    swap_rows,
+)
+from agent.game.telemetry import TelemetryRecord, record_from
+from agent.record.recorder import RecordingReport
+
+GAME = {
+    "t": 12.5, "episode": 1, "speed": 20.0, "on_track": True, "score": 321.5, "distance": 250.0,
+    "tiles": 0.42, "heading": 1.5, "steering": 0.1, "accelerate": 0.5, "brake": 0.0,
+    "source": "gamepad", "paused": False, "resets": 0, "x": 1.0, "y": 2.0,
+}  # fmt: skip
+
+
+def made_up_summary() -> DriveSummary:
+    started = 100.0
+    swaps = [Swap("a (fresh)", "line/v0002 (10 batches)", "v0002", 10, 1.23456, at=105.004)]
+    rejections = [Rejection("v0003", "weights truncated", 107.5)]
+    return DriveSummary(
+        model="line/v0002 (10 batches)", started_with="a (fresh)", controller="game",
+        window="Charles CarRacing", stopped_by="time limit", seconds=10.0, frames=300,
+        predictions=290, fps=30.0, pps=29.0, latency_p50_ms=6.4, latency_p95_ms=13.0,
+        predict_p50_ms=3.0, skipped_frames=10, nonfinite_predictions=0, deadman_releases=1,
+        game=record_from(GAME), swaps=swap_rows(swaps, started),
+        rejections=rejection_rows(rejections, started), unstucks=2,
+        command_gaps=command_gaps([100.0, 100.033, 100.066, 100.2], [(100.05, 100.1)]),
+        recordings=(RecordingReport("r.mp4", 10.0, 300, 300, 1, 2, 0, "libx264", 1.0, 2.0),),
+        render_to_command_ms=ShownToCommand(41.0, 60.0, 70.0, 280, 290, 5, 3, 2, "stamped"),
+    )  # fmt: skip
+
+
+def test_the_json_keeps_the_keys_and_shapes_readers_rely_on() -> None:
+    values = json.loads(json.dumps(made_up_summary().to_json()))
+    assert values["swaps"] == [
+        {"from": "a (fresh)", "to": "line/v0002 (10 batches)", "version": "v0002",
+         "batches": 10, "load_s": 1.235, "at_s": 5.0}
+    ]  # fmt: skip
+    assert values["rejections"] == [
+        {"version": "v0003", "reason": "weights truncated", "at_s": 7.5}
+    ]
+    assert values["command_gaps"] == {
+        "count": 3, "median_ms": 33.0, "largest_outside_ms": 33.0, "during_swaps": 2,
+        "largest_during_ms": 134.0, "pps_during": 11.98, "pps_outside": 30.3,
+    }  # fmt: skip
+    assert values["render_to_command_ms"]["p50"] == 41.0
+    assert values["render_to_command_ms"]["pictures"] == "stamped"
+    assert values["recordings"][0]["path"] == "r.mp4" and values["recordings"][0]["error"] is None
+    assert values["game"] == GAME
+    assert values["deadman_releases"] == 1 and values["unstucks"] == 2
+
+
+def test_the_lines_a_person_reads() -> None:
+    text = "\n".join(made_up_summary().lines())
+    assert "drove 'Charles CarRacing' with line/v0002 (10 batches) via game for 10.0 s" in text
+    assert (
+        "swap at 5.0 s: a (fresh) -> line/v0002 (10 batches) (loaded and checked in 1.24 s" in text
+    )
+    assert "rejected v0003 at 7.5 s: weights truncated" in text
+    assert "command gaps: median 33.0 ms, largest 33.0 ms outside swaps, 134.0 ms during" in text
+    assert "game picture shown->command in its physics p50 41.0 ms  p95 60.0 ms" in text
+    assert "recorded r.mp4: 10.0 s, 300 frames (1 repeated, 2 captured frames left out" in text
+    assert "game: score 321.5  distance 250.0 m  tiles 42%  episode 1" in text
+    assert "controls went neutral by themselves 1 time(s)" in text
+
+
+def test_gaps_overlapping_a_load_count_as_during_swaps() -> None:
+    gaps = command_gaps([0.0, 0.1, 0.2, 0.3], [(0.15, 0.16)])
+    assert isinstance(gaps, CommandGaps)
+    assert (gaps.count, gaps.during_swaps) == (3, 1)
+    assert command_gaps([0.0], []) is None
+
+
+def test_a_telemetry_line_of_another_shape_is_no_record() -> None:
+    assert isinstance(record_from(GAME), TelemetryRecord)
+    assert record_from({**GAME, "extra": 1}) == record_from(GAME)
+    assert record_from({"t": 1.0}) is None
+    assert record_from(None) is None
