@@ -252,8 +252,11 @@ def _drive(
     _join_loop(loop, thread)
     elapsed = time.monotonic() - started
     recordings = session.recorder.close()
-    # The capture stops before its counts are read: no thread changes them after this.
+    # The capture and the controller stop before their counts are read: no thread changes
+    # them after this. (The loop left the controller neutral; closing it again on the way
+    # out does nothing.)
     session.grabber.stop()
+    session.controller.close()
     if loop.error is not None and stop.reason not in USER_STOPS:
         raise failure_to_raise(loop.error)
     final, _ = loop.status.get()
