@@ -17,6 +17,7 @@ import numpy as np
 from agent.capture.screen import explain_display_loss, open_mss, screen_bounds
 from agent.capture.window import GameWindow, WindowError, clip_to
 from agent.errors import log_failure
+from agent.runtime.clock import SYSTEM_CLOCK, Clock
 from agent.runtime.ratekeeper import RateKeeper
 from agent.runtime.slot import Slot
 from agent.types import Frame, Region
@@ -47,6 +48,8 @@ class Grabber:
       grabs between requests are left out too (for up to FOLLOW_SECONDS, then the fixed rate
       resumes): nobody would look at them, and on a small machine each grab delays the
       prediction running beside it.
+    - The schedule (the rate, following, looking for a lost window) and the frames' times are
+      kept on `clock`.
     """
 
     def __init__(
@@ -58,6 +61,7 @@ class Grabber:
         region_every: float = 0.25,
         reacquire_every: float = 0.5,
         black_after: float = 2.0,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         if fps <= 0:
             raise ValueError(f"fps must be positive, got {fps}")
@@ -76,6 +80,7 @@ class Grabber:
         self._region_every = region_every
         self._reacquire_every = reacquire_every
         self._black_after = black_after
+        self._clock = clock
         self._stopping = threading.Event()
         self._wake = threading.Event()
         """Ends the wait between grabs: a request, the end of following, or stop()."""
@@ -102,7 +107,7 @@ class Grabber:
     def request_frame(self, only_on_request: bool = False) -> None:
         """Grab now rather than at the next tick (never blocks); with `only_on_request`, grab
         next when asked again, or after FOLLOW_SECONDS if nobody asks."""
-        self._follow_until = time.monotonic() + FOLLOW_SECONDS if only_on_request else 0.0
+        self._follow_until = self._clock.now() + FOLLOW_SECONDS if only_on_request else 0.0
         self._grab_now = True
         self._wake.set()
 
@@ -131,16 +136,16 @@ class Grabber:
 
     def _capture(self, sct: Any) -> None:
         screen = screen_bounds(sct)
-        keeper = RateKeeper(self.fps)
+        keeper = RateKeeper(self.fps, self._clock)
         region: Region | None = None
         region_read_at = 0.0
         seq = 0
-        meter_start, meter_frames = time.monotonic(), 0
+        meter_start, meter_frames = self._clock.now(), 0
         black_since: float | None = None
         black_warned = False
         try:
             while not self._stopping.is_set():
-                now = time.monotonic()
+                now = self._clock.now()
                 if region is None or now - region_read_at >= self._region_every:
                     try:
                         region = self._visible_region(screen)
@@ -151,12 +156,12 @@ class Grabber:
                         region, keeper = None, self._new_keeper(keeper)
                         continue
                     region_read_at = now
-                grab_started = time.perf_counter()
+                grab_started = time.perf_counter()  # what a grab costs: real time, always
                 shot = sct.grab(
                     {"left": region.left, "top": region.top,
                      "width": region.width, "height": region.height}
                 )  # fmt: skip
-                captured_at = time.monotonic()
+                captured_at = self._clock.now()
                 image = np.frombuffer(shot.raw, dtype=np.uint8).reshape(shot.height, shot.width, 4)
                 image.flags.writeable = False
                 self.grab_seconds.append(time.perf_counter() - grab_started)
@@ -192,10 +197,10 @@ class Grabber:
         model) its next request, or FOLLOW_SECONDS without one. `stop_following` ends the
         following and the wait goes on to the next tick."""
         while not self._stopping.is_set():
-            follow = self._follow_until - time.monotonic()
+            follow = self._follow_until - self._clock.now()
             if follow > 0:
                 # A slow model is driving: the next frame it wants is the one it asks for.
-                woken = self._wake.wait(follow)
+                woken = self._clock.wait(self._wake, follow)
                 keeper = self._new_keeper(keeper)
             else:
                 keeper.keep_time(self._wake)
@@ -225,7 +230,7 @@ class Grabber:
 
     def _wait_for_window(self) -> bool:
         """Look for the window until it is back (True) or the grabber is stopped (False)."""
-        while not self._stopping.wait(self._reacquire_every):
+        while not self._clock.wait(self._stopping, self._reacquire_every):
             try:
                 self.window.reacquire()
                 self.window.region()
@@ -239,7 +244,7 @@ class Grabber:
     def _new_keeper(self, old: RateKeeper) -> RateKeeper:
         # A fresh schedule after the wait, so the pause is not counted as lag.
         self.lagged += old.lagged
-        return RateKeeper(self.fps)
+        return RateKeeper(self.fps, self._clock)
 
 
 def _is_black(image: np.ndarray) -> bool:
