@@ -34,7 +34,8 @@ class FakeClock:
     and after each step waits until every thread that waits on this clock is waiting on it
     again (or has ended): when it returns, everything that was due by the new time has
     happened, each at the fake time it was due. `settle` does the same without moving time (say
-    after `set()` on a controller wakes its thread).
+    after `set()` on a controller wakes its thread); `jump` moves time without waiting for
+    anyone (a stall).
 
     A thread is known to the clock from its first wait: after starting a part, call
     `settle(waiters=n)` before moving time, or its first schedule may start late.
@@ -86,6 +87,14 @@ class FakeClock:
             self.settle()
             if step >= target:
                 return
+
+    def jump(self, seconds: float) -> None:
+        """Move time forward by `seconds` at once and wait for nobody: what a thread that was
+        busy (stuck, slow, not scheduled) finds when it next looks; every wait due by then ends
+        at the new time."""
+        if not seconds >= 0:
+            raise ValueError(f"time only moves forward, not by {seconds}")
+        self._move_to(self.now() + seconds)
 
     def settle(self, waiters: int = 0) -> None:
         """Wait (really) until at least `waiters` threads wait on this clock and none of them
