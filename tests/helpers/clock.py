@@ -35,7 +35,8 @@ class FakeClock:
     again (or has ended): when it returns, everything that was due by the new time has
     happened, each at the fake time it was due. `settle` does the same without moving time (say
     after `set()` on a controller wakes its thread); `jump` moves time without waiting for
-    anyone (a stall).
+    anyone (a stall). A thread that stays busy elsewhere (a lock, a pipe) for `settle_timeout`
+    real seconds fails the test with its name.
 
     A thread is known to the clock from its first wait: after starting a part, call
     `settle(waiters=n)` before moving time, or its first schedule may start late.
