@@ -11,7 +11,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,8 @@ from agent.capture.window import Candidate, choose, not_found_message, title_mat
 from agent.capture.x11 import attach
 from agent.runtime.slot import Slot
 from agent.types import Frame, Region
+from tests.helpers.clock import FakeClock
+from tests.helpers.waiting import wait_until
 from tests.xvfb import WindowProgram, program_named
 
 Xlib = pytest.importorskip("Xlib")
@@ -124,15 +126,6 @@ def painter(x_display: str) -> Iterator[Painter]:
     painter = Painter(x_display)
     yield painter
     painter.close()
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 3.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return condition()
 
 
 def newest(slot: Slot[Frame], after: int = 0, timeout: float = 3.0) -> Frame:
@@ -627,25 +620,41 @@ def test_grabber_captures_the_window_pixels(painter: Painter, grabbers: list[Gra
     assert grabber.error is None and not grabber.window_lost.is_set()
 
 
+def started(grabber: Grabber, clock: FakeClock) -> Frame:
+    """Start `grabber` on `clock`; its first frame (grabbed at once), once it waits for the
+    next."""
+    grabber.start()
+    clock.settle(waiters=1)
+    frame, seq = grabber.frames.get()
+    assert frame is not None and seq == 1, grabber.error
+    return frame
+
+
+# The schedule on a fake clock: each grab at the moment it is due, counted exactly; the grabs
+# themselves are real (mss, a real window on Xvfb).
+
+
 def test_grabber_keeps_only_the_newest_frame(painter: Painter, grabbers: list[Grabber]) -> None:
     window = painter.window("Newest Game", 0, 0, 160, 120, RED)
     slot: Slot[Frame] = Slot()
-    grabber = Grabber(find_window(WindowQuery("Newest Game")), 40, slot)
+    clock = FakeClock()
+    grabber = Grabber(find_window(WindowQuery("Newest Game")), 40, slot, clock=clock)
     grabbers.append(grabber)
-    grabber.start()
-    first = newest(slot)
+    first = started(grabber, clock)
+    assert first.captured_at == clock.now()
 
-    # A consumer that looks away for a while gets the newest frame, not the next queued one.
-    time.sleep(0.5)
+    # A consumer that looks away for half a second gets the newest frame, not the next queued one.
+    clock.advance(0.51)
     later, seq = slot.get()
     assert later is not None
-    assert seq - first.seq >= 8
+    assert seq - first.seq == 20  # 40 fps
     assert later.seq == seq == grabber.frames_grabbed
-    assert time.monotonic() - later.captured_at < 0.2
+    assert later.captured_at == pytest.approx(first.captured_at + 0.5)
 
     # Each grab is a new array: a kept frame does not change under the consumer's feet.
     painter.fill(window, BLUE, 0, 0, 160, 120)
-    assert wait_until(lambda: tuple(slot.get()[0].image[60, 80, :3]) == _bgra(BLUE))
+    clock.advance(0.025)
+    assert tuple(slot.get()[0].image[60, 80, :3]) == _bgra(BLUE)
     assert tuple(first.image[60, 80, :3]) == _bgra(RED)
     assert not np.shares_memory(first.image, slot.get()[0].image)
 
@@ -655,19 +664,25 @@ def test_a_requested_frame_is_grabbed_at_once(painter: Painter, grabbers: list[G
     when its model is slower than the capture), then the schedule restarts from there."""
     painter.window("Eager Game", 0, 0, 160, 120, RED)
     slot: Slot[Frame] = Slot()
-    grabber = Grabber(find_window(WindowQuery("Eager Game")), 2, slot)
+    clock = FakeClock()
+    grabber = Grabber(find_window(WindowQuery("Eager Game")), 2, slot, clock=clock)
     grabbers.append(grabber)
-    grabber.start()
-    first = newest(slot)
+    started(grabber, clock)
     for _ in range(3):
         _, seq = slot.get()
-        asked = time.monotonic()
+        clock.advance(0.1)
+        assert slot.get()[1] == seq
         grabber.request_frame()
-        fresh, new_seq = slot.wait_newer(seq, timeout=1.0)
+        clock.settle()
+        fresh, new_seq = slot.get()
         assert fresh is not None and new_seq == seq + 1
-        assert fresh.captured_at - asked < 0.1  # not at the next tick, up to 0.5 s away
-        time.sleep(0.05)
-    assert grabber.requested == 3 and grabber.frames_grabbed - first.seq <= 4
+        assert fresh.captured_at == clock.now()  # now, not at the tick 0.4 s away
+    # The schedule restarted from the last request: its next tick is a whole period later.
+    clock.advance(0.499)
+    assert slot.get()[1] == new_seq
+    clock.advance(0.002)
+    assert slot.get()[1] == new_seq + 1
+    assert grabber.requested == 3 and grabber.lagged == 0
 
 
 def test_a_slow_model_gets_only_the_frames_it_asks_for(
@@ -679,44 +694,58 @@ def test_a_slow_model_gets_only_the_frames_it_asks_for(
 
     painter.window("Lazy Game", 0, 0, 160, 120, RED)
     slot: Slot[Frame] = Slot()
-    grabber = Grabber(find_window(WindowQuery("Lazy Game")), 30, slot)
+    clock = FakeClock()
+    grabber = Grabber(find_window(WindowQuery("Lazy Game")), 30, slot, clock=clock)
     grabbers.append(grabber)
-    grabber.start()
-    newest(slot)
+    started(grabber, clock)
     for _ in range(3):
         _, seq = slot.get()
         grabber.request_frame(only_on_request=True)
-        assert slot.wait_newer(seq, timeout=1.0)[1] == seq + 1
-        time.sleep(0.3)  # nine ticks at 30 fps: not one grab
+        clock.settle()
         assert slot.get()[1] == seq + 1
-    time.sleep(FOLLOW_SECONDS)
+        clock.advance(0.3)  # nine ticks at 30 fps: not one grab
+        assert slot.get()[1] == seq + 1
+    # Nobody asks any more: FOLLOW_SECONDS after the last request, 30 fps again.
     _, seq = slot.get()
-    time.sleep(0.3)
-    assert slot.get()[1] - seq >= 5  # nobody asks any more: 30 fps again
+    clock.advance(FOLLOW_SECONDS - 0.3 - 0.001)
+    assert slot.get()[1] == seq
+    clock.advance(0.002)
+    assert slot.get()[1] == seq + 1
+    clock.advance(0.31)
+    assert slot.get()[1] == seq + 1 + 9
     # A model that became fast says so, and the fixed rate is back at once, not in 1 s.
     _, seq = slot.get()
     grabber.request_frame(only_on_request=True)
-    assert slot.wait_newer(seq, timeout=1.0)[1] == seq + 1
+    clock.settle()
+    assert slot.get()[1] == seq + 1
     grabber.stop_following()
-    assert slot.wait_newer(seq + 1, timeout=0.2)[1] == seq + 2
+    clock.advance(1 / 30 + 0.001)
+    assert slot.get()[1] == seq + 2
+    assert grabber.lagged == 0
 
 
 def test_grabber_follows_a_moved_window(painter: Painter, grabbers: list[Grabber]) -> None:
     window = painter.window("Wandering Game", 0, 0, 200, 100, GREEN)
     slot: Slot[Frame] = Slot()
-    grabber = Grabber(find_window(WindowQuery("Wandering Game")), 30, slot)
+    clock = FakeClock()
+    grabber = Grabber(
+        find_window(WindowQuery("Wandering Game")), 30, slot, region_every=0.25, clock=clock
+    )
     grabbers.append(grabber)
-    grabber.start()
-    assert newest(slot).region == Region(0, 0, 200, 100)
+    assert started(grabber, clock).region == Region(0, 0, 200, 100)
     window.configure(x=600, y=300)
     painter.sync()
-    assert wait_until(lambda: slot.get()[0].region == Region(600, 300, 200, 100), timeout=1.0)
+    clock.advance(0.2)  # the region is read again every 0.25 s, not for every grab
+    assert slot.get()[0].region == Region(0, 0, 200, 100)
+    clock.advance(0.1)
+    assert slot.get()[0].region == Region(600, 300, 200, 100)
     assert tuple(slot.get()[0].image[50, 100, :3]) == _bgra(GREEN)
 
     # Partly off the screen: the visible part is captured.
     window.configure(x=1820, y=1000)
     painter.sync()
-    assert wait_until(lambda: slot.get()[0].region == Region(1820, 1000, 100, 80), timeout=1.0)
+    clock.advance(0.26)
+    assert slot.get()[0].region == Region(1820, 1000, 100, 80)
 
 
 def test_grabber_waits_for_a_lost_window_and_resumes(
@@ -725,22 +754,28 @@ def test_grabber_waits_for_a_lost_window_and_resumes(
     window = painter.window("Phoenix Game", 50, 50, 120, 90, RED)
     target = find_window(WindowQuery("Phoenix Game"))
     slot: Slot[Frame] = Slot()
-    grabber = Grabber(target, 30, slot, region_every=0.05, reacquire_every=0.1)
+    clock = FakeClock()
+    grabber = Grabber(target, 30, slot, region_every=0.05, reacquire_every=0.1, clock=clock)
     grabbers.append(grabber)
-    grabber.start()
-    newest(slot)
+    started(grabber, clock)
 
     painter.destroy(window)
-    assert grabber.window_lost.wait(1.0)
+    clock.advance(0.07)  # the region is read again within 0.05 s and a tick
+    assert grabber.window_lost.is_set()
     assert grabber.state == "window lost"
     assert "was closed" in (grabber.lost_reason or "")
-    time.sleep(0.15)  # let any grab that raced the destroy land
     _, seq = slot.get()
-    time.sleep(0.3)
+    clock.advance(0.35)  # three looks for it, none successful
     assert slot.get()[1] == seq, "frames were put while the window was gone"
 
     painter.window("Phoenix Game", 400, 300, 150, 100, BLUE)
-    frame = newest(slot, after=seq, timeout=2.0)
+    for _ in range(10):  # the next look, within reacquire_every, finds it
+        clock.advance(0.01)
+        if not grabber.window_lost.is_set():
+            break
+    frame, new_seq = slot.get()
+    assert new_seq == seq + 1 and frame is not None
+    assert clock.now() - 0.01 <= frame.captured_at <= clock.now()  # grabbed as soon as found
     assert not grabber.window_lost.is_set() and grabber.state == "capturing"
     assert frame.region == Region(400, 300, 150, 100)
     assert tuple(frame.image[50, 75, :3]) == _bgra(BLUE)
@@ -750,28 +785,48 @@ def test_grabber_waits_for_a_lost_window_and_resumes(
     second = painter.windows[-1]
     second.unmap()
     painter.sync()
-    assert grabber.window_lost.wait(1.0)
+    clock.advance(0.07)
+    assert grabber.window_lost.is_set()
     assert "minimised or hidden" in (grabber.lost_reason or "")
     second.map()
     painter.fill(second, GREEN, 0, 0, 150, 100)
-    assert wait_until(lambda: not grabber.window_lost.is_set(), timeout=2.0)
+    clock.advance(0.1)
+    assert not grabber.window_lost.is_set()
+    assert tuple(slot.get()[0].image[50, 75, :3]) == _bgra(GREEN)
     assert grabber.error is None
 
 
-def test_grabber_measures_its_rate_and_stops_quickly(
-    painter: Painter, grabbers: list[Grabber]
-) -> None:
+def test_grabber_measures_its_rate(painter: Painter, grabbers: list[Grabber]) -> None:
     painter.window("Rate Game", 0, 0, 1280, 720, RED)
     slot: Slot[Frame] = Slot()
-    grabber = Grabber(find_window(WindowQuery("Rate Game")), 20, slot)
+    clock = FakeClock()
+    grabber = Grabber(find_window(WindowQuery("Rate Game")), 20, slot, clock=clock)
+    grabbers.append(grabber)
+    started(grabber, clock)
+    clock.advance(1.39)
+    assert grabber.frames_grabbed == 1 + 27  # at once, then every 50 ms
+    clock.advance(0.72)  # the meter's second window, a second after its first
+    assert grabber.measured_fps == pytest.approx(20.0)
+    grabber.stop()
+    assert grabber.state == "stopped" and grabber.error is None
+    assert grabber.lagged == 0 and len(grabber.grab_seconds) == grabber.frames_grabbed
+
+
+def test_grabber_on_the_real_clock_holds_about_its_rate_and_stops_quickly(
+    painter: Painter, grabbers: list[Grabber]
+) -> None:
+    """A smoke test of the real path (real waits, real time): loose bounds on purpose, the
+    schedule itself is checked on the fake clock above."""
+    painter.window("Real Rate Game", 0, 0, 640, 360, RED)
+    slot: Slot[Frame] = Slot()
+    grabber = Grabber(find_window(WindowQuery("Real Rate Game")), 20, slot)
     grabbers.append(grabber)
     grabber.start()
-    time.sleep(1.4)
-    assert 14 <= grabber.measured_fps <= 23, grabber.measured_fps
-    assert 20 <= grabber.frames_grabbed <= 32, grabber.frames_grabbed
-    started = time.monotonic()
+    assert wait_until(lambda: grabber.measured_fps > 0, timeout=10.0), grabber.error
+    assert 8 <= grabber.measured_fps <= 30, grabber.measured_fps
+    started_stopping = time.monotonic()
     grabber.stop()
-    assert time.monotonic() - started < 0.5
+    assert time.monotonic() - started_stopping < 0.5  # the wait between grabs ends at once
     assert grabber.state == "stopped" and grabber.error is None
 
 
@@ -780,12 +835,16 @@ def test_grabber_warns_once_about_black_frames(
 ) -> None:
     painter.window("Dark Game", 0, 0, 100, 100, (0, 0, 0))
     slot: Slot[Frame] = Slot()
-    grabber = Grabber(find_window(WindowQuery("Dark Game")), 30, slot, black_after=0.3)
+    clock = FakeClock()
+    grabber = Grabber(find_window(WindowQuery("Dark Game")), 30, slot, black_after=0.3, clock=clock)
     grabbers.append(grabber)
     with caplog.at_level(logging.WARNING, logger="agent.capture.grabber"):
-        grabber.start()
-        assert wait_until(lambda: "black" in caplog.text, timeout=2.0)
-        time.sleep(0.5)
+        started(grabber, clock)
+        clock.advance(0.29)
+        assert "black" not in caplog.text
+        clock.advance(0.05)  # black for longer than black_after
+        assert "black" in caplog.text
+        clock.advance(1.0)
     assert sum("black" in record.message for record in caplog.records) == 1
 
 

@@ -19,10 +19,20 @@ from typing import Any
 
 import pytest
 
-from agent.controllers.host import FocusTarget, Outbox, apply, build_backend, serve, watch
+from agent.controllers.host import (
+    WATCH_PERIOD,
+    FocusTarget,
+    Outbox,
+    apply,
+    build_backend,
+    serve,
+    watch,
+)
 from agent.controllers.xkeys import WindowKeySender, keysym_of
 from agent.errors import ConfigError
 from agent.types import NEUTRAL, ControllerState
+from tests.helpers.clock import FakeClock
+from tests.helpers.waiting import wait_until
 from tests.xvfb import keycode
 
 X_AXIS = 0x30
@@ -33,25 +43,25 @@ class Collected:
 
     def __init__(self) -> None:
         self.messages: list[dict[str, Any]] = []
-        self._lock = threading.Lock()
+        self._written = threading.Condition()
 
     def write(self, data: bytes) -> int:
-        with self._lock:
+        with self._written:
             self.messages.append(json.loads(data))
+            self._written.notify_all()
         return len(data)
 
     def flush(self) -> None:
         pass
 
     def wait_for(self, key: str, timeout: float = 5.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            with self._lock:
-                found = [m for m in self.messages if key in m]
-            if found:
-                return found[-1]
-            assert time.monotonic() < deadline, f"no {key!r} in {self.messages}"
-            time.sleep(0.01)
+        """The newest message with `key`, as soon as there is one."""
+        with self._written:
+            found = self._written.wait_for(
+                lambda: [m for m in self.messages if key in m], timeout=timeout
+            )
+            assert found, f"no {key!r} in {self.messages}"
+            return found[-1]
 
 
 class FakeVJoy:
@@ -111,10 +121,7 @@ def test_it_drives_lets_go_by_itself_reports_and_closes_on_request(vjoy: list[Fa
     [device] = vjoy
     assert device.number == 2 and device.steering() == 0x4000  # opened neutral
     served.send({"set": [1.0, 0.0, 0.0], "tag": 7})
-    deadline = time.monotonic() + 2
-    while device.steering() != 0x8000:
-        assert time.monotonic() < deadline, device.calls
-        time.sleep(0.01)
+    assert wait_until(lambda: device.steering() == 0x8000), device.calls
     # No newer command: the dead-man centres it after `hold`, and the drive is told.
     assert served.out.wait_for("releases")["releases"] == 1
     assert device.steering() == 0x4000
@@ -133,10 +140,7 @@ def test_the_drive_hanging_up_centres_everything(vjoy: list[FakeVJoy]) -> None:
     served.send({**SETTINGS, "hold": 60.0})
     served.out.wait_for("ready")
     served.send({"set": [-1.0, 1.0, 0.0]})
-    deadline = time.monotonic() + 2
-    while vjoy[0].steering() != 0x1:
-        assert time.monotonic() < deadline, vjoy[0].calls
-        time.sleep(0.01)
+    assert wait_until(lambda: vjoy[0].steering() == 0x1), vjoy[0].calls
     served.hang_up()
     assert vjoy[0].steering() == 0x4000
     assert served.out.messages[-1] == {"closed": 1, "releases": 0}
@@ -217,18 +221,21 @@ def test_a_new_game_window_is_aimed_at_only_after_letting_go() -> None:
 
 
 def test_the_watcher_reports_releases_and_a_stopped_backend_once() -> None:
-    recorder, out, done = Recorder(), Collected(), threading.Event()
+    recorder, out, done, clock = Recorder(), Collected(), threading.Event(), FakeClock()
     outbox = Outbox(out)
-    thread = threading.Thread(target=watch, args=(recorder, outbox, done), daemon=True)
+    thread = threading.Thread(target=watch, args=(recorder, outbox, done, clock), daemon=True)
     thread.start()
+    clock.settle(waiters=1)
     recorder.releases = 2
+    clock.advance(WATCH_PERIOD)
     assert out.wait_for("releases") == {"releases": 2}
     recorder.error = RuntimeError("the X server went away")
+    clock.advance(WATCH_PERIOD)
     assert out.wait_for("stopped") == {"stopped": "the X server went away", "kind": "RuntimeError"}
-    time.sleep(0.2)
+    clock.advance(10 * WATCH_PERIOD)  # ten more looks: nothing new to tell
     done.set()
     thread.join(5)
-    outbox.close()
+    outbox.close()  # sends everything queued
     assert sum("stopped" in m for m in out.messages) == 1
     assert sum("releases" in m for m in out.messages) == 1
 

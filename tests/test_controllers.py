@@ -12,11 +12,9 @@ import dataclasses
 import logging
 import math
 import os
-import select
 import subprocess
 import sys
 import threading
-import time
 import types
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -33,6 +31,8 @@ from agent.controllers.vjoy import VJoyController, vjoy_axes
 from agent.errors import DependencyError
 from agent.game.channel import GamepadReceiver
 from agent.types import NEUTRAL, ControllerState
+from tests.helpers.clock import FakeClock
+from tests.helpers.waiting import wait_until
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -56,18 +56,26 @@ def test_factory_knows_every_backend_the_config_allows() -> None:
         build_controller(ControllerConfig(backend="joystick"), 0, always)
 
 
-def test_factory_gives_every_backend_the_configured_hold(
+def test_factory_gives_every_backend_the_configured_hold_and_clock(
     monkeypatch: pytest.MonkeyPatch, x_display: str
 ) -> None:
     monkeypatch.setitem(
         sys.modules, "pyvjoy", types.SimpleNamespace(VJoyDevice=lambda n: FakeVJoy())
     )
     monkeypatch.setitem(sys.modules, "vgamepad", types.SimpleNamespace(VX360Gamepad=FakePad))
+    clock = FakeClock()
     for backend in BACKENDS:
-        controller = build_controller(ControllerConfig(backend=backend, hold=0.3), 47999, always)
+        config = ControllerConfig(backend=backend, hold=0.3)
+        controller = build_controller(config, 47999, always, clock=clock)
+        clock.settle(waiters=1)
         try:
             assert controller.name == backend
             assert controller.hold == 0.3, backend
+            controller.set(FULL_THROTTLE)
+            clock.advance(0.29)
+            assert controller.releases == 0, backend
+            clock.advance(0.02)  # its dead-man keeps time on the clock it was given
+            assert controller.releases == 1, backend
         finally:
             controller.close()
 
@@ -110,16 +118,35 @@ class GatedVJoy:
         self.calls.append((axis_id, value))
 
 
+class WatchedLock:
+    """A re-entrant lock that notes every thread that found it taken and had to wait."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self.waited: list[threading.Thread] = []
+
+    def __enter__(self) -> WatchedLock:
+        if not self._lock.acquire(blocking=False):
+            self.waited.append(threading.current_thread())
+            self._lock.acquire()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._lock.release()
+
+
 def test_close_waits_for_a_set_in_progress_and_leaves_the_device_neutral() -> None:
     """Without the device lock, close() would write neutral in the middle of a set()."""
     device = GatedVJoy()
     controller = VJoyController(1, vjoy=device)
+    lock = controller._lock = WatchedLock()  # type: ignore[assignment]
     setter = threading.Thread(target=controller.set, args=(FULL_LEFT,))
     setter.start()
     assert device.entered.wait(2.0)
     closer = threading.Thread(target=controller.close)
     closer.start()
-    time.sleep(0.2)  # time enough for an unlocked close() to write neutral now
+    # The gate opens only once close() waits for the set() in progress (or never: red).
+    assert wait_until(lambda: closer in lock.waited), "close() did not wait for the device lock"
     device.gate.set()
     setter.join(2.0)
     closer.join(2.0)
@@ -129,29 +156,35 @@ def test_close_waits_for_a_set_in_progress_and_leaves_the_device_neutral() -> No
 
 
 # --- the dead-man: a command older than `hold` goes neutral by itself ------------------------
+# On a fake clock: each rule is checked just before and just after its moment, not with a sleep
+# and a margin. The backends' own threads still do the work.
 
 
 def test_every_device_backend_lets_go_of_a_stale_command_by_itself() -> None:
     """No thread calls the controller after set(): the backend's own thread must go neutral."""
+    clock = FakeClock()
     vjoy, pad = FakeVJoy(), FakePad()
     backends = [
-        (VJoyController(1, vjoy=vjoy, hold=0.3), lambda: vjoy.calls[-3:]),
-        (VGamepadController(pad=pad, hold=0.3), lambda: pad.calls[-4:]),
-        (NullController(hold=0.3), None),
+        (VJoyController(1, vjoy=vjoy, hold=0.3, clock=clock), lambda: vjoy.calls[-3:]),
+        (VGamepadController(pad=pad, hold=0.3, clock=clock), lambda: pad.calls[-4:]),
+        (NullController(hold=0.3, clock=clock), None),
     ]
     neutral = {
         "vjoy": [(X, 0x4000), (Z, 0x1), (RZ, 0x1)],
         "vgamepad": pad_calls(0, 0, 0),
     }
+    clock.settle(waiters=len(backends))
     for controller, _ in backends:
         controller.set(ControllerState(steering=0.5, accelerate=1.0, brake=0.0))
-    time.sleep(0.15)
+    clock.advance(0.99 * 0.3)
     for controller, last_calls in backends:
         # Still applied within the hold.
         if last_calls is not None:
             assert last_calls() != neutral[controller.name], controller.name
+        else:
+            assert controller.last != NEUTRAL
         assert controller.releases == 0
-    time.sleep(0.35)
+    clock.advance(0.02 * 0.3)
     for controller, last_calls in backends:
         if last_calls is not None:
             assert last_calls() == neutral[controller.name], controller.name
@@ -162,16 +195,16 @@ def test_every_device_backend_lets_go_of_a_stale_command_by_itself() -> None:
 
 
 def test_each_release_is_counted_and_told(caplog: pytest.LogCaptureFixture) -> None:
+    clock = FakeClock()
     device = FakeVJoy()
-    controller = VJoyController(1, vjoy=device, hold=0.15)
+    controller = VJoyController(1, vjoy=device, hold=0.15, clock=clock)
+    clock.settle(waiters=1)
     try:
         with caplog.at_level(logging.WARNING, logger="agent.controllers.deadman"):
             for expected in (1, 2):
                 controller.set(FULL_THROTTLE)
-                deadline = time.monotonic() + 2.0
-                while controller.releases < expected:
-                    assert time.monotonic() < deadline
-                    time.sleep(0.01)
+                clock.advance(0.151)
+                assert controller.releases == expected
                 assert device.calls[-3:] == [(X, 0x4000), (Z, 0x1), (RZ, 0x1)]
         assert [r.getMessage() for r in caplog.records] == [
             "vjoy controller: no new command for 0.1 s; controls neutral until the next one"
@@ -181,15 +214,19 @@ def test_each_release_is_counted_and_told(caplog: pytest.LogCaptureFixture) -> N
 
 
 def test_the_deadman_tries_again_when_the_driver_failed_to_go_neutral() -> None:
+    clock = FakeClock()
     device = FakeVJoy()
-    controller = VJoyController(1, vjoy=device, hold=0.2)
+    controller = VJoyController(1, vjoy=device, hold=0.2, clock=clock)
+    clock.settle(waiters=1)
     try:
         controller.set(FULL_THROTTLE)
         device.fail = True  # the driver is briefly gone when the command expires
-        time.sleep(0.3)
+        clock.advance(0.201)
         assert controller.releases == 0
         device.fail = False
-        time.sleep(0.35)  # one hold later it writes neutral
+        clock.advance(0.19)
+        assert controller.releases == 0 and device.calls[-2] == (Z, 0x8000)
+        clock.advance(0.02)  # one hold after the failed try it writes neutral
         assert device.calls[-3:] == [(X, 0x4000), (Z, 0x1), (RZ, 0x1)]
         assert controller.releases == 1
     finally:
@@ -215,19 +252,22 @@ def test_a_controller_left_open_does_not_keep_the_program_alive() -> None:
 
 
 def test_a_steady_stream_of_commands_is_never_cut() -> None:
+    """Each command renews the hold: commands 0.9 hold apart keep driving for as long as they
+    come, and neutral is not a command to expire."""
+    clock = FakeClock()
     device = FakeVJoy()
-    controller = VJoyController(1, vjoy=device, hold=0.2)
+    controller = VJoyController(1, vjoy=device, hold=0.2, clock=clock)
+    clock.settle(waiters=1)
     try:
-        end = time.monotonic() + 0.8
-        while time.monotonic() < end:
+        for _ in range(10):  # ten holds' worth of commands
             controller.set(FULL_THROTTLE)
-            time.sleep(0.05)
+            clock.advance(0.9 * 0.2)
         assert (Z, 0x1) not in device.calls[3:], "went neutral while commands kept coming"
         assert controller.releases == 0
         # Neutral is not a command to expire: nothing is written after it.
         controller.neutral()
         count = len(device.calls)
-        time.sleep(0.4)
+        clock.advance(2.0)
         assert len(device.calls) == count and controller.releases == 0
     finally:
         controller.close()
@@ -237,12 +277,8 @@ def test_a_steady_stream_of_commands_is_never_cut() -> None:
 
 
 def _poll_until(receiver: GamepadReceiver, expected: ControllerState) -> ControllerState:
-    deadline = time.monotonic() + 2.0
-    state = receiver.poll()
-    while state != pytest.approx(expected) and time.monotonic() < deadline:
-        time.sleep(0.005)
-        state = receiver.poll()
-    return state
+    wait_until(lambda: receiver.poll() == pytest.approx(expected), timeout=2.0)
+    return receiver.poll()
 
 
 def test_game_backend_reaches_the_real_receiver_and_closes_neutral() -> None:
@@ -260,67 +296,61 @@ def test_game_backend_reaches_the_real_receiver_and_closes_neutral() -> None:
         assert _poll_until(receiver, clamped) == clamped
         controller.close()
         assert _poll_until(receiver, NEUTRAL) == NEUTRAL
-        controller.close()
-        controller.set(FULL_THROTTLE)
-        time.sleep(0.05)
-        assert receiver.poll() == NEUTRAL
+        controller.close()  # twice: idempotent
     finally:
         receiver.close()
 
 
-def _poll_for(receiver: GamepadReceiver, seconds: float) -> list[ControllerState]:
-    """Poll like the game does (every few ms) for `seconds`; every state read."""
-    states = []
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        states.append(receiver.poll())
-        time.sleep(0.01)
-    return states
+class SentGameController(GameController):
+    """The bundled game's pad backend, each packet it sends noted with the time it went."""
+
+    def __init__(self, port: int, hold: float, clock: FakeClock) -> None:
+        self.sent: list[tuple[float, ControllerState]] = []
+        super().__init__(port, hold=hold, clock=clock)
+
+    def _write(self, state: ControllerState, tag: int) -> None:
+        super()._write(state, tag)
+        self.sent.append((self._clock.now(), state))
 
 
 def test_game_backend_holds_its_state_between_slow_predictions_then_lets_go() -> None:
-    """A slow model must not look like a silent pad; a stalled agent must not hold the throttle."""
-    receiver = GamepadReceiver(port=0, timeout=0.25)
-    controller = GameController(receiver.port, hold=1.0)
+    """A slow model must not look like a silent pad; a stalled agent must not hold the throttle.
+
+    The game reads a pad silent for 0.5 s as neutral: the backend sends the held state again
+    every REPEAT_PERIOD (0.1 s) until the hold ends, then neutral once, then nothing."""
+    from agent.controllers.game import REPEAT_PERIOD
+
+    receiver = GamepadReceiver(port=0, timeout=60.0)
+    clock = FakeClock()
+    controller = SentGameController(receiver.port, hold=1.0, clock=clock)
+    clock.settle(waiters=1)
     try:
+        start = clock.now()
         wanted = ControllerState(steering=0.25, accelerate=0.5, brake=0.0)
         controller.set(wanted)
-        assert _poll_until(receiver, wanted) == pytest.approx(wanted)
-        # Well past the receiver's silence timeout, but within the hold: still driving.
-        assert all(state == pytest.approx(wanted) for state in _poll_for(receiver, 0.7))
-        # Past the hold: the repeats stop and the pad reads neutral.
-        assert _poll_for(receiver, 0.8)[-1] == NEUTRAL
-        # A new command drives again.
+        clock.advance(0.999)
+        times = [at - start for at, _ in controller.sent]
+        assert times == pytest.approx([round(0.1 * k, 1) for k in range(10)])  # the set, 9 repeats
+        assert {state for _, state in controller.sent} == {wanted}
+        assert REPEAT_PERIOD == 0.1
+        # Past the hold: neutral once, then silence (the game's own rule keeps it neutral).
+        clock.advance(0.002)
+        assert controller.sent[-1] == (pytest.approx(start + 1.0), NEUTRAL)
+        count = len(controller.sent)
+        clock.advance(2.0)
+        assert len(controller.sent) == count
+        assert _poll_until(receiver, NEUTRAL) == NEUTRAL  # what went out reached the game
+        # A new command drives again; neutral is sent once and not repeated.
         controller.set(FULL_THROTTLE)
         assert _poll_until(receiver, FULL_THROTTLE) == FULL_THROTTLE
         controller.neutral()
-        assert _poll_until(receiver, NEUTRAL) == NEUTRAL
-        assert set(_poll_for(receiver, 0.4)) == {NEUTRAL}
+        count = len(controller.sent)
+        clock.advance(2.0)
+        assert len(controller.sent) == count and controller.sent[-1][1] == NEUTRAL
+        assert controller.releases == 1
     finally:
         controller.close()
         receiver.close()
-
-
-def test_game_backend_repeats_the_held_state_ten_times_a_second() -> None:
-    """Often enough for the game's 0.5 s silence rule, without flooding the channel."""
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as pad:
-        pad.bind(("127.0.0.1", 0))
-        pad.settimeout(0.05)
-        controller = GameController(pad.getsockname()[1], hold=5.0)
-        try:
-            controller.set(FULL_THROTTLE)
-            packets, end = 0, time.monotonic() + 1.0
-            while time.monotonic() < end:
-                try:
-                    pad.recv(64)
-                    packets += 1
-                except TimeoutError:
-                    pass
-        finally:
-            controller.close()
-    assert 8 <= packets <= 13, packets  # the set() and about ten repeats
 
 
 # --- vJoy (fake device at the pyvjoy boundary) --------------------------------------------
@@ -589,30 +619,24 @@ class KeyWindow:
         self.display.sync()
         self.window.set_input_focus(X.RevertToParent, X.CurrentTime)
         self.display.sync()
-        self.events: list[tuple[str, int, float]] = []
-        """(press or release, keycode, monotonic seconds when read), oldest first.
-
-        Read times, not the events' server times: Xvfb stamps XTest events with a clock that
-        only moves with real input, so press and release carry the same time there.
-        """
+        self.events: list[tuple[str, int]] = []
+        """(press or release, keycode), oldest first."""
 
     def keycode(self, keysym_name: str) -> int:
         return self.display.keysym_to_keycode(self._XK.string_to_keysym(keysym_name))
 
-    def collect(self, seconds: float) -> list[tuple[str, int, float]]:
-        """Events that arrive within `seconds`; also appended to `events`."""
-        new: list[tuple[str, int, float]] = []
-        deadline = time.monotonic() + seconds
-        while True:
-            while self.display.pending_events():
-                event = self.display.next_event()
-                if event.type in (self._X.KeyPress, self._X.KeyRelease):
-                    kind = "press" if event.type == self._X.KeyPress else "release"
-                    new.append((kind, event.detail, time.monotonic()))
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            select.select([self.display], [], [], min(left, 0.01))
+    def drain(self) -> list[tuple[str, int]]:
+        """Every event the server has sent so far; also appended to `events`.
+
+        The keyboard's key sender waits for the server to take each event (pynput syncs), and
+        this round trip comes back after the events it caused: nothing sent is still on the way.
+        """
+        self.display.sync()
+        new: list[tuple[str, int]] = []
+        while self.display.pending_events():
+            event = self.display.next_event()
+            if event.type in (self._X.KeyPress, self._X.KeyRelease):
+                new.append(("press" if event.type == self._X.KeyPress else "release", event.detail))
         self.events.extend(new)
         return new
 
@@ -624,63 +648,107 @@ class KeyWindow:
 @pytest.fixture
 def key_window(x_display: str) -> Iterator[KeyWindow]:
     window = KeyWindow(x_display)
-    window.collect(0.05)
+    window.drain()
     window.events.clear()
     yield window
     window.close()
 
 
-def keyboard(config: KeyboardConfig, has_focus: Callable[[], bool], hold: float = 5.0) -> Any:
-    """A keyboard controller whose dead-man stays out of the way of a test's second or so."""
+class TimedKeys:
+    """pynput's real keyboard as the key sender, each press and release noted on the clock."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        from pynput.keyboard import Controller
+
+        self._keyboard = Controller()
+        self._clock = clock
+        self.sent: list[tuple[str, Any, float]] = []
+        """(press or release, pynput key, fake time), oldest first."""
+
+    def keycode(self, key: Any) -> int:
+        return 0  # every key the tests configure exists on the test server's keyboard
+
+    def press(self, key: Any) -> None:
+        self._keyboard.press(key)
+        self.sent.append(("press", key, self._clock.now()))
+
+    def release(self, key: Any) -> None:
+        self._keyboard.release(key)
+        self.sent.append(("release", key, self._clock.now()))
+
+    def presses(self, key: Any) -> list[tuple[float, float]]:
+        """(start, length) in seconds of each completed press of `key`."""
+        done, down = [], None
+        for kind, sent, at in self.sent:
+            if sent != key:
+                continue
+            if kind == "press":
+                assert down is None, f"{key} pressed twice without a release"
+                down = at
+            else:
+                assert down is not None, f"{key} released without a press"
+                done.append((down, at - down))
+                down = None
+        return done
+
+
+def keyboard(
+    config: KeyboardConfig,
+    has_focus: Callable[[], bool],
+    clock: FakeClock,
+    hold: float = 5.0,
+) -> tuple[Any, TimedKeys]:
+    """A keyboard controller on `clock`, its thread waiting on it; and its (real) key sender."""
     from agent.controllers.keyboard import KeyboardController
 
-    return KeyboardController(config, has_focus, hold=hold)
+    keys = TimedKeys(clock)
+    controller = KeyboardController(config, has_focus, hold=hold, sender=keys, clock=clock)
+    clock.settle(waiters=1)
+    return controller, keys
 
 
-def presses(events: list[tuple[str, int, float]], keycode: int) -> list[float]:
-    """Lengths in ms of each completed press of `keycode`."""
-    lengths, down = [], None
-    for kind, code, at in events:
-        if code != keycode:
-            continue
-        if kind == "press":
-            assert down is None, f"keycode {keycode} pressed twice without a release"
-            down = at
-        else:
-            assert down is not None, f"keycode {keycode} released without a press"
-            lengths.append((at - down) * 1000.0)
-            down = None
-    return lengths
+def key(name: str) -> Any:
+    """A config key name as the pynput key the controller presses."""
+    from pynput import keyboard as pynput_keyboard
+
+    from agent.controllers.keyboard import resolve_key
+
+    return resolve_key(name, pynput_keyboard)
 
 
-def balanced(events: list[tuple[str, int, float]]) -> bool:
+def balanced(events: list[tuple[str, int]]) -> bool:
     """Every press has its release."""
-    codes = {code for _, code, _ in events}
-    return all(
-        sum(kind == "press" for kind, c, _ in events if c == code)
-        == sum(kind == "release" for kind, c, _ in events if c == code)
-        for code in codes
-    )
+    codes = {code for _, code in events}
+    return all(events.count(("press", code)) == events.count(("release", code)) for code in codes)
 
 
 def test_keyboard_pulses_steering_and_holds_full_throttle(key_window: KeyWindow) -> None:
     w, s, a, d = (key_window.keycode(name) for name in "wsad")
-    controller = keyboard(KeyboardConfig(pulse_period=0.1), always)
+    clock = FakeClock()
+    controller, keys = keyboard(KeyboardConfig(pulse_period=0.1), always, clock)
     try:
+        start = clock.now()
         controller.set(ControllerState(steering=0.3, accelerate=1.0, brake=0.0))
-        events = key_window.collect(1.0)
-        assert [e[:2] for e in events if e[1] == w] == [("press", w)]  # held, not pulsed
-        right = presses(events, d)
-        assert 6 <= len(right) <= 12, right
-        mean = sum(right) / len(right)
-        assert 15 <= mean <= 50, right  # 30% of 100 ms
+        clock.advance(0.999)
+        # D (right) for 30% of each 100 ms period, from the start of the period; W held.
+        right = keys.presses(key("d"))
+        assert [at - start for at, _ in right] == pytest.approx([0.1 * k for k in range(10)])
+        assert [length for _, length in right] == pytest.approx([0.03] * 10)
+        assert [(kind, sent) for kind, sent, _ in keys.sent if sent == key("w")] == [
+            ("press", key("w"))
+        ]  # held, not pulsed
+        # The X server saw the same key strokes.
+        events = key_window.drain()
+        assert [e for e in events if e[1] == w] == [("press", w)]
+        assert events.count(("press", d)) == 10 and events.count(("release", d)) == 10
         assert not [e for e in events if e[1] in (a, s)]
-        # neutral() releases before it returns: the events are already on their way.
+        # neutral() releases before it returns.
         controller.neutral()
         assert controller.held == frozenset()
-        key_window.collect(0.05)
+        key_window.drain()
         assert balanced(key_window.events), key_window.events
-        assert not key_window.collect(0.25)  # and nothing is pressed again
+        clock.advance(0.5)
+        assert key_window.drain() == []  # and nothing is pressed again
         assert controller.error is None and controller.releases == 0
     finally:
         controller.close()
@@ -688,25 +756,33 @@ def test_keyboard_pulses_steering_and_holds_full_throttle(key_window: KeyWindow)
 
 def test_keyboard_takes_a_capital_letter_as_the_key_without_shift(key_window: KeyWindow) -> None:
     w = key_window.keycode("w")
-    controller = keyboard(KeyboardConfig(accelerate="W"), always)
+    clock = FakeClock()
+    controller, _ = keyboard(KeyboardConfig(accelerate="W"), always, clock)
     try:
         controller.set(FULL_THROTTLE)
-        key_window.collect(0.2)
+        clock.settle()
     finally:
         controller.close()
-    key_window.collect(0.05)
-    assert {code for _, code, _ in key_window.events} == {w}, key_window.events
+    assert key_window.drain() == [("press", w), ("release", w)]
 
 
 def test_keyboard_from_the_factory_presses_only_with_focus(key_window: KeyWindow) -> None:
+    """Through build_controller, with its hold and clock: the real pynput keyboard."""
     focus = threading.Event()
+    clock = FakeClock()
     config = ControllerConfig(backend="keyboard", hold=0.5)
-    controller = build_controller(config, 0, focus.is_set)
+    controller = build_controller(config, 0, focus.is_set, clock=clock)
+    clock.settle(waiters=1)
     try:
         controller.set(FULL_THROTTLE)
-        assert key_window.collect(0.2) == []
+        clock.advance(0.2)
+        assert key_window.drain() == []
         focus.set()
-        assert ("press", key_window.keycode("w")) in [e[:2] for e in key_window.collect(0.2)]
+        clock.advance(0.02)  # the focus poll
+        assert key_window.drain() == [("press", key_window.keycode("w"))]
+        clock.advance(0.5)  # the hold, from the set() 0.22 s ago
+        assert key_window.drain() == [("release", key_window.keycode("w"))]
+        assert controller.releases == 1
     finally:
         controller.close()
 
@@ -714,76 +790,84 @@ def test_keyboard_from_the_factory_presses_only_with_focus(key_window: KeyWindow
 def test_keyboard_named_keys_and_brake(key_window: KeyWindow) -> None:
     config = KeyboardConfig(accelerate="up", brake="space", left="Left", right="f8")
     up, space, left, f8 = (key_window.keycode(n) for n in ("Up", "space", "Left", "F8"))
-    controller = keyboard(config, always)
+    clock = FakeClock()
+    controller, keys = keyboard(config, always, clock)
     try:
         controller.set(ControllerState(steering=-0.6, accelerate=0.0, brake=0.2))
-        events = key_window.collect(1.0)
-        steer, brake = presses(events, left), presses(events, space)
-        assert len(steer) >= 6 and len(brake) >= 6
-        assert 40 <= sum(steer) / len(steer) <= 80, steer  # 60% of 100 ms
-        assert 8 <= sum(brake) / len(brake) <= 35, brake  # 20% of 100 ms
+        clock.advance(0.999)
+        steer, brake = keys.presses(key("Left")), keys.presses(key("space"))
+        assert [length for _, length in steer] == pytest.approx([0.06] * 10)  # 60% of 100 ms
+        assert [length for _, length in brake] == pytest.approx([0.02] * 10)  # 20% of 100 ms
+        events = key_window.drain()
+        assert events.count(("press", left)) == 10 and events.count(("press", space)) == 10
         assert not [e for e in events if e[1] in (up, f8)]
     finally:
         controller.close()
-    key_window.collect(0.05)
+    key_window.drain()
     assert balanced(key_window.events), key_window.events
 
 
 def test_keyboard_presses_nothing_without_focus(key_window: KeyWindow) -> None:
     focus = threading.Event()
-    w = key_window.keycode("w")
-    controller = keyboard(KeyboardConfig(), focus.is_set)
+    w, a = key_window.keycode("w"), key_window.keycode("a")
+    clock = FakeClock()
+    controller, _ = keyboard(KeyboardConfig(), focus.is_set, clock)
     try:
         controller.set(ControllerState(steering=-1.0, accelerate=1.0, brake=0.0))
-        assert key_window.collect(0.3) == []
+        clock.advance(0.3)
+        assert key_window.drain() == []
         assert controller.held == frozenset()
         focus.set()
-        pressed = key_window.collect(0.2)
-        assert ("press", w) in [e[:2] for e in pressed]
+        clock.advance(0.02)  # seen at the next focus poll
+        assert sorted(key_window.drain()) == [("press", w), ("press", a)]
         focus.clear()
         # Released within the focus poll (20 ms), not at the end of some period.
-        released = key_window.collect(0.1)
-        assert ("release", w) in [e[:2] for e in released]
-        assert balanced(key_window.events), key_window.events
-        assert key_window.collect(0.3) == []
+        clock.advance(0.02)
+        assert sorted(key_window.drain()) == [("release", w), ("release", a)]
+        clock.advance(0.3)
+        assert key_window.drain() == []
     finally:
         controller.close()
 
 
 def test_keyboard_close_releases_every_key(key_window: KeyWindow) -> None:
-    controller = keyboard(KeyboardConfig(), always)
+    clock = FakeClock()
+    controller, _ = keyboard(KeyboardConfig(), always, clock)
     controller.set(ControllerState(steering=0.8, accelerate=1.0, brake=0.0))
-    key_window.collect(0.25)
-    assert controller.held  # w at least is down right now
+    clock.advance(0.05)
+    assert controller.held  # w and d are down right now
     controller.close()
-    key_window.collect(0.05)
+    key_window.drain()
     assert key_window.events and balanced(key_window.events), key_window.events
     assert not controller._thread.is_alive()
     controller.close()
     controller.neutral()
     controller.set(FULL_THROTTLE)
-    assert key_window.collect(0.25) == []
+    clock.advance(0.25)
+    assert key_window.drain() == []
 
 
 def test_keyboard_releases_a_stale_command_by_itself(key_window: KeyWindow) -> None:
     """After set() and no further call, W must not stay down (it was held for 6 s and more)."""
-    from agent.controllers.keyboard import KeyboardController
-
     w, d = key_window.keycode("w"), key_window.keycode("d")
-    controller = KeyboardController(KeyboardConfig(), always, hold=0.4)
+    clock = FakeClock()
+    controller, _ = keyboard(KeyboardConfig(), always, clock, hold=0.4)
     try:
         controller.set(ControllerState(steering=0.5, accelerate=1.0, brake=0.0))
-        early = key_window.collect(0.25)
-        assert ("press", w) in [e[:2] for e in early]
+        clock.advance(0.99 * 0.4)
+        assert ("press", w) in key_window.drain()
         assert controller.held and controller.releases == 0
-        key_window.collect(0.35)
+        clock.advance(0.02 * 0.4)
         assert controller.held == frozenset() and controller.releases == 1
+        key_window.drain()
         assert balanced(key_window.events), key_window.events
-        assert key_window.collect(0.3) == [], "keys pressed again without a new command"
-        assert d in {code for _, code, _ in key_window.events}
+        clock.advance(1.0)
+        assert key_window.drain() == [], "keys pressed again without a new command"
+        assert d in {code for _, code in key_window.events}
         # A new command drives again.
         controller.set(FULL_THROTTLE)
-        assert ("press", w) in [e[:2] for e in key_window.collect(0.15)]
+        clock.settle()
+        assert key_window.drain() == [("press", w)]
     finally:
         controller.close()
 
@@ -797,15 +881,17 @@ def test_keyboard_thread_error_releases_keys_and_is_recorded(key_window: KeyWind
         return True
 
     w = key_window.keycode("w")
-    controller = keyboard(KeyboardConfig(), has_focus)
+    clock = FakeClock()
+    controller, _ = keyboard(KeyboardConfig(), has_focus, clock)
     try:
         controller.set(FULL_THROTTLE)
-        assert ("press", w) in [e[:2] for e in key_window.collect(0.15)]
+        clock.settle()
+        assert key_window.drain() == [("press", w)]
         broken.set()
-        released = key_window.collect(0.15)
-        assert ("release", w) in [e[:2] for e in released]
+        clock.advance(0.02)  # the next focus poll fails
+        assert key_window.drain() == [("release", w)]
         assert isinstance(controller.error, RuntimeError)
-        assert controller.held == frozenset()
+        assert controller.held == frozenset() and not controller._thread.is_alive()
         with pytest.raises(RuntimeError, match="focus check broke"):
             controller.set(FULL_THROTTLE)
     finally:
@@ -816,6 +902,7 @@ def test_keyboard_thread_error_releases_keys_and_is_recorded(key_window: KeyWind
 def test_keyboard_releases_keys_when_the_program_exits_without_close(
     key_window: KeyWindow,
 ) -> None:
+    """On the real clock, in a program of its own that ends with both keys down."""
     code = (
         "import time\n"
         "from agent.config import KeyboardConfig\n"
@@ -823,13 +910,15 @@ def test_keyboard_releases_keys_when_the_program_exits_without_close(
         "from agent.types import ControllerState\n"
         "controller = KeyboardController(KeyboardConfig(), lambda: True)\n"
         "controller.set(ControllerState(steering=-1.0, accelerate=1.0))\n"
-        "time.sleep(0.3)\n"  # then exit with both keys down and no close()
+        "deadline = time.monotonic() + 10\n"
+        "while len(controller.held) < 2 and time.monotonic() < deadline:\n"
+        "    time.sleep(0.005)\n"  # until the pulse thread holds both, then exit without close()
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60
     )
     assert result.returncode == 0, result.stderr
-    key_window.collect(0.1)
-    pressed = {code for kind, code, _ in key_window.events if kind == "press"}
+    key_window.drain()
+    pressed = {code for kind, code in key_window.events if kind == "press"}
     assert pressed == {key_window.keycode("w"), key_window.keycode("a")}
     assert balanced(key_window.events), key_window.events

@@ -35,6 +35,8 @@ from agent.types import Frame, Region, Tick
 from tests.conftest import REPO, assert_one_line_error
 from tests.drives import Drive, drive_command, free_udp_port, publish_constant_driver, wait_until
 from tests.drives import without_display as no_display
+from tests.helpers import waiting
+from tests.helpers.clock import FakeClock
 from tests.models import constant_driver
 from tests.xvfb import tap_key
 
@@ -209,6 +211,8 @@ class CountingPredictor(Predictor):
 def test_layout_shows_the_driving_predictions_convcam_with_one_pass_per_frame(
     tmp_path: Path,
 ) -> None:
+    """The real loop and predictor; the recording on a fake clock, one slot per frame: each
+    frame is put, predicted on, and then its slot comes."""
     predictor = CountingPredictor(
         constant_driver(0.5, 0.25), LINE, "constant", convcam=True, warmup_runs=1
     )
@@ -223,26 +227,30 @@ def test_layout_shows_the_driving_predictions_convcam_with_one_pass_per_frame(
         ticks=ticks,
     )  # fmt: skip
     config = RecordConfig(mode="layout", encoder="libx264", folder=str(tmp_path))
+    clock = FakeClock()
     recorder = Recorder(
-        config, frames, ticks, lambda: Status("constant"), (1280, 720), LINE.convcam_layer
-    )
+        config, frames, ticks, lambda: Status("constant"), (1280, 720), LINE.convcam_layer,
+        clock=clock,
+    )  # fmt: skip
     thread = threading.Thread(target=loop.run, daemon=True)
     thread.start()
     recorder.start()
+    clock.settle(waiters=1)  # slot 0 is drawn at once, before any frame
+    clock.advance(0.5 / FPS)  # half way between slots from here on
     rng = np.random.default_rng(3)
-    for seq in range(1, 61):  # two seconds of distinct 30 fps frames
+    for seq in range(1, 31):  # one second of distinct 30 fps frames
         # Blocks of 16 pixels: still blocks in the model's 160x90 input, so its panel shows them.
         blocks = rng.integers(0, 256, (45, 80, 4), dtype=np.uint8)
         image = blocks.repeat(16, axis=0).repeat(16, axis=1)
-        frames.put(Frame(image, time.monotonic(), seq, Region(0, 0, 1280, 720)))
-        time.sleep(1 / FPS)
-    time.sleep(0.2)
+        frames.put(Frame(image, clock.now(), seq, Region(0, 0, 1280, 720)))
+        assert waiting.wait_until(lambda seq=seq: _tick_seq(ticks) == seq, 30.0), f"no tick {seq}"
+        clock.advance(1 / FPS)
     loop.stop()
     thread.join(10)
     [report] = recorder.close()
     # Recording on, still exactly one forward pass per prediction: the Convcam came with it.
-    assert loop.counters.predictions > 30
-    assert predictor.passes == loop.counters.predictions
+    assert loop.counters.predictions == predictor.passes == 30
+    assert (report.frames, report.repeated, report.left_out) == (31, 0, 0)
     last = ticks.get()[0]
     assert last is not None and last.prediction is not None
     assert last.prediction.convcam is not None
@@ -261,6 +269,75 @@ def test_layout_shows_the_driving_predictions_convcam_with_one_pass_per_frame(
     assert picture[top : top + height, left : left + width].std() > 20  # the model's input
 
 
+def _tick_seq(ticks: Slot[Tick]) -> int:
+    """The capture sequence number of the frame the newest tick was computed from (0: none)."""
+    tick, _ = ticks.get()
+    return tick.frame.seq if tick is not None and tick.frame is not None else 0
+
+
+def test_every_slot_of_the_video_clock_shows_the_newest_frame(tmp_path: Path) -> None:
+    """On a fake clock: a slot per 1/30 s, whatever the frames do. A stall repeats the last
+    frame (the video's length stays true), a burst leaves frames out, and both are counted."""
+    frames: Slot[Frame] = Slot()
+    config = RecordConfig(mode="hud", encoder="libx264", folder=str(tmp_path))
+    clock = FakeClock()
+    recorder = Recorder(
+        config, frames, Slot(), lambda: Status("constant"), (320, 180), LINE.convcam_layer,
+        clock=clock,
+    )  # fmt: skip
+    image = np.zeros((180, 320, 4), np.uint8)
+    recorder.start()
+    clock.settle(waiters=1)  # slot 0, before any frame
+    clock.advance(0.5 / FPS)
+    for seq in range(1, 11):  # slots 1-10: one frame each
+        frames.put(Frame(image, clock.now(), seq, Region(0, 0, 320, 180)))
+        clock.advance(1 / FPS)
+    clock.advance(6 / FPS)  # a stall of the capture: slots 11-16 show frame 10 again
+    for seq in range(11, 14):  # a burst: slot 17 shows only the newest of three
+        frames.put(Frame(image, clock.now(), seq, Region(0, 0, 320, 180)))
+    clock.advance(1 / FPS)
+    [report] = recorder.close()
+    assert (report.frames, report.repeated, report.left_out) == (18, 6, 2)
+    assert report.seconds == round(18 / FPS, 3)
+    assert report.error is None
+    assert len(decode(Path(report.path))) == report.written == 18 - report.dropped
+
+
+def test_a_recording_late_for_its_slots_fills_every_one_it_missed(tmp_path: Path) -> None:
+    """Its thread stuck drawing (a busy machine) while the clock goes on: when it comes back it
+    fills every slot it missed with the newest frame, so the video's length stays true."""
+    frames: Slot[Frame] = Slot()
+    stuck, inside, unstuck = threading.Event(), threading.Event(), threading.Event()
+
+    def status() -> Status:
+        if stuck.is_set():
+            inside.set()
+            unstuck.wait(10.0)
+        return Status("constant")
+
+    config = RecordConfig(mode="hud", encoder="libx264", folder=str(tmp_path))
+    clock = FakeClock()
+    recorder = Recorder(config, frames, Slot(), status, (320, 180), LINE.convcam_layer, clock=clock)
+    image = np.zeros((180, 320, 4), np.uint8)
+    recorder.start()
+    clock.settle(waiters=1)  # slot 0
+    clock.advance(0.5 / FPS)
+    frames.put(Frame(image, clock.now(), 1, Region(0, 0, 320, 180)))
+    clock.advance(1 / FPS)  # slot 1: frame 1
+    stuck.set()
+    clock.jump(1 / FPS)  # slot 2 (frame 1 again) is being drawn, and drawing it takes long
+    assert inside.wait(10.0)
+    frames.put(Frame(image, clock.now(), 2, Region(0, 0, 320, 180)))
+    clock.jump(5 / FPS)  # slots 3-7 pass meanwhile
+    stuck.clear()
+    unstuck.set()
+    clock.settle()  # back: slots 3-7 at once, all frame 2
+    [report] = recorder.close()
+    assert (report.frames, report.repeated, report.left_out) == (8, 1 + 4, 0)
+    assert report.seconds == round(8 / FPS, 3)
+    assert len(decode(Path(report.path))) == report.written == 8 - report.dropped
+
+
 # --- starting and stopping --------------------------------------------------------------------
 
 
@@ -276,10 +353,9 @@ def test_the_record_hotkey_starts_and_stops_recordings_during_a_drive(
     )  # fmt: skip
     try:
         drive.wait_for_log("recording to")
-        time.sleep(2.0)
+        time.sleep(2.0)  # what it records: real time in a real drive
         tap_key(x_display, "F7")  # stop the first recording
         drive.wait_for_log("recording stopped")
-        time.sleep(1.0)
         tap_key(x_display, "F7")  # and start a second one
         wait_until(lambda: drive.stderr.count("recording to") == 2, 20, "a second recording")
         time.sleep(2.0)

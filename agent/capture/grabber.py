@@ -17,6 +17,7 @@ import numpy as np
 from agent.capture.screen import explain_display_loss, open_mss, screen_bounds
 from agent.capture.window import GameWindow, WindowError, clip_to
 from agent.errors import log_failure
+from agent.runtime.clock import SYSTEM_CLOCK, Clock
 from agent.runtime.liveness import Failures
 from agent.runtime.ratekeeper import RateKeeper
 from agent.runtime.slot import Slot
@@ -52,6 +53,8 @@ class Grabber:
       grabs between requests are left out too (for up to FOLLOW_SECONDS, then the fixed rate
       resumes): nobody would look at them, and on a small machine each grab delays the
       prediction running beside it.
+    - The schedule (the rate, following, looking for a lost window) and the frames' times are
+      kept on `clock`.
     """
 
     def __init__(
@@ -64,6 +67,7 @@ class Grabber:
         reacquire_every: float = 0.5,
         black_after: float = 2.0,
         failures: Failures | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         if fps <= 0:
             raise ValueError(f"fps must be positive, got {fps}")
@@ -82,9 +86,12 @@ class Grabber:
         self._region_every = region_every
         self._reacquire_every = reacquire_every
         self._black_after = black_after
+        self._clock = clock
         self._stopping = threading.Event()
         self._wake = threading.Event()
         """Ends the wait between grabs: a request, the end of following, or stop()."""
+        self._requests = threading.Lock()
+        """Guards the drive loop's requests (below), written by its thread, read by this one."""
         self._grab_now = False
         self._follow_until = 0.0
         self.grab_seconds: deque[float] = deque(maxlen=200_000)
@@ -113,17 +120,21 @@ class Grabber:
     def request_frame(self, only_on_request: bool = False) -> None:
         """Grab now rather than at the next tick (never blocks); with `only_on_request`, grab
         next when asked again, or after FOLLOW_SECONDS if nobody asks."""
-        self._follow_until = time.monotonic() + FOLLOW_SECONDS if only_on_request else 0.0
-        self._grab_now = True
+        follow_until = self._clock.now() + FOLLOW_SECONDS if only_on_request else 0.0
+        with self._requests:
+            self._follow_until = follow_until
+            self._grab_now = True
         self._wake.set()
 
     def stop_following(self) -> None:
         """Back to the fixed rate now (the model became fast): without this, a fast model
         after one slow prediction would wait up to FOLLOW_SECONDS for its next frame. Cheap
         when not following."""
-        if self._follow_until:
+        with self._requests:
+            if not self._follow_until:
+                return
             self._follow_until = 0.0
-            self._wake.set()
+        self._wake.set()
 
     def stop(self, timeout: float = 2.0) -> None:
         """Ask the thread to end and wait for it (at most `timeout` plus one frame period)."""
@@ -143,16 +154,16 @@ class Grabber:
 
     def _capture(self, sct: Any) -> None:
         screen = screen_bounds(sct)
-        keeper = RateKeeper(self.fps)
+        keeper = RateKeeper(self.fps, self._clock)
         region: Region | None = None
         region_read_at = 0.0
         seq = 0
-        meter_start, meter_frames = time.monotonic(), 0
+        meter_start, meter_frames = self._clock.now(), 0
         black_since: float | None = None
         black_warned = False
         try:
             while not self._stopping.is_set():
-                now = time.monotonic()
+                now = self._clock.now()
                 if region is None or now - region_read_at >= self._region_every:
                     try:
                         region = self._visible_region(screen)
@@ -163,12 +174,12 @@ class Grabber:
                         region, keeper = None, self._new_keeper(keeper)
                         continue
                     region_read_at = now
-                grab_started = time.perf_counter()
+                grab_started = time.perf_counter()  # what a grab costs: real time, always
                 shot = sct.grab(
                     {"left": region.left, "top": region.top,
                      "width": region.width, "height": region.height}
                 )  # fmt: skip
-                captured_at = time.monotonic()
+                captured_at = self._clock.now()
                 image = np.frombuffer(shot.raw, dtype=np.uint8).reshape(shot.height, shot.width, 4)
                 image.flags.writeable = False
                 self.grab_seconds.append(time.perf_counter() - grab_started)
@@ -204,17 +215,20 @@ class Grabber:
         model) its next request, or FOLLOW_SECONDS without one. `stop_following` ends the
         following and the wait goes on to the next tick."""
         while not self._stopping.is_set():
-            follow = self._follow_until - time.monotonic()
+            with self._requests:
+                follow_until = self._follow_until
+            follow = follow_until - self._clock.now()
             if follow > 0:
                 # A slow model is driving: the next frame it wants is the one it asks for.
-                woken = self._wake.wait(follow)
+                woken = self._clock.wait(self._wake, follow)
                 keeper = self._new_keeper(keeper)
             else:
                 keeper.keep_time(self._wake)
                 woken = self._wake.is_set()
             self._wake.clear()
-            if self._grab_now:
-                self._grab_now = False
+            with self._requests:
+                grab_now, self._grab_now = self._grab_now, False
+            if grab_now:
                 self.requested += 1
                 return keeper
             if not woken:
@@ -237,7 +251,7 @@ class Grabber:
 
     def _wait_for_window(self) -> bool:
         """Look for the window until it is back (True) or the grabber is stopped (False)."""
-        while not self._stopping.wait(self._reacquire_every):
+        while not self._clock.wait(self._stopping, self._reacquire_every):
             try:
                 self.window.reacquire()
                 self.window.region()
@@ -251,7 +265,7 @@ class Grabber:
     def _new_keeper(self, old: RateKeeper) -> RateKeeper:
         # A fresh schedule after the wait, so the pause is not counted as lag.
         self.lagged += old.lagged
-        return RateKeeper(self.fps)
+        return RateKeeper(self.fps, self._clock)
 
 
 def _is_black(image: np.ndarray) -> bool:

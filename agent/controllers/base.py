@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from abc import ABC, abstractmethod
 from types import TracebackType
 from typing import ClassVar
 
 from agent.controllers.deadman import DEFAULT_HOLD, DeadMan
+from agent.runtime.clock import SYSTEM_CLOCK, Clock
 from agent.types import NEUTRAL, ControllerState, clamp_state
 
 logger = logging.getLogger(__name__)
@@ -83,18 +83,20 @@ class DeviceController(Controller):
 
     A watcher thread enforces the dead-man and, for devices that forget a state unless it is
     sent again (`repeat_every` seconds; the bundled game reads a silent pad as neutral),
-    re-sends the applied state, with its tag, until it expires.
+    re-sends the applied state, with its tag, until it expires. It reads the time from, and
+    waits on, `clock`.
     """
 
     repeat_every: ClassVar[float | None] = None
 
-    def __init__(self, hold: float = DEFAULT_HOLD) -> None:
+    def __init__(self, hold: float = DEFAULT_HOLD, clock: Clock = SYSTEM_CLOCK) -> None:
+        self._clock = clock
         self._lock = threading.RLock()
         self._closed = False
         self._deadman = DeadMan(hold, self.name)
         self._applied = NEUTRAL
         self._applied_tag = 0
-        self._written_at = time.monotonic()
+        self._written_at = clock.now()
         self._changed = threading.Event()
         self._watcher = threading.Thread(
             target=self._watch, name=f"{self.name}-deadman", daemon=True
@@ -143,7 +145,7 @@ class DeviceController(Controller):
     def _apply(self, state: ControllerState, tag: int) -> None:
         """Write `state` and (re)start its hold; lock held."""
         self._write(state, tag)
-        now = time.monotonic()
+        now = self._clock.now()
         self._applied, self._applied_tag = state, tag
         self._written_at = now
         if state == NEUTRAL:
@@ -157,11 +159,11 @@ class DeviceController(Controller):
                 if self._closed:
                     return
                 try:
-                    timeout = self._enforce(time.monotonic())
+                    timeout = self._enforce(self._clock.now())
                 except Exception:  # a driver failure; set() reports it to the loop
                     logger.exception("%s controller's dead-man could not write", self.name)
                     timeout = self._deadman.hold
-            self._changed.wait(timeout)
+            self._clock.wait(self._changed, timeout)
             self._changed.clear()
 
     def _enforce(self, now: float) -> float | None:

@@ -8,6 +8,7 @@ from typing import Any
 from agent.capture.window import GameWindow
 from agent.config import ControllerConfig
 from agent.controllers.base import Controller
+from agent.runtime.clock import SYSTEM_CLOCK, Clock
 from agent.runtime.liveness import Failures
 
 BACKENDS = ("game", "keyboard", "vjoy", "vgamepad", "null")
@@ -45,13 +46,14 @@ def build_controller(
     has_focus: Callable[[], bool],
     *,
     key_sender: Any = None,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> Controller:
     """The backend `config.backend` names, in this process, connected and neutral.
 
     `channel_port` is the bundled game's pad port (backend "game"); `has_focus` tells the
     keyboard backend whether the game window has keyboard focus, and `key_sender` (X11) sends
     its keys to the game's window only. Every backend lets go by itself when a command is older
-    than `config.hold` seconds.
+    than `config.hold` seconds on `clock`.
     """
     # Imports per branch: each backend pulls in its own (possibly Windows-only) driver.
     backend = config.backend
@@ -59,25 +61,25 @@ def build_controller(
     if backend == "game":
         from agent.controllers.game import GameController
 
-        controller = GameController(channel_port, hold=config.hold)
+        controller = GameController(channel_port, hold=config.hold, clock=clock)
     elif backend == "keyboard":
         from agent.controllers.keyboard import KeyboardController
 
         controller = KeyboardController(
-            config.keyboard, has_focus, hold=config.hold, sender=key_sender
+            config.keyboard, has_focus, hold=config.hold, sender=key_sender, clock=clock
         )
     elif backend == "vjoy":
         from agent.controllers.vjoy import VJoyController
 
-        controller = VJoyController(config.vjoy_device, hold=config.hold)
+        controller = VJoyController(config.vjoy_device, hold=config.hold, clock=clock)
     elif backend == "vgamepad":
         from agent.controllers.vgamepad import VGamepadController
 
-        controller = VGamepadController(hold=config.hold)
+        controller = VGamepadController(hold=config.hold, clock=clock)
     elif backend == "null":
         from agent.controllers.null import NullController
 
-        controller = NullController(hold=config.hold)
+        controller = NullController(hold=config.hold, clock=clock)
     else:  # config validation lists the same names; reaching this is a bug
         raise ValueError(f"unknown controller backend {backend!r}; expected one of {BACKENDS}")
     controller.neutral()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from agent.controllers.base import DeviceController
 from agent.controllers.deadman import DEFAULT_HOLD
 from agent.game.channel import GamepadSender
+from agent.runtime.clock import SYSTEM_CLOCK, Clock
 from agent.types import ControllerState
 
 REPEAT_PERIOD = 0.1
@@ -25,9 +26,9 @@ class GameController(DeviceController):
     name = "game"
     repeat_every = REPEAT_PERIOD
 
-    def __init__(self, port: int, hold: float = DEFAULT_HOLD) -> None:
+    def __init__(self, port: int, hold: float = DEFAULT_HOLD, clock: Clock = SYSTEM_CLOCK) -> None:
         self._sender = GamepadSender(port)
-        super().__init__(hold)
+        super().__init__(hold, clock)
 
     def _write(self, state: ControllerState, tag: int) -> None:
         self._sender.send(state, tag)

@@ -37,6 +37,7 @@ from agent.controllers.base import Controller
 from agent.controllers.deadman import DEFAULT_HOLD
 from agent.controllers.factory import PROCESS_BACKENDS, build_controller
 from agent.errors import CharlesError
+from agent.runtime.clock import SYSTEM_CLOCK, Clock
 from agent.types import ControllerState
 
 WATCH_PERIOD = 0.05
@@ -167,10 +168,13 @@ def _no_focus() -> bool:
     return False
 
 
-def watch(controller: Controller, outbox: Outbox, done: threading.Event) -> None:
-    """Report dead-man releases and a backend that stopped (the X server went away)."""
+def watch(
+    controller: Controller, outbox: Outbox, done: threading.Event, clock: Clock = SYSTEM_CLOCK
+) -> None:
+    """Report dead-man releases and a backend that stopped (the X server went away), looking
+    every WATCH_PERIOD seconds on `clock`."""
     releases, stopped = 0, False
-    while not done.wait(WATCH_PERIOD):
+    while not clock.wait(done, WATCH_PERIOD):
         if controller.releases != releases:
             releases = controller.releases
             outbox.post({"releases": releases})

@@ -24,7 +24,6 @@ from __future__ import annotations
 import atexit
 import logging
 import threading
-import time
 import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -34,6 +33,7 @@ from agent.config import KeyboardConfig
 from agent.controllers.base import Controller
 from agent.controllers.deadman import DEFAULT_HOLD, DeadMan
 from agent.errors import ConfigError, DependencyError, log_failure
+from agent.runtime.clock import SYSTEM_CLOCK, Clock
 from agent.types import NEUTRAL, ControllerState, clamp_state
 
 logger = logging.getLogger(__name__)
@@ -114,7 +114,8 @@ class KeyboardController(Controller):
     `has_focus` is called on the pulse thread (about every `focus_poll` seconds); it should be
     cheap and must not block. `sender` replaces pynput's keyboard (it has pynput's press and
     release, and `keycode(key)` to check a key exists): the controller process sends keys to
-    the game's own window with one (`agent.controllers.xkeys`).
+    the game's own window with one (`agent.controllers.xkeys`). The pulses, the focus poll and
+    the dead-man keep time on `clock`.
     """
 
     name = "keyboard"
@@ -127,12 +128,14 @@ class KeyboardController(Controller):
         hold: float = DEFAULT_HOLD,
         focus_poll: float = 0.02,
         sender: Any = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         keyboard = _load_pynput_keyboard()
         self._keys = {role: resolve_key(getattr(config, role), keyboard) for role in ROLES}
         self._period = config.pulse_period
         self._has_focus = has_focus
         self._focus_poll = focus_poll
+        self._clock = clock
         if sender is not None:
             # A sender that addresses the game's window itself (agent.controllers.xkeys):
             # every key must exist on this keyboard before anything is pressed.
@@ -169,7 +172,7 @@ class KeyboardController(Controller):
             if state == NEUTRAL:
                 self._deadman.disarm()
             else:
-                self._deadman.arm(time.monotonic())
+                self._deadman.arm(self._clock.now())
         self._wake.set()
 
     def neutral(self) -> None:
@@ -197,11 +200,11 @@ class KeyboardController(Controller):
                 self._keyboard = None
 
     def _run(self) -> None:
-        started = time.monotonic()
+        started = self._clock.now()
         try:
             while not self._closed:
                 focused = bool(self._has_focus())
-                now = time.monotonic()
+                now = self._clock.now()
                 phase = ((now - started) % self._period) / self._period
                 with self._lock:
                     if self._closed:
@@ -216,7 +219,7 @@ class KeyboardController(Controller):
                     else:
                         self._hold(set())
                         wait = self._focus_poll
-                self._wake.wait(min(wait, self._focus_poll))
+                self._clock.wait(self._wake, min(wait, self._focus_poll))
                 self._wake.clear()
         except Exception as error:
             self.error = explain_display_loss(error)

@@ -6,6 +6,7 @@ import logging
 
 from agent.controllers.base import DeviceController
 from agent.controllers.deadman import DEFAULT_HOLD
+from agent.runtime.clock import SYSTEM_CLOCK, Clock
 from agent.types import NEUTRAL, ControllerState
 
 logger = logging.getLogger(__name__)
@@ -16,11 +17,11 @@ class NullController(DeviceController):
 
     name = "null"
 
-    def __init__(self, hold: float = DEFAULT_HOLD) -> None:
+    def __init__(self, hold: float = DEFAULT_HOLD, clock: Clock = SYSTEM_CLOCK) -> None:
         self.last: ControllerState = NEUTRAL
         self.writes = 0
         """States written so far, neutral ones included."""
-        super().__init__(hold)
+        super().__init__(hold, clock)
 
     def _write(self, state: ControllerState, tag: int) -> None:
         logger.debug("null controller: %s", state)

@@ -13,6 +13,7 @@ from typing import Protocol
 from agent.controllers.base import DeviceController
 from agent.controllers.deadman import DEFAULT_HOLD
 from agent.errors import DependencyError
+from agent.runtime.clock import SYSTEM_CLOCK, Clock
 from agent.types import ControllerState
 
 logger = logging.getLogger(__name__)
@@ -70,9 +71,15 @@ class VGamepadController(DeviceController):
 
     name = "vgamepad"
 
-    def __init__(self, *, pad: XInputPad | None = None, hold: float = DEFAULT_HOLD) -> None:
+    def __init__(
+        self,
+        *,
+        pad: XInputPad | None = None,
+        hold: float = DEFAULT_HOLD,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
         self._pad = pad if pad is not None else open_x360_pad()
-        super().__init__(hold)
+        super().__init__(hold, clock)
         logger.info("virtual Xbox 360 pad connected")
 
     def _write(self, state: ControllerState, tag: int) -> None:

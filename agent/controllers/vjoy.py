@@ -16,6 +16,7 @@ from typing import Protocol
 from agent.controllers.base import DeviceController
 from agent.controllers.deadman import DEFAULT_HOLD
 from agent.errors import DependencyError
+from agent.runtime.clock import SYSTEM_CLOCK, Clock
 from agent.types import ControllerState
 
 logger = logging.getLogger(__name__)
@@ -85,11 +86,16 @@ class VJoyController(DeviceController):
     name = "vjoy"
 
     def __init__(
-        self, device: int = 1, *, vjoy: VJoyDevice | None = None, hold: float = DEFAULT_HOLD
+        self,
+        device: int = 1,
+        *,
+        vjoy: VJoyDevice | None = None,
+        hold: float = DEFAULT_HOLD,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.device = device
         self._vjoy = vjoy if vjoy is not None else open_vjoy_device(device)
-        super().__init__(hold)
+        super().__init__(hold, clock)
         logger.info("vJoy device %d acquired", device)
 
     def _write(self, state: ControllerState, tag: int) -> None:

@@ -39,6 +39,7 @@ from agent.record.writer import (
     refuse_link_or_special,
     require_av,
 )
+from agent.runtime.clock import SYSTEM_CLOCK, Clock
 from agent.runtime.slot import Slot
 from agent.runtime.threads import lower_this_threads_priority
 from agent.types import Frame, Tick
@@ -147,7 +148,10 @@ def check_before_driving(config: RecordConfig, path: Path | None, from_the_start
 
 
 class Recorder:
-    """Starts and stops recordings during one drive; `close()` ends the last one."""
+    """Starts and stops recordings during one drive; `close()` ends the last one.
+
+    Each recording's video clock runs on `clock`: its slots are that clock's seconds.
+    """
 
     def __init__(
         self,
@@ -159,6 +163,7 @@ class Recorder:
         convcam_layer: str,
         losses: LossCurve | None = None,
         path: Path | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.config = config
         self._frames = frames
@@ -168,6 +173,7 @@ class Recorder:
         self._convcam_layer = convcam_layer
         self._losses = losses
         self._path = path
+        self._clock = clock
         self._lock = threading.Lock()
         self._current: _Recording | None = None
         self._finished: list[_Recording] = []
@@ -177,7 +183,8 @@ class Recorder:
     @property
     def recording(self) -> bool:
         """Whether a recording runs (one its writer stopped, e.g. on a full disk, does not)."""
-        current = self._current
+        with self._lock:  # the drive loop asks while the hotkey's thread may start or stop one
+            current = self._current
         return current is not None and not current.writer.failed.is_set()
 
     def start(self) -> bool:
@@ -199,7 +206,7 @@ class Recorder:
             )
             self._current = _Recording(
                 names, self.config, composer, self._frames, self._ticks, self._status,
-                Panels(convcam_layer=self._convcam_layer), self._losses,
+                Panels(convcam_layer=self._convcam_layer), self._losses, self._clock,
             )  # fmt: skip
         return True
 
@@ -242,6 +249,7 @@ class _Recording:
         status: Callable[[], Status],
         panels: Panels,
         losses: LossCurve | None,
+        clock: Clock,
     ) -> None:
         self._names = names
         self.asked = next(names)
@@ -254,7 +262,9 @@ class _Recording:
         self._panels = panels
         self._losses = losses if config.mode == "layout" else None
         self.writer = VideoWriter(self._create_file, config.fps, config.encoder, nice=config.nice)
-        self.clock = VideoClock(config.fps, time.monotonic())
+        self._time = clock
+        """The time the video clock's slots are on (real time, but for tests)."""
+        self.clock = VideoClock(config.fps, clock.now())
         self.shown = ShownFrames()
         self.error: BaseException | None = None
         self.drawing_cpu = 0.0
@@ -304,10 +314,10 @@ class _Recording:
         lower_this_threads_priority(self._config.nice)
         cpu_start = time.thread_time()
         try:
-            while not self._stopping.wait(max(0.0, self.clock.next_at() - time.monotonic())):
+            while not self._time.wait(self._stopping, self.clock.next_at() - self._time.now()):
                 if self.writer.failed.is_set():
                     break  # it said why; drawing on would only cost the car CPU
-                slots = self.clock.due(time.monotonic())
+                slots = self.clock.due(self._time.now())
                 if not slots:
                     continue
                 self._fill(slots)
@@ -328,7 +338,7 @@ class _Recording:
         tick, _ = self._ticks.get()
         panels = self._panels
         if self._losses is not None:
-            panels = Panels(panels.convcam_layer, tuple(self._losses.points()))
+            panels = Panels(panels.convcam_layer, tuple(self._losses.points(self._time.now())))
         picture = self._composer.compose(frame, tick, self._status(), panels)
         self.shown.show(seq, len(slots))
         for index in slots:

@@ -26,8 +26,9 @@ class Clock(Protocol):
         """Wait `seconds` on this clock."""
         ...
 
-    def wait(self, event: threading.Event, timeout: float) -> bool:
-        """Wait until `event` is set or `timeout` seconds pass on this clock; True when set."""
+    def wait(self, event: threading.Event, timeout: float | None) -> bool:
+        """Wait until `event` is set or `timeout` seconds pass on this clock (None: no time
+        limit); True when set."""
         ...
 
 
@@ -41,8 +42,8 @@ class SystemClock:
         if seconds > 0:
             time.sleep(seconds)
 
-    def wait(self, event: threading.Event, timeout: float) -> bool:
-        return event.wait(max(0.0, timeout))
+    def wait(self, event: threading.Event, timeout: float | None) -> bool:
+        return event.wait(None if timeout is None else max(0.0, timeout))
 
 
 SYSTEM_CLOCK: Clock = SystemClock()

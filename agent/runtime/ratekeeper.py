@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import threading
-import time
+
+from agent.runtime.clock import SYSTEM_CLOCK, Clock
 
 
 class RateKeeper:
@@ -11,16 +12,18 @@ class RateKeeper:
 
     Ticks are scheduled on a fixed grid (start + n / hz), so sleeping never accumulates drift;
     when an iteration overruns by more than one period the grid restarts from now instead of
-    firing a burst of catch-up ticks, and the tick is counted in `lagged`.
+    firing a burst of catch-up ticks, and the tick is counted in `lagged`. The grid starts at
+    construction and is kept on `clock`.
     """
 
-    def __init__(self, hz: float) -> None:
+    def __init__(self, hz: float, clock: Clock = SYSTEM_CLOCK) -> None:
         if not hz > 0:  # NaN too
             raise ValueError(f"rate must be positive, got {hz}")
         self.period = 1.0 / hz
         self.ticks = 0
         self.lagged = 0
-        self._next = time.monotonic() + self.period
+        self._clock = clock
+        self._next = clock.now() + self.period
 
     def keep_time(self, wake: threading.Event | None = None) -> bool:
         """Sleep until the next tick; returns True when this tick came late.
@@ -29,13 +32,13 @@ class RateKeeper:
         tick happens now and the grid restarts from now, so the next one is a full period later.
         """
         self.ticks += 1
-        now = time.monotonic()
+        now = self._clock.now()
         remaining = self._next - now
         if remaining > 0:
             if wake is None:
-                time.sleep(remaining)
-            elif wake.wait(remaining):
-                self._next = time.monotonic() + self.period
+                self._clock.sleep(remaining)
+            elif self._clock.wait(wake, remaining):
+                self._next = self._clock.now() + self.period
                 return False
             self._next += self.period
             return False
