@@ -13,7 +13,18 @@ import pytest
 
 from agent.controllers.null import NullController
 from agent.drive.control import ControlMapper
-from agent.drive.loop import DRIVING, PAUSED, WAITING, DriveLoop, PartFailed, failure_to_raise
+from agent.drive.hotswap import SwapHistory
+from agent.drive.loop import (
+    DRIVING,
+    PAUSED,
+    UNSTUCK,
+    WAITING,
+    DriveLoop,
+    PartFailed,
+    failure_to_raise,
+)
+from agent.drive.status import DriveStatus
+from agent.drive.unstuck import RecoveryPlan, StuckDetector, Unstuck
 from agent.errors import CharlesError
 from agent.inference.predictor import Predictor
 from agent.inference.preprocess import preprocess
@@ -488,3 +499,151 @@ def test_the_status_says_paused_or_waiting_for_the_window(predictor, paused: boo
     rig.loop.run(max_ticks=2)
     status, _ = rig.loop.status.get()
     assert status is not None and status.state == (PAUSED if paused else WAITING)
+
+
+class SwapSpy:
+    """The hot swap's side the loop uses, recording when unstuck began; never swaps."""
+
+    def __init__(self) -> None:
+        self.unstuck_at: list[float] = []
+
+    def predict(self, driving: Predictor, model_input: np.ndarray, now: float):
+        return driving, driving.predict(model_input)
+
+    def unstuck_started(self, now: float) -> None:
+        self.unstuck_at.append(now)
+
+    def history(self) -> SwapHistory:
+        return SwapHistory("spy")
+
+
+class CountingMapper(ControlMapper):
+    def __init__(self) -> None:
+        super().__init__()
+        self.resets = 0
+
+    def reset(self) -> None:
+        self.resets += 1
+        super().reset()
+
+
+class StepRig(Rig):
+    """A loop on a fake clock with unstuck on; `step` advances time and feeds one frame, then
+    waits (really, bounded) until the loop has handled it."""
+
+    def __init__(self, predictor: Predictor, game_paused: bool = False) -> None:
+        self.clock = FakeClock()
+        self.mapper = CountingMapper()
+        super().__init__(predictor, self.mapper, clock=self.clock)
+        plan = RecoveryPlan(release=0.5, reverse=1.0, reverse_brake=0.6, reset_game=None)
+        self.unstuck = Unstuck(StuckDetector(window=1.0, min_change=1.0), plan)
+        self.swap = SwapSpy()
+        self.loop._unstuck = self.unstuck
+        self.loop._hot_swap = self.swap  # type: ignore[assignment]
+        self.loop._game_paused = lambda: game_paused
+        self.sent: list[ControllerState] = []
+        write = self.controller._write
+
+        def noting(state: ControllerState, tag: int) -> None:
+            self.sent.append(state)
+            write(state, tag)
+
+        self.controller._write = noting  # type: ignore[method-assign]
+        self.seq = 0
+
+    def step(self, seconds: float) -> DriveStatus:
+        self.clock.advance(seconds)
+        self.seq += 1
+        image = np.full((720, 1280, 4), 90, dtype=np.uint8)  # a picture that never changes
+        self.frames.put(Frame(image, self.clock.now(), self.seq, Region(0, 0, 1280, 720)))
+        deadline = time.monotonic() + 10
+        while True:
+            status, _ = self.loop.status.wait_newer(0, timeout=0.05)
+            if status is not None and status.frames >= self.seq and status.at >= self.clock.now():
+                return status
+            assert time.monotonic() < deadline, f"frame {self.seq} was not handled"
+
+
+def test_a_still_picture_starts_a_recovery_that_releases_backs_up_and_hands_back(
+    predictor, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Unstuck in the loop, on a fake clock: a whole window of one picture starts a recovery
+    (the swap is told), released for `release` s, then backing up with the wheels turned away
+    from the last steering for `reverse` s, then the model drives again from fresh smoothing."""
+    rig = StepRig(predictor)
+    thread = rig.run_in_thread()
+    try:
+        with caplog.at_level(logging.INFO, logger="agent.drive.loop"):
+            # Steps of 1/4 s (exact in binary). The first picture is at 0.25 s; the window of
+            # 1 s is covered from 1.25 s on.
+            for _ in range(4):
+                assert rig.step(0.25).state == DRIVING
+            driving_sent = rig.loop.counters.predictions
+            started = rig.step(0.25)  # a whole second of the same picture: stuck
+        assert started.state == UNSTUCK and started.unstucks == 1
+        assert rig.swap.unstuck_at == [rig.clock.now()]
+        assert rig.loop.counters.predictions == driving_sent  # the stuck frame is not driven on
+        assert rig.sent[-1] == NEUTRAL  # release first
+        assert "recovering (unstuck 1)" in caplog.text
+        assert rig.step(0.25).state == UNSTUCK and rig.sent[-1] == NEUTRAL  # 0.25 s in
+        backing = rig.step(0.5)  # 0.75 s in: backing up, wheels away from steering -0.25
+        assert backing.state == UNSTUCK
+        assert rig.sent[-1] == ControllerState(steering=1.0, accelerate=0.0, brake=0.6)
+        assert rig.loop.counters.predictions == driving_sent
+        resets = rig.mapper.resets
+        assert rig.step(0.5).state == UNSTUCK  # 1.25 s in: still backing up
+        after = rig.step(0.5)  # 1.75 s in: over; the model drives this frame
+        assert after.state == DRIVING and after.predictions == driving_sent + 1
+        assert rig.mapper.resets == resets + 1  # no smoothing carried over the recovery
+        assert rig.sent[-1].accelerate == pytest.approx(0.5, abs=1e-5)
+    finally:
+        rig.loop.stop()
+        thread.join(timeout=5)
+
+
+def test_a_paused_game_never_starts_a_recovery(predictor) -> None:
+    rig = StepRig(predictor, game_paused=True)
+    thread = rig.run_in_thread()
+    try:
+        for _ in range(12):
+            status = rig.step(0.25)
+            assert status.state == DRIVING and status.unstucks == 0
+        assert rig.swap.unstuck_at == []
+    finally:
+        rig.loop.stop()
+        thread.join(timeout=5)
+
+
+class LatencySpy:
+    def __init__(self) -> None:
+        self.notes: list[tuple[int, float, tuple[int, ...]]] = []
+
+    def note(self, tag: int, captured_at: float, image: np.ndarray) -> None:
+        self.notes.append((tag, captured_at, image.shape))
+
+
+def test_each_command_is_tagged_noted_and_timed_on_the_loops_clock(predictor) -> None:
+    """What the summary and render-to-command latency are built from: per prediction, the
+    command tagged with its frame, the frame noted, and the clock's times recorded."""
+    clock = FakeClock()
+    rig = Rig(predictor, clock=clock)
+    spy = LatencySpy()
+    rig.loop._render_latency = spy  # type: ignore[assignment]
+    tags: list[int] = []
+    set_state = rig.controller.set
+
+    def tagged(state: ControllerState, tag: int = 0) -> None:
+        tags.append(tag)
+        set_state(state, tag)
+
+    rig.controller.set = tagged  # type: ignore[method-assign]
+    image = np.full((720, 1280, 4), 7, dtype=np.uint8)
+    rig.frames.put(Frame(image, clock.now() - 0.25, 5, Region(0, 0, 1280, 720)))
+    rig.loop.run(max_ticks=3)
+    assert tags[0] == 5
+    assert spy.notes == [(5, clock.now() - 0.25, (720, 1280, 4))]
+    counters = rig.loop.counters
+    assert list(counters.latencies) == [pytest.approx(0.25)]
+    assert list(counters.sent_at) == [clock.now()]
+    assert len(counters.preprocess_seconds) == len(counters.predict_seconds) == 1
+    assert counters.preprocess_seconds[0] > 0 and counters.predict_seconds[0] > 0
