@@ -252,7 +252,8 @@ def open_npz(
     the .npy headers, before any array data is inflated; arrays are then inflated into
     arrays of their declared size, never past it (`NpzArchive.read`).
     """
-    stream, size = open_regular_file(path)
+    stream, info = open_regular_file(path)
+    size = info.st_size
     with stream:
         if size > max_file_bytes:
             raise FileRefused(f"it is {size} bytes, more than the {max_file_bytes} a file may have")
