@@ -35,7 +35,6 @@ import os
 import secrets
 import shutil
 import socket
-import stat
 import threading
 from collections import Counter, OrderedDict
 from collections.abc import Iterator
@@ -48,7 +47,19 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Generic, TypeVar
 import numpy as np
 
 from agent.errors import ModelError, one_line, quoted, warn_once
-from agent.files import CREATE_FLAGS, READ_FLAGS
+from agent.files import (
+    CREATE_FLAGS,
+    READ_FLAGS,
+    FileIsLink,
+    FileMissing,
+    FileNotRegular,
+    FileRefused,
+    FileTooLarge,
+    FileUnopenable,
+    open_regular,
+    open_regular_file,
+    read_regular_file,
+)
 from agent.nets.registry import LINE_NAMES, LINES, OUTPUT_NAMES
 from agent.nets.weights import (
     Shape,
@@ -85,6 +96,8 @@ _FIELDS = ("model_line", "version", "batches", "created", "weights_sha256", "inp
 _PUBLISH_ATTEMPTS = 100
 _HASH_CACHE_SIZE = 16
 _HOLDER_LIMIT = 4096
+_LOCK_FLAGS = READ_FLAGS | os.O_RDWR | os.O_CREAT
+"""Open the lock file for reading and writing, created when missing; never through a link."""
 """Bytes of a lock file read to say who holds it."""
 _ROOM_ERRORS = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG)
 
@@ -179,13 +192,13 @@ def read_manifest(folder: Path) -> Manifest:
     """
     path = folder / MANIFEST_FILE
     what = f"checkpoint {folder}"
-    with open_regular(path, what, missing="it is not a Charles checkpoint") as (stream, info):
-        size = info.st_size
-        if size > MANIFEST_LIMIT:
-            raise _bad_manifest(path, f"it is {size} bytes, far too big for a manifest")
-        raw = stream.read(MANIFEST_LIMIT + 1)
-    if len(raw) > MANIFEST_LIMIT:
-        raise _bad_manifest(path, "it is far too big for a manifest")
+    try:
+        raw = read_regular_file(path, MANIFEST_LIMIT)
+    except FileTooLarge as error:
+        size = "" if error.size is None else f"{error.size} bytes, "
+        raise _bad_manifest(path, f"it is {size}far too big for a manifest") from None
+    except FileRefused as error:
+        raise _refused(error, path, what, missing="it is not a Charles checkpoint") from None
     try:
         data = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
@@ -274,28 +287,31 @@ def _bad_manifest(path: Path, problem: str) -> ModelError:
 
 
 @contextmanager
-def open_regular(path: Path, what: str, missing: str) -> Iterator[tuple[BinaryIO, os.stat_result]]:
+def open_store_file(
+    path: Path, what: str, missing: str
+) -> Iterator[tuple[BinaryIO, os.stat_result]]:
     """Open `path` for reading without following a link or blocking on a FIFO.
 
     Yields the binary stream and its `fstat`; refuses anything but a regular file with a
     `ModelError` that starts with `what`; `missing` says what a missing file means.
     """
-    if not hasattr(os, "O_NOFOLLOW") and path.is_symlink():
-        raise _link_error(path, what)
     try:
-        fd = os.open(path, READ_FLAGS)
-    except FileNotFoundError:
-        raise ModelError(f"{what} has no {path.name}; {missing}") from None
-    except OSError as error:
-        if error.errno in (errno.ELOOP, errno.EMLINK) or path.is_symlink():
-            raise _link_error(path, what) from None
-        raise ModelError(f"{what}: cannot read {path.name} ({error.strerror})") from None
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode):
-        os.close(fd)
-        raise ModelError(f"{what}: {path.name} is not a regular file; republish it")
-    with os.fdopen(fd, "rb") as stream:
+        stream, info = open_regular_file(path)
+    except FileRefused as error:
+        raise _refused(error, path, what, missing) from None
+    with stream:
         yield stream, info
+
+
+def _refused(refusal: FileRefused, path: Path, what: str, missing: str) -> ModelError:
+    """`agent.files`' refusal to open `path` as a one-line `ModelError` starting with `what`."""
+    if isinstance(refusal, FileIsLink):
+        return _link_error(path, what)
+    if isinstance(refusal, FileMissing):
+        return ModelError(f"{what} has no {path.name}; {missing}")
+    if isinstance(refusal, FileNotRegular):
+        return ModelError(f"{what}: {path.name} is not a regular file; republish it")
+    return ModelError(f"{what}: cannot read {path.name} ({refusal.reason})")
 
 
 def _link_error(path: Path, what: str) -> ModelError:
@@ -354,7 +370,7 @@ def verify_weights(checkpoint: Checkpoint, parameters: int | None = None) -> _Fi
     manifest = checkpoint.manifest
     path = checkpoint.weights
     what = f"checkpoint {checkpoint.folder}"
-    with open_regular(path, what, missing="republish it or delete the folder") as (stream, info):
+    with open_store_file(path, what, missing="republish it or delete the folder") as (stream, info):
         size = info.st_size
         if manifest.weights_bytes is not None and size != manifest.weights_bytes:
             raise ModelError(
@@ -402,7 +418,7 @@ def verify_contents(checkpoint: Checkpoint) -> list[Shape]:
     """
     path = checkpoint.weights
     what = f"checkpoint {checkpoint.folder}"
-    with open_regular(path, what, missing="republish it or delete the folder") as (stream, info):
+    with open_store_file(path, what, missing="republish it or delete the folder") as (stream, info):
         key = _file_key(path, info)
         verdict = _content_cache.get(key)
         if verdict is None:
@@ -717,12 +733,13 @@ def _megabytes(count: int) -> str:
     return f"{count / 1e6:.1f} MB"
 
 
-def _not_writable(store: Path, error: OSError) -> ModelError:
-    if error.errno in _ROOM_ERRORS:
-        return ModelError(f"model store {store} is full ({error.strerror}); free some space there")
+def _not_writable(store: Path, error: OSError | ValueError) -> ModelError:
+    why = getattr(error, "strerror", None) or error  # ValueError: a NUL in the path
+    if getattr(error, "errno", None) in _ROOM_ERRORS:
+        return ModelError(f"model store {store} is full ({why}); free some space there")
     return ModelError(
         f"model store {store} is not a folder Charles can write to "
-        f"({one_line(error.strerror or error, 80)}); set model.store to a writable folder"
+        f"({one_line(why, 80)}); set model.store to a writable folder"
     )
 
 
@@ -896,26 +913,15 @@ class PublishingLock:
             raise
 
     def _open(self) -> int:
-        flags = (
-            os.O_RDWR
-            | os.O_CREAT
-            | getattr(os, "O_NOFOLLOW", 0)
-            | getattr(os, "O_NONBLOCK", 0)
-            | getattr(os, "O_CLOEXEC", 0)
-            | getattr(os, "O_BINARY", 0)
-        )
         what = f"model store {self.store}"
-        if not hasattr(os, "O_NOFOLLOW") and self.path.is_symlink():
-            raise _link_error(self.path, what)
         try:
-            fd = os.open(self.path, flags, 0o644)
-        except OSError as error:
-            if error.errno in (errno.ELOOP, errno.EMLINK) or self.path.is_symlink():
-                raise _link_error(self.path, what) from None
-            raise _not_writable(self.store, error) from None
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            raise ModelError(f"{what}: {self.path.name} is not a regular file; delete it")
+            fd, _ = open_regular(self.path, _LOCK_FLAGS, 0o644)
+        except FileIsLink:
+            raise _link_error(self.path, what) from None
+        except FileNotRegular:
+            raise ModelError(f"{what}: {self.path.name} is not a regular file; delete it") from None
+        except (FileMissing, FileUnopenable) as error:
+            raise _not_writable(self.store, error.error) from None
         return fd
 
     def _holder(self) -> str:
