@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.checkpoints.store import publish
+from agent.checkpoints.publish import publish
 from agent.config import SwapConfig
 from agent.drive.hotswap import HotSwap
 from agent.inference.predictor import Predictor

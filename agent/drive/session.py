@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from agent.capture import Grabber
+from agent.checkpoints.manifest import Checkpoint, version_number
 from agent.checkpoints.reference import checkpoint_to_drive
-from agent.checkpoints.store import Checkpoint, version_number
 from agent.checkpoints.watcher import Rejection
 from agent.config import Config, InferenceConfig
 from agent.controllers import open_controller
