@@ -21,7 +21,7 @@ from agent.checkpoints.resolve import latest, versions
 from agent.config import Config, DataConfig, ModelConfig, TrainConfig
 from agent.errors import CharlesError
 from agent.learn.schedule import WarmupSchedule
-from agent.learn.shards import ShardWriter
+from agent.learn.shard_writer import ShardWriter
 from agent.learn.trainer import Trainer
 from agent.nets.registry import get_line
 from agent.runtime.signals import Stop

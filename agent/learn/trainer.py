@@ -51,7 +51,8 @@ from agent.errors import CharlesError, ModelError
 from agent.learn.buffers import BufferSet
 from agent.learn.progress import TrainProgress
 from agent.learn.schedule import WarmupSchedule
-from agent.learn.shards import ShardError, ShardWatcher
+from agent.learn.shard_format import ShardError
+from agent.learn.shard_watcher import ShardWatcher
 from agent.learn.state import TrainerState
 from agent.nets.registry import OUTPUT_NAMES, ModelLine, get_line
 from agent.nets.runtime import require_tensorflow
