@@ -403,7 +403,7 @@ def _latest_shown(store: Path, line: str) -> str:
     """What "latest" drives for `line`: the store's newest intact version or, while the store
     has none, the reference checkpoint Charles ships."""
     from agent.checkpoints.reference import reference_checkpoint
-    from agent.checkpoints.store import latest
+    from agent.checkpoints.resolve import latest
     from agent.errors import ModelError
 
     try:
@@ -427,7 +427,8 @@ def _model_summary(args: argparse.Namespace, config: Config) -> int:
     line = get_line(config.model.line)
     checkpoint = None
     if args.checkpoint is not None:  # only when asked: the config's "latest" would load weights
-        from agent.checkpoints.store import load_into, resolve
+        from agent.checkpoints.load import load_into
+        from agent.checkpoints.resolve import resolve
 
         checkpoint = resolve(Path(config.model.store), line.name, config.model.checkpoint)
     model = line.build("none" if checkpoint else config.model.pretrained)

@@ -1,10 +1,12 @@
 """Files a user, a shared folder or another program may have planted something in.
 
-Reading: never through a symbolic link (O_NOFOLLOW), never waiting on a FIFO or a device (opened
-without blocking, then refused unless it is a regular file), never more than a stated size, so
-a planted link to /dev/zero costs nothing. Writing: a file is created new (O_CREAT | O_EXCL |
-O_NOFOLLOW: no link and no file that was there is ever written into) and put in place by a
-rename, which replaces a link or an old file at the name instead of writing through it.
+Reading: never through a symbolic link (O_NOFOLLOW; only a file the user names, like a config
+file, may be reached through one), never waiting on a FIFO or a device (opened without
+blocking, then refused unless it is a regular file), never more than a stated size, so a
+planted link to /dev/zero costs nothing; each refusal is a `FileRefused` the caller words.
+Writing: a file is created new (O_CREAT | O_EXCL | O_NOFOLLOW: no link and no file that was
+there is ever written into) and put in place by a rename, which replaces a link or an old file
+at the name instead of writing through it.
 """
 
 from __future__ import annotations
@@ -125,20 +127,71 @@ def write_new_file(names: Iterable[Path], data: bytes, mode: int = 0o666) -> Pat
 
 
 class FileRefused(Exception):
-    """Why a file is not read: the problem only; the caller names the file."""
+    """Why a file is not read: the problem only; the caller names the file.
+
+    Each refusal of `open_regular` and `read_regular_file` is one of the subclasses below, for
+    a caller that words each its own way (the model store, the config file); the others show
+    the problem as it is.
+    """
 
 
-def read_regular_file(path: Path, limit: int) -> bytes:
+class FileMissing(FileRefused):
+    """Nothing at the path (or, where links are followed, a link to nothing)."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__("it does not exist (deleted meanwhile?)")
+        self.error = error
+
+
+class FileIsLink(FileRefused):
+    """A symbolic link, which is never followed."""
+
+    def __init__(self) -> None:
+        super().__init__("it is a symbolic link, which Charles never follows")
+
+
+class FileNotRegular(FileRefused):
+    """A folder, FIFO, device or socket: never opened in a way that could wait."""
+
+    def __init__(self) -> None:
+        super().__init__("it is not a regular file")
+
+
+class FileTooLarge(FileRefused):
+    """More bytes than the reader takes."""
+
+    def __init__(self, size: int | None, limit: int) -> None:
+        if size is None:
+            super().__init__(f"it grew past the {limit} bytes it may have while being read")
+        else:
+            super().__init__(f"it is {size} bytes, more than the {limit} it may have")
+        self.size = size
+        """Bytes the file has; None when it grew past `limit` while being read."""
+        self.limit = limit
+
+
+class FileUnopenable(FileRefused):
+    """The system refused to open it (permissions, a NUL in the path, ...)."""
+
+    def __init__(self, error: OSError | ValueError) -> None:
+        # strerror leaves out the path, which the caller names (and may be long).
+        self.reason = (error.strerror if isinstance(error, OSError) else None) or str(error)
+        super().__init__(f"it cannot be opened ({self.reason})")
+        self.error = error
+
+
+def read_regular_file(path: Path, limit: int, *, follow_links: bool = False) -> bytes:
     """The whole content of the regular file `path`, of at most `limit` bytes.
 
-    `FileRefused` for a symbolic link (never followed), a FIFO, device or folder (never
-    opened in a way that could wait), a missing file and a file over `limit` bytes (also one
-    that grows past it while being read), so a planted link to /dev/zero costs nothing.
+    Refused (`FileRefused`, see `open_regular`) for a symbolic link, a FIFO, device or folder,
+    a missing file and a file over `limit` bytes (`FileTooLarge`, also for one that grows past
+    it while being read), so a planted link to /dev/zero costs nothing. An error while reading
+    is an `OSError`.
     """
-    stream, size = open_regular_file(path)
+    stream, info = open_regular_file(path, follow_links=follow_links)
     with stream:
-        if size > limit:
-            raise FileRefused(f"it is {size} bytes, more than the {limit} it may have")
+        if info.st_size > limit:
+            raise FileTooLarge(info.st_size, limit)
         chunks, total = [], 0
         while total <= limit:
             chunk = stream.read(min(_CHUNK_BYTES, limit + 1 - total))
@@ -147,27 +200,46 @@ def read_regular_file(path: Path, limit: int) -> bytes:
             chunks.append(chunk)
             total += len(chunk)
     if total > limit:
-        raise FileRefused(f"it grew past the {limit} bytes it may have while being read")
+        raise FileTooLarge(None, limit)
     return b"".join(chunks)
 
 
-def open_regular_file(path: Path) -> tuple[BinaryIO, int]:
-    """`path` opened for binary reading, and its size; FileRefused for anything but a file."""
-    if not hasattr(os, "O_NOFOLLOW") and path.is_symlink():
-        raise FileRefused("it is a symbolic link, which Charles never follows")
+def open_regular_file(path: Path, *, follow_links: bool = False) -> tuple[BinaryIO, os.stat_result]:
+    """`path` opened for binary reading (`open_regular` with READ_FLAGS), and its `fstat`."""
+    fd, info = open_regular(path, follow_links=follow_links)
+    return os.fdopen(fd, "rb"), info
+
+
+def open_regular(
+    path: Path, flags: int = READ_FLAGS, mode: int = 0o666, *, follow_links: bool = False
+) -> tuple[int, os.stat_result]:
+    """A descriptor of the regular file `path` opened with `flags`, and its `fstat`.
+
+    `flags` are READ_FLAGS or include them (O_NOFOLLOW, O_NONBLOCK), so the open itself
+    neither follows a link nor waits on a FIFO; `mode` is for flags that create the file.
+    Refused with `FileIsLink` for a symbolic link (`follow_links` follows it instead, for a
+    file the user names, like a config file), `FileNotRegular` for anything but a regular
+    file, `FileMissing` when nothing is there and `FileUnopenable` when the system says no.
+    """
+    if follow_links:
+        flags &= ~getattr(os, "O_NOFOLLOW", 0)
+    elif not hasattr(os, "O_NOFOLLOW") and path.is_symlink():
+        raise FileIsLink()
     try:
-        fd = os.open(path, READ_FLAGS)
-    except FileNotFoundError:
-        raise FileRefused("it does not exist (deleted meanwhile?)") from None
+        fd = os.open(path, flags, mode)
+    except FileNotFoundError as error:
+        raise FileMissing(error) from None
     except OSError as error:
-        if error.errno in (errno.ELOOP, errno.EMLINK) or path.is_symlink():
-            raise FileRefused("it is a symbolic link, which Charles never follows") from None
-        raise FileRefused(f"it cannot be opened ({error.strerror})") from None
+        if not follow_links and (error.errno in (errno.ELOOP, errno.EMLINK) or path.is_symlink()):
+            raise FileIsLink() from None
+        raise FileUnopenable(error) from None
+    except ValueError as error:  # a NUL in the path
+        raise FileUnopenable(error) from None
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode):
         os.close(fd)
-        raise FileRefused("it is not a regular file")
-    return os.fdopen(fd, "rb"), info.st_size
+        raise FileNotRegular()
+    return fd, info
 
 
 def fsync_path(path: Path) -> None:

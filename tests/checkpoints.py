@@ -14,7 +14,9 @@ import h5py
 import keras
 import numpy as np
 
-from agent.checkpoints.store import MANIFEST_FILE, WEIGHTS_FILE, Manifest, publish, sha256_of
+from agent.checkpoints.load import sha256_of
+from agent.checkpoints.manifest import MANIFEST_FILE, WEIGHTS_FILE, Manifest
+from agent.checkpoints.publish import publish
 from agent.nets.registry import get_line
 from tests.models import constant_driver
 

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.checkpoints.store import publish
+from agent.checkpoints.publish import publish
 from tests.conftest import REPO
 from tests.models import constant_driver
 

@@ -369,13 +369,13 @@ def test_a_copy_streams_into_the_buffers_in_small_pieces(
 ) -> None:
     """Frames are streamed a few rows at a time into the buffers (here 2 rows of 72 bytes a
     piece), keeping exactly the newest samples, each with its own labels."""
-    import agent.learn.shards as shards
+    from agent.learn import npz_reader
 
     big = _buffer_set(capacity=30, max_uses=2)
     big.add_shard(*_samples(range(25)), _sets(25, True, True))
     _ids(*big.buffers["steering"].draw(4))  # used once: still in the copy
     big.save(tmp_path)
-    monkeypatch.setattr(shards, "_CHUNK_BYTES", 150)
+    monkeypatch.setattr(npz_reader, "_CHUNK_BYTES", 150)
     small = _buffer_set(capacity=9, max_uses=2)
     assert small.load(tmp_path)
     assert Counter(_drain(small.buffers["throttle"], 100)) == dict.fromkeys(range(16, 25), 2)

@@ -16,7 +16,7 @@ def test_summary_prints_the_seed_numbers_for_model_0005(run_charles) -> None:
 
 
 def test_summary_loads_the_checkpoint_it_is_given(tmp_path, run_charles) -> None:
-    from agent.checkpoints.store import publish
+    from agent.checkpoints.publish import publish
     from agent.nets.registry import get_line
 
     store = tmp_path / "models"

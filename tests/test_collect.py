@@ -22,7 +22,7 @@ from agent.game.sim import HostedCarRacing
 from agent.game.stamp import draw_stamp, read_stamp
 from agent.inference.preprocess import preprocess
 from agent.learn.keylabels import KeyLabels
-from agent.learn.shards import ShardWatcher
+from agent.learn.shard_watcher import ShardWatcher
 from agent.types import ControllerState
 from tests.conftest import REPO, assert_one_line_error
 from tests.drives import free_udp_port

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
 import pytest
 
 from agent.files import (
+    READ_FLAGS,
+    FileIsLink,
+    FileMissing,
+    FileNotRegular,
     FileRefused,
+    FileTooLarge,
+    FileUnopenable,
     create_first_free,
     free_names,
     numbered,
+    open_regular,
     read_regular_file,
     write_atomically,
     write_new_file,
@@ -25,8 +33,9 @@ def test_a_regular_file_is_read_whole_up_to_its_limit(tmp_path: Path) -> None:
     data = bytes(range(256)) * (3 * MiB // 256 + 7)  # several read chunks, not a round size
     path.write_bytes(data)
     assert read_regular_file(path, len(data)) == data  # exactly at the limit
-    with pytest.raises(FileRefused, match=f"it is {len(data)} bytes, more than the"):
+    with pytest.raises(FileTooLarge, match=f"it is {len(data)} bytes, more than the") as caught:
         read_regular_file(path, len(data) - 1)
+    assert (caught.value.size, caught.value.limit) == (len(data), len(data) - 1)
     assert read_regular_file(tmp_path / "list.txt", 4 * MiB) == data
 
 
@@ -39,18 +48,53 @@ def test_links_fifos_folders_and_missing_files_are_refused_without_waiting(
     (tmp_path / "to-zero").symlink_to("/dev/zero")
     os.mkfifo(tmp_path / "fifo")  # nobody writes it: opening it to read would block
     (tmp_path / "folder").mkdir()
-    cases = {
-        "link": "symbolic link",
-        "to-zero": "symbolic link",
-        "fifo": "not a regular file",
-        "folder": "not a regular file",
-        "missing": "does not exist",
+    cases: dict[str, tuple[type[FileRefused], str]] = {
+        "link": (FileIsLink, "symbolic link"),
+        "to-zero": (FileIsLink, "symbolic link"),
+        "fifo": (FileNotRegular, "not a regular file"),
+        "folder": (FileNotRegular, "not a regular file"),
+        "missing": (FileMissing, "does not exist"),
     }
-    for name, reason in cases.items():
-        with pytest.raises(FileRefused, match=reason):
+    for name, (refusal, reason) in cases.items():
+        with pytest.raises(refusal, match=reason):
             read_regular_file(tmp_path / name, MiB)
-    with pytest.raises(FileRefused, match="not a regular file"):
+    with pytest.raises(FileNotRegular, match="not a regular file"):
         read_regular_file(Path("/dev/zero"), MiB)
+    with pytest.raises(FileUnopenable, match="cannot be opened") as caught:
+        read_regular_file(Path("a\0b"), MiB)  # a NUL in the path: ValueError from the OS layer
+    assert caught.value.reason == "embedded null byte"
+
+
+def test_a_file_the_user_names_may_be_reached_through_a_link(tmp_path: Path) -> None:
+    target = tmp_path / "config.toml"
+    target.write_bytes(b"[capture]\n")
+    (tmp_path / "link.toml").symlink_to(target)
+    (tmp_path / "dangling.toml").symlink_to(tmp_path / "nowhere.toml")
+    (tmp_path / "to-zero").symlink_to("/dev/zero")
+    assert read_regular_file(tmp_path / "link.toml", MiB, follow_links=True) == b"[capture]\n"
+    with pytest.raises(FileMissing):
+        read_regular_file(tmp_path / "dangling.toml", MiB, follow_links=True)
+    with pytest.raises(FileNotRegular):  # what the link leads to must still be a file
+        read_regular_file(tmp_path / "to-zero", MiB, follow_links=True)
+
+
+def test_a_file_opened_to_write_is_refused_like_one_to_read(tmp_path: Path) -> None:
+    flags = READ_FLAGS | os.O_RDWR | os.O_CREAT
+    fd, info = open_regular(tmp_path / "new.lock", flags, 0o600)  # created
+    os.close(fd)
+    assert info.st_size == 0 and (tmp_path / "new.lock").is_file()
+    (tmp_path / "link.lock").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(FileIsLink):
+        open_regular(tmp_path / "link.lock", flags)
+    assert not (tmp_path / "nowhere").exists()  # never created through the link
+    (tmp_path / "folder.lock").mkdir()
+    with pytest.raises((FileNotRegular, FileUnopenable)):  # EISDIR on Linux
+        open_regular(tmp_path / "folder.lock", flags)
+    with pytest.raises(FileUnopenable, match="Not a directory") as caught:
+        open_regular(tmp_path / "new.lock" / "inside.lock", flags)
+    assert caught.value.error.errno == errno.ENOTDIR
+    with pytest.raises(FileMissing):
+        open_regular(tmp_path / "no-folder" / "new.lock", flags)
 
 
 def test_writing_replaces_a_link_or_file_and_never_writes_through(tmp_path: Path) -> None:

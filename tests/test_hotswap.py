@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.checkpoints.store import WEIGHTS_FILE, publish
+from agent.checkpoints.manifest import WEIGHTS_FILE
+from agent.checkpoints.publish import publish
 from agent.checkpoints.watcher import SETTLE_SECONDS, CheckpointWatcher
 from agent.config import SwapConfig
 from agent.drive.hotswap import HotSwap

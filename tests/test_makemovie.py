@@ -25,7 +25,7 @@ from agent.learn.makemovie import (
     make_movie,
     run,
 )
-from agent.learn.shards import ShardWriter
+from agent.learn.shard_writer import ShardWriter
 from agent.record import draw
 from tests.drives import publish_constant_driver
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 import agent.inference.onnx_backend as onnx_backend
-from agent.checkpoints.store import checkpoint_in, publish
+from agent.checkpoints.publish import publish
+from agent.checkpoints.resolve import checkpoint_in
 from agent.config import InferenceConfig, SwapConfig
 from agent.drive.hotswap import HotSwap
 from agent.errors import ModelError

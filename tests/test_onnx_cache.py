@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 
 import agent.inference.onnx_backend as backend
+from agent.checkpoints.load import load_into
+from agent.checkpoints.manifest import Checkpoint
 from agent.checkpoints.reference import reference_checkpoint
-from agent.checkpoints.store import Checkpoint, checkpoint_in, load_into
+from agent.checkpoints.resolve import checkpoint_in
 from agent.config import InferenceConfig
 from agent.inference.predictor import Predictor
 from agent.nets.registry import get_line

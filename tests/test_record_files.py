@@ -20,7 +20,7 @@ import pytest
 from agent.config import Config, DataConfig, ModelConfig, RecordConfig
 from agent.errors import CharlesError
 from agent.learn.makemovie import make_movie
-from agent.learn.shards import ShardWriter
+from agent.learn.shard_writer import ShardWriter
 from agent.record.hud import Status
 from agent.record.recorder import Recorder, check_before_driving
 from agent.record.writer import RecordingError, VideoOutput, VideoWriter

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
+from agent.checkpoints.load import load_into, sha256_of
+from agent.checkpoints.manifest import WEIGHTS_FILE
+from agent.checkpoints.publish import publish
 from agent.checkpoints.reference import REFERENCE_ROOT, checkpoint_to_drive, reference_checkpoint
-from agent.checkpoints.store import WEIGHTS_FILE, load_into, publish, sha256_of
 from agent.config import Config, ModelConfig
 from agent.nets.registry import get_line
 

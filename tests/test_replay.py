@@ -20,7 +20,7 @@ from agent.config import ControllerConfig
 from agent.drive.control import ControlMapper
 from agent.drive.replay import replay
 from agent.inference.predictor import Predictor
-from agent.learn.shards import read_shard
+from agent.learn.shard_format import read_shard
 from agent.nets.registry import get_line
 
 DATA = Path(__file__).parent / "replay"

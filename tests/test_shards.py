@@ -13,15 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import agent.learn.shards as shards
-from agent.learn.shards import (
-    SHARD_PREFIX,
-    SHARD_SUFFIX,
-    ShardError,
-    ShardWatcher,
-    ShardWriter,
-    read_shard,
-)
+from agent.learn import shard_format, shard_watcher, shard_writer
+from agent.learn.shard_format import SHARD_PREFIX, SHARD_SUFFIX, Shard, ShardError, read_shard
+from agent.learn.shard_watcher import ShardWatcher
+from agent.learn.shard_writer import ShardWriter
 from agent.nets.registry import OUTPUT_NAMES
 
 SHAPE = (4, 6, 3)
@@ -138,7 +133,7 @@ def test_meta_and_file_layout(tmp_path: Path) -> None:
 def test_names_are_unique_for_writers_in_the_same_millisecond(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(shards, "_unix_millis", lambda: 1_700_000_000_000)
+    monkeypatch.setattr(shard_writer, "_unix_millis", lambda: 1_700_000_000_000)
     first = ShardWriter(tmp_path, "a", SHAPE, samples_per_shard=1)
     second = ShardWriter(tmp_path, "b", SHAPE, samples_per_shard=1)
     for i in range(3):
@@ -153,8 +148,8 @@ def test_names_are_unique_for_writers_in_the_same_millisecond(
 
 
 def test_host_names_are_sanitized(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(shards.socket, "gethostname", lambda: "my host/../ü:1")
-    assert re.fullmatch(r"[A-Za-z0-9_.-]+", shards._host_name())
+    monkeypatch.setattr(shard_writer.socket, "gethostname", lambda: "my host/../ü:1")
+    assert re.fullmatch(r"[A-Za-z0-9_.-]+", shard_writer._host_name())
 
 
 @pytest.mark.parametrize(
@@ -281,7 +276,7 @@ def test_bad_shards_are_skipped_once_each_and_good_ones_load(
     (folder / "histogram-host-1.png").write_bytes(b"")
 
     watcher = ShardWatcher(folder, SHAPE)
-    with caplog.at_level(logging.WARNING, logger="agent.learn.shards"):
+    with caplog.at_level(logging.WARNING, logger="agent.learn.shard_watcher"):
         loaded = watcher.poll()
         again = watcher.poll()
     assert sorted(s.path.name for s in loaded) == sorted(p.name for p in good)
@@ -350,14 +345,14 @@ def test_pickled_objects_are_never_loaded(tmp_path: Path) -> None:
 
 def test_size_limits_refuse_before_reading(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (path,) = _write(tmp_path, range(5))
-    monkeypatch.setattr(shards, "MAX_SHARD_BYTES", path.stat().st_size - 1)
+    monkeypatch.setattr(shard_format, "MAX_SHARD_BYTES", path.stat().st_size - 1)
     with pytest.raises(ShardError, match="bytes, more than"):
         read_shard(path, SHAPE)
     # Compressed zeros: a small file whose arrays unpack to far more than the limit.
     zeros = tmp_path / "shard-zeros.npz"
     np.savez_compressed(zeros, **_shard_arrays(n=20_000))
-    monkeypatch.setattr(shards, "MAX_SHARD_BYTES", 10**9)
-    monkeypatch.setattr(shards, "MAX_SHARD_DATA_BYTES", 200_000)
+    monkeypatch.setattr(shard_format, "MAX_SHARD_BYTES", 10**9)
+    monkeypatch.setattr(shard_format, "MAX_SHARD_DATA_BYTES", 200_000)
     assert zeros.stat().st_size < 200_000
     with pytest.raises(ShardError, match="unpack to"):
         read_shard(zeros, SHAPE)
@@ -391,14 +386,14 @@ def test_watcher_ignores_a_shard_deleted_before_it_was_read(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     paths = _write(tmp_path, range(10), per_shard=5)
-    real = shards.read_shard
+    real = shard_watcher.read_shard
 
-    def delete_first(path: Path, input_shape: tuple[int, int, int]) -> shards.Shard:
+    def delete_first(path: Path, input_shape: tuple[int, int, int]) -> Shard:
         if path == paths[0]:
             path.unlink()
         return real(path, input_shape)
 
-    monkeypatch.setattr(shards, "read_shard", delete_first)
+    monkeypatch.setattr(shard_watcher, "read_shard", delete_first)
     watcher = ShardWatcher(tmp_path, SHAPE)
     with caplog.at_level(logging.WARNING):
         assert [s.path for s in watcher.poll()] == paths[1:]
@@ -437,7 +432,7 @@ def test_data_folder_that_cannot_be_listed_is_named(
     def refuse(path: object) -> object:
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(shards.os, "scandir", refuse)
+    monkeypatch.setattr(shard_watcher.os, "scandir", refuse)
     with pytest.raises(ShardError, match=r"cannot be listed \(Permission denied\)") as caught:
         ShardWatcher(tmp_path, SHAPE).poll()
     assert str(tmp_path) in str(caught.value)

@@ -24,11 +24,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import agent.learn.shards as shards
 from agent import files
 from agent.config import load_config
 from agent.files import write_atomically
-from agent.learn.shards import ShardError, ShardWriter, read_shard
+from agent.learn import shard_format
+from agent.learn.shard_format import ShardError, read_shard
+from agent.learn.shard_writer import ShardWriter
 from agent.learn.sink import SampleSink
 from tests.conftest import REPO
 
@@ -234,7 +235,7 @@ _POLL = """
 import logging, sys
 from pathlib import Path
 logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-from agent.learn.shards import ShardWatcher
+from agent.learn.shard_watcher import ShardWatcher
 watcher = ShardWatcher(Path(sys.argv[1]), (90, 160, 3))
 _start_measuring()
 shards = watcher.poll()
@@ -322,8 +323,10 @@ def test_a_writer_splits_its_samples_so_no_shard_outgrows_the_limit(
 ) -> None:
     shape = (4, 6, 3)
     per_sample = 72 + 4 * 3 + 8 + 2  # frame, three float32 labels, time, two set flags
-    monkeypatch.setattr(shards, "MAX_SHARD_DATA_BYTES", shards._SHARD_OVERHEAD + 10 * per_sample)
-    assert shards.shard_samples_limit(shape) == 10
+    monkeypatch.setattr(
+        shard_format, "MAX_SHARD_DATA_BYTES", shard_format._SHARD_OVERHEAD + 10 * per_sample
+    )
+    assert shard_format.shard_samples_limit(shape) == 10
     writer = ShardWriter(tmp_path, "autopilot", shape, samples_per_shard=25)
     for index in range(25):
         writer.add(np.full(shape, index, np.uint8), 0.0, 0.0, 0.0, 1.7e9, (True, True))

@@ -15,21 +15,18 @@ import keras
 import numpy as np
 import pytest
 
-import agent.checkpoints.store
-from agent.checkpoints.store import (
+import agent.checkpoints.load
+import agent.checkpoints.publish
+from agent.checkpoints.load import load_into, sha256_of
+from agent.checkpoints.manifest import (
     MANIFEST_FILE,
     WEIGHTS_FILE,
     Checkpoint,
-    latest,
-    load_into,
-    prune,
-    publish,
     read_manifest,
-    resolve,
-    sha256_of,
     version_number,
-    versions,
 )
+from agent.checkpoints.publish import prune, publish
+from agent.checkpoints.resolve import latest, resolve, versions
 from agent.errors import ModelError
 from agent.inference.predictor import Predictor
 from agent.nets.registry import get_line
@@ -353,12 +350,9 @@ def test_weights_are_hashed_once_per_process_while_unchanged(
     store: Path, small: keras.Model, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     hashed: list[str] = []
-    real = getattr(agent.checkpoints.store, "_hash_stream", None)
+    real = agent.checkpoints.load._hash_stream
     monkeypatch.setattr(
-        agent.checkpoints.store,
-        "_hash_stream",
-        lambda s: hashed.append(s.name) or real(s),
-        raising=False,
+        agent.checkpoints.load, "_hash_stream", lambda s: hashed.append(s.name) or real(s)
     )
     checkpoint = latest(store, LINE)
     load_into(small, checkpoint, LINE)
@@ -380,9 +374,7 @@ def test_absurd_weights_files_are_refused_before_hashing(
         stream.truncate(64 << 20)  # sparse: costs no disk
     reseal(checkpoint.folder)
     checkpoint = versions(store, LINE)[0]
-    monkeypatch.setattr(
-        agent.checkpoints.store, "_hash_stream", lambda _: pytest.fail("hashed"), raising=False
-    )
+    monkeypatch.setattr(agent.checkpoints.load, "_hash_stream", lambda _: pytest.fail("hashed"))
     message = one_line_error(lambda: load_into(small, checkpoint, LINE))
     assert "far more than a weights file can be for a 475390-parameter network" in message
 
@@ -412,7 +404,7 @@ def test_publish_writes_under_a_temporary_name_then_renames(
     tmp_path: Path, small: keras.Model, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     final = tmp_path / LINE / "v0001"
-    real = agent.checkpoints.store._write_new_file
+    real = agent.checkpoints.publish._write_new_file
     written: list[Path] = []
 
     def write_new_file(path: Path, data: bytes) -> None:
@@ -420,7 +412,7 @@ def test_publish_writes_under_a_temporary_name_then_renames(
         written.append(Path(path))
         real(path, data)
 
-    monkeypatch.setattr(agent.checkpoints.store, "_write_new_file", write_new_file)
+    monkeypatch.setattr(agent.checkpoints.publish, "_write_new_file", write_new_file)
     checkpoint = publish(small, tmp_path, LINE, batches=0)
     assert checkpoint.folder == final
     assert [p.name for p in written] == [WEIGHTS_FILE, MANIFEST_FILE]
@@ -433,14 +425,14 @@ def test_concurrent_publishes_each_get_their_own_version(
 ) -> None:
     # Both publishers are writing their weights at once, so both saw the same versions on disk.
     together = threading.Barrier(2, timeout=30)
-    real = agent.checkpoints.store._write_new_file
+    real = agent.checkpoints.publish._write_new_file
 
     def write_new_file(path: Path, data: bytes) -> None:
         if path.name == WEIGHTS_FILE:
             together.wait()
         real(path, data)
 
-    monkeypatch.setattr(agent.checkpoints.store, "_write_new_file", write_new_file)
+    monkeypatch.setattr(agent.checkpoints.publish, "_write_new_file", write_new_file)
     results: list[Checkpoint | BaseException] = []
 
     def publish_one(batches: int) -> None:
@@ -467,12 +459,12 @@ def test_a_publish_that_loses_the_race_takes_the_next_number(
     # Another publisher renames v0001 into place between our look and our rename.
     first = versions(store, LINE)[0]
     before = (first.folder / MANIFEST_FILE).read_bytes(), first.weights.read_bytes()
-    real_next = agent.checkpoints.store._next_number
+    real_next = agent.checkpoints.publish._next_number
     calls = iter([1])
     monkeypatch.setattr(
-        agent.checkpoints.store, "_next_number", lambda root: next(calls, None) or real_next(root)
+        agent.checkpoints.publish, "_next_number", lambda root: next(calls, None) or real_next(root)
     )
-    monkeypatch.setattr(agent.checkpoints.store.os.path, "lexists", lambda _: False)
+    monkeypatch.setattr(agent.checkpoints.publish.os.path, "lexists", lambda _: False)
     checkpoint = publish(small, store, LINE, batches=2)
     monkeypatch.undo()
     assert checkpoint.manifest.version == "v0002" == checkpoint.folder.name
@@ -501,7 +493,7 @@ def test_publish_saves_the_network_only_and_refuses_nan(tmp_path: Path, small: k
 
 
 def test_prune_keeps_the_newest_versions_and_never_fewer_than_two(tmp_path: Path) -> None:
-    from agent.checkpoints.store import PRUNED_PREFIX
+    from agent.checkpoints.publish import PRUNED_PREFIX
     from tests.checkpoints import LINE as DRIVER_LINE
     from tests.checkpoints import publish_driver
 

@@ -3,7 +3,7 @@
 Every way a version can be damaged while its manifest still looks right (issue 17, item 15):
 weights that are not finite, arrays of the wrong shape, missing or extra arrays, a file that is
 not HDF5, and the checks the store always made (manifest, size, SHA-256). Each is met the way a
-start meets it: `store.latest` (what `charles train` and `charles model list` ask),
+start meets it: `resolve.latest` (what `charles train` and `charles model list` ask),
 `checkpoint_to_drive` (what `charles drive` asks) and a real `charles model list`.
 """
 
@@ -19,9 +19,12 @@ import h5py
 import numpy as np
 import pytest
 
-import agent.checkpoints.store
+import agent.checkpoints.load
+from agent.checkpoints.load import sha256_of
+from agent.checkpoints.manifest import MANIFEST_FILE, WEIGHTS_FILE
+from agent.checkpoints.publish import publish
 from agent.checkpoints.reference import checkpoint_to_drive
-from agent.checkpoints.store import MANIFEST_FILE, WEIGHTS_FILE, latest, publish, sha256_of
+from agent.checkpoints.resolve import latest
 from agent.config import Config, ModelConfig
 from agent.errors import ModelError
 from agent.inference.predictor import Predictor
@@ -182,9 +185,9 @@ def test_the_content_check_reads_a_file_once_while_it_is_unchanged(
 ) -> None:
     """model_0005's weights are 226 MB: a start must not read them again for every look."""
     read: list[str] = []
-    real = agent.checkpoints.store.finite_array_shapes
+    real = agent.checkpoints.load.finite_array_shapes
     monkeypatch.setattr(
-        agent.checkpoints.store,
+        agent.checkpoints.load,
         "finite_array_shapes",
         lambda s, what: read.append(what) or real(s, what),
     )

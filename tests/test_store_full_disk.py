@@ -15,8 +15,12 @@ from pathlib import Path
 
 import pytest
 
-import agent.checkpoints.store
-from agent.checkpoints.store import Checkpoint, load_into, publish, versions
+import agent.checkpoints.publish
+import agent.checkpoints.publishing_lock
+from agent.checkpoints.load import load_into
+from agent.checkpoints.manifest import Checkpoint
+from agent.checkpoints.publish import publish
+from agent.checkpoints.resolve import versions
 from agent.errors import ModelError
 from agent.learn.trainer import Trainer
 from agent.nets.registry import get_line
@@ -38,7 +42,7 @@ def assert_intact(store: Path, expected: list[str]) -> list[Checkpoint]:
     for checkpoint in found:
         load_into(get_line(LINE).build("none"), checkpoint, LINE)
     hidden = [p.name for p in (store / LINE).iterdir() if p.name.startswith(".")]
-    assert set(hidden) <= {agent.checkpoints.store.LOCK_FILE}, (
+    assert set(hidden) <= {agent.checkpoints.publishing_lock.LOCK_FILE}, (
         hidden
     )  # no staging folder left behind
     return found
@@ -80,9 +84,7 @@ def test_a_publish_onto_a_full_disk_leaves_the_versions_as_they_were(
         publish(model, store, LINE, batches=2)
         free = free_bytes(disk)
         if not checked:  # past the check: the kernel's ENOSPC in the middle of the weights
-            monkeypatch.setattr(
-                agent.checkpoints.store, "require_room", lambda *_: None, raising=False
-            )
+            monkeypatch.setattr(agent.checkpoints.publish, "require_room", lambda *_: None)
         with pytest.raises(ModelError) as caught:
             publish(model, store, LINE, batches=3)
         message = str(caught.value)

@@ -15,11 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.checkpoints.store import latest, publish, verify_weights, versions
+from agent.checkpoints.load import verify_weights
+from agent.checkpoints.publish import publish
+from agent.checkpoints.resolve import latest, versions
 from agent.config import Config, DataConfig, ModelConfig, TrainConfig
 from agent.errors import CharlesError
 from agent.learn.schedule import WarmupSchedule
-from agent.learn.shards import ShardWriter
+from agent.learn.shard_writer import ShardWriter
 from agent.learn.trainer import Trainer
 from agent.nets.registry import get_line
 from agent.runtime.signals import Stop
@@ -108,7 +110,7 @@ def test_start_from_reference_fine_tunes_the_shipped_checkpoint(tmp_path: Path) 
     tuned = Trainer(small_config(tmp_path, start_from="reference"), _default_strategy(), Stop())
     assert tuned.batches == shipped.manifest.batches
     reference = get_line("pilotnet_small").build("none")
-    from agent.checkpoints.store import load_into
+    from agent.checkpoints.load import load_into
 
     load_into(reference, shipped, "pilotnet_small")
     expected = [float(np.asarray(o)[0, 0]) for o in reference(frame, training=False)]

@@ -18,8 +18,10 @@ import h5py
 import numpy as np
 import pytest
 
-import agent.checkpoints.store
-from agent.checkpoints.store import WEIGHTS_FILE, latest, publish, versions
+import agent.checkpoints.publishing_lock
+from agent.checkpoints.manifest import WEIGHTS_FILE
+from agent.checkpoints.publish import publish
+from agent.checkpoints.resolve import latest, versions
 from agent.config import Config
 from agent.errors import CharlesError, ModelError
 from agent.learn.trainer import Trainer, run_train
@@ -95,7 +97,7 @@ def test_a_second_trainer_is_refused_in_one_line_and_kill_9_frees_the_lock(tmp_p
         first.send_signal(signal.SIGKILL)
         first.wait()
     # kill -9 left the lock file behind, but not the lock: the kernel released it.
-    assert (tmp_path / "models" / LINE / agent.checkpoints.store.LOCK_FILE).is_file()
+    assert (tmp_path / "models" / LINE / agent.checkpoints.publishing_lock.LOCK_FILE).is_file()
     third = run_charles_process(
         "train", "--config", config, "--batches", "2", cwd=tmp_path, env=ENV
     )
@@ -109,7 +111,7 @@ def test_cluster_workers_leave_the_lock_to_their_chief(
 ) -> None:
     """Only the chief of a multi-worker cluster publishes, so only it holds the lock: its
     workers start beside it; any other trainer of the line is refused."""
-    from agent.checkpoints.store import PublishingLock
+    from agent.checkpoints.publishing_lock import PublishingLock
 
     write_shards(tmp_path / "data", 100)
     config = small_config(tmp_path)
@@ -129,13 +131,13 @@ def test_cluster_workers_leave_the_lock_to_their_chief(
 
 
 def test_the_lock_file_is_never_reached_through_a_link(tmp_path: Path) -> None:
-    from agent.checkpoints.store import PublishingLock
+    from agent.checkpoints.publishing_lock import PublishingLock
 
     target = tmp_path / "someone-elses-file"
     target.write_text("precious")
     root = tmp_path / "models" / LINE
     root.mkdir(parents=True)
-    (root / agent.checkpoints.store.LOCK_FILE).symlink_to(target)
+    (root / agent.checkpoints.publishing_lock.LOCK_FILE).symlink_to(target)
     with pytest.raises(ModelError, match="symbolic link") as caught:
         PublishingLock(tmp_path / "models", LINE)
     assert "\n" not in str(caught.value)
@@ -147,7 +149,7 @@ def test_the_lock_file_is_never_reached_through_a_link(tmp_path: Path) -> None:
 _KILLED_MID_PUBLISH = """
 import os, sys
 from pathlib import Path
-import agent.checkpoints.store
+import agent.checkpoints.publish
 from tests.models import constant_driver
 
 real_rename = os.rename
@@ -159,8 +161,8 @@ def stuck(source, target, *args, **kwargs):
         sys.stdin.read()
     return real_rename(source, target, *args, **kwargs)
 
-agent.checkpoints.store.os.rename = stuck
-agent.checkpoints.store.publish(constant_driver(0.1, 0.1), Path(sys.argv[1]), "pilotnet_small", 5)
+agent.checkpoints.publish.os.rename = stuck
+agent.checkpoints.publish.publish(constant_driver(0.1, 0.1), Path(sys.argv[1]), "pilotnet_small", 5)
 """
 
 
@@ -195,7 +197,7 @@ def test_leftovers_of_killed_publishes_are_removed_at_the_next_start(tmp_path: P
     assert summary.published == ["v0002"]
     hidden = sorted(p.name for p in root.iterdir() if p.name.startswith("."))
     assert [name for name in hidden if name.startswith((".staging-", ".pruned-"))] == []
-    assert hidden == [".keep", agent.checkpoints.store.LOCK_FILE, ".writing-v0007"]
+    assert hidden == [".keep", agent.checkpoints.publishing_lock.LOCK_FILE, ".writing-v0007"]
     assert (outside / "precious").is_dir()  # the link was removed, never followed
     assert [c.manifest.version for c in versions(store, LINE)] == ["v0001", "v0002"]
 

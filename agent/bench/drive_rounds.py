@@ -129,8 +129,8 @@ def _forwarded(args: argparse.Namespace) -> list[str]:
 def _publish_fresh_weights(store: Path, lines: Sequence[str], flags: Sequence[str]) -> None:
     """Fresh weights, once, for each line without a shipped checkpoint that `lines` or any of
     `flags` names (--model LINE, --set model.line=LINE)."""
+    from agent.checkpoints.publish import publish
     from agent.checkpoints.reference import reference_checkpoint
-    from agent.checkpoints.store import publish
     from agent.nets.registry import LINE_NAMES, get_line
 
     for name in LINE_NAMES:

@@ -26,7 +26,8 @@ from typing import Any
 
 from agent.bench.rounds import median
 from agent.bench.workfolder import charles_command, set_flags, write_config
-from agent.checkpoints.store import MANIFEST_FILE, publish
+from agent.checkpoints.manifest import MANIFEST_FILE
+from agent.checkpoints.publish import publish
 from agent.config import Config
 from agent.errors import CharlesError, require_positive
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.checkpoints.store import Checkpoint, read_manifest, resolve
+from agent.checkpoints.manifest import Checkpoint, read_manifest
+from agent.checkpoints.resolve import resolve
 from agent.config import Config
 from agent.nets.runtime import configure_threads
 

@@ -18,13 +18,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.checkpoints.store import (
-    MANIFEST_FILE,
-    WEIGHTS_FILE,
-    Checkpoint,
-    checkpoint_in,
-    version_number,
-)
+from agent.checkpoints.manifest import MANIFEST_FILE, WEIGHTS_FILE, Checkpoint, version_number
+from agent.checkpoints.resolve import checkpoint_in
 from agent.errors import ModelError
 from agent.runtime.clock import SYSTEM_CLOCK, Clock
 

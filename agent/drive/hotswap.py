@@ -36,7 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.checkpoints.store import Checkpoint, load_into
+from agent.checkpoints.load import load_into
+from agent.checkpoints.manifest import Checkpoint
 from agent.checkpoints.watcher import Candidate, CheckpointWatcher, Rejection
 from agent.config import SwapConfig
 from agent.errors import ModelError, one_line

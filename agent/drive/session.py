@@ -22,8 +22,8 @@ from typing import Any
 
 from agent.capture import Grabber
 from agent.capture.window import GameWindow
+from agent.checkpoints.manifest import Checkpoint, version_number
 from agent.checkpoints.reference import checkpoint_to_drive
-from agent.checkpoints.store import Checkpoint, version_number
 from agent.config import Config, InferenceConfig
 from agent.controllers import Controller, open_controller
 from agent.drive.console import RateMeter, render

@@ -50,7 +50,7 @@ from agent.files import CREATE_FLAGS, READ_FLAGS
 if TYPE_CHECKING:
     import keras
 
-    from agent.checkpoints.store import Checkpoint
+    from agent.checkpoints.manifest import Checkpoint
     from agent.config import InferenceConfig
 
 log = logging.getLogger(__name__)

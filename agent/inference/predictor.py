@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from agent.checkpoints.store import Checkpoint, load_into
+from agent.checkpoints.load import load_into
+from agent.checkpoints.manifest import Checkpoint
 from agent.config import InferenceConfig
 from agent.errors import DependencyError
 from agent.nets.registry import ModelLine, get_line

@@ -31,7 +31,7 @@ import numpy as np
 
 from agent.errors import one_line, quoted
 from agent.files import FileRefused, write_atomically
-from agent.learn.shards import NpzArchive, open_npz
+from agent.learn.npz_reader import NpzArchive, open_npz
 from agent.nets.registry import OUTPUT_NAMES
 
 log = logging.getLogger(__name__)

@@ -31,7 +31,8 @@ import numpy as np
 from agent.config import Config
 from agent.errors import CharlesError
 from agent.files import free_names
-from agent.learn.shards import ShardWatcher, read_shard
+from agent.learn.shard_format import read_shard
+from agent.learn.shard_watcher import ShardWatcher
 from agent.nets.registry import get_line
 from agent.record import draw
 from agent.record.writer import (

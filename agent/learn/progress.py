@@ -9,7 +9,7 @@ from pathlib import Path
 
 from agent.config import TrainConfig
 from agent.learn.buffers import BufferSet
-from agent.learn.shards import ShardWatcher
+from agent.learn.shard_watcher import ShardWatcher
 from agent.nets.runtime import require_tensorflow
 
 log = logging.getLogger("agent.learn.trainer")

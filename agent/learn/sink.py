@@ -20,7 +20,8 @@ import numpy as np
 
 from agent.config import Config
 from agent.learn.balance import Balancer, write_histogram_png
-from agent.learn.shards import ShardError, ShardWriter, cannot_write
+from agent.learn.shard_format import ShardError
+from agent.learn.shard_writer import ShardWriter, cannot_write
 from agent.nets.registry import OUTPUT_NAMES
 
 log = logging.getLogger("agent.learn.collect")

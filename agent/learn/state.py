@@ -28,7 +28,8 @@ import numpy as np
 from agent.errors import one_line
 from agent.files import FileRefused, read_regular_file, write_atomically
 from agent.learn.buffers import BufferSet
-from agent.learn.shards import is_shard_name, open_npz
+from agent.learn.npz_reader import open_npz
+from agent.learn.shard_format import is_shard_name
 
 log = logging.getLogger(__name__)
 

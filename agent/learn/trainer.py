@@ -35,23 +35,24 @@ from typing import Any
 
 import numpy as np
 
-from agent.checkpoints.reference import reference_checkpoint
-from agent.checkpoints.store import (
-    PublishingLock,
-    latest,
+from agent.checkpoints.load import load_into
+from agent.checkpoints.publish import (
     line_folder,
-    load_into,
     prune,
     publish,
     require_room,
     weights_bytes_estimate,
 )
+from agent.checkpoints.publishing_lock import PublishingLock
+from agent.checkpoints.reference import reference_checkpoint
+from agent.checkpoints.resolve import latest
 from agent.config import Config, TrainConfig
 from agent.errors import CharlesError, ModelError
 from agent.learn.buffers import BufferSet
 from agent.learn.progress import TrainProgress
 from agent.learn.schedule import WarmupSchedule
-from agent.learn.shards import ShardError, ShardWatcher
+from agent.learn.shard_format import ShardError
+from agent.learn.shard_watcher import ShardWatcher
 from agent.learn.state import TrainerState
 from agent.nets.registry import OUTPUT_NAMES, ModelLine, get_line
 from agent.nets.runtime import require_tensorflow

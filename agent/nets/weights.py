@@ -118,7 +118,7 @@ def finite_array_shapes(source: BinaryIO, what: str) -> list[Shape]:
     `read_arrays` does, that it is readable, self-contained and all finite (no digests).
 
     For a look at a checkpoint before anything is built to load it into
-    (`agent.checkpoints.store.latest`).
+    (`agent.checkpoints.resolve.latest`).
     """
     return _each_array(source, what, None, _finite_shape)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from agent.checkpoints.store import versions
+from agent.checkpoints.resolve import versions
 from agent.errors import CharlesError
 
 POLL_SECONDS = 5.0
