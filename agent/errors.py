@@ -8,7 +8,6 @@ other exception is a bug and keeps its traceback.
 from __future__ import annotations
 
 import logging
-import math
 import threading
 
 
@@ -30,12 +29,6 @@ class ModelError(CharlesError):
 
 class DependencyError(CharlesError):
     """A package or driver Charles needs is not installed on this machine."""
-
-
-def require_positive(value: float | None, flag: str) -> None:
-    """A number the user gave with `flag` must be finite and above zero (None: not given)."""
-    if value is not None and not (value > 0 and math.isfinite(value)):
-        raise CharlesError(f"{flag} must be a positive number")
 
 
 def log_failure(
