@@ -8,7 +8,6 @@ other exception is a bug and keeps its traceback.
 from __future__ import annotations
 
 import logging
-import math
 import threading
 
 
@@ -30,12 +29,6 @@ class ModelError(CharlesError):
 
 class DependencyError(CharlesError):
     """A package or driver Charles needs is not installed on this machine."""
-
-
-def require_positive(value: float | None, flag: str) -> None:
-    """A number the user gave with `flag` must be finite and above zero (None: not given)."""
-    if value is not None and not (value > 0 and math.isfinite(value)):
-        raise CharlesError(f"{flag} must be a positive number")
 
 
 def log_failure(
@@ -67,12 +60,41 @@ def warn_once(logger: logging.Logger, message: str) -> None:
 
 
 def one_line(text: object, limit: int = 120) -> str:
-    """`text` made safe for a one-line user message: no control characters, at most `limit`."""
+    """Prose (an OS or library error) made safe for a one-line user message: whitespace runs
+    become one space, other unprintable characters "?", at most `limit` characters."""
     flat = " ".join(str(text).split())
     flat = "".join(c if c.isprintable() else "?" for c in flat)
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
+def verbatim(text: str, limit: int = 60) -> str:
+    """A name the user gave (a path, a config key, a flag's text), for a one-line message:
+    exactly as given, control characters escaped rather than dropped, so the user recognises
+    what they typed; a long one is cut to about `limit` and says its length."""
+    if not text.isprintable():
+        text = repr(text)[1:-1]
+    if len(text) <= limit:
+        return text
+    return f"{text[: limit - 3]}... ({len(text)} characters)"
+
+
 def quoted(value: object, limit: int = 40) -> str:
-    """A value read from a file, quoted and short enough for a one-line message."""
-    return one_line(repr(value), limit)
+    """A value read from a file or the command line, as Python writes it ('fast', [1, 2]), for
+    a one-line message; a long one is cut to about `limit` and says its size, so a hostile
+    file never turns into a huge error line."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int past Python's int-to-str digit limit: say so instead
+        return "a number with too many digits"
+    # The repr of a str, number, list or dict is printable; only an odd object lands here.
+    if not text.isprintable():
+        return verbatim(text, limit)
+    if len(text) <= limit:
+        return text
+    if isinstance(value, (list, dict)):
+        size = f"{len(value)} items"
+    elif isinstance(value, int):
+        size = f"{len(text.lstrip('-'))} digits"
+    else:
+        size = f"{len(value) if isinstance(value, str) else len(text)} characters"
+    return f"{text[: limit - 3]}... ({size})"

@@ -57,7 +57,9 @@ def test_bench_model_reports_rate_and_percentiles_as_json(run_charles) -> None: 
 
 def test_bench_model_refuses_nonsense_arguments(run_charles) -> None:  # type: ignore[no-untyped-def]
     result = run_charles("bench", "model", "--seconds", "0", "--checkpoint", "none")
-    assert_one_line_error(result, "--seconds must be > 0")
+    assert result.returncode == 2
+    assert_one_line_error(result, "argument --seconds: must be a positive number, not '0'")
+    assert result.stderr.startswith("usage: charles bench model ")
 
 
 def test_settings_run_interleaved_round_by_round() -> None:
@@ -124,8 +126,23 @@ def test_drive_rounds_refuse_two_settings_of_one_name(capsys: pytest.CaptureFixt
     assert "--setting names must differ" in capsys.readouterr().err
 
 
-def test_benchmark_numbers_must_be_positive(capsys: pytest.CaptureFixture[str]) -> None:
-    for args in (["drive", "--rounds", "0"], ["swap", "--every", "0"], ["record", "--rounds", "-1"],
-                 ["pairing", "--seconds", "nan"], ["learn", "--cap", "0"]):  # fmt: skip
-        assert main(["bench", *args, "--config", CONFIG]) == 1
-        assert "must be a positive number" in capsys.readouterr().err, args
+@pytest.mark.parametrize(
+    ("args", "refused"),
+    [
+        (["drive", "--rounds", "0"], "argument --rounds: must be a positive whole number"),
+        (["swap", "--every", "0"], "argument --every: must be a positive number"),
+        (["record", "--rounds", "-1"], "argument --rounds: must be a positive whole number"),
+        (["pairing", "--seconds", "nan"], "argument --seconds: must be a positive number"),
+        (["learn", "--cap", "inf"], "argument --cap: must be a positive number"),
+        (["model", "--max-predictions", "x"], "argument --max-predictions: must be a positive"),
+    ],
+)
+def test_benchmark_numbers_must_be_positive(
+    capsys: pytest.CaptureFixture[str], args: list[str], refused: str
+) -> None:
+    # Refused as the flags are parsed: before any config is read or anything starts.
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", *args, "--config", CONFIG])
+    assert exit_.value.code == 2
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert line.startswith(f"charles: error: {refused}"), line

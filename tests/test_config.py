@@ -9,7 +9,9 @@ import re
 import subprocess
 import sys
 import typing
+from dataclasses import Field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,6 +24,7 @@ from agent.config import (
     parse_override,
 )
 from agent.errors import ConfigError
+from agent.nets.registry import LINE_NAMES, LineName
 from tests.conftest import REPO, assert_one_line_error
 from tests.disks import fill, small_filesystem
 
@@ -172,26 +175,112 @@ def flatten(config: object, prefix: str = "") -> dict[str, object]:
     return values
 
 
+def schema_fields(cls: type = Config, prefix: str = "") -> list[tuple[str, Any, Field[Any]]]:
+    """Every key of the schema: (dotted key, its type, its dataclass field)."""
+    found = []
+    hints = typing.get_type_hints(cls)
+    for item in dataclasses.fields(cls):
+        kind = hints[item.name]
+        if dataclasses.is_dataclass(kind):
+            found += schema_fields(kind, f"{prefix}{item.name}.")
+        elif not item.metadata.get("internal"):
+            found.append((prefix + item.name, kind, item))
+    return found
+
+
+LITERAL_KEYS = {
+    key: typing.get_args(kind)
+    for key, kind, _ in schema_fields()
+    if typing.get_origin(kind) is typing.Literal
+}
+"""Every key that takes one of a few words -> those words, read from its Literal type."""
+
+
 def test_every_field_has_bounds() -> None:
-    """Numbers have a range and strings a length, so no value is unbounded."""
-
-    def fields(cls: type) -> list[tuple[type, dataclasses.Field[object]]]:
-        found = []
-        hints = typing.get_type_hints(cls)
-        for item in dataclasses.fields(cls):
-            kind = hints[item.name]
-            if dataclasses.is_dataclass(kind):
-                found += fields(kind)
-            elif not item.metadata.get("internal"):
-                found.append((typing.get_args(kind)[0] if typing.get_args(kind) else kind, item))
-        return found
-
-    for kind, item in fields(Config):
+    """Numbers have a range, strings a length and Literals their words, so no value is
+    unbounded."""
+    for key, kind, item in schema_fields():
+        if typing.get_origin(kind) is tuple:  # an array: each item is checked
+            kind = typing.get_args(kind)[0]
         if kind in (int, float):
-            assert item.metadata["minimum"] is not None, item.name
-            assert item.metadata["maximum"] is not None, item.name
-        if kind is str:
-            assert 0 < item.metadata["max_length"] <= 4096, item.name
+            assert item.metadata["minimum"] is not None, key
+            assert item.metadata["maximum"] is not None, key
+        elif kind is str:
+            assert 0 < item.metadata["max_length"] <= 4096, key
+        elif typing.get_origin(kind) is typing.Literal:
+            assert all(isinstance(word, str) for word in typing.get_args(kind)), key
+        else:
+            assert kind is bool, (key, kind)
+
+
+def test_the_keys_that_take_words_are_literals() -> None:
+    # The loader finds a key's words in its Literal type alone: a choice declared any other
+    # way would go unchecked.
+    assert set(LITERAL_KEYS) == {
+        "game.match", "model.line", "inference.backend", "inference.provider",
+        "controller.backend", "swap.policy", "record.mode", "record.encoder",
+        "collect.source", "collect.render", "train.strategy", "train.start_from",
+    }  # fmt: skip
+    assert LITERAL_KEYS["swap.policy"] == ("immediate", "on_unstuck", "manual", "off")
+    # model.line takes exactly the registered lines, in the registry's order.
+    assert typing.get_args(LineName) == LINE_NAMES
+
+
+@pytest.mark.parametrize("key", sorted(LITERAL_KEYS))
+def test_a_literal_key_takes_each_of_its_words_and_nothing_else(tmp_path: Path, key: str) -> None:
+    words = LITERAL_KEYS[key]
+    path = write(tmp_path, "")
+    section, name = key.split(".")
+    for word in words:
+        # A substring title rule needs the game's program (a rule across keys).
+        config = load_config(path, {key: f"'{word}'", "game.process": "'game.exe'"})
+        assert getattr(getattr(config, section), name) == word
+    listed = ", ".join(f"'{word}'" for word in words)
+    message = error_of(tmp_path, "", {key: "'zzzz'"})
+    assert message == f"--set {key}: {key} must be one of {listed}; got 'zzzz'"
+
+
+def test_a_word_outside_the_choices_is_one_line_listing_them(tmp_path: Path) -> None:
+    message = error_of(tmp_path, "[swap]\npolicy = 'manuel'\n")
+    assert message == (
+        f"{tmp_path / 'config.toml'}: swap.policy must be one of 'immediate', 'on_unstuck', "
+        "'manual', 'off'; got 'manuel' (did you mean 'manual'?)"
+    )
+    message = error_of(tmp_path, "[model]\nline = 'pilotnet'\n")
+    assert message.endswith(
+        "model.line must be one of 'model_0005_inceptionresnetv2', 'pilotnet_small'; "
+        "got 'pilotnet' (did you mean 'pilotnet_small'?)"
+    )
+    # Words are text first: a number or a blank is said to be so.
+    assert "record.mode must be a string (got integer 1)" in error_of(
+        tmp_path, "[record]\nmode = 1\n"
+    )
+    message = error_of(tmp_path, "[record]\nmode = ' '\n")
+    assert "record.mode must not be empty or blank (got ' ')" in message
+
+
+def test_the_packaged_default_sets_and_explains_every_literal_key() -> None:
+    """Each key that takes words is in the commented default with its default word, and the
+    comment just above it names every word it takes, so the file a user edits lists them."""
+    text = default_config_text()
+    table = tomllib.loads(text)
+    comments: dict[str, str] = {}
+    section, above = "", []
+    for line in text.splitlines():
+        if line.startswith("["):
+            section, above = line.strip("[]"), []
+        elif line.startswith("#"):
+            above.append(line)
+        elif "=" in line:
+            comments[f"{section}.{line.split('=')[0].strip()}"] = "\n".join(above)
+            above = []
+    defaults = flatten(Config())
+    for key, words in LITERAL_KEYS.items():
+        section, name = key.split(".")
+        assert table[section][name] == defaults[key], key
+        assert defaults[key] in words, key
+        for word in words:
+            assert f'"{word}"' in comments[key], (key, word)
 
 
 @pytest.mark.parametrize(

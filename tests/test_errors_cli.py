@@ -1,6 +1,7 @@
 """Mistakes a user can make, and full devices, end in one `charles: error:` line, never a
-traceback: a negative game seed, telemetry onto /dev/full, collecting onto a full disk, and a
-picture whose header claims an absurd size."""
+traceback: a negative game seed, telemetry onto /dev/full, collecting onto a full disk, a
+picture whose header claims an absurd size, and a count or duration that is no positive
+number."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
+from agent.cli import main
 from tests.conftest import REPO, assert_one_line_error
 from tests.disks import fill, small_filesystem
 from tests.drives import free_udp_port
@@ -81,3 +84,33 @@ def test_convcam_on_a_picture_claiming_100000x100000_pixels_is_one_line(
     )
     assert_one_line_error(result, "100000x100000", "huge.png")
     assert not (tmp_path / "out.png").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "refused"),
+    [
+        (["drive", "--seconds", "0"], "argument --seconds: must be a positive number, not '0'"),
+        (["collect", "--seconds", "nan"], "argument --seconds: must be a positive number"),
+        (["collect", "--frames", "0"], "argument --frames: must be a positive whole number"),
+        (["train", "--batches", "2.5"], "argument --batches: must be a positive whole number"),
+        (["train", "--seconds=-inf"], "argument --seconds: must be a positive number"),
+        (["convcam", "x.png", "--scale", "33"], "argument --scale: must be a whole number from "
+         "1 to 32, not '33'"),
+    ],
+)  # fmt: skip
+def test_a_count_or_duration_that_is_no_positive_number_is_refused_as_it_is_parsed(
+    capsys, args: list[str], refused: str
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main([*args, *CONFIG])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"usage: charles {args[0]} ")
+    (line,) = [line for line in err.splitlines() if "error" in line]
+    assert line.startswith(f"charles: error: {refused}"), line
+
+
+def test_a_refused_flag_is_one_line_from_the_command_too(run_charles) -> None:
+    result = run_charles("collect", *CONFIG, "--frames", "-5", "--render", "offscreen")
+    assert result.returncode == 2
+    assert_one_line_error(result, "argument --frames: must be a positive whole number, not '-5'")

@@ -34,11 +34,12 @@ import numpy as np
 from agent.capture.screen import open_mss
 from agent.capture.window import GameWindow
 from agent.checkpoints.reference import checkpoint_to_drive
+from agent.cli.arguments import positive_float, positive_int
 from agent.config import Config
 from agent.drive.control import ControlMapper
 from agent.drive.summary import DriveSummary, percentiles_ms
 from agent.drive.target import acquire_window, is_bundled_game
-from agent.errors import CharlesError, require_positive
+from agent.errors import CharlesError
 from agent.game.channel import GamepadSender
 from agent.game.launcher import connect_or_launch
 from agent.inference.onnx_backend import check_installed
@@ -271,13 +272,15 @@ def judge(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The drive benchmark's own flags (--config, --set, the model flags and --json come from
     the CLI)."""
-    parser.add_argument("--seconds", type=float, default=30.0, help="driving time (default 30)")
-    parser.add_argument("--raw-seconds", type=float, default=10.0,
+    parser.add_argument(
+        "--seconds", type=positive_float, default=30.0, help="driving time (default 30)"
+    )
+    parser.add_argument("--raw-seconds", type=positive_float, default=10.0,
                         help="time the predictor runs alone (default 10)")  # fmt: skip
-    parser.add_argument("--naive-seconds", type=float, default=15.0,
+    parser.add_argument("--naive-seconds", type=positive_float, default=15.0,
                         help="time of the naive loop (default 15)")  # fmt: skip
     parser.add_argument(
-        "--rounds", type=int, default=1,
+        "--rounds", type=positive_int, default=1,
         help="runs of each setting, interleaved; medians over them (default 1)",
     )  # fmt: skip
     parser.add_argument(
@@ -290,8 +293,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, config: Config) -> int:
     """The `charles bench drive` handler: one run here, or rounds over settings."""
-    for flag in ("seconds", "raw_seconds", "naive_seconds", "rounds"):
-        require_positive(getattr(args, flag), f"--{flag.replace('_', '-')}")
     if args.setting or args.rounds > 1:
         from agent.bench.drive_rounds import run_settings
 

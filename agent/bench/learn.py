@@ -36,8 +36,9 @@ import cv2
 import numpy as np
 
 from agent.bench.workfolder import charles_command, set_flags, write_config
+from agent.cli.arguments import positive_float, positive_int
 from agent.config import Config
-from agent.errors import CharlesError, require_positive
+from agent.errors import CharlesError
 from agent.game.channel import ask_identity
 from agent.runtime.display import display_for_this_process
 
@@ -72,23 +73,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The learning benchmark's own flags (--config, --set and --json come from the CLI)."""
     parser.add_argument("--work", type=Path, default=None,
                         help="work folder (default: a new bench-learn/<time>/)")  # fmt: skip
-    parser.add_argument("--collect-minutes", type=float, default=4.0)
-    parser.add_argument("--train-minutes", type=float, default=4.0)
-    parser.add_argument("--dagger-collect-minutes", type=float, default=2.0)
-    parser.add_argument("--dagger-train-minutes", type=float, default=3.0)
-    parser.add_argument("--cap", type=float, default=60.0, help="seconds of driving per run")
+    parser.add_argument("--collect-minutes", type=positive_float, default=4.0)
+    parser.add_argument("--train-minutes", type=positive_float, default=4.0)
+    parser.add_argument("--dagger-collect-minutes", type=positive_float, default=2.0)
+    parser.add_argument("--dagger-train-minutes", type=positive_float, default=3.0)
+    parser.add_argument(
+        "--cap", type=positive_float, default=60.0, help="seconds of driving per run"
+    )
     parser.add_argument("--seeds", default=",".join(map(str, EVAL_SEEDS)))
     parser.add_argument(
-        "--buffer", type=int, default=4000, help="train.buffer_size (default: %(default)s)"
+        "--buffer", type=positive_int, default=4000, help="train.buffer_size (default: %(default)s)"
     )
     parser.add_argument("--skip-eval", action="store_true", help="only collect and train")
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
     """The `charles bench learn` handler."""
-    for flag in ("collect_minutes", "train_minutes", "dagger_collect_minutes",
-                 "dagger_train_minutes", "cap", "buffer"):  # fmt: skip
-        require_positive(getattr(args, flag), f"--{flag.replace('_', '-')}")
     try:
         seeds = [int(s) for s in args.seeds.split(",")]
     except ValueError:

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from agent.cli.arguments import positive_float, positive_int
 from agent.config import Config
-from agent.errors import CharlesError
 from agent.inference.predictor import Predictor
 
 
@@ -71,9 +70,14 @@ def run_bench(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The model benchmark's own flags (--config, --set, the model flags and --json come from
     the CLI)."""
-    parser.add_argument("--seconds", type=float, default=10.0, help="measuring time (default 10)")
     parser.add_argument(
-        "--max-predictions", type=int, default=100_000, help="stop after this many predictions"
+        "--seconds", type=positive_float, default=10.0, help="measuring time (default 10)"
+    )
+    parser.add_argument(
+        "--max-predictions",
+        type=positive_int,
+        default=100_000,
+        help="stop after this many predictions",
     )
 
 
@@ -84,8 +88,6 @@ def run(args: argparse.Namespace, config: Config) -> int:
     from agent.inference.onnx_backend import check_installed
     from agent.nets.runtime import configure_threads
 
-    if args.seconds <= 0 or not math.isfinite(args.seconds) or args.max_predictions < 1:
-        raise CharlesError("--seconds must be > 0 and --max-predictions at least 1")
     check_installed(config.inference)
     configure_threads(config.inference)  # before anything builds the line (a pinned version)
     checkpoint = checkpoint_to_drive(config)

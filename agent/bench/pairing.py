@@ -17,9 +17,9 @@ import time
 from dataclasses import asdict, dataclass
 
 from agent.capture import Grabber
+from agent.cli.arguments import positive_float
 from agent.config import Config
 from agent.drive.target import acquire_window
-from agent.errors import require_positive
 from agent.game.launcher import connect_or_launch
 from agent.game.pairing import FrameRecordListener
 from agent.game.stamp import BITS, read_stamp
@@ -93,7 +93,9 @@ def measure_pairing(seconds: float, port: int, config: Config | None = None) -> 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The pairing benchmark's own flags (--config, --set and --json come from the CLI)."""
-    parser.add_argument("--seconds", type=float, default=20.0, help="grabbing time (default 20)")
+    parser.add_argument(
+        "--seconds", type=positive_float, default=20.0, help="grabbing time (default 20)"
+    )
     parser.add_argument(
         "--port", type=int, default=47811,
         help="the game's gamepad port (default 47811, beside a game on the usual 47800)",
@@ -102,7 +104,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, config: Config) -> int:
     """The `charles bench pairing` handler: one line, or one JSON document."""
-    require_positive(args.seconds, "--seconds")
     result = measure_pairing(args.seconds, args.port, config)
     if args.json:
         print(json.dumps(asdict(result)))

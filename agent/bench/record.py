@@ -23,8 +23,9 @@ from typing import Any
 from agent.bench.rounds import interleaved, median
 from agent.bench.swap import drive
 from agent.bench.workfolder import set_flags, write_config
+from agent.cli.arguments import positive_float, positive_int
 from agent.config import Config
-from agent.errors import CharlesError, require_positive
+from agent.errors import CharlesError
 
 LINES = ("pilotnet_small", "model_0005_inceptionresnetv2")
 MODES = ("off", "hud", "layout")
@@ -136,9 +137,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The recording benchmark's own flags (--config, --set and --json come from the CLI);
     every --set override goes to every drive, e.g. --set record.nice=0."""
     parser.add_argument("--lines", nargs="+", default=list(LINES), choices=LINES)
-    parser.add_argument("--seconds", type=float, default=30.0, help="per drive (pilotnet_small)")
-    parser.add_argument("--seconds-0005", type=float, default=60.0, help="per drive (model_0005)")
-    parser.add_argument("--rounds", type=int, default=3, help="drives per mode (median)")
+    parser.add_argument(
+        "--seconds", type=positive_float, default=30.0, help="per drive (pilotnet_small)"
+    )
+    parser.add_argument(
+        "--seconds-0005", type=positive_float, default=60.0, help="per drive (model_0005)"
+    )
+    parser.add_argument("--rounds", type=positive_int, default=3, help="drives per mode (median)")
     parser.add_argument(
         "--modes", nargs="+", default=list(MODES),
         help='"off", "hud", "layout", or MODE@FPS for another record.fps (first must be off)',
@@ -150,9 +155,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, config: Config) -> int:
     """The `charles bench record` handler: every drive, then a table or one JSON document."""
-    require_positive(args.seconds, "--seconds")
-    require_positive(args.seconds_0005, "--seconds-0005")
-    require_positive(args.rounds, "--rounds")
     for modes, flag in ((args.modes, "--modes"), (args.modes_0005, "--modes-0005")):
         if modes[0] != "off":
             raise CharlesError(f"{flag} must start with off: the costs are against it")

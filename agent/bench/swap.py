@@ -28,8 +28,9 @@ from agent.bench.rounds import median
 from agent.bench.workfolder import charles_command, set_flags, write_config
 from agent.checkpoints.manifest import MANIFEST_FILE
 from agent.checkpoints.publish import publish
+from agent.cli.arguments import positive_float
 from agent.config import Config
-from agent.errors import CharlesError, require_positive
+from agent.errors import CharlesError
 
 LINES = ("pilotnet_small", "model_0005_inceptionresnetv2")
 GOAL = 1.5
@@ -181,18 +182,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The swap benchmark's own flags (--config, --set and --json come from the CLI); every
     --set override goes to every drive, e.g. --set swap.load_share=0.5."""
     parser.add_argument("--lines", nargs="+", default=list(LINES), choices=LINES)
-    parser.add_argument("--seconds", type=float, default=40.0, help="per drive (pilotnet_small)")
     parser.add_argument(
-        "--seconds-0005", type=float, default=120.0, help="per drive (model_0005, 2-7 PPS)"
+        "--seconds", type=positive_float, default=40.0, help="per drive (pilotnet_small)"
     )
-    parser.add_argument("--every", type=float, default=5.0, help="seconds between versions")
+    parser.add_argument(
+        "--seconds-0005", type=positive_float, default=120.0, help="per drive (model_0005, 2-7 PPS)"
+    )
+    parser.add_argument(
+        "--every", type=positive_float, default=5.0, help="seconds between versions"
+    )
     parser.add_argument("--nice", type=int, nargs="+", default=[10, 0], help="loader niceness")
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
     """The `charles bench swap` handler: every drive, then a table or one JSON document."""
-    for flag in ("seconds", "seconds_0005", "every"):
-        require_positive(getattr(args, flag), f"--{flag.replace('_', '-')}")
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="charles-swapbench-") as folder:
         work = Path(folder)

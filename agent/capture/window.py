@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from agent.errors import CharlesError
+from agent.errors import CharlesError, one_line
 from agent.types import Region
 
 log = logging.getLogger(__name__)
@@ -191,7 +191,7 @@ def not_owned_message(query: str, pid: int, others: int) -> str:
 
 
 def ambiguous_message(query: str, titles: Sequence[str]) -> str:
-    listing = ", ".join(repr(_shorten(_one_line(t))) for t in titles[:SEEN_TITLES_SHOWN])
+    listing = ", ".join(repr(_shorten(one_line(t))) for t in titles[:SEEN_TITLES_SHOWN])
     if len(titles) > SEEN_TITLES_SHOWN:
         listing += f" (+{len(titles) - SEEN_TITLES_SHOWN} more)"
     return (
@@ -211,7 +211,7 @@ def zero_size_message(title: str) -> str:
 
 def not_found_message(query: str, match: str, seen: Iterable[str], hint: str = "") -> str:
     """One line: what was looked for, a few titles that were there, and the fix."""
-    unique = list(dict.fromkeys(_one_line(t) for t in seen if t.strip()))
+    unique = list(dict.fromkeys(one_line(t) for t in seen if t.strip()))
     shown = [_shorten(t) for t in unique[:SEEN_TITLES_SHOWN]]
     listing = ", ".join(repr(t) for t in shown) if shown else "none with a title"
     if len(unique) > len(shown):
@@ -221,10 +221,6 @@ def not_found_message(query: str, match: str, seen: Iterable[str], hint: str = "
         f"no window {how} {query!r}; windows seen: {listing}; start the game or fix "
         f"game.title / game.match in config.toml{hint}"
     )
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
 
 
 def _shorten(text: str) -> str:

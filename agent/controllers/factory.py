@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, get_args
 
 from agent.capture.window import GameWindow
-from agent.config import ControllerConfig
+from agent.config import ControllerBackend, ControllerConfig
 from agent.controllers.base import Controller
 from agent.runtime.clock import SYSTEM_CLOCK, Clock
 from agent.runtime.liveness import Failures
 
-BACKENDS = ("game", "keyboard", "vjoy", "vgamepad", "null")
+BACKENDS: tuple[str, ...] = get_args(ControllerBackend)
+"""controller.backend's words, from the config schema (the one place they are declared)."""
 PROCESS_BACKENDS = ("keyboard", "vjoy", "vgamepad")
 """Backends that hold input in the OS (a key down, a pad's axis): they run in a controller
 process of their own (`agent.controllers.host`)."""

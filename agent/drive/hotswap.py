@@ -53,12 +53,9 @@ log = logging.getLogger(__name__)
 PART = "checkpoint loader"
 """How the loader's failure is named in the session's Failures."""
 
-IMMEDIATE = "immediate"
-ON_UNSTUCK = "on_unstuck"
-MANUAL = "manual"
-OFF = "off"
 
-
+# The policies (swap.policy) are the words of agent.config.SwapPolicy, compared as they are:
+# a type checker holds each comparison to that Literal.
 @dataclass(frozen=True)
 class Swap:
     """One checkpoint that took over."""
@@ -214,7 +211,7 @@ class HotSwap:
 
     def request_manual_swap(self) -> None:
         """The swap hotkey (swap.policy = "manual"): the waiting checkpoint takes over."""
-        if self.config.policy != MANUAL:
+        if self.config.policy != "manual":
             log.info('swap hotkey ignored: swap.policy is %r, not "manual"', self.config.policy)
             return
         with self._lock:
@@ -231,12 +228,12 @@ class HotSwap:
 
     def _due(self, offer: _Offer, now: float) -> bool:
         policy = self.config.policy
-        if policy == IMMEDIATE:
+        if policy == "immediate":
             return True
-        if policy == ON_UNSTUCK:
+        if policy == "on_unstuck":
             waited = now - offer.ready_at
             return self._unstuck_at >= offer.ready_at or waited >= self.config.unstuck_timeout
-        if policy == MANUAL and self.manual_request.is_set():
+        if policy == "manual" and self.manual_request.is_set():
             self.manual_request.clear()
             return True
         return False
@@ -296,7 +293,7 @@ class HotSwap:
             self._offer = offer
         log.info(
             "%s loaded and checked in %.2f s; %s", shadow.name, offer.load_seconds,
-            "swapping it in" if self.config.policy == IMMEDIATE else
+            "swapping it in" if self.config.policy == "immediate" else
             f"waiting to swap ({self.config.policy})",
         )  # fmt: skip
 

@@ -29,7 +29,7 @@ from agent.controllers import Controller, open_controller
 from agent.drive.console import RateMeter, render
 from agent.drive.control import ControlMapper
 from agent.drive.hotkeys import Hotkeys
-from agent.drive.hotswap import OFF, HotSwap
+from agent.drive.hotswap import HotSwap
 from agent.drive.latency import RenderToCommand
 from agent.drive.loop import DriveLoop, failure_to_raise
 from agent.drive.status import DriveStatus
@@ -358,7 +358,7 @@ def _unstuck_for(
 
 def follows_the_store(config: Config) -> bool:
     """True when `charles drive` swaps in newer checkpoints: "latest", and swapping not off."""
-    return config.model.checkpoint == "latest" and config.swap.policy != OFF
+    return config.model.checkpoint == "latest" and config.swap.policy != "off"
 
 
 def _shadow_of(line: ModelLine, convcam: bool, inference: InferenceConfig) -> Predictor:

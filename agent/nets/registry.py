@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from agent.errors import ModelError
 
@@ -22,6 +22,9 @@ if TYPE_CHECKING:
     import keras
 
 OUTPUT_NAMES = ("throttle", "steering")
+
+LineName = Literal["model_0005_inceptionresnetv2", "pilotnet_small"]
+"""A registered line's name, the words model.line takes; a test holds it to `LINES`."""
 
 
 @dataclass(frozen=True)

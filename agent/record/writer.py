@@ -33,11 +33,12 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import cv2
 import numpy as np
 
+from agent.config import VideoEncoder
 from agent.errors import CharlesError, DependencyError, log_failure
 from agent.files import CREATE_FLAGS, create_first_free
 from agent.runtime.threads import lower_this_threads_priority
@@ -48,7 +49,8 @@ KEYFRAME_SECONDS = 0.5
 """Seconds between keyframes, so between fragments: the most a crash loses from the encoder."""
 QUEUE_SECONDS = 1.0
 """Pictures that may wait for the encoder, in seconds of video: the rest of a crash's loss."""
-ENCODERS = ("auto", "libx264", "h264_nvenc")
+ENCODERS: tuple[str, ...] = get_args(VideoEncoder)
+"""record.encoder's words, from the config schema."""
 """record.encoder: "auto" uses NVENC when this machine's GPU and driver can open it."""
 FRAGMENTED_MP4 = "frag_keyframe+empty_moov+default_base_moof"
 PLAYABLE_AFTER = frozenset({b"moov", b"mdat", b"mfra"})
