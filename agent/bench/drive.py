@@ -31,10 +31,10 @@ from typing import Any
 import cv2
 import numpy as np
 
+from agent.arguments import positive_float, positive_int
 from agent.capture.screen import open_mss
 from agent.capture.window import GameWindow
 from agent.checkpoints.reference import checkpoint_to_drive
-from agent.cli.arguments import positive_float, positive_int
 from agent.config import Config
 from agent.drive.control import ControlMapper
 from agent.drive.summary import DriveSummary, percentiles_ms

@@ -35,8 +35,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from agent.arguments import positive_float, positive_int
 from agent.bench.workfolder import charles_command, set_flags, write_config
-from agent.cli.arguments import positive_float, positive_int
 from agent.config import Config
 from agent.errors import CharlesError
 from agent.game.channel import ask_identity

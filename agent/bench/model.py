@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from agent.cli.arguments import positive_float, positive_int
+from agent.arguments import positive_float, positive_int
 from agent.config import Config
 from agent.inference.predictor import Predictor
 

@@ -16,8 +16,8 @@ import json
 import time
 from dataclasses import asdict, dataclass
 
+from agent.arguments import positive_float
 from agent.capture import Grabber
-from agent.cli.arguments import positive_float
 from agent.config import Config
 from agent.drive.target import acquire_window
 from agent.game.launcher import connect_or_launch

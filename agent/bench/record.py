@@ -20,10 +20,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from agent.arguments import positive_float, positive_int
 from agent.bench.rounds import interleaved, median
 from agent.bench.swap import drive
 from agent.bench.workfolder import set_flags, write_config
-from agent.cli.arguments import positive_float, positive_int
 from agent.config import Config
 from agent.errors import CharlesError
 

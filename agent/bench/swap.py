@@ -24,11 +24,11 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from agent.arguments import positive_float
 from agent.bench.rounds import median
 from agent.bench.workfolder import charles_command, set_flags, write_config
 from agent.checkpoints.manifest import MANIFEST_FILE
 from agent.checkpoints.publish import publish
-from agent.cli.arguments import positive_float
 from agent.config import Config
 from agent.errors import CharlesError
 

@@ -16,8 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
+from agent.arguments import int_from_to, positive_float, positive_int
 from agent.cli import commands
-from agent.cli.arguments import int_from_to, positive_float, positive_int
 from agent.config import DEFAULT_CONFIG_PATH, Config, parse_override
 from agent.nets.registry import LINE_NAMES
 
