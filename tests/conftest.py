@@ -11,12 +11,22 @@ from pathlib import Path
 import pytest
 
 from agent.runtime.display import xvfb
+from tests.markers import markers_for
 
 REPO = Path(__file__).resolve().parent.parent
 
 # Keep TensorFlow quiet and Keras on its TensorFlow backend whatever the caller's shell says.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ["KERAS_BACKEND"] = "tensorflow"
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by these markers
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test x11, tf and slow by what it really uses (tests/markers.py), so that
+    `-m "not slow"` runs the fast part alone."""
+    for item in items:
+        for name in sorted(markers_for(item)):
+            item.add_marker(name)
 
 
 @pytest.fixture(autouse=True, scope="session")

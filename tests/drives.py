@@ -15,7 +15,6 @@ from typing import Any
 
 from agent.checkpoints.publish import publish
 from tests.conftest import REPO
-from tests.models import constant_driver
 
 LINE = "pilotnet_small"
 
@@ -31,6 +30,10 @@ def free_udp_port() -> int:
 
 def publish_constant_driver(store: Path, throttle: float, steering: float) -> None:
     """A checkpoint that always predicts (throttle, steering), whatever it sees."""
+    # Keras is imported here, not with this module: the game's tests use its other helpers
+    # and need no TensorFlow.
+    from tests.models import constant_driver
+
     model = constant_driver(throttle, steering, LINE)
     publish(model, store, LINE, batches=0, note=f"constant {throttle}, {steering}")
 

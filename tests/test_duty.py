@@ -21,7 +21,7 @@ def test_a_limited_thread_pauses_for_the_rest_of_its_share() -> None:
     duty = DutyCycle(0.25)
     with duty.limiting():
         assert sys.getprofile() is not None
-        busy(400)
+        busy(40)  # about 0.1 s of work under the hook: some 25 slices, 0.4 s of pauses
     assert sys.getprofile() is None  # the hook is gone afterwards
     assert duty.worked > 4 * SLICE_SECONDS  # enough work for several pauses
     # Paused three times as long as it worked, less the last slice (no pause after it).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import keras
@@ -22,8 +23,22 @@ def parameter_counts(model: keras.Model) -> tuple[int, int, int]:
 
 
 @pytest.fixture(scope="module")
-def flagship() -> keras.Model:
-    return get_line(FLAGSHIP).build("none")
+def built() -> Callable[[str], keras.Model]:
+    """Each line built once with fresh weights, for the tests that only look at a model: a
+    model_0005 build takes seconds (56 M weights)."""
+    models: dict[str, keras.Model] = {}
+
+    def build(name: str) -> keras.Model:
+        if name not in models:
+            models[name] = get_line(name).build("none")
+        return models[name]
+
+    return build
+
+
+@pytest.fixture(scope="module")
+def flagship(built: Callable[[str], keras.Model]) -> keras.Model:
+    return built(FLAGSHIP)
 
 
 def test_model_0005_has_the_seed_parameter_counts(flagship: keras.Model) -> None:
@@ -33,25 +48,31 @@ def test_model_0005_has_the_seed_parameter_counts(flagship: keras.Model) -> None
 
 
 @pytest.mark.parametrize("name", LINE_NAMES)
-def test_every_line_takes_uint8_frames_and_names_two_outputs(name: str) -> None:
+def test_every_line_takes_uint8_frames_and_names_two_outputs(
+    name: str, built: Callable[[str], keras.Model]
+) -> None:
     line = get_line(name)
-    model = line.build("none")
+    model = built(name)
     assert model.input.dtype == "uint8"
     assert tuple(model.input_shape[1:]) == line.input_shape
     assert list(model.output_names) == ["throttle", "steering"]
     assert model.get_layer(line.convcam_layer).output.shape[-1] > 0
 
 
-def test_pilotnet_small_has_the_readmes_parameter_count() -> None:
-    total, trainable, frozen = parameter_counts(get_line("pilotnet_small").build("none"))
+def test_pilotnet_small_has_the_readmes_parameter_count(
+    built: Callable[[str], keras.Model],
+) -> None:
+    total, trainable, frozen = parameter_counts(built("pilotnet_small"))
     assert (total, trainable, frozen) == (475_390, 475_390, 0)
 
 
 @pytest.mark.parametrize("name", LINE_NAMES)
-def test_every_line_scales_pixels_to_minus_one_to_one_inside_the_model(name: str) -> None:
+def test_every_line_scales_pixels_to_minus_one_to_one_inside_the_model(
+    name: str, built: Callable[[str], keras.Model]
+) -> None:
     """The ImageNet backbone expects [-1, 1]; the scaling lives in the model, exactly there."""
     line = get_line(name)
-    model = line.build("none")
+    model = built(name)
     scaled = keras.Model(model.input, model.get_layer("scale_to_unit").output)
     frame = np.zeros((1, *line.input_shape), np.uint8)
     frame[0, 0, 0] = (0, 255, 51)
@@ -82,7 +103,9 @@ def test_outputs_stay_in_range_even_for_extreme_weights() -> None:
     assert np.abs(throttle).max() > 0.99 and np.abs(steering).max() > 0.99
 
 
-def test_local_pretrained_backbone_weights_really_arrive(tmp_path: Path) -> None:
+def test_local_pretrained_backbone_weights_really_arrive(
+    tmp_path: Path, flagship: keras.Model
+) -> None:
     line = get_line(FLAGSHIP)
     donor = keras.applications.InceptionResNetV2(
         include_top=False, weights=None, input_shape=line.input_shape
@@ -97,7 +120,7 @@ def test_local_pretrained_backbone_weights_really_arrive(tmp_path: Path) -> None
     assert len(loaded) == len(expected)
     assert all(np.array_equal(a, b) for a, b in zip(loaded, expected, strict=True))
     # A random start differs, so equality above means the file was really used.
-    fresh = line.build("none").get_layer("inception_resnet_v2").get_weights()
+    fresh = flagship.get_layer("inception_resnet_v2").get_weights()
     assert not np.array_equal(fresh[0], expected[0])
 
 
