@@ -11,7 +11,7 @@ from agent.bench.drive_rounds import Setting, parse_setting, summarise
 from agent.bench.rounds import interleaved, median, medians
 from agent.cli import main
 from agent.errors import CharlesError
-from tests.conftest import REPO, assert_one_line_error
+from tests.helpers.charles import REPO, assert_one_line_error
 
 CONFIG = str(REPO / "config.toml")
 

@@ -25,7 +25,7 @@ from agent.runtime.slot import Slot
 from agent.types import Frame, Region
 from tests.helpers.clock import FakeClock
 from tests.helpers.waiting import wait_until
-from tests.xvfb import WindowProgram, program_named
+from tests.helpers.xvfb import WindowProgram, program_named
 
 Xlib = pytest.importorskip("Xlib")
 from Xlib import X, Xatom  # noqa: E402

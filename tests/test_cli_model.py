@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tests.conftest import REPO, assert_one_line_error
+from tests.helpers.charles import REPO, assert_one_line_error
 
 
 def test_summary_prints_the_seed_numbers_for_model_0005(run_charles) -> None:

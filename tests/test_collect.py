@@ -24,9 +24,9 @@ from agent.inference.preprocess import preprocess
 from agent.learn.keylabels import KeyLabels
 from agent.learn.shard_watcher import ShardWatcher
 from agent.types import ControllerState
-from tests.conftest import REPO, assert_one_line_error
-from tests.drives import free_udp_port
-from tests.xvfb import key_down, key_up
+from tests.helpers.charles import REPO, assert_one_line_error
+from tests.helpers.drives import free_udp_port
+from tests.helpers.xvfb import key_down, key_up
 
 CAPTURE = (1280, 720)
 INPUT = (160, 90)
@@ -338,7 +338,7 @@ def test_window_dagger_needs_the_games_own_gamepad(tmp_path: Path, run_charles) 
 def test_dagger_frames_the_agent_drives_teach_steering_only(tmp_path: Path, run_charles) -> None:
     """With the agent at the wheel all the time, no frame may join the throttle set: the
     autopilot's pedal label answers a speed the agent, not the autopilot, chose."""
-    from tests.drives import publish_constant_driver
+    from tests.helpers.drives import publish_constant_driver
 
     publish_constant_driver(tmp_path / "models", throttle=0.3, steering=0.0)
     result = _collect(

@@ -25,8 +25,8 @@ from agent.config import (
 )
 from agent.errors import ConfigError
 from agent.nets.registry import LINE_NAMES, LineName
-from tests.conftest import REPO, assert_one_line_error
-from tests.disks import fill, small_filesystem
+from tests.helpers.charles import REPO, assert_one_line_error
+from tests.helpers.disks import fill, small_filesystem
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -33,7 +33,7 @@ from agent.errors import ConfigError
 from agent.types import NEUTRAL, ControllerState
 from tests.helpers.clock import FakeClock
 from tests.helpers.waiting import wait_until
-from tests.xvfb import keycode
+from tests.helpers.xvfb import keycode
 
 X_AXIS = 0x30
 

@@ -27,9 +27,9 @@ from agent.controllers import open_controller
 from agent.controllers.remote import ControllerProcess
 from agent.errors import DependencyError
 from agent.types import NEUTRAL, ControllerState
-from tests.conftest import REPO
-from tests.drives import running, wait_until
-from tests.xvfb import WindowProgram, keycode
+from tests.helpers.charles import REPO
+from tests.helpers.drives import running, wait_until
+from tests.helpers.xvfb import WindowProgram, keycode
 
 FULL_THROTTLE_RIGHT = ControllerState(steering=1.0, accelerate=1.0)
 

@@ -14,8 +14,8 @@ import pytest
 from agent.errors import CharlesError
 from agent.inference.convcam import GAP, grid, read_picture, tile
 from agent.nets.registry import get_line
-from tests.conftest import REPO, assert_one_line_error
-from tests.drives import publish_constant_driver
+from tests.helpers.charles import REPO, assert_one_line_error
+from tests.helpers.drives import publish_constant_driver
 from tests.test_errors_cli import _png_claiming
 from tests.test_shards_hostile import MiB, run_child
 

@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 
 from agent.game.telemetry import read_last_telemetry
-from tests.conftest import REPO
-from tests.drives import EXIT_STATUS, drive_command, free_udp_port, publish_constant_driver
-from tests.xvfb import focus_window, tap_key, wait_for_window
+from tests.helpers.charles import REPO
+from tests.helpers.drives import EXIT_STATUS, drive_command, free_udp_port, publish_constant_driver
+from tests.helpers.xvfb import focus_window, tap_key, wait_for_window
 
 
 def telemetry_samples(path: Path) -> list[dict]:

@@ -19,8 +19,8 @@ import pytest
 
 from agent.game.launcher import BundledGame, spawn_logged
 from agent.game.telemetry import read_last_telemetry
-from tests.conftest import REPO
-from tests.drives import (
+from tests.helpers.charles import REPO
+from tests.helpers.drives import (
     EXIT_STATUS,
     Drive,
     children_of,
@@ -31,7 +31,7 @@ from tests.drives import (
     wait_until,
     without_display,
 )
-from tests.xvfb import (
+from tests.helpers.xvfb import (
     WindowProgram,
     display_env,
     focus_window,

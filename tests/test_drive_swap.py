@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 
 from agent.game.telemetry import read_last_telemetry
-from tests.checkpoints import (
+from tests.helpers.checkpoints import (
     BAD_KINDS,
     LINE,
     publish_driver,
     write_every_bad_kind,
     write_slowly,
 )
-from tests.drives import Drive, drive_command, free_udp_port
+from tests.helpers.drives import Drive, drive_command, free_udp_port
 from tests.test_drive import start_game, stop_game
 
 

@@ -12,9 +12,9 @@ import pytest
 from agent.game.channel import GamepadSender
 from agent.game.telemetry import read_last_telemetry
 from agent.types import NEUTRAL, ControllerState
-from tests.drives import Drive, drive_command, publish_constant_driver
+from tests.helpers.drives import Drive, drive_command, publish_constant_driver
+from tests.helpers.xvfb import focus_window, tap_key, wait_for_window
 from tests.test_game import Game, send_for
-from tests.xvfb import focus_window, tap_key, wait_for_window
 
 pytestmark = pytest.mark.filterwarnings("ignore:builtin type [Ss]wig:DeprecationWarning")
 

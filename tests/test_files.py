@@ -145,7 +145,7 @@ def _umask() -> int:
 def test_a_new_file_takes_the_first_free_name_and_a_full_disk_leaves_none(
     tmp_path: Path,
 ) -> None:
-    from tests.disks import fill, small_filesystem
+    from tests.helpers.disks import fill, small_filesystem
 
     (tmp_path / "out.png").write_bytes(b"an earlier picture")
     assert write_new_file(free_names(tmp_path / "out.png"), b"new") == tmp_path / "out-2.png"

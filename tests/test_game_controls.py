@@ -31,8 +31,8 @@ from agent.game.channel import (
 )
 from agent.game.telemetry import read_last_telemetry
 from agent.types import NEUTRAL, ControllerState
+from tests.helpers.xvfb import Window, focus_window, tap_key, wait_for_window
 from tests.test_game import TITLE, Game, Records, send_for
-from tests.xvfb import Window, focus_window, tap_key, wait_for_window
 
 # Box2D's SWIG bindings trip a DeprecationWarning on import under Python 3.11+; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:builtin type [Ss]wig:DeprecationWarning")

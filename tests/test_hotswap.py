@@ -20,7 +20,7 @@ from agent.config import SwapConfig
 from agent.drive.hotswap import HotSwap
 from agent.inference.predictor import Predictor
 from agent.nets.registry import get_line
-from tests.checkpoints import (
+from tests.helpers.checkpoints import (
     BAD_KINDS,
     LINE,
     lambda_keras_file,
@@ -29,7 +29,7 @@ from tests.checkpoints import (
     write_slowly,
 )
 from tests.helpers.clock import FakeClock
-from tests.models import constant_driver
+from tests.helpers.models import constant_driver
 
 FRAME = np.full(get_line(LINE).input_shape, 120, dtype=np.uint8)
 

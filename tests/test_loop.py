@@ -34,7 +34,7 @@ from agent.runtime.liveness import Failures
 from agent.runtime.slot import Slot
 from agent.types import NEUTRAL, ControllerState, Frame, Region, Tick
 from tests.helpers.clock import FakeClock
-from tests.models import constant_driver
+from tests.helpers.models import constant_driver
 
 LINE = get_line("pilotnet_small")
 

@@ -27,7 +27,7 @@ from agent.learn.makemovie import (
 )
 from agent.learn.shard_writer import ShardWriter
 from agent.record import draw
-from tests.drives import publish_constant_driver
+from tests.helpers.drives import publish_constant_driver
 
 SHAPE = (90, 160, 3)
 PREDICTED = Controls(throttle=0.5, steering=-0.25)

@@ -11,7 +11,7 @@ import pytest
 
 from agent.errors import ModelError
 from agent.nets.registry import LINE_NAMES, get_line
-from tests.conftest import assert_one_line_error
+from tests.helpers.charles import assert_one_line_error
 
 FLAGSHIP = "model_0005_inceptionresnetv2"
 

@@ -19,8 +19,8 @@ from agent.errors import ModelError
 from agent.inference.onnx_backend import TOLERANCE
 from agent.inference.predictor import Predictor, build_model
 from agent.nets.registry import get_line
-from tests.checkpoints import LINE, publish_driver
-from tests.conftest import REPO, assert_one_line_error
+from tests.helpers.charles import REPO, assert_one_line_error
+from tests.helpers.checkpoints import LINE, publish_driver
 
 ONNX = InferenceConfig(backend="onnxruntime")
 MODEL_0005 = "model_0005_inceptionresnetv2"

@@ -21,7 +21,7 @@ from agent.checkpoints.resolve import checkpoint_in
 from agent.config import InferenceConfig
 from agent.inference.predictor import Predictor
 from agent.nets.registry import get_line
-from tests.checkpoints import LINE, publish_driver
+from tests.helpers.checkpoints import LINE, publish_driver
 
 ONNX = InferenceConfig(backend="onnxruntime")
 SHAPE = get_line(LINE).input_shape

@@ -8,8 +8,8 @@ import json
 import subprocess
 from pathlib import Path
 
-from tests.drives import drive_command, free_udp_port, publish_constant_driver
-from tests.xvfb import WindowProgram, display_env
+from tests.helpers.drives import drive_command, free_udp_port, publish_constant_driver
+from tests.helpers.xvfb import WindowProgram, display_env
 
 TITLE = "Some Other Racing Game"
 BUNDLED_GAME_LIBRARIES = ("pygame", "gymnasium", "Box2D")

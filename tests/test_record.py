@@ -32,13 +32,19 @@ from agent.record.recorder import Recorder, recording_path
 from agent.record.writer import choose_encoder, encoder_opens
 from agent.runtime.slot import Slot
 from agent.types import Frame, Region, Tick
-from tests.conftest import REPO, assert_one_line_error
-from tests.drives import Drive, drive_command, free_udp_port, publish_constant_driver, wait_until
-from tests.drives import without_display as no_display
 from tests.helpers import waiting
+from tests.helpers.charles import REPO, assert_one_line_error
 from tests.helpers.clock import FakeClock
-from tests.models import constant_driver
-from tests.xvfb import tap_key
+from tests.helpers.drives import (
+    Drive,
+    drive_command,
+    free_udp_port,
+    publish_constant_driver,
+    wait_until,
+)
+from tests.helpers.drives import without_display as no_display
+from tests.helpers.models import constant_driver
+from tests.helpers.xvfb import tap_key
 
 FPS = 30
 

@@ -1,6 +1,6 @@
 """Recording files: every video is created new (never through a link, never over a file), the
 folder is checked before driving, and a full disk leaves a file that plays up to its last
-complete fragment. Real files, real links, a real full tmpfs (tests/disks.py), real PyAV."""
+complete fragment. Real files, real links, a real full tmpfs (tests/helpers/disks.py), real PyAV."""
 
 from __future__ import annotations
 
@@ -26,10 +26,10 @@ from agent.record.recorder import Recorder, check_before_driving
 from agent.record.writer import RecordingError, VideoOutput, VideoWriter
 from agent.runtime.slot import Slot
 from agent.types import Frame, Region, Tick
-from tests.conftest import REPO, assert_one_line_error
-from tests.disks import fill, free_bytes, small_filesystem
-from tests.drives import Drive, drive_command, free_udp_port, publish_constant_driver
-from tests.drives import without_display as no_display
+from tests.helpers.charles import REPO, assert_one_line_error
+from tests.helpers.disks import fill, free_bytes, small_filesystem
+from tests.helpers.drives import Drive, drive_command, free_udp_port, publish_constant_driver
+from tests.helpers.drives import without_display as no_display
 
 FPS = 30
 SIZE = (320, 240)

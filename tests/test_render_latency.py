@@ -31,7 +31,7 @@ from agent.game.stamp import BITS, CELL
 from agent.runtime.signals import Stop
 from agent.runtime.slot import Slot
 from agent.types import NEUTRAL, ControllerState, Frame
-from tests.drives import free_udp_port
+from tests.helpers.drives import free_udp_port
 
 # Box2D's SWIG bindings trip a DeprecationWarning on import under Python 3.11+; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:builtin type [Ss]wig:DeprecationWarning")

@@ -31,7 +31,7 @@ from agent.learn import shard_format
 from agent.learn.shard_format import ShardError, read_shard
 from agent.learn.shard_writer import ShardWriter
 from agent.learn.sink import SampleSink
-from tests.conftest import REPO
+from tests.helpers.charles import REPO
 
 SHAPE = (90, 160, 3)
 """pilotnet_small's input: a frame is 43,200 bytes."""

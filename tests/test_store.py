@@ -30,7 +30,7 @@ from agent.checkpoints.resolve import latest, resolve, versions
 from agent.errors import ModelError
 from agent.inference.predictor import Predictor
 from agent.nets.registry import get_line
-from tests.conftest import assert_one_line_error
+from tests.helpers.charles import assert_one_line_error
 
 LINE = "pilotnet_small"
 
@@ -494,8 +494,8 @@ def test_publish_saves_the_network_only_and_refuses_nan(tmp_path: Path, small: k
 
 def test_prune_keeps_the_newest_versions_and_never_fewer_than_two(tmp_path: Path) -> None:
     from agent.checkpoints.publish import PRUNED_PREFIX
-    from tests.checkpoints import LINE as DRIVER_LINE
-    from tests.checkpoints import publish_driver
+    from tests.helpers.checkpoints import LINE as DRIVER_LINE
+    from tests.helpers.checkpoints import publish_driver
 
     for step in range(4):
         publish_driver(tmp_path, 0.1 * step, 0.0)

@@ -28,7 +28,7 @@ from agent.checkpoints.resolve import latest
 from agent.config import Config, ModelConfig
 from agent.errors import ModelError
 from agent.inference.predictor import Predictor
-from tests.models import constant_driver
+from tests.helpers.models import constant_driver
 
 LINE = "pilotnet_small"
 ARRAY = "layers/dense/vars/1"

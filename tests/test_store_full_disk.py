@@ -1,11 +1,11 @@
 """A full disk never costs a published checkpoint (issue 17, item 9).
 
-The store is a real tmpfs of a few megabytes (tests/disks.py), so the kernel's own ENOSPC meets
-the real publishing code and the real `charles train`. A pilotnet_small checkpoint is ~1.95 MB:
-a 5 MB store holds two. The trainer used to die with SIGSEGV there (HDF5's clean-up at exit,
-after Keras's HDF5 writer met the full disk) and the store ended up empty: Keras wrote the
-weights with Adam's two moment arrays (~5.7 MB) before the slim copy (~1.9 MB more), so not
-even the first publish fitted.
+The store is a real tmpfs of a few megabytes (tests/helpers/disks.py), so the kernel's own
+ENOSPC meets the real publishing code and the real `charles train`. A pilotnet_small checkpoint
+is ~1.95 MB: a 5 MB store holds two. The trainer used to die with SIGSEGV there (HDF5's
+clean-up at exit, after Keras's HDF5 writer met the full disk) and the store ended up empty:
+Keras wrote the weights with Adam's two moment arrays (~5.7 MB) before the slim copy (~1.9 MB
+more), so not even the first publish fitted.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from agent.errors import ModelError
 from agent.learn.trainer import Trainer
 from agent.nets.registry import get_line
 from agent.runtime.signals import Stop
-from tests.conftest import assert_one_line_error, run_charles_process
-from tests.disks import fill, free_bytes, small_filesystem
-from tests.models import constant_driver
+from tests.helpers.charles import assert_one_line_error, run_charles_process
+from tests.helpers.disks import fill, free_bytes, small_filesystem
+from tests.helpers.models import constant_driver
 from tests.test_trainer import _default_strategy, small_config, write_shards
 
 LINE = "pilotnet_small"

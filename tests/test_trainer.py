@@ -25,7 +25,7 @@ from agent.learn.shard_writer import ShardWriter
 from agent.learn.trainer import Trainer
 from agent.nets.registry import get_line
 from agent.runtime.signals import Stop
-from tests.conftest import REPO, assert_one_line_error
+from tests.helpers.charles import REPO, assert_one_line_error
 
 SHAPE = (90, 160, 3)
 

@@ -26,9 +26,9 @@ from agent.config import Config
 from agent.errors import CharlesError, ModelError
 from agent.learn.trainer import Trainer, run_train
 from agent.runtime.signals import Stop
-from tests.conftest import REPO, assert_one_line_error, run_charles_process
-from tests.disks import fill, small_filesystem
-from tests.models import constant_driver
+from tests.helpers.charles import REPO, assert_one_line_error, run_charles_process
+from tests.helpers.disks import fill, small_filesystem
+from tests.helpers.models import constant_driver
 from tests.test_store_damage import DAMAGE, reseal
 from tests.test_trainer import _default_strategy, small_config, write_shards
 
@@ -150,7 +150,7 @@ _KILLED_MID_PUBLISH = """
 import os, sys
 from pathlib import Path
 import agent.checkpoints.publish
-from tests.models import constant_driver
+from tests.helpers.models import constant_driver
 
 real_rename = os.rename
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from agent.config import BUILT_IN_SOURCE
-from tests.conftest import REPO, assert_one_line_error
+from tests.helpers.charles import REPO, assert_one_line_error
 
 REFERENCE = REPO / "agent" / "checkpoints" / "reference_checkpoints" / "pilotnet_small"
 # What the dependencies (numpy, rich, h5py, ...) are imported from: this environment's own.

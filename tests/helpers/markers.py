@@ -49,7 +49,7 @@ X11_FIXTURES = frozenset({"x_display"})
 """Fixtures that start an X server for the test."""
 
 X11_PARTS = ("agent.runtime.display.xvfb", "agent.runtime.display.display_for_this_process",
-             "tests.drives.without_display")  # fmt: skip
+             "tests.helpers.drives.without_display")  # fmt: skip
 """Code that starts Xvfb (`without_display`: a `charles` that must start its own), by
 qualified name; a module's name stands for everything in it."""
 
@@ -59,13 +59,16 @@ screen)."""
 
 TF_MODULES = ("keras", "tensorflow", "tf2onnx", "agent.nets", "agent.inference.predictor",
               "agent.inference.onnx_backend", "agent.learn.trainer", "agent.learn.schedule",
-              "tests.models", "tests.checkpoints")  # fmt: skip
+              "tests.helpers.models", "tests.helpers.checkpoints")  # fmt: skip
 """Modules (and their submodules) whose functions and classes run TensorFlow or Keras."""
 
-TF_PARTS = ("agent.checkpoints.store.publish",)
+TF_PARTS = ("agent.checkpoints.publish.publish",)
 """Single functions that need TensorFlow although their module does not (a Keras model in)."""
 
-CHARLES_PROCESSES = ("tests.conftest.run_charles_process", "tests.drives.drive_command")
+CHARLES_PROCESSES = (
+    "tests.helpers.charles.run_charles_process",
+    "tests.helpers.drives.drive_command",
+)
 """Helpers that start `python -m agent`. A test may also start it by hand: sys.executable with
 "agent", "agent.game" or an installed "charles" among its strings."""
 

@@ -18,7 +18,7 @@ from agent.checkpoints.load import sha256_of
 from agent.checkpoints.manifest import MANIFEST_FILE, WEIGHTS_FILE, Manifest
 from agent.checkpoints.publish import publish
 from agent.nets.registry import get_line
-from tests.models import constant_driver
+from tests.helpers.models import constant_driver
 
 LINE = "pilotnet_small"
 OTHER_LINE = "model_0005_inceptionresnetv2"

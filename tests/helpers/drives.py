@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.checkpoints.publish import publish
-from tests.conftest import REPO
+from tests.helpers.charles import REPO
 
 LINE = "pilotnet_small"
 
@@ -32,7 +32,7 @@ def publish_constant_driver(store: Path, throttle: float, steering: float) -> No
     """A checkpoint that always predicts (throttle, steering), whatever it sees."""
     # Keras is imported here, not with this module: the game's tests use its other helpers
     # and need no TensorFlow.
-    from tests.models import constant_driver
+    from tests.helpers.models import constant_driver
 
     model = constant_driver(throttle, steering, LINE)
     publish(model, store, LINE, batches=0, note=f"constant {throttle}, {steering}")
