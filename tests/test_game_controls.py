@@ -284,6 +284,32 @@ def test_a_reset_request_puts_the_car_back_on_the_track(display: str, start_game
     assert to_points[0] > to_points.min() + 2 * rolled + 5.0  # not back to the start
 
 
+def hold(
+    sender: GamepadSender, game: Any, state: ControllerState, seconds: float, samples: int
+) -> None:
+    """Send `state` for `seconds`, and on until the game's telemetry holds `samples` records
+    of it (10 s at most): a busy machine steps the game's physics more slowly than the clock,
+    so a fixed time alone gives fewer records of each phase than the test needs."""
+    wanted = {"steering": state.steering, "accelerate": state.accelerate, "brake": state.brake}
+
+    def seen() -> int:
+        try:
+            records = game.records()
+        except ValueError:  # a line being written this instant: look again next time
+            return 0
+        return sum(
+            record["source"] == "gamepad"
+            and all(record[key] == value for key, value in wanted.items())
+            for record in records
+        )
+
+    started = time.monotonic()
+    while time.monotonic() < started + seconds or seen() < samples:
+        if time.monotonic() > started + 10.0:
+            break
+        send_for(sender, state, 0.1)
+
+
 def test_the_brake_backs_up_a_stopped_car_and_still_slows_a_moving_one(
     display: str, start_game: Any
 ) -> None:
@@ -292,10 +318,10 @@ def test_the_brake_backs_up_a_stopped_car_and_still_slows_a_moving_one(
     sender = GamepadSender(game.port)
     try:
         time.sleep(0.3)
-        send_for(sender, ControllerState(brake=1.0), 1.2)
-        send_for(sender, ControllerState(steering=1.0, brake=1.0), 0.6)
-        send_for(sender, ControllerState(accelerate=0.5), 0.6)
-        send_for(sender, ControllerState(brake=0.15), 0.4)
+        hold(sender, game, ControllerState(brake=1.0), 1.2, samples=12)
+        hold(sender, game, ControllerState(steering=1.0, brake=1.0), 0.6, samples=6)
+        hold(sender, game, ControllerState(accelerate=0.5), 0.6, samples=6)
+        hold(sender, game, ControllerState(brake=0.15), 0.4, samples=4)
         send_for(sender, NEUTRAL, 0.3)  # the pad lets go at once, not 0.5 s later
     finally:
         sender.close()
