@@ -24,11 +24,11 @@ out of the fast part.
 Checking the rules after a change to them or to the tests:
 - `pytest --durations=0`: every test over 2 s must be `slow`, by a rule or listed in
   SLOW_BY_MEASUREMENT with why;
-- `pytest -m "not x11 and not slow"` with DISPLAY unset and an `Xvfb` on PATH that only fails
-  must pass (nothing unmarked needs an X server);
-- `pytest -m "not tf and not slow" --continue-on-collection-errors` with `tensorflow` and
-  `keras` packages on PYTHONPATH that raise ImportError must pass, apart from the modules that
-  import Keras at their top, which cannot be collected then.
+- `pytest -m "not x11"` with DISPLAY unset and an `Xvfb` on PATH that only fails must pass
+  (nothing unmarked needs an X server);
+- `pytest -m "not tf" --continue-on-collection-errors` with `tensorflow`, `keras` and `tf2onnx`
+  packages first on PYTHONPATH that raise ImportError (the `charles` processes inherit it) must
+  pass, apart from the modules that import Keras at their top, which cannot be collected then.
 """
 
 from __future__ import annotations
