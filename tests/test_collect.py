@@ -16,7 +16,7 @@ from agent.capture import WindowQuery, find_window
 from agent.capture.screen import open_mss
 from agent.config import KeyboardConfig
 from agent.game.autopilot import Autopilot
-from agent.game.channel import FrameRecord, GamepadReceiver, subscribe_packet
+from agent.game.channel import FrameRecord, GamepadReceiver, free_udp_port, subscribe_packet
 from agent.game.pairing import FrameRecordListener
 from agent.game.sim import HostedCarRacing
 from agent.game.stamp import draw_stamp, read_stamp
@@ -25,7 +25,6 @@ from agent.learn.keylabels import KeyLabels
 from agent.learn.shard_watcher import ShardWatcher
 from agent.types import ControllerState
 from tests.helpers.charles import REPO, assert_one_line_error
-from tests.helpers.drives import free_udp_port
 from tests.helpers.xvfb import key_down, key_up
 
 CAPTURE = (1280, 720)

@@ -20,9 +20,10 @@ from pathlib import Path
 
 import pytest
 
+from agent.game.channel import free_udp_port
 from agent.game.telemetry import read_last_telemetry
 from tests.helpers.charles import REPO
-from tests.helpers.drives import EXIT_STATUS, drive_command, free_udp_port, publish_constant_driver
+from tests.helpers.drives import EXIT_STATUS, drive_command, publish_constant_driver
 from tests.helpers.xvfb import focus_window, tap_key, wait_for_window
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.game.channel import free_udp_port
 from agent.game.launcher import BundledGame, spawn_logged
 from agent.game.telemetry import read_last_telemetry
 from tests.helpers.charles import REPO
@@ -25,7 +26,6 @@ from tests.helpers.drives import (
     Drive,
     children_of,
     drive_command,
-    free_udp_port,
     publish_constant_driver,
     running,
     wait_until,

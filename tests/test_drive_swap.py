@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.game.channel import free_udp_port
 from agent.game.telemetry import read_last_telemetry
 from tests.helpers.checkpoints import (
     BAD_KINDS,
@@ -19,7 +20,7 @@ from tests.helpers.checkpoints import (
     write_every_bad_kind,
     write_slowly,
 )
-from tests.helpers.drives import Drive, drive_command, free_udp_port
+from tests.helpers.drives import Drive, drive_command
 from tests.test_drive import start_game, stop_game
 
 

@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 from agent.bench.drive import Rates, judge
+from agent.game.channel import free_udp_port
 from tests.helpers.charles import REPO
-from tests.helpers.drives import free_udp_port
 
 
 def test_bench_drive_json_reports_raw_drive_and_naive_on_the_bundled_game(tmp_path: Path) -> None:

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from agent.cli import main
+from agent.game.channel import free_udp_port
 from tests.helpers.charles import REPO, assert_one_line_error
 from tests.helpers.disks import fill, small_filesystem
-from tests.helpers.drives import free_udp_port
 
 CONFIG = ("--config", str(REPO / "config.toml"))
 

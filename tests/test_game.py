@@ -21,10 +21,9 @@ from typing import Any
 import pytest
 
 from agent.game.autopilot import Autopilot
-from agent.game.channel import GamepadSender
+from agent.game.channel import GamepadSender, free_udp_port
 from agent.game.telemetry import TelemetryRecord, TelemetryWriter, read_last_telemetry
 from agent.types import ControllerState
-from tests.helpers.drives import free_udp_port
 from tests.helpers.xvfb import display_env, focus_window, key_down, key_up, tap_key, wait_for_window
 
 REPO = Path(__file__).resolve().parent.parent

@@ -8,7 +8,8 @@ import json
 import subprocess
 from pathlib import Path
 
-from tests.helpers.drives import drive_command, free_udp_port, publish_constant_driver
+from agent.game.channel import free_udp_port
+from tests.helpers.drives import drive_command, publish_constant_driver
 from tests.helpers.xvfb import WindowProgram, display_env
 
 TITLE = "Some Other Racing Game"

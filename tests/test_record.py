@@ -20,6 +20,7 @@ from agent.config import RecordConfig
 from agent.controllers.null import NullController
 from agent.drive.control import ControlMapper
 from agent.drive.loop import DriveLoop
+from agent.game.channel import free_udp_port
 from agent.inference.convcam import tile
 from agent.inference.predictor import Predictor
 from agent.inference.preprocess import preprocess
@@ -35,13 +36,7 @@ from agent.types import Frame, Region, Tick
 from tests.helpers import waiting
 from tests.helpers.charles import REPO, assert_one_line_error
 from tests.helpers.clock import FakeClock
-from tests.helpers.drives import (
-    Drive,
-    drive_command,
-    free_udp_port,
-    publish_constant_driver,
-    wait_until,
-)
+from tests.helpers.drives import Drive, drive_command, publish_constant_driver, wait_until
 from tests.helpers.drives import without_display as no_display
 from tests.helpers.models import constant_driver
 from tests.helpers.xvfb import tap_key

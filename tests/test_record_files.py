@@ -19,6 +19,7 @@ import pytest
 
 from agent.config import Config, DataConfig, ModelConfig, RecordConfig
 from agent.errors import CharlesError
+from agent.game.channel import free_udp_port
 from agent.learn.makemovie import make_movie
 from agent.learn.shard_writer import ShardWriter
 from agent.record.hud import Status
@@ -28,7 +29,7 @@ from agent.runtime.slot import Slot
 from agent.types import Frame, Region, Tick
 from tests.helpers.charles import REPO, assert_one_line_error
 from tests.helpers.disks import fill, free_bytes, small_filesystem
-from tests.helpers.drives import Drive, drive_command, free_udp_port, publish_constant_driver
+from tests.helpers.drives import Drive, drive_command, publish_constant_driver
 from tests.helpers.drives import without_display as no_display
 
 FPS = 30

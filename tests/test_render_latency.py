@@ -24,14 +24,13 @@ from agent.config import Config
 from agent.controllers.game import GameController
 from agent.drive.latency import Match, RenderToCommand
 from agent.drive.target import acquire_window
-from agent.game.channel import FrameRecord, GamepadReceiver, GamepadSender
+from agent.game.channel import FrameRecord, GamepadReceiver, GamepadSender, free_udp_port
 from agent.game.launcher import connect_or_launch
 from agent.game.pairing import FrameRecordListener
 from agent.game.stamp import BITS, CELL
 from agent.runtime.signals import Stop
 from agent.runtime.slot import Slot
 from agent.types import NEUTRAL, ControllerState, Frame
-from tests.helpers.drives import free_udp_port
 
 # Box2D's SWIG bindings trip a DeprecationWarning on import under Python 3.11+; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:builtin type [Ss]wig:DeprecationWarning")

@@ -25,7 +25,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -39,7 +38,7 @@ from agent.arguments import positive_float, positive_int
 from agent.bench.workfolder import charles_command, set_flags, write_config
 from agent.config import Config
 from agent.errors import CharlesError
-from agent.game.channel import ask_identity
+from agent.game.channel import ask_identity, free_udp_port
 from agent.runtime.display import display_for_this_process
 
 EVAL_SEEDS = (1, 2, 3, 4, 5)
@@ -196,7 +195,7 @@ class Bench:
         return int(json.loads((folder / "manifest.json").read_text())["batches"])
 
     def evaluate(self, policy: str, seed: int, cap: float, checkpoint: str = "") -> Run:
-        port = _free_udp_port()
+        port = free_udp_port()
         game_log = self.work / f"eval-{policy}-{seed}-game.log"
         telemetry = self.work / f"eval-{policy}-{seed}.jsonl"
         game_cmd = self.command(
@@ -282,12 +281,6 @@ def _records(path: Path) -> list[dict]:
         except ValueError:
             continue
     return records
-
-
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def print_table(report: dict, runs: list[Run], seeds: list[int]) -> None:

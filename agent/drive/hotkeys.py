@@ -101,13 +101,23 @@ def stop_key_listener(listener: Any) -> None:
         listener.stop()
     except Exception as error:
         # With the X server gone the listener cannot be told anything, and it is dead
-        # already; this must not hide the error that ended the session.
+        # already; this must not hide the error that ended the session. Its own closed
+        # connection says so even while the server's socket still lingers.
         explained = explain_display_loss(error)
-        if not isinstance(explained, CharlesError):
+        if not (_x_connection_lost(error) or isinstance(explained, CharlesError)):
             raise
         log.debug("key listener could not be stopped: %s", explained)
     _unblock_x11_listener(listener)
     listener.join(timeout=2.0)
+
+
+def _x_connection_lost(error: BaseException) -> bool:
+    """True for Xlib's own word that its connection to the X server is closed."""
+    try:
+        from Xlib.error import ConnectionClosedError
+    except ImportError:  # no Xlib (Windows): not an X connection
+        return False
+    return isinstance(error, ConnectionClosedError)
 
 
 def _unblock_x11_listener(listener: Any) -> None:

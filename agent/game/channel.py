@@ -128,6 +128,14 @@ def subscribe_packet(nonce: int) -> bytes:
     return _WHO.pack(_SUBSCRIBE_MAGIC, nonce & 0xFFFFFFFF)
 
 
+def free_udp_port() -> int:
+    """A loopback UDP port free this instant, for a game of its own (the benchmarks and the
+    tests run several games side by side, each on its own channel)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def request_reset(port: int) -> None:
     """Ask the game on `port` to put the car back on the track; sent once, never answered.
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -20,12 +19,6 @@ LINE = "pilotnet_small"
 
 EXIT_STATUS = {"SIGTERM": 143, "SIGINT": 130}
 """What `charles drive` exits with after each stop signal (128 + its number)."""
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def publish_constant_driver(store: Path, throttle: float, steering: float) -> None:
