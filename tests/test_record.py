@@ -3,6 +3,7 @@ game decoded back with PyAV (length, HUD pixels, kill -9, the layout's Convcam).
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -154,8 +155,13 @@ def test_a_recording_of_the_game_has_its_true_length_and_the_hud(tmp_path: Path)
         assert (stream.codec_context.name, stream.codec_context.pix_fmt) == ("h264", "yuv420p")
         assert (stream.width, stream.height) == (1280, 720)
         times = [float(frame.time) for frame in container.decode(video=0)]
-    # ... and so are the file's timestamps: the picture of slot k plays at k / 30 s.
-    assert times[-1] == pytest.approx((report["frames"] - 1) / FPS, abs=1.5 / FPS)
+    # ... and so are the file's timestamps: the picture of slot k plays at k / 30 s. Pictures
+    # a slow encoder dropped leave their slots' times out, so the last picture played is
+    # between the last written slot and the last slot.
+    first_possible = (report["written"] - 1) / FPS - 1.5 / FPS
+    last_possible = (report["frames"] - 1) / FPS + 1.5 / FPS
+    assert first_possible <= times[-1] <= last_possible, (times[-1], report)
+    assert all(b > a for a, b in itertools.pairwise(times))  # never two pictures at one time
     # The HUD: the constant driver's controller values as bars where the HUD draws them.
     picture = pictures[-FPS]
     geometry = hud_geometry(1280, 720)
