@@ -24,8 +24,9 @@ import pytest
 
 from agent.config import ControllerConfig, KeyboardConfig
 from agent.controllers import open_controller
-from agent.controllers.remote import ControllerProcess
+from agent.controllers.remote import ControllerProcess, ControllerProcessError
 from agent.errors import DependencyError
+from agent.runtime.liveness import Failures
 from agent.types import NEUTRAL, ControllerState
 from tests.helpers.charles import REPO
 from tests.helpers.drives import running, wait_until
@@ -343,3 +344,81 @@ def test_a_controller_process_that_dies_stops_the_drive_with_one_line(tmp_path: 
             controller.set(NEUTRAL)
     finally:
         controller.close()
+
+
+SCRIPTED_HOST = """
+import json, sys
+
+def say(message):
+    print(json.dumps(message), flush=True)
+
+settings = json.loads(sys.stdin.readline())
+if sys.argv[1] == "refuse":
+    say({"error": "vJoy is not installed: install it from its site", "kind": "DependencyError"})
+    sys.exit(0)
+if sys.argv[1] == "unknown-kind":
+    say({"error": "the pad broke", "kind": "ValueError"})
+    sys.exit(0)
+say("not a message")  # a stray line is skipped, not fatal
+say({"log": [30, "driver for " + settings["backend"] + " warming up"]})
+say({"releases": 3})
+say({"ready": 1})
+for line in sys.stdin:
+    message = json.loads(line)
+    if "set" in message:
+        say({"stopped": "the driver failed", "kind": "RuntimeError"})
+    if "close" in message:
+        say({"closed": 1, "releases": 5})
+        break
+"""
+"""A stand-in controller process that answers with scripted messages (sys.argv[1]: how)."""
+
+
+def scripted(how: str) -> list[str]:
+    return [sys.executable, "-c", SCRIPTED_HOST, how]
+
+
+def test_what_the_controller_process_says_reaches_the_drive(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Its log lines at their level, its release count, and its failure: on the session's
+    failures board (the drive loop stops on it) and as the error the next set() raises."""
+    failures = Failures()
+    with caplog.at_level(logging.DEBUG, logger="agent.controllers.remote"):
+        controller = ControllerProcess(
+            ControllerConfig(backend="vjoy"), None, command=scripted("drive"), failures=failures
+        )
+    try:
+        [record] = [r for r in caplog.records if "warming up" in r.getMessage()]
+        assert (record.levelno, record.getMessage()) == (
+            logging.WARNING,
+            "driver for vjoy warming up",
+        )
+        assert controller.releases == 3
+        assert controller.error is None and failures.first() is None
+        controller.set(FULL_THROTTLE_RIGHT)
+        wait_until(lambda: failures.first() is not None, 5.0, "the failure to be reported")
+        failure = failures.first()
+        assert failure is not None and failure.part == "controller"
+        assert str(failure.error) == "the driver failed"
+        assert controller.error is failure.error
+        with pytest.raises(ControllerProcessError, match="vjoy controller stopped: the driver"):
+            controller.set(FULL_THROTTLE_RIGHT)
+    finally:
+        controller.close()
+    assert controller.releases == 5  # the count the process closed with
+
+
+@pytest.mark.parametrize(
+    ("how", "kind", "text"),
+    [
+        ("refuse", DependencyError, "vJoy is not installed: install it from its site"),
+        ("unknown-kind", ControllerProcessError, "the pad broke"),
+    ],
+)
+def test_a_controller_process_that_cannot_start_is_its_own_one_line_error(
+    how: str, kind: type[Exception], text: str
+) -> None:
+    with pytest.raises(kind) as refused:
+        ControllerProcess(ControllerConfig(backend="vjoy"), None, command=scripted(how))
+    assert type(refused.value) is kind and str(refused.value) == text
