@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from agent.controllers.deadman import DEFAULT_HOLD
 from agent.controllers.host import (
     WATCH_PERIOD,
     FocusTarget,
@@ -160,6 +161,24 @@ def test_a_driver_that_cannot_open_is_one_error_message(monkeypatch: pytest.Monk
 def test_only_backends_that_hold_input_in_the_os_are_served() -> None:
     with pytest.raises(ValueError, match="not 'game'"):  # a bug in the drive, not a user's
         build_backend({**SETTINGS, "backend": "game"})
+
+
+def test_the_settings_build_the_backend_the_drive_asked_for(vjoy: list[FakeVJoy]) -> None:
+    controller, focus = build_backend(SETTINGS)
+    try:
+        assert (controller.name, controller.hold, focus) == ("vjoy", 0.3, None)
+        assert [device.number for device in vjoy] == [2]
+    finally:
+        controller.close()
+    # What the drive leaves out takes the defaults: hold 1 s, vJoy device 1.
+    controller, focus = build_backend({"backend": "vjoy"})
+    try:
+        assert (controller.hold, focus) == (DEFAULT_HOLD, None)
+        assert [device.number for device in vjoy] == [2, 1]
+    finally:
+        controller.close()
+    with pytest.raises(ValueError, match="not None"):
+        build_backend({})
 
 
 class Recorder:
