@@ -8,6 +8,7 @@ every axis it is given: the driver boundary.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -360,6 +361,7 @@ if sys.argv[1] == "unknown-kind":
     say({"error": "the pad broke", "kind": "ValueError"})
     sys.exit(0)
 say("not a message")  # a stray line is skipped, not fatal
+say({"log": [20, "settings " + json.dumps(settings)]})
 say({"log": [30, "driver for " + settings["backend"] + " warming up"]})
 say({"releases": 3})
 say({"ready": 1})
@@ -386,9 +388,15 @@ def test_what_the_controller_process_says_reaches_the_drive(
     failures = Failures()
     with caplog.at_level(logging.DEBUG, logger="agent.controllers.remote"):
         controller = ControllerProcess(
-            ControllerConfig(backend="vjoy"), None, command=scripted("drive"), failures=failures
-        )
+            ControllerConfig(backend="vjoy", hold=0.7, vjoy_device=3), None,
+            command=scripted("drive"), failures=failures,
+        )  # fmt: skip
     try:
+        [told] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("settings")]
+        assert json.loads(told.removeprefix("settings ")) == {
+            "backend": "vjoy", "hold": 0.7, "vjoy_device": 3,
+            "keyboard": dataclasses.asdict(KeyboardConfig()),
+        }  # fmt: skip
         [record] = [r for r in caplog.records if "warming up" in r.getMessage()]
         assert (record.levelno, record.getMessage()) == (
             logging.WARNING,
