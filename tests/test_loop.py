@@ -284,6 +284,8 @@ def test_a_model_slower_than_the_capture_starts_on_a_fresh_frame(predictor, mode
     latencies = list(rig.loop.counters.latencies)
     if model_seconds:
         assert all(fresh[1:]), fresh  # every prediction after the first started on a fresh one
+        # Each frame up to the newest one seen was either predicted on or skipped, once.
+        assert rig.loop.skipped + rig.loop.counters.predictions == rig.loop._last_seq
         # Capture to command is the model's time, never plus a period's wait.
         assert latencies[1:] == pytest.approx([model_seconds] * (len(latencies) - 1))
     else:
@@ -584,6 +586,13 @@ def test_a_still_picture_starts_a_recovery_that_releases_backs_up_and_hands_back
         assert rig.swap.unstuck_at == [rig.clock.now()]
         assert rig.loop.counters.predictions == driving_sent  # the stuck frame is not driven on
         assert rig.sent[-1] == NEUTRAL  # release first
+        tick, _ = rig.ticks.get()  # what the console and the recording show meanwhile
+        assert tick is not None and (tick.state, tick.frame, tick.prediction) == (
+            UNSTUCK,
+            None,
+            None,
+        )
+        assert (tick.command, tick.commanded_at) == (NEUTRAL, rig.clock.now())
         assert "recovering (unstuck 1)" in caplog.text
         assert rig.step(0.25).state == UNSTUCK and rig.sent[-1] == NEUTRAL  # 0.25 s in
         backing = rig.step(0.5)  # 0.75 s in: backing up, wheels away from steering -0.25
