@@ -921,3 +921,35 @@ def test_keyboard_releases_keys_when_the_program_exits_without_close(
     pressed = {code for kind, code in key_window.events if kind == "press"}
     assert pressed == {key_window.keycode("w"), key_window.keycode("a")}
     assert balanced(key_window.events), key_window.events
+
+
+def test_pynput_missing_or_without_a_desktop_is_one_line_naming_the_fix(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import importlib.abc
+
+    from agent.controllers.keyboard import _load_pynput_keyboard
+
+    for name in [n for n in sys.modules if n == "pynput" or n.startswith("pynput.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "pynput", None)  # not installed
+    with pytest.raises(DependencyError) as missing:
+        _load_pynput_keyboard()
+    assert str(missing.value) == "keyboard backend needs pynput; run: pip install pynput"
+    monkeypatch.delitem(sys.modules, "pynput")
+
+    class NoDesktop(importlib.abc.MetaPathFinder):
+        """pynput's import-time probe of the display, failing as it does without X."""
+
+        def find_spec(self, name: str, path: object, target: object = None) -> None:
+            if name == "pynput" or name.startswith("pynput."):
+                raise ImportError("this platform is not supported: 'no display'\nTry this:")
+
+    monkeypatch.setattr(sys, "meta_path", [NoDesktop(), *sys.meta_path])
+    with pytest.raises(DependencyError) as no_desktop:
+        _load_pynput_keyboard()
+    assert str(no_desktop.value) == (
+        "keyboard backend cannot reach the desktop (this platform is not supported: 'no "
+        "display'); run Charles inside the desktop session that shows the game (on Linux: X11 "
+        "with DISPLAY set) or choose another controller.backend"
+    )
