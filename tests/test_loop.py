@@ -7,6 +7,7 @@ import logging
 import threading
 import time
 from functools import partial
+from typing import Any
 
 import numpy as np
 import pytest
@@ -54,9 +55,14 @@ class Rig:
     """A loop wired to a null controller; `failures` and `window_ok` steer its inputs."""
 
     def __init__(
-        self, predictor: Predictor, mapper: ControlMapper | None = None, clock: Clock = SYSTEM_CLOCK
+        self,
+        predictor: Predictor,
+        mapper: ControlMapper | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        **parts: Any,
     ) -> None:
-        self.frames: Slot[Frame] = Slot()
+        """`parts`: the loop's optional parts (hot_swap, unstuck, request_frame, ...)."""
+        self.frames: Slot[Frame] = parts.pop("frames", None) or Slot()
         self.ticks: Slot[Tick] = Slot()
         self.controller = NullController()
         self.window_ok = True
@@ -74,6 +80,7 @@ class Rig:
             ticks=self.ticks,
             failures=self.failures,
             clock=clock,
+            **parts,
         )
 
     def run_in_thread(self) -> threading.Thread:
@@ -110,6 +117,8 @@ def test_drives_with_the_mapped_prediction_and_never_repeats_a_frame(predictor) 
     assert tick.command.accelerate == pytest.approx(0.5, abs=1e-5)
     assert tick.command.steering == pytest.approx(-0.25, abs=1e-5)
     assert tick.latency is not None and tick.latency > 0
+    # What the recording's "model input" panel shows: the picture as the model saw it.
+    assert tick.model_input is not None and tick.model_input.shape == LINE.input_shape
     assert rig.controller.last == NEUTRAL
     assert rig.loop.error is None
 
@@ -249,10 +258,12 @@ def rig_with_camera(predictor: Predictor) -> tuple[Rig, Camera, FakeClock]:
     the Grabber. The loop and the camera read a fake clock: the model's time is what the test
     advances it by, so "slower than a capture period" does not depend on this machine's load."""
     clock = FakeClock()
-    rig = Rig(predictor, clock=clock)
-    camera = Camera(rig.frames, period=0.03, clock=clock)
-    rig.loop._request_frame = camera.request_frame
-    rig.loop._stop_following = camera.stop_following
+    frames: Slot[Frame] = Slot()
+    camera = Camera(frames, period=0.03, clock=clock)
+    rig = Rig(
+        predictor, clock=clock, frames=frames, request_frame=camera.request_frame,
+        stop_following=camera.stop_following,
+    )  # fmt: skip
     return rig, camera, clock
 
 
@@ -538,13 +549,13 @@ class StepRig(Rig):
     def __init__(self, predictor: Predictor, game_paused: bool = False) -> None:
         self.clock = FakeClock()
         self.mapper = CountingMapper()
-        super().__init__(predictor, self.mapper, clock=self.clock)
         plan = RecoveryPlan(release=0.5, reverse=1.0, reverse_brake=0.6, reset_game=None)
         self.unstuck = Unstuck(StuckDetector(window=1.0, min_change=1.0), plan)
         self.swap = SwapSpy()
-        self.loop._unstuck = self.unstuck
-        self.loop._hot_swap = self.swap  # type: ignore[assignment]
-        self.loop._game_paused = lambda: game_paused
+        super().__init__(
+            predictor, self.mapper, clock=self.clock, unstuck=self.unstuck, hot_swap=self.swap,
+            game_paused=lambda: game_paused,
+        )  # fmt: skip
         self.sent: list[ControllerState] = []
         write = self.controller._write
 
@@ -596,7 +607,9 @@ def test_a_still_picture_starts_a_recovery_that_releases_backs_up_and_hands_back
             None,
         )
         assert (tick.command, tick.commanded_at) == (NEUTRAL, rig.clock.now())
-        assert "recovering (unstuck 1)" in caplog.text
+        assert [r.getMessage() for r in caplog.records if "stuck" in r.getMessage()] == [
+            "car stuck (the picture stood still): recovering (unstuck 1)"
+        ]
         assert rig.step(0.25).state == UNSTUCK and rig.sent[-1] == NEUTRAL  # 0.25 s in
         backing = rig.step(0.5)  # 0.75 s in: backing up, wheels away from steering -0.25
         assert backing.state == UNSTUCK
@@ -638,9 +651,8 @@ def test_each_command_is_tagged_noted_and_timed_on_the_loops_clock(predictor) ->
     """What the summary and render-to-command latency are built from: per prediction, the
     command tagged with its frame, the frame noted, and the clock's times recorded."""
     clock = FakeClock()
-    rig = Rig(predictor, clock=clock)
     spy = LatencySpy()
-    rig.loop._render_latency = spy  # type: ignore[assignment]
+    rig = Rig(predictor, clock=clock, render_latency=spy)
     tags: list[int] = []
     set_state = rig.controller.set
 
