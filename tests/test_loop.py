@@ -276,9 +276,14 @@ def test_a_model_slower_than_the_capture_starts_on_a_fresh_frame(predictor, mode
     fresh: list[bool] = []
     to_input = rig.loop._to_model_input
 
+    stale = np.full((720, 1280, 4), 7, dtype=np.uint8)
+
     def model(image: np.ndarray) -> np.ndarray:
         fresh.append(int(image[0, 0, 0]) == Camera.FRESH)
         clock.advance(model_seconds)
+        if model_seconds:  # two frames captured while this slow prediction ran
+            for _ in range(2):
+                rig.frames.put(Frame(stale, clock.now(), 0, Region(0, 0, 1280, 720)))
         return to_input(image)
 
     rig.loop._to_model_input = model
@@ -295,7 +300,9 @@ def test_a_model_slower_than_the_capture_starts_on_a_fresh_frame(predictor, mode
     latencies = list(rig.loop.counters.latencies)
     if model_seconds:
         assert all(fresh[1:]), fresh  # every prediction after the first started on a fresh one
-        # Each frame up to the newest one seen was either predicted on or skipped, once.
+        # The frames captured meanwhile are skipped, never predicted on: each frame up to the
+        # newest one seen was either predicted on or skipped, once.
+        assert rig.loop.skipped >= 2 * (rig.loop.counters.predictions - 1)
         assert rig.loop.skipped + rig.loop.counters.predictions == rig.loop._last_seq
         # Capture to command is the model's time, never plus a period's wait.
         assert latencies[1:] == pytest.approx([model_seconds] * (len(latencies) - 1))
