@@ -11,6 +11,8 @@ from agent.drive.summary import (
     DriveSummary,
     ShownToCommand,
     command_gaps,
+    median_ms,
+    percentiles_ms,
     rejection_rows,
     swap_rows,
 )
@@ -87,3 +89,11 @@ def test_a_telemetry_line_of_another_shape_is_no_record() -> None:
     assert record_from({**GAME, "extra": 1}) == record_from(GAME)
     assert record_from({"t": 1.0}) is None
     assert record_from(None) is None
+
+
+def test_percentiles_and_medians_are_in_milliseconds_rounded_and_none_when_empty() -> None:
+    seconds = [0.001, 0.002, 0.003, 0.004, 0.0101234]
+    assert percentiles_ms(seconds, (50, 100)) == [3.0, 10.12]
+    assert median_ms(seconds) == 3.0
+    assert percentiles_ms([], (50, 95)) == [None, None]
+    assert median_ms([]) is None
