@@ -316,10 +316,13 @@ def test_a_model_slow_once_gets_frames_at_the_capture_rate_again(predictor) -> N
     waited up to a second for its next frame, and the controller's dead-man let go."""
     rig, camera, clock = rig_with_camera(predictor)
     calls: list[float] = []
+    enough = threading.Event()
     to_input = rig.loop._to_model_input
 
     def model(image: np.ndarray) -> np.ndarray:
         calls.append(time.monotonic())  # real time: how often frames really came
+        if len(calls) >= 20:
+            enough.set()
         if len(calls) == 3:
             clock.advance(0.05)  # this one prediction took longer than a capture period
         return to_input(image)
@@ -327,10 +330,7 @@ def test_a_model_slow_once_gets_frames_at_the_capture_rate_again(predictor) -> N
     rig.loop._to_model_input = model
     thread = rig.run_in_thread()
     try:
-        deadline = time.monotonic() + 10
-        while len(calls) < 20:
-            assert time.monotonic() < deadline, f"only {len(calls)} predictions"
-            time.sleep(0.01)
+        assert enough.wait(10), f"only {len(calls)} predictions"
     finally:
         rig.loop.stop()
         thread.join(timeout=5)
