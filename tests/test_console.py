@@ -70,3 +70,50 @@ def test_rates_come_from_two_snapshots_half_a_second_apart_on_the_readers_clock(
     # A loop that stopped publishing: the same snapshot a second later reads as zero rates.
     clock.advance(1.0)
     assert meter.update(snapshot(frames=115, predictions=105)) == Rates(0.0, 0.0)
+
+
+def styled_parts(text) -> list[tuple[str, str]]:
+    return [(text.plain[span.start : span.end], str(span.style)) for span in text.spans]
+
+
+def test_the_state_is_coloured_by_how_well_things_go() -> None:
+    """Green while driving, yellow paused, magenta while unsticking, red for anything else
+    (waiting for the window, starting): a streamer sees trouble at a glance."""
+    expected = {
+        "driving": "bold green", "paused": "bold yellow", "unstuck": "bold magenta",
+        "waiting for window": "bold red", "starting": "bold red",
+    }  # fmt: skip
+    for state, style in expected.items():
+        header, table, _ = render(snapshot(state=state), None, Rates(0, 0), "x", "W").renderables
+        assert styled_parts(header) == [("Charles ", "bold"), (f"[{state}]", style)]
+        assert header.plain == f"Charles [{state}]  model m  window 'W'  controller x"
+        assert table.header_style == "bold" and table.show_header and table.box is None
+        assert [column.header for column in table.columns] == [
+            "",
+            "raw prediction",
+            "controller value",
+        ]
+        assert all(column.justify == "right" for column in table.columns)
+
+
+def test_the_console_lines_whole() -> None:
+    frame = Frame(np.zeros((4, 4, 4), np.uint8), captured_at=10.0, seq=7, region=Region(0, 0, 4, 4))
+    tick = Tick(
+        "driving", frame, Prediction(throttle=0.25, steering=-0.5, seconds=0.004),
+        ControllerState(steering=-0.5, accelerate=0.25, brake=0.0), commanded_at=10.0105,
+    )  # fmt: skip
+    group = render(snapshot(unstucks=3), tick, Rates(fps=30.04, pps=9.96), "game", "Car")
+    assert group.renderables[2].plain == ("FPS  30.0   PPS  10.0   latency   10.5 ms   unstucks 3")
+    lines = [line.rstrip() for line in text_of(group.renderables[1]).splitlines()]
+    assert lines == [
+        "          raw prediction           controller value",
+        "throttle          +0.250  accel +0.250 brake +0.000",
+        "steering          -0.500             stick X -0.500",
+    ]
+    empty = render(snapshot(), None, Rates(0, 0), "game", "Car")
+    assert empty.renderables[2].plain == "FPS   0.0   PPS   0.0   latency   -"
+    lines = [line.rstrip() for line in text_of(empty.renderables[1]).splitlines()]
+    assert lines[1:] == [
+        "throttle               -   accel - brake -",
+        "steering               -         stick X -",
+    ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 from agent.checkpoints.watcher import Rejection
 from agent.drive.hotswap import Swap
@@ -97,3 +98,78 @@ def test_percentiles_and_medians_are_in_milliseconds_rounded_and_none_when_empty
     assert median_ms(seconds) == 3.0
     assert percentiles_ms([], (50, 95)) == [None, None]
     assert median_ms([]) is None
+
+
+def test_every_line_a_person_reads_whole() -> None:
+    """Each line as printed, so a changed word, unit or rounding shows."""
+    base = made_up_summary()
+    assert base.lines() == [
+        "drove 'Charles CarRacing' with line/v0002 (10 batches) via game for 10.0 s "
+        "(stopped by time limit)",
+        "  frames 300  predictions 290  FPS 30.0  PPS 29.0  (tensorflow)",
+        "  latency capture->command p50 6.4 ms  p95 13.0 ms  (model 3.0 ms, grab -, "
+        "preprocess -)  frames skipped while predicting 10",
+        "  latency game picture shown->command in its physics p50 41.0 ms  p95 60.0 ms  "
+        "(280 commands matched)",
+        "  controls went neutral by themselves 1 time(s): no command came within controller.hold",
+        "  swap at 5.0 s: a (fresh) -> line/v0002 (10 batches) (loaded and checked in 1.24 s "
+        "beside driving)",
+        "  rejected v0003 at 7.5 s: weights truncated",
+        "  command gaps: median 33.0 ms, largest 33.0 ms outside swaps, 134.0 ms during swaps",
+        "  unstuck: 2 recovery(ies) from a car standing still",
+        "  recorded r.mp4: 10.0 s, 300 frames (1 repeated, 2 captured frames left out, 0 dropped "
+        "by a slow encoder; libx264; CPU 1.0 s drawing, 2.0 s encoding)",
+        "  game: score 321.5  distance 250.0 m  tiles 42%  episode 1",
+    ]
+    failed = RecordingReport("r.mp4", 1.0, 30, 30, 0, 0, 0, "libx264", 0.1, 0.2, "disk full")
+    timed = replace(
+        base, capture_p50_ms=1.25, preprocess_p50_ms=0.5, nonfinite_predictions=3,
+        recordings=(failed,),
+    )  # fmt: skip
+    lines = timed.lines()
+    assert "(model 3.0 ms, grab 1.2 ms, preprocess 0.5 ms)" in lines[2]
+    assert "  non-finite predictions (sent neutral): 3" in lines
+    assert lines[-3:-1] == [
+        "  recorded r.mp4: 1.0 s, 30 frames (0 repeated, 0 captured frames left out, 0 dropped "
+        "by a slow encoder; libx264; CPU 0.1 s drawing, 0.2 s encoding)",
+        "    recording failed: disk full",
+    ]
+
+
+def test_a_quiet_drive_prints_only_what_happened() -> None:
+    """No latency numbers, no game, no swaps, no gaps during swaps: two lines, nothing empty."""
+    quiet = replace(
+        made_up_summary(), latency_p50_ms=None, render_to_command_ms=None, deadman_releases=0,
+        swaps=(), rejections=(), unstucks=0, recordings=(), game=None,
+        command_gaps=command_gaps([0.0, 0.1, 0.2], []),
+    )  # fmt: skip
+    assert quiet.lines() == [
+        "drove 'Charles CarRacing' with line/v0002 (10 batches) via game for 10.0 s "
+        "(stopped by time limit)",
+        "  frames 300  predictions 290  FPS 30.0  PPS 29.0  (tensorflow)",
+    ]
+    half = replace(quiet, latency_p50_ms=6.4, latency_p95_ms=None)
+    assert len(half.lines()) == 2
+    unmatched = ShownToCommand(None, None, None, 0, 290, 0, 0, 0, "stamped")
+    assert len(replace(quiet, render_to_command_ms=unmatched).lines()) == 2
+
+
+def test_command_gaps_worked_out_by_hand() -> None:
+    # Gaps 100, 50, 250, 100 ms; a load from 0.16 to 0.18 lies inside the third gap only,
+    # and a load that ends exactly when a gap starts touches it (boundaries count).
+    gaps = command_gaps([0.0, 0.1, 0.15, 0.4, 0.5], [(0.16, 0.18), (-1.0, 0.0)])
+    assert gaps == CommandGaps(
+        count=4, median_ms=75.0, largest_outside_ms=100.0, during_swaps=2,
+        largest_during_ms=250.0, pps_during=5.71, pps_outside=13.33,
+    )  # fmt: skip
+    # Without loads nothing is during swaps; with every gap during one, the median is over all.
+    assert command_gaps([0.0, 0.1, 0.3], []) == CommandGaps(
+        count=2, median_ms=150.0, largest_outside_ms=200.0, during_swaps=0,
+        largest_during_ms=None, pps_during=None, pps_outside=6.67,
+    )  # fmt: skip
+    assert command_gaps([0.0, 0.1, 0.3], [(0.0, 0.3)]) == CommandGaps(
+        count=2, median_ms=150.0, largest_outside_ms=None, during_swaps=2,
+        largest_during_ms=200.0, pps_during=6.67, pps_outside=None,
+    )  # fmt: skip
+    assert command_gaps([0.0, 0.1], [(0.1, 0.2)]).during_swaps == 1  # type: ignore[union-attr]
+    assert command_gaps([], []) is None
