@@ -10,6 +10,7 @@ more), so not even the first publish fitted.
 
 from __future__ import annotations
 
+import errno
 import json
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import agent.checkpoints.publish
 import agent.checkpoints.publishing_lock
 from agent.checkpoints.load import load_into
 from agent.checkpoints.manifest import Checkpoint
-from agent.checkpoints.publish import publish
+from agent.checkpoints.publish import _publish_failed, not_writable, publish
 from agent.checkpoints.resolve import versions
 from agent.errors import ModelError
 from agent.learn.trainer import Trainer
@@ -112,3 +113,44 @@ def test_a_trainer_never_prunes_after_a_publish_that_failed(tmp_path: Path) -> N
             trainer.run(max_batches=5)
         assert trainer.batches == 4  # one batch trained, its publish failed
         assert_intact(store, ["v0001", "v0002", "v0003"])
+
+
+def test_the_one_line_for_each_kind_of_store_that_cannot_be_written() -> None:
+    """Room errors (a full disk, a quota, a file too large) say to free space; anything else
+    says to make the store writable; an OS message is kept to one short line."""
+    store = Path("/data/models")
+    for code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        message = str(not_writable(store, OSError(code, "No room")))
+        assert message == "model store /data/models is full (No room); free some space there"
+    assert str(not_writable(store, OSError(errno.EACCES, "Permission denied"))) == (
+        "model store /data/models is not a folder Charles can write to (Permission denied); "
+        "set model.store to a writable folder"
+    )
+    long = not_writable(store, ValueError("embedded null byte\n" + "x" * 200))
+    assert str(long).startswith("model store /data/models is not a folder Charles can write to (")
+    assert "embedded null byte " + "x" * 58 + "...); set model.store" in str(long)
+
+
+def test_the_one_line_for_a_publish_that_failed_names_the_cure() -> None:
+    root = Path("/data/models/pilotnet_small")
+    tail = "(the versions already published are intact)"
+
+    def failed(code: int, why: str = "boom") -> str:
+        return str(_publish_failed(root, "pilotnet_small v0003", OSError(code, why)))
+
+    for code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        assert failed(code, "No space left on device") == (
+            "could not publish pilotnet_small v0003 into model store /data/models: No space "
+            f"left on device; free some space there {tail}"
+        )
+    for code in (errno.EROFS, errno.EACCES, errno.EPERM):
+        assert failed(code) == (
+            "could not publish pilotnet_small v0003 into model store /data/models: boom; make it "
+            f"writable or set model.store to a writable folder {tail}"
+        )
+    assert failed(errno.EIO, "Input/output error\n" + "y" * 100).endswith(
+        "Input/output error " + "y" * 58 + "...; check the disk " + tail
+    )
+    assert str(_publish_failed(root, "l", OSError("no errno"))) == (
+        f"could not publish l into model store /data/models: no errno; check the disk {tail}"
+    )
