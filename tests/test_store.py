@@ -7,6 +7,7 @@ import os
 import shutil
 import stat
 import threading
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,8 +27,10 @@ from agent.checkpoints.manifest import (
     version_number,
 )
 from agent.checkpoints.publish import prune, publish
-from agent.checkpoints.resolve import latest, resolve, versions
+from agent.checkpoints.resolve import latest, line_weight_shapes, resolve, versions
+from agent.checkpoints.store_files import link_error, refusal_error
 from agent.errors import ModelError
+from agent.files import FileIsLink, FileMissing, FileNotRegular, FileUnopenable
 from agent.inference.predictor import Predictor
 from agent.nets.registry import get_line
 from tests.helpers.charles import assert_one_line_error
@@ -511,3 +514,47 @@ def test_prune_keeps_the_newest_versions_and_never_fewer_than_two(tmp_path: Path
     left = sorted(path.name for path in (tmp_path / DRIVER_LINE).iterdir())
     assert left == ["v0003", "v0004"], left  # nothing half-removed under a hidden name
     assert not any(name.startswith(PRUNED_PREFIX) for name in left)
+
+
+def test_each_refusal_to_open_a_store_file_is_its_own_line() -> None:
+    path = Path("/store/pilotnet_small/v0001/model.weights.h5")
+    what = "checkpoint v0001"
+    missing = "republish it"
+    assert str(refusal_error(FileIsLink(), path, what, missing)) == (
+        "checkpoint v0001: model.weights.h5 is a symbolic link, which the model store never "
+        "follows; replace it with the real file or folder"
+    )
+    assert str(link_error(path, what)) == str(refusal_error(FileIsLink(), path, what, missing))
+    gone = FileMissing(FileNotFoundError(2, "No such file"))
+    assert str(refusal_error(gone, path, what, missing)) == (
+        "checkpoint v0001 has no model.weights.h5; republish it"
+    )
+    assert str(refusal_error(FileNotRegular(), path, what, missing)) == (
+        "checkpoint v0001: model.weights.h5 is not a regular file; republish it"
+    )
+    denied = FileUnopenable(PermissionError(13, "Permission denied"))
+    assert str(refusal_error(denied, path, what, missing)) == (
+        "checkpoint v0001: cannot read model.weights.h5 (Permission denied)"
+    )
+
+
+def test_resolve_names_what_the_store_has_and_what_a_setting_may_be(tmp_path: Path) -> None:
+    assert one_line_error(lambda: resolve(tmp_path, LINE, "v0002")) == (
+        f"model.checkpoint: no version v0002 of {LINE} in {tmp_path} (have: none)"
+    )
+    model = get_line(LINE).build("none")
+    publish(model, tmp_path, LINE, batches=1)
+    publish(model, tmp_path, LINE, batches=2)
+    assert one_line_error(lambda: resolve(tmp_path, LINE, "v0003")) == (
+        f"model.checkpoint: no version v0003 of {LINE} in {tmp_path} (have: v0001, v0002)"
+    )
+    assert one_line_error(lambda: resolve(tmp_path, LINE, "newest")) == (
+        'model.checkpoint: newest is not "latest", "none", a version like v0003 or a '
+        "checkpoint folder"
+    )
+
+
+def test_a_lines_weight_shapes_are_learned_once_per_process() -> None:
+    first = line_weight_shapes(LINE)
+    assert line_weight_shapes(LINE) is first
+    assert first == Counter(tuple(w.shape) for w in get_line(LINE).build("none").weights)
