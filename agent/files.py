@@ -232,6 +232,8 @@ def open_regular(
     except OSError as error:
         if not follow_links and (error.errno in (errno.ELOOP, errno.EMLINK) or path.is_symlink()):
             raise FileIsLink() from None
+        if error.errno == errno.EISDIR:  # a folder opened for writing: no file to fstat
+            raise FileNotRegular() from None
         raise FileUnopenable(error) from None
     except ValueError as error:  # a NUL in the path
         raise FileUnopenable(error) from None
