@@ -558,3 +558,43 @@ def test_a_lines_weight_shapes_are_learned_once_per_process() -> None:
     first = line_weight_shapes(LINE)
     assert line_weight_shapes(LINE) is first
     assert first == Counter(tuple(w.shape) for w in get_line(LINE).build("none").weights)
+
+
+def test_a_version_another_pruner_took_first_is_skipped_and_the_rest_pruned(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.helpers.checkpoints import LINE as DRIVER_LINE
+    from tests.helpers.checkpoints import publish_driver
+
+    for step in range(4):
+        publish_driver(tmp_path, 0.1 * step, 0.0)
+    real_rename = os.rename
+
+    def taken_first(source: Path, target: Path) -> None:
+        if Path(source).name == "v0001":  # another trainer's pruner got there first
+            shutil.rmtree(source)
+            raise FileNotFoundError(2, "No such file or directory")
+        real_rename(source, target)
+
+    monkeypatch.setattr(agent.checkpoints.publish.os, "rename", taken_first)
+    assert prune(tmp_path, DRIVER_LINE, keep=2) == ["v0002"]
+    assert sorted(p.name for p in (tmp_path / DRIVER_LINE).iterdir()) == ["v0003", "v0004"]
+
+
+def test_a_publish_asks_for_room_for_its_weights_and_a_reserve(tmp_path: Path) -> None:
+    from agent.checkpoints.publish import PUBLISH_RESERVE, require_room, weights_bytes_estimate
+
+    model = get_line(LINE).build("none")
+    estimate = weights_bytes_estimate(model.count_params())
+    assert estimate == model.count_params() * 4 + PUBLISH_RESERVE == 475_390 * 4 + 256 * 1024
+    checkpoint = publish(model, tmp_path, LINE, batches=1)
+    written = sum(path.stat().st_size for path in checkpoint.folder.iterdir())
+    assert model.count_params() * 4 < written < estimate  # float32 weights, HDF5 bookkeeping
+    require_room(tmp_path / LINE, estimate, LINE)  # this disk has room
+    message = one_line_error(lambda: require_room(tmp_path / LINE, 10**15, LINE))
+    free = shutil.disk_usage(tmp_path).free
+    assert message == (
+        f"cannot publish {LINE} into model store {tmp_path}: {free / 1e6:.1f} MB free, a "
+        "checkpoint needs 1000000000.0 MB; free some space there (the versions already "
+        "published are intact)"
+    )

@@ -5,13 +5,17 @@ publishes, stores it cannot publish into, damaged newest versions (issue 17, ite
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
+import types
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import h5py
@@ -21,6 +25,7 @@ import pytest
 import agent.checkpoints.publishing_lock
 from agent.checkpoints.manifest import WEIGHTS_FILE
 from agent.checkpoints.publish import publish
+from agent.checkpoints.publishing_lock import LOCK_FILE, PublishingLock, _try_lock
 from agent.checkpoints.resolve import latest, versions
 from agent.config import Config
 from agent.errors import CharlesError, ModelError
@@ -289,3 +294,168 @@ def test_a_trainer_never_starts_fresh_when_every_version_is_damaged(tmp_path: Pa
     # Readable and finite, so found without the fit check; it is the fit that fails.
     assert latest(store, LINE, check_fit=False).folder == only.folder
     assert (only.folder / WEIGHTS_FILE).is_file()
+
+
+# --- the publishing lock itself, in this process -----------------------------------------------
+
+
+def test_the_lock_names_its_holder_and_a_second_one_is_refused_with_it(tmp_path: Path) -> None:
+    """flock belongs to an open file, so a second lock in this very process is refused like a
+    second trainer; the refusal quotes who holds it, as the holder wrote it over older text."""
+    store = tmp_path / "models"
+    (store / LINE).mkdir(parents=True)
+    lock_file = store / LINE / LOCK_FILE
+    lock_file.write_text("x" * 500)  # a longer text of an earlier holder, overwritten whole
+    old_umask = os.umask(0)
+    try:
+        first = PublishingLock(store, LINE)
+    finally:
+        os.umask(old_umask)
+    holder = json.loads(lock_file.read_text(encoding="utf-8"))
+    assert holder["pid"] == os.getpid() and holder["host"] == socket.gethostname()
+    since = datetime.fromisoformat(holder["since"])
+    assert since.utcoffset() == timedelta(0) and since.microsecond == 0
+    assert abs((datetime.now(timezone.utc) - since).total_seconds()) < 60
+    with pytest.raises(ModelError) as caught:
+        PublishingLock(store, LINE)
+    assert str(caught.value) == (
+        f"model store {store} already has a trainer publishing {LINE} (pid {os.getpid()} on "
+        f"{holder['host']} since {holder['since']}); stop it first or set model.store to another "
+        "folder (one trainer per model line and store)"
+    )
+    first.release()
+    first.release()  # twice is harmless
+    with pytest.raises(RuntimeError, match=r"^the publishing lock is not held$"):
+        first.remove_leftovers()
+    with PublishingLock(store, LINE) as again:  # released: the next trainer takes it
+        assert again.store == store and again.line == LINE
+    assert lock_file.stat().st_mode & 0o777 == 0o644
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('{"pid": 7, "host": "rig\\u00e9", "since": "today"}', "pid 7 on rig\u00e9 since today"),
+        ('{"pid": 7, "host": "' + "h" * 300 + '", "since": "t"}', "pid 7 on " + "h" * 148 + "..."),
+        ("not json", "another process"),
+        ('{"pid": "seven", "host": "a", "since": "b"}', "another process"),
+    ],
+)
+def test_the_holder_is_read_from_untrusted_text(tmp_path: Path, text: str, expected: str) -> None:
+    store = tmp_path / "models"
+    with PublishingLock(store, LINE) as held:
+        (store / LINE / LOCK_FILE).write_bytes(text.encode("utf-8"))
+        assert held._holder() == expected
+
+
+def test_a_lock_file_that_is_no_file_or_cannot_be_made_is_one_line(tmp_path: Path) -> None:
+    store = tmp_path / "models"
+    (store / LINE / LOCK_FILE).mkdir(parents=True)
+    with pytest.raises(ModelError) as caught:
+        PublishingLock(store, LINE)
+    assert str(caught.value) == (
+        f"model store {store}: {LOCK_FILE} is not a regular file; delete it"
+    )
+    (store / LINE / LOCK_FILE).rmdir()
+    (store / LINE / LOCK_FILE).symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(ModelError) as caught:
+        PublishingLock(store, LINE)
+    assert str(caught.value) == (
+        f"model store {store}: {LOCK_FILE} is a symbolic link, which the model store never "
+        "follows; replace it with the real file or folder"
+    )
+    (store / LINE / LOCK_FILE).unlink()
+    if os.geteuid() != 0:  # root may write anywhere
+        (store / LINE).chmod(0o555)
+        with pytest.raises(ModelError) as caught:
+            PublishingLock(store, LINE)
+        assert str(caught.value).startswith(f"model store {store} is not a folder Charles can")
+
+
+def test_leftovers_are_removed_without_following_links_and_one_stuck_stops_no_other(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = tmp_path / "models"
+    root = store / LINE
+    kept = tmp_path / "not-the-stores"
+    kept.mkdir()
+    (kept / "precious").write_text("keep")
+    with PublishingLock(store, LINE) as held:
+        (root / ".staging-a").mkdir()
+        (root / ".staging-a" / "model.weights.h5").write_bytes(b"half")
+        (root / ".pruned-v0001-1234").mkdir()
+        (root / ".staging-link").symlink_to(kept)  # a link by that name: the link goes
+        (root / ".staging-stuck").write_text("x")
+        (root / "v0002").mkdir()  # not a leftover
+        real_unlink = os.unlink
+
+        def unlink(path: str, *args: object, **kwargs: object) -> None:
+            if path.endswith(".staging-link"):
+                raise PermissionError(13, "Permission denied", path)
+            real_unlink(path, *args, **kwargs)
+
+        monkeypatch.setattr(agent.checkpoints.publishing_lock.os, "unlink", unlink)
+        with caplog.at_level("WARNING", logger="agent.checkpoints.publishing_lock"):
+            removed = held.remove_leftovers()
+        assert removed == [".pruned-v0001-1234", ".staging-a", ".staging-stuck"]
+        assert caplog.messages == [
+            f"model store: could not remove {root / '.staging-link'} ([Errno 13] Permission "
+            f"denied: '{root / '.staging-link'}')"
+        ]
+        monkeypatch.setattr(agent.checkpoints.publishing_lock.os, "unlink", real_unlink)
+        assert held.remove_leftovers() == [".staging-link"]
+    assert (kept / "precious").read_text() == "keep"
+    assert sorted(p.name for p in root.iterdir()) == [LOCK_FILE, "v0002"]
+
+
+def test_on_windows_the_lock_is_one_byte_far_past_the_holders_text(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Windows has no flock: msvcrt.locking, faked here at that boundary, on one byte at 1 MiB
+    (a locked byte cannot be read, and readers must read the holder's text)."""
+    calls: list[tuple[int, int, int, int]] = []
+    held_by_other = False
+
+    def locking(fd: int, mode: int, count: int) -> None:
+        calls.append((fd, os.lseek(fd, 0, os.SEEK_CUR), mode, count))
+        if held_by_other:
+            raise PermissionError(13, "Permission denied")
+
+    fake = types.SimpleNamespace(LK_NBLCK=2, locking=locking)
+    monkeypatch.setitem(sys.modules, "msvcrt", fake)
+    path = tmp_path / "lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT)
+    try:
+        with monkeypatch.context() as windows:
+            windows.setattr(agent.checkpoints.publishing_lock.os, "name", "nt")
+            assert _try_lock(fd) is True
+            held_by_other = True
+            assert _try_lock(fd) is False
+    finally:
+        os.close(fd)
+    assert calls == [(fd, 1 << 20, 2, 1), (fd, 1 << 20, 2, 1)]
+
+
+def test_a_lock_the_kernel_refuses_is_held_by_another_and_other_errors_are_raised(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fcntl
+
+    fd = os.open(tmp_path / "lock", os.O_RDWR | os.O_CREAT)
+    try:
+        for code in (errno.EACCES, errno.EAGAIN):
+
+            def refused(*_args: object, code: int = code) -> None:
+                raise OSError(code, os.strerror(code))
+
+            monkeypatch.setattr(fcntl, "flock", refused)
+            assert _try_lock(fd) is False
+
+        def broken(*_args: object) -> None:
+            raise OSError(errno.ENOLCK, "No locks available")
+
+        monkeypatch.setattr(fcntl, "flock", broken)
+        with pytest.raises(OSError, match="No locks available"):
+            _try_lock(fd)
+    finally:
+        os.close(fd)
