@@ -420,7 +420,8 @@ def test_long_values_are_refused_and_shortened_in_messages(tmp_path: Path) -> No
     ],
 )
 def test_no_error_line_is_huge(tmp_path: Path, text: str) -> None:
-    assert len(error_of(tmp_path, text)) < 300
+    # The longest names the file (pytest's temporary path, ~90 characters) and lists the tables.
+    assert len(error_of(tmp_path, text)) < 350
 
 
 def test_record_keys_are_read_and_checked(tmp_path: Path) -> None:

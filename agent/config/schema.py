@@ -251,6 +251,41 @@ class RecordConfig:
     """H.264 encoder; "auto" uses NVENC (NVIDIA GPU) when it opens, libx264 otherwise."""
     nice: int = field(default=19, metadata=_spec(minimum=0, maximum=19))
     """Niceness (Linux) of the threads that draw and encode, so they yield to the drive loop."""
+    segment_minutes: float = field(default=0.0, metadata=_spec(minimum=0.0, maximum=1440.0))
+    """Start a new file every this many minutes, at a keyframe, losing no picture (0: one file
+    per recording)."""
+    keep_gb: float = field(default=0.0, metadata=_spec(minimum=0.0, maximum=1_000_000.0))
+    """Delete the oldest recordings Charles wrote in `folder` to keep them within this many
+    gigabytes (0: keep everything); never any other file."""
+
+
+@dataclass(frozen=True)
+class LiveConfig:
+    """The live view for OBS: an overlay page, MJPEG pictures and the status, served while
+    driving (`charles drive --live [HOST:PORT]`)."""
+
+    enabled: bool = field(default=False, metadata=_spec())
+    """Serve during every `charles drive`."""
+    address: str = field(default="127.0.0.1:47900", metadata=_spec(max_length=300))
+    """HOST:PORT to listen on; an address other than loopback needs `token`."""
+    token: str = field(default="", metadata=_spec(max_length=200, may_be_empty=True))
+    """Secret every request must carry (?token=... or "Authorization: Bearer ..."); required
+    to listen on any address but loopback."""
+    max_viewers: int = field(default=8, metadata=_spec(minimum=1, maximum=64))
+    """Connections that stream (pictures or overlay updates) at once; more are refused."""
+    jpeg_quality: int = field(default=80, metadata=_spec(minimum=10, maximum=100))
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """Straight to a streaming service: the layout as H.264 with silent AAC over RTMP(S)."""
+
+    url: str = field(default="", metadata=_spec(max_length=2000, may_be_empty=True))
+    """rtmp:// or rtmps:// ingest URL ("": no stream); the stream key may come from the
+    environment variable CHARLES_STREAM_KEY instead, and is never logged."""
+    bitrate_kbps: int = field(default=4500, metadata=_spec(minimum=100, maximum=50_000))
+    keyframe_seconds: float = field(default=2.0, metadata=_spec(minimum=0.5, maximum=10.0))
+    """Seconds between keyframes; ingests ask for 2."""
 
 
 @dataclass(frozen=True)
@@ -342,6 +377,8 @@ class Config:
     swap: SwapConfig = field(default_factory=SwapConfig)
     unstuck: UnstuckConfig = field(default_factory=UnstuckConfig)
     record: RecordConfig = field(default_factory=RecordConfig)
+    live: LiveConfig = field(default_factory=LiveConfig)
+    stream: StreamConfig = field(default_factory=StreamConfig)
     data: DataConfig = field(default_factory=DataConfig)
     collect: CollectConfig = field(default_factory=CollectConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
