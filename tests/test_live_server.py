@@ -317,6 +317,7 @@ def test_one_viewer_more_than_max_viewers_gets_503() -> None:
         assert status == 503 and b"max_viewers" in body and headers["Retry-After"]
         assert request(port, "/events")[0] == 503
         assert request(port, "/status.json")[0] == 200  # not a stream: never refused
+        assert served.feeds["layout"].wanted
         layout.close()
         # The place of a viewer that went away is free once the server has seen it go.
         assert wait_until(lambda: not served.feeds["layout"].wanted)

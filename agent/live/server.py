@@ -50,6 +50,8 @@ connections at once (MJPEG and events), else 503; other methods get 405.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import errno
 import hmac
 import importlib.resources
@@ -57,8 +59,6 @@ import logging
 import socket
 import threading
 from collections.abc import Awaitable, Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from types import TracebackType
@@ -88,7 +88,7 @@ OVERLAY_ELEMENT_IDS = (
     "stick-x", "accelerate", "brake", "latency",  # controller values, capture->command
     "swaps", "last-swap", "rejections", "last-rejection", "unstucks",
     "losses",  # the <canvas> the loss curve is drawn on
-    "loss-last",  # the newest point as text: "v batches: loss"
+    "loss-last",  # the newest point as text: "N batches: LOSS"
 )  # fmt: skip
 """Ids of the overlay page's elements, each showing the event field of (nearly) its name."""
 
@@ -163,7 +163,7 @@ class LiveServer:
         self._page = importlib.resources.files("agent.live").joinpath(PAGE).read_text("utf-8")
         self._tally = _Tally()
         self._final_counts: LiveCounts | None = None
-        self._workers = ThreadPoolExecutor(
+        self._workers = concurrent.futures.ThreadPoolExecutor(
             max_workers=max(1, len(self._feeds)),
             thread_name_prefix="live pictures",
             initializer=lower_this_threads_priority,
@@ -204,10 +204,8 @@ class LiveServer:
         self._publisher.stop()  # first: it hands events to the loop
         loop = self._loop
         if loop is not None and self._thread.is_alive():
-            try:
+            with contextlib.suppress(RuntimeError):  # the loop has closed already
                 loop.call_soon_threadsafe(loop.stop)
-            except RuntimeError:
-                pass  # the loop has closed already
             self._thread.join(STOP_SECONDS)
         self._workers.shutdown(wait=False, cancel_futures=True)
 
@@ -231,7 +229,7 @@ class LiveServer:
             future = asyncio.run_coroutine_threadsafe(self._count_now(), loop)
             try:
                 return future.result(COUNT_SECONDS)
-            except Exception:
+            except (concurrent.futures.TimeoutError, concurrent.futures.CancelledError):
                 future.cancel()  # stopping meanwhile: the final counts follow below
         return self._final_counts or self._count(buffered=False)
 
@@ -384,7 +382,7 @@ class LiveServer:
                     self._tally.pictures_skipped += parts.get()[1] - sent
             return response
 
-    @contextmanager
+    @contextlib.contextmanager
     def _admitted(self, request: web.Request) -> Iterator[None]:
         """One streaming connection, within max_viewers (else 503)."""
         if len(self._streaming) >= self.config.max_viewers:
