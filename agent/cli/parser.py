@@ -57,6 +57,11 @@ def config_overrides(args: argparse.Namespace) -> tuple[dict[str, str], dict[str
             # A JSON string is a valid TOML basic string, so any path or name survives quoting
             # (unescaped non-ASCII: TOML has no surrogate-pair escapes).
             overrides[key], origins[key] = json.dumps(value, ensure_ascii=False), f"--{dest}"
+    live = getattr(args, "live", None)
+    if live is not None:  # --live serves; --live HOST:PORT serves there
+        overrides["live.enabled"], origins["live.enabled"] = "true", "--live"
+        if live:
+            overrides["live.address"], origins["live.address"] = json.dumps(live), "--live"
     return overrides, origins
 
 
@@ -105,6 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--record", nargs="?", const="", metavar="PATH",
         help="record video from the start: into PATH (an .mp4 file or a folder), or into "
         "record.folder without PATH; the record hotkey starts and stops it at any time",
+    )  # fmt: skip
+    drive.add_argument(
+        "--live", nargs="?", const="", metavar="HOST:PORT",
+        help="serve the live view for OBS while driving (overlay page, MJPEG pictures, status) "
+        "on live.address, or on HOST:PORT; beyond loopback it needs live.token",
     )  # fmt: skip
 
     collect = subcommands.add_parser(

@@ -50,11 +50,15 @@ from agent.game.telemetry import TelemetryRecord, read_last_telemetry, record_fr
 from agent.inference.onnx_backend import check_installed
 from agent.inference.predictor import Predictor, build_model
 from agent.inference.preprocess import preprocess
+from agent.live.address import check_live_settings
+from agent.live.server import LiveServer
 from agent.nets.registry import ModelLine, get_line
 from agent.nets.runtime import configure_threads
 from agent.record.hud import Status
 from agent.record.losses import LossCurve
+from agent.record.pictures import PictureFeed
 from agent.record.recorder import Recorder, RecordingReport, check_before_driving
+from agent.record.watched import WatchedPictures
 from agent.runtime.display import display_for_this_process
 from agent.runtime.liveness import Failures
 from agent.runtime.signals import Stop, on_stop_signals
@@ -85,6 +89,8 @@ def run_drive(
     start-up (nothing was driven then).
     """
     check_installed(config.inference)
+    if config.live.enabled:
+        check_live_settings(config.live)  # an address beyond loopback needs a token
     check_before_driving(
         config.record, record if isinstance(record, Path) else None,
         from_the_start=bool(record) or config.record.enabled,
@@ -118,6 +124,7 @@ class _Session:
     hot_swap: HotSwap | None
     ticks: Slot[Tick]
     render_latency: RenderToCommand | None
+    live: LiveServer | None = None
 
 
 def _start(
@@ -168,9 +175,25 @@ def _start(
     stack.callback(grabber.stop)
     ticks: Slot[Tick] = Slot()
     status: Slot[DriveStatus] = Slot()
-    recorder = _recorder_for(config, line, frames, ticks, status, record)
+    # The pictures a recording, the live view and the stream show: each drawn once.
+    feeds = {kind: PictureFeed(kind) for kind in ("layout", "hud")}
+    losses = LossCurve(Path(config.model.store), line.name)
+    recorder = _recorder_for(config, line, frames, ticks, status, record, feeds, losses)
     # Registered before the controller, so on the way out it runs after neutral.
     stack.callback(recorder.close)
+    live = None
+    if config.live.enabled:
+        watched = WatchedPictures(
+            config.record, feeds, frames, ticks, _hud_status_of(status),
+            config.capture.size, line.convcam_layer, recorder.draws, losses,
+            epoch=recorder.epoch,
+        )  # fmt: skip
+        watched.start()
+        stack.callback(watched.stop)
+        live = LiveServer(config.live, status, feeds, losses=losses.points, ticks=ticks)
+        url = live.start()
+        stack.callback(live.stop)
+        log.info("live view for OBS: %s (pictures: %slayout.mjpeg, %shud.mjpeg)", url, url, url)
 
     controller = open_controller(config.controller, config.game.channel_port, window, failures)
     # Registered after the grabber, so it runs before it: neutral first, then teardown.
@@ -213,7 +236,7 @@ def _start(
     stop.raise_if_requested()  # e.g. the quit hotkey, pressed while starting
     return _Session(
         window, game, predictor.name, grabber, recorder, controller, loop, hot_swap, ticks,
-        render_latency,
+        render_latency, live,
     )  # fmt: skip
 
 
@@ -375,15 +398,22 @@ def _recorder_for(
     ticks: Slot[Tick],
     status: Slot[DriveStatus],
     record: Path | bool,
+    feeds: dict[str, PictureFeed],
+    losses: LossCurve,
 ) -> Recorder:
     """The session's recorder (idle until started by --record, record.enabled or the hotkey)."""
     width, height = config.capture.size
-    hud = partial(_hud_status, status, RateMeter())
     return Recorder(
-        config.record, frames, ticks, hud, (width, height), line.convcam_layer,
-        losses=LossCurve(Path(config.model.store), line.name),
-        path=record if isinstance(record, Path) else None,
+        config.record, frames, ticks, _hud_status_of(status), (width, height),
+        line.convcam_layer, losses=losses, path=record if isinstance(record, Path) else None,
+        feeds=feeds,
     )  # fmt: skip
+
+
+def _hud_status_of(status: Slot[DriveStatus]) -> Callable[[], Status]:
+    """What a drawing thread shows besides the frame and tick; each drawing thread gets its
+    own, since the rates are measured between two of that thread's pictures."""
+    return partial(_hud_status, status, RateMeter())
 
 
 def _hud_status(status: Slot[DriveStatus], meter: RateMeter) -> Status:

@@ -7,6 +7,7 @@ Only manifests are read (never weights), each version once, at most every `POLL_
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -17,21 +18,26 @@ POLL_SECONDS = 5.0
 
 
 class LossCurve:
-    """(batches, total loss) of every published version of one line, oldest first."""
+    """(batches, total loss) of every published version of one line, oldest first.
+
+    Safe to share between threads (a recording, the live view's drawing and its overlay read
+    one curve)."""
 
     def __init__(self, store: Path, line: str) -> None:
         self.store = Path(store)
         self.line = line
         self._points: dict[str, tuple[int, float]] = {}
         self._next_poll = 0.0
+        self._lock = threading.Lock()
 
     def points(self, now: float | None = None) -> list[tuple[int, float]]:
         """The curve, refreshed from the store when `POLL_SECONDS` have passed."""
         now = time.monotonic() if now is None else now
-        if now >= self._next_poll:
-            self._next_poll = now + POLL_SECONDS
-            self._refresh()
-        return sorted(self._points.values())
+        with self._lock:
+            if now >= self._next_poll:
+                self._next_poll = now + POLL_SECONDS
+                self._refresh()
+            return sorted(self._points.values())
 
     def _refresh(self) -> None:
         try:

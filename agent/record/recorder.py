@@ -19,7 +19,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -30,6 +30,8 @@ from agent.record.clock import ShownFrames, VideoClock
 from agent.record.hud import Status
 from agent.record.layout import Composer, Panels
 from agent.record.losses import LossCurve
+from agent.record.pictures import Picture, PictureFeed
+from agent.record.watched import picture_index
 from agent.record.writer import (
     RecordingError,
     VideoOutput,
@@ -150,7 +152,9 @@ def check_before_driving(config: RecordConfig, path: Path | None, from_the_start
 class Recorder:
     """Starts and stops recordings during one drive; `close()` ends the last one.
 
-    Each recording's video clock runs on `clock`: its slots are that clock's seconds.
+    Each recording's video clock runs on `clock`: its slots are that clock's seconds. Each
+    picture a recording draws also goes to the feed of its kind in `feeds` (the live view and
+    the stream show it), indexed on the drive's video clock from `epoch`.
     """
 
     def __init__(
@@ -164,6 +168,8 @@ class Recorder:
         losses: LossCurve | None = None,
         path: Path | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        feeds: Mapping[str, PictureFeed] | None = None,
+        epoch: float | None = None,
     ) -> None:
         self.config = config
         self._frames = frames
@@ -174,6 +180,8 @@ class Recorder:
         self._losses = losses
         self._path = path
         self._clock = clock
+        self._feed = (feeds or {}).get(config.mode)
+        self.epoch = clock.now() if epoch is None else epoch
         self._lock = threading.Lock()
         self._current: _Recording | None = None
         self._finished: list[_Recording] = []
@@ -186,6 +194,10 @@ class Recorder:
         with self._lock:  # the drive loop asks while the hotkey's thread may start or stop one
             current = self._current
         return current is not None and not current.writer.failed.is_set()
+
+    def draws(self, kind: str) -> bool:
+        """Whether a running recording draws the pictures of `kind` ("layout" or "hud")."""
+        return kind == self.config.mode and self.recording
 
     def start(self) -> bool:
         """Start a new recording; False (and nothing done) when one is running already.
@@ -207,6 +219,7 @@ class Recorder:
             self._current = _Recording(
                 names, self.config, composer, self._frames, self._ticks, self._status,
                 Panels(convcam_layer=self._convcam_layer), self._losses, self._clock,
+                self._feed, self.epoch,
             )  # fmt: skip
         return True
 
@@ -250,6 +263,8 @@ class _Recording:
         panels: Panels,
         losses: LossCurve | None,
         clock: Clock,
+        feed: PictureFeed | None = None,
+        epoch: float = 0.0,
     ) -> None:
         self._names = names
         self.asked = next(names)
@@ -261,6 +276,8 @@ class _Recording:
         self._status = status
         self._panels = panels
         self._losses = losses if config.mode == "layout" else None
+        self._feed = feed
+        self._epoch = epoch
         self.writer = VideoWriter(self._create_file, config.fps, config.encoder, nice=config.nice)
         self._time = clock
         """The time the video clock's slots are on (real time, but for tests)."""
@@ -343,3 +360,7 @@ class _Recording:
         self.shown.show(seq, len(slots))
         for index in slots:
             self.writer.offer(picture, index)
+        if self._feed is not None:
+            now = self._time.now()
+            index = picture_index(now, self._epoch, self._config.fps)
+            self._feed.put(Picture(picture, index, seq, now))

@@ -1,0 +1,127 @@
+"""Pictures drawn for watchers (the live view, the stream) while no recording draws them.
+
+A recording draws its pictures on its own video clock and hands each one to the feed of its
+kind as well (agent/record/recorder.py), so a kind being recorded is never drawn twice. This
+thread draws the other kinds, and only while somebody watches them: a live view nobody has open
+and no stream cost the car nothing. It runs at the recording's lower priority, on the same
+video clock rate, and skips slots it is late for rather than catching up (a viewer wants the
+newest picture, not every one).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Mapping
+
+from agent.config import RecordConfig
+from agent.record.hud import Status
+from agent.record.layout import Composer, Panels
+from agent.record.losses import LossCurve
+from agent.record.pictures import Picture, PictureFeed
+from agent.runtime.clock import SYSTEM_CLOCK, Clock
+from agent.runtime.slot import Slot
+from agent.runtime.threads import lower_this_threads_priority
+from agent.types import Frame, Tick
+
+log = logging.getLogger(__name__)
+
+IDLE_LOOK_SECONDS = 0.1
+"""How often an idle drawer looks whether somebody started watching."""
+
+
+def picture_index(now: float, epoch: float, fps: int) -> int:
+    """The video-clock slot of time `now`, counted from `epoch` (shared by every drawer of a
+    drive, so the pictures of one feed have rising indexes whoever drew them)."""
+    return max(0, math.floor((now - epoch) * fps + 1e-9))
+
+
+class WatchedPictures:
+    """The drawing thread for watched kinds of picture that no recording draws."""
+
+    def __init__(
+        self,
+        config: RecordConfig,
+        feeds: Mapping[str, PictureFeed],
+        frames: Slot[Frame],
+        ticks: Slot[Tick],
+        status: Callable[[], Status],
+        capture_size: tuple[int, int],
+        convcam_layer: str,
+        recorded: Callable[[str], bool],
+        losses: LossCurve | None = None,
+        epoch: float | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self._config = config
+        self._feeds = dict(feeds)
+        self._frames = frames
+        self._ticks = ticks
+        self._status = status
+        self._recorded = recorded
+        self._losses = losses
+        self._clock = clock
+        self.epoch = clock.now() if epoch is None else epoch
+        self._composers = {
+            kind: Composer(kind, capture_size, config.hud, config.convcam) for kind in self._feeds
+        }
+        self._panels = Panels(convcam_layer=convcam_layer)
+        self.drawn = 0
+        """Pictures drawn (all kinds)."""
+        self.drawing_cpu = 0.0
+        self.error: BaseException | None = None
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="watched-pictures", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5.0)
+
+    def wanted(self) -> list[str]:
+        """The kinds somebody watches that no recording draws."""
+        return [
+            kind for kind, feed in self._feeds.items() if feed.wanted and not self._recorded(kind)
+        ]
+
+    def _run(self) -> None:
+        lower_this_threads_priority(self._config.nice)
+        cpu_start = time.thread_time()
+        fps = self._config.fps
+        try:
+            last = -1
+            while not self._stopping.is_set():
+                kinds = self.wanted()
+                if not kinds:
+                    self._clock.wait(self._stopping, IDLE_LOOK_SECONDS)
+                    continue
+                now = self._clock.now()
+                index = picture_index(now, self.epoch, fps)
+                if index <= last:
+                    next_at = self.epoch + (last + 1) / fps
+                    self._clock.wait(self._stopping, next_at - now)
+                    continue
+                last = index
+                self._draw(kinds, index, now)
+        except BaseException as error:  # a bug in drawing must not stop the car
+            self.error = error
+            log.error("drawing pictures for the live view stopped: %s", error, exc_info=True)
+        finally:
+            self.drawing_cpu = time.thread_time() - cpu_start
+
+    def _draw(self, kinds: list[str], index: int, now: float) -> None:
+        frame, seq = self._frames.get()
+        tick, _ = self._ticks.get()
+        status = self._status()
+        for kind in kinds:
+            panels = self._panels
+            if kind == "layout" and self._losses is not None:
+                panels = Panels(panels.convcam_layer, tuple(self._losses.points(now)))
+            image = self._composers[kind].compose(frame, tick, status, panels)
+            self._feeds[kind].put(Picture(image, index, seq, now))
+            self.drawn += 1

@@ -1,0 +1,173 @@
+"""The live view during a real drive: `charles drive --live` drives the real bundled game while
+a real headless browser (Debian's chromium, through Playwright) shows the overlay page, and
+plain HTTP clients read the MJPEG pictures and the status, as OBS would."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from agent.game.channel import free_udp_port
+from agent.live.mjpeg import BOUNDARY
+from tests.helpers.charles import assert_one_line_error, run_charles_process
+from tests.helpers.checkpoints import publish_driver
+from tests.helpers.drives import Drive, drive_command
+from tests.test_drive import start_game, stop_game
+
+CHROMIUM = Path("/usr/bin/chromium")
+TOKEN = "s3cret-for-the-test"
+
+
+def free_tcp_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def get_json(port: int, path: str) -> dict:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request("GET", path, headers={"Authorization": f"Bearer {TOKEN}"})
+        response = connection.getresponse()
+        assert response.status == 200, response.status
+        return json.loads(response.read())
+    finally:
+        connection.close()
+
+
+def read_mjpeg(port: int, path: str, seconds: float) -> list[np.ndarray]:
+    """The JPEG pictures of a multipart stream read for `seconds`, decoded."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    connection.request("GET", f"{path}?token={TOKEN}")
+    response = connection.getresponse()
+    assert response.status == 200
+    assert BOUNDARY in response.getheader("Content-Type", "")
+    pictures = []
+    deadline = time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline:
+            length = None
+            while True:  # the part's headers
+                line = response.fp.readline().strip()
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+                if not line and length is not None:
+                    break
+            data = response.fp.read(length)
+            pictures.append(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR))
+    finally:
+        connection.close()
+    return pictures
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def pps_over(port: int, seconds: float) -> float:
+    """Predictions per second over `seconds`, from two /status.json snapshots."""
+    first = get_json(port, "/status.json")["status"]
+    time.sleep(seconds)
+    second = get_json(port, "/status.json")["status"]
+    return (second["predictions"] - first["predictions"]) / (second["at"] - first["at"])
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (scripts/setup)")
+def test_the_live_view_follows_a_real_drive_in_a_real_browser(
+    x_display: str, tmp_path: Path
+) -> None:
+    from playwright.sync_api import sync_playwright
+
+    game_port, live_port = free_udp_port(), free_tcp_port()
+    telemetry = tmp_path / "telemetry.jsonl"
+    game = start_game(game_port, telemetry, tmp_path)
+    store = tmp_path / "models"
+    publish_driver(store, 0.3, 0.0)  # v0001
+    drive = Drive(
+        drive_command(
+            store, game_port, "--json", "--live", f"127.0.0.1:{live_port}",
+            "--set", f"live.token={json.dumps(TOKEN)}", "--set", "swap.poll_seconds=0.2",
+            "--set", "unstuck.enabled=false", "--set", "record.fps=15",
+        ),
+        tmp_path,
+    )  # fmt: skip
+    try:
+        drive.wait_for_log("live view for OBS")
+        drive.wait_for_log("following")
+        # With a token, a request without it is refused.
+        bare = http.client.HTTPConnection("127.0.0.1", live_port, timeout=10)
+        bare.request("GET", "/status.json")
+        assert bare.getresponse().status == 401
+        bare.close()
+
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
+            try:
+                page = browser.new_page(viewport={"width": 1280, "height": 720})
+                page.goto(f"http://127.0.0.1:{live_port}/?transparent=1&token={TOKEN}")
+                page.wait_for_function(
+                    "document.querySelector('#version').textContent.includes('v0001')",
+                    timeout=30_000,
+                )  # noqa: E501
+                first = page.text_content("#pps")
+                page.wait_for_function(
+                    "(first) => document.querySelector('#pps').textContent !== first",
+                    arg=first,
+                    timeout=2_000,
+                )  # the PPS changes within 2 s: pushed, not a page load
+                publish_driver(store, 0.3, 0.2)  # v0002, swapped in while the page is open
+                page.wait_for_function(
+                    "document.querySelector('#version').textContent.includes('v0002')",
+                    timeout=30_000,
+                )
+                assert page.evaluate("document.body.classList.contains('transparent')")
+            finally:
+                browser.close()
+
+        status = get_json(live_port, "/status.json")["status"]
+        pictures = read_mjpeg(live_port, "/layout.mjpeg", 3.0)
+        assert len(pictures) >= 10, len(pictures)  # 15 per second drawn
+        assert all(p is not None and p.shape == (720, 1280, 3) for p in pictures)
+        assert any(not np.array_equal(pictures[0], p) for p in pictures[1:])  # the car moves
+        later = get_json(live_port, "/status.json")["status"]
+        assert later["predictions"] > status["predictions"] and later["frames"] > status["frames"]
+
+        # A viewer that connects and never reads: the car drives on at the same pace and the
+        # drive's memory does not grow with the pictures it is not taking.
+        without = pps_over(live_port, 4.0)
+        stalled = socket.create_connection(("127.0.0.1", live_port))
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        request = f"GET /layout.mjpeg?token={TOKEN} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        stalled.sendall(request.encode())
+        time.sleep(2.0)  # its buffers fill
+        memory_before = rss_bytes(drive.process.pid)
+        with_stalled = pps_over(live_port, 4.0)
+        memory_after = rss_bytes(drive.process.pid)
+        stalled.close()
+        assert with_stalled >= 0.85 * without, (without, with_stalled)
+        assert memory_after - memory_before < 40_000_000, (memory_before, memory_after)
+
+        drive.signal("SIGTERM")
+        assert drive.finish() == 143, drive.stderr[-3000:]
+    finally:
+        if drive.process.poll() is None:
+            drive.process.kill()
+        stop_game(game)
+
+
+def test_a_live_view_beyond_loopback_needs_a_token(tmp_path: Path) -> None:
+    """One error line before anything starts: no game, no model, no window."""
+    result = run_charles_process(
+        "drive", "--store", str(tmp_path / "models"), "--live", "0.0.0.0:47999", cwd=tmp_path
+    )
+    assert_one_line_error(result, "'0.0.0.0:47999'", "[live] token")
