@@ -22,12 +22,14 @@ from agent.errors import CharlesError
 from agent.game.channel import free_udp_port
 from agent.learn.makemovie import make_movie
 from agent.learn.shard_writer import ShardWriter
+from agent.record.budget import RecordingBudget
 from agent.record.hud import Status
 from agent.record.recorder import Recorder, check_before_driving
 from agent.record.writer import RecordingError, VideoOutput, VideoWriter
 from agent.runtime.slot import Slot
 from agent.types import Frame, Region, Tick
 from tests.helpers.charles import REPO, assert_one_line_error
+from tests.helpers.clock import FakeClock
 from tests.helpers.disks import fill, free_bytes, small_filesystem
 from tests.helpers.drives import Drive, drive_command, publish_constant_driver
 from tests.helpers.drives import without_display as no_display
@@ -444,3 +446,77 @@ def test_a_video_file_is_created_new_or_not_at_all(tmp_path: Path) -> None:
     assert output.write(b"\x00\x00\x00\x08free") == 8
     output.close()
     assert (tmp_path / "new.mp4").read_bytes() == b"\x00\x00\x00\x08free"
+
+
+# --- days of recording: new files at keyframes, the oldest deleted to keep a budget ------------
+
+
+def record_slots(folder: Path, slots: int, **settings: object) -> tuple[Recorder, list]:
+    """Record `slots` video-clock slots of changing noise on a fake clock; the reports."""
+    size = (160, 120)
+    frames: Slot[Frame] = Slot()
+    config = RecordConfig(
+        folder=str(folder), mode="hud", hud=False, convcam=False, encoder="libx264", fps=FPS,
+        **settings,  # type: ignore[arg-type]
+    )  # fmt: skip
+    clock = FakeClock()
+    recorder = Recorder(config, frames, Slot(), lambda: Status("test"), size, "none", clock=clock)
+    assert recorder.start()
+    clock.settle(waiters=1)
+    writer = recorder._current.writer  # type: ignore[union-attr]
+    for seq in range(1, slots + 1):
+        frames.put(Frame(noise(seq, size), clock.now(), seq, Region(0, 0, *size)))
+        clock.advance(1 / FPS)
+        # The encoder is on real time, the video clock on fake time: let it keep up, so no
+        # picture is dropped for a queue that a real clock would never have filled.
+        deadline = time.monotonic() + 30
+        while writer.counts.written < writer.counts.offered:
+            assert time.monotonic() < deadline, "the writer did not keep up"
+            time.sleep(0.002)
+    return recorder, recorder.close()
+
+
+def test_a_long_recording_starts_a_new_file_at_each_segment_and_loses_no_picture(
+    tmp_path: Path,
+) -> None:
+    # 10 slots per file (record.segment_minutes = 10 slots at 30 fps), 35 slots in all.
+    _, [report] = record_slots(tmp_path, 35, segment_minutes=10 / (60 * FPS))
+    assert report.frames == 35 and report.dropped == 0
+    files = [Path(name) for name in report.files]
+    assert report.path == str(files[0])
+    assert {f.name for f in files} == {f.name for f in tmp_path.glob("charles-*.mp4")}
+    pictures = [decode(f) for f in files]
+    assert [len(p) for p in pictures] == [10, 10, 10, 5]  # every picture in exactly one file
+    for file in files:  # each file starts with a keyframe at its own time 0
+        with av.open(str(file)) as container:
+            first = next(container.demux(video=0))
+            assert first.is_keyframe and first.pts == 0
+    ledger = json.loads((tmp_path / ".charles-recordings.json").read_text())
+    assert [entry["name"] for entry in ledger["recordings"]] == [f.name for f in files]
+
+
+def test_the_oldest_recordings_charles_wrote_go_to_keep_the_budget_and_nothing_else(
+    tmp_path: Path,
+) -> None:
+    foreign = tmp_path / "charles-20200101-000000.mp4"  # named like Charles's, not written by it
+    foreign.write_bytes(b"x" * 2_000_000)
+    mine_then_changed = tmp_path / "charles-20200101-000001.mp4"
+    budget = RecordingBudget(tmp_path, keep_bytes=0)
+    mine_then_changed.write_bytes(b"y" * 1_000_000)
+    budget.finished(mine_then_changed)  # a recording Charles finished, remembered...
+    mine_then_changed.write_bytes(b"z" * 1_000_001)  # ...that somebody changed since
+    user_file = tmp_path / "notes.txt"
+    user_file.write_text("mine")
+    # One file of noise is ~140 kB here: a 300 kB budget keeps the newest two.
+    recorder, [report] = record_slots(tmp_path, 60, segment_minutes=10 / (60 * FPS), keep_gb=0.0003)
+    files = [Path(name) for name in report.files]
+    assert len(files) == 6
+    deleted = recorder.deleted
+    assert deleted and deleted == [f.name for f in files[: len(deleted)]]  # oldest first
+    remaining = files[len(deleted) :]
+    assert all(not f.exists() for f in files[: len(deleted)])
+    assert len(remaining) == 2 and sum(f.stat().st_size for f in remaining) <= 300_000
+    assert all(len(decode(f)) == 10 for f in remaining)  # every remaining file plays
+    assert foreign.read_bytes() == b"x" * 2_000_000  # never Charles's to delete
+    assert mine_then_changed.stat().st_size == 1_000_001
+    assert user_file.read_text() == "mine"

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from agent.config import RecordConfig
 from agent.files import free_names
+from agent.record.budget import GIGABYTE, RecordingBudget
 from agent.record.clock import ShownFrames, VideoClock
 from agent.record.hud import Status
 from agent.record.layout import Composer, Panels
@@ -72,6 +73,8 @@ class RecordingReport:
     encoding_cpu_s: float
     """CPU seconds the writer thread spent converting and encoding them."""
     error: str | None = None
+    files: tuple[str, ...] = ()
+    """Every file of the recording, `path` first: one per record.segment_minutes."""
 
 
 def recording_names(folder: Path, requested: Path | None, number: int) -> Iterator[Path]:
@@ -183,6 +186,7 @@ class Recorder:
         self._feed = (feeds or {}).get(config.mode)
         self.epoch = clock.now() if epoch is None else epoch
         self._lock = threading.Lock()
+        self._budgets: dict[Path, RecordingBudget] = {}
         self._current: _Recording | None = None
         self._finished: list[_Recording] = []
         if path is not None:
@@ -219,9 +223,26 @@ class Recorder:
             self._current = _Recording(
                 names, self.config, composer, self._frames, self._ticks, self._status,
                 Panels(convcam_layer=self._convcam_layer), self._losses, self._clock,
-                self._feed, self.epoch,
+                self._feed, self.epoch, self._file_finished,
             )  # fmt: skip
         return True
+
+    def _file_finished(self, path: Path) -> None:
+        """A file of a recording is finished (on its writer thread): into the ledger of its
+        folder, and the oldest recordings there deleted while over record.keep_gb."""
+        folder = path.parent
+        with self._lock:
+            budget = self._budgets.get(folder)
+            if budget is None:
+                keep = round(self.config.keep_gb * GIGABYTE)
+                budget = self._budgets[folder] = RecordingBudget(folder, keep)
+        budget.finished(path)
+
+    @property
+    def deleted(self) -> list[str]:
+        """Recordings deleted to keep record.keep_gb, oldest first."""
+        with self._lock:
+            return [name for budget in self._budgets.values() for name in budget.deleted]
 
     def stop(self) -> None:
         """End the running recording; its file is finished on its own thread."""
@@ -265,6 +286,7 @@ class _Recording:
         clock: Clock,
         feed: PictureFeed | None = None,
         epoch: float = 0.0,
+        file_finished: Callable[[Path], None] | None = None,
     ) -> None:
         self._names = names
         self.asked = next(names)
@@ -278,7 +300,11 @@ class _Recording:
         self._losses = losses if config.mode == "layout" else None
         self._feed = feed
         self._epoch = epoch
-        self.writer = VideoWriter(self._create_file, config.fps, config.encoder, nice=config.nice)
+        self.writer = VideoWriter(
+            self._create_file, config.fps, config.encoder, nice=config.nice,
+            segment_pictures=round(config.segment_minutes * 60 * config.fps),
+            finished=file_finished,
+        )  # fmt: skip
         self._time = clock
         """The time the video clock's slots are on (real time, but for tests)."""
         self.clock = VideoClock(config.fps, clock.now())
@@ -291,8 +317,8 @@ class _Recording:
 
     @property
     def path(self) -> Path:
-        """The file: `asked`, or the next free name when that was taken."""
-        return self.writer.path or self.asked
+        """The (first) file: `asked`, or the next free name when that was taken."""
+        return self.writer.paths[0] if self.writer.paths else self.asked
 
     def _create_file(self) -> VideoOutput:
         """Called by the writer thread with the first picture: the first free name."""
@@ -325,6 +351,7 @@ class _Recording:
             drawing_cpu_s=round(self.drawing_cpu, 3),
             encoding_cpu_s=round(counts.cpu_seconds, 3),
             error=str(error) if error is not None else None,
+            files=tuple(str(path) for path in self.writer.paths),
         )
 
     def _run(self) -> None:

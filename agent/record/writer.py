@@ -342,10 +342,21 @@ class VideoWriter:
         encoder: str = "auto",
         queue_size: int | None = None,
         nice: int = 0,
+        segment_pictures: int = 0,
+        finished: Callable[[Path], None] | None = None,
     ) -> None:
         self._create = partial(create_free, [create]) if isinstance(create, Path) else create
         self.path: Path | None = None
-        """The file, once the writer thread created it."""
+        """The file being written, once the writer thread created it."""
+        self.paths: list[Path] = []
+        """Every file of this recording, the first first (one per segment)."""
+        self.finished_pictures: list[int] = []
+        """Pictures in each finished file, in the order of `paths`."""
+        self._segment_pictures = segment_pictures
+        """Start a new file once a file spans this many slots (0: never)."""
+        self._finished = finished
+        """Called on the writer thread with each file once it is finished whole (the disk
+        budget)."""
         self.fps = fps
         self._encoder = encoder
         self._nice = nice
@@ -392,8 +403,15 @@ class VideoWriter:
                     break
                 picture, index = item
                 if file is None:
-                    file = self._open(*picture.shape[:2])
-                file.write(picture, index)
+                    file, start = self._open(*picture.shape[:2]), index
+                elif self._segment_pictures and index - start >= self._segment_pictures:
+                    # A new file from this picture on: it starts with a keyframe at its own
+                    # time 0, and no picture is left out between the two.
+                    done, file = file, None
+                    self._finish(done)
+                    self._report_finished(done.path)
+                    file, start = self._open(*picture.shape[:2]), index
+                file.write(picture, index - start)
                 self.counts.written += 1
         except BaseException as error:
             self._failed(error)
@@ -403,10 +421,20 @@ class VideoWriter:
         finally:
             if file is not None:
                 try:
-                    file.close()
+                    self._finish(file)
                 except Exception as error:  # the last fragment, written on close
                     self._failed(error)
+                else:
+                    self._report_finished(file.path)
             self.counts.cpu_seconds = time.thread_time() - cpu_start
+
+    def _finish(self, file: VideoFile) -> None:
+        file.close()
+        self.finished_pictures.append(file.pictures)
+
+    def _report_finished(self, path: Path) -> None:
+        if self._finished is not None:
+            self._finished(path)
 
     def _failed(self, error: BaseException) -> None:
         """One line for the first error that stopped the file (a traceback only for a bug)."""
@@ -425,6 +453,7 @@ class VideoWriter:
                 "--record PATH) to a folder this user can write"
             ) from None
         self.path = output.path
+        self.paths.append(output.path)
         try:
             file = VideoFile(output, width, height, self.fps, self._encoder)
         except BaseException:
