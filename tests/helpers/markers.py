@@ -14,8 +14,8 @@ name). What those reach decides:
   them: TF_MODULES) or in a `charles` process it starts (TF_COMMANDS).
 - `slow`: more than about 2 s on an idle machine, because of what it uses: a `charles` process
   that imports TensorFlow or opens the game, the game itself, the flagship model line (56 M
-  weights to build), a trainer; and the few tests that are slow for a reason no rule sees
-  (SLOW_BY_MEASUREMENT).
+  weights to build), a trainer, a live stream to an RTMP ingest; and the few tests that are
+  slow for a reason no rule sees (SLOW_BY_MEASUREMENT).
 
 The rules see what a test uses, not how far it gets: a test that starts `charles drive` only to
 see it refuse an argument is `slow` too, though it ends within a second. That only leaves it
@@ -93,6 +93,9 @@ SLOW_LINES = frozenset({"model_0005_inceptionresnetv2"})
 TRAINING = ("agent.learn.trainer.run_train", "agent.learn.trainer.Trainer")
 """Training a network for real, in the test's own process."""
 
+STREAMING = ("tests.helpers.rtmp.RtmpListener",)
+"""A real RTMP ingest: the test streams to it for seconds of real time."""
+
 SLOW_BY_MEASUREMENT: dict[str, str] = {
     "tests/test_collect.py::test_key_labels_go_quiet_when_the_x_server_goes_away":
         "waits for the key listener to notice that its X server is gone",
@@ -108,6 +111,8 @@ SLOW_BY_MEASUREMENT: dict[str, str] = {
         "ONNX exports",
     "tests/test_record.py::test_layout_shows_the_driving_predictions_convcam_with_one_pass_per_frame":
         "renders and encodes many layout pictures",
+    "tests/test_stream.py::test_an_ingest_that_hangs_is_let_go_and_stop_returns_at_once":
+        "waits out a 1 s connection time limit, in two stream processes",
     "tests/test_store.py::test_one_unreadable_manifest_does_not_hide_the_others":
         "`charles model list` checks every version's weights with TensorFlow",
     "tests/test_store_damage.py::test_model_list_shows_the_newest_good_version":
@@ -173,6 +178,7 @@ def markers_for(item: pytest.Item) -> set[str]:
         or game
         or reach.strings & SLOW_LINES
         or reach.uses(TRAINING)
+        or reach.uses(STREAMING)
         or _base_id(item) in SLOW_BY_MEASUREMENT
     ):
         marks.add("slow")
