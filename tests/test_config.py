@@ -702,3 +702,19 @@ def test_config_init_onto_a_full_disk_leaves_no_half_file(
         result = charles_here(capsys, "config", "init", str(disk / "config.toml"))
         assert_one_line_error(result, f"cannot write {disk / 'config.toml'}", "No space left")
         assert not (disk / "config.toml").exists()
+
+
+def test_config_check_never_prints_the_stream_key_or_the_live_token(
+    tmp_path: Path, run_charles
+) -> None:
+    path = write(
+        tmp_path,
+        "[stream]\nurl = 'rtmp://live.example/app/sk_live_SECRETKEY'\n"
+        "[live]\ntoken = 'tok-SECRET'\n",
+    )
+    result = run_charles("config", "check", "--config", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "SECRET" not in result.stdout + result.stderr
+    assert "stream.url = 'rtmp://live.example/app/****'" in result.stdout
+    assert "live.token = '****'" in result.stdout
+    assert "SECRET" not in repr(load_config(path))

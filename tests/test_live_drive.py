@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import socket
 import time
 from pathlib import Path
@@ -118,7 +119,7 @@ def test_the_live_view_follows_a_real_drive_in_a_real_browser(
                 page.wait_for_function(
                     "document.querySelector('#version').textContent.includes('v0001')",
                     timeout=30_000,
-                )  # noqa: E501
+                )
                 first = page.text_content("#pps")
                 page.wait_for_function(
                     "(first) => document.querySelector('#pps').textContent !== first",
@@ -171,3 +172,68 @@ def test_a_live_view_beyond_loopback_needs_a_token(tmp_path: Path) -> None:
         "drive", "--store", str(tmp_path / "models"), "--live", "0.0.0.0:47999", cwd=tmp_path
     )
     assert_one_line_error(result, "'0.0.0.0:47999'", "[live] token")
+
+
+def test_a_drive_streams_to_an_ingest_that_goes_away_and_comes_back(
+    x_display: str, tmp_path: Path
+) -> None:
+    """`charles drive --stream`: the layout arrives at a real RTMP ingest (PyAV listening in
+    its own process); the ingest is killed for 5 s and comes back: the stream resumes, the car
+    never stopped, and the summary counts the reconnect without ever showing the key."""
+    from tests.helpers.rtmp import RtmpListener
+
+    game_port = free_udp_port()
+    telemetry = tmp_path / "telemetry.jsonl"
+    game = start_game(game_port, telemetry, tmp_path)
+    store = tmp_path / "models"
+    publish_driver(store, 0.3, 0.0)
+    listener = RtmpListener(free_tcp_port(), timeout=60)
+    listener.wait_listening()
+    url = listener.url.rsplit("/", 1)[0]  # the key comes from the environment
+    drive = Drive(
+        drive_command(
+            store, game_port, "--json", "--stream", url, "--set", "record.fps=15",
+            "--set", "stream.bitrate_kbps=800", "--set", "unstuck.enabled=false",
+        ),
+        tmp_path,
+        env={**os.environ, "CHARLES_STREAM_KEY": "test"},
+    )  # fmt: skip
+    back = None
+    try:
+        drive.wait_for_log("streaming the layout to")
+        assert listener.wait_for(30, timeout=60), "no pictures reached the ingest"
+        first = listener.frames[0]
+        assert (first.width, first.height) == (1280, 720) and first.keyframe
+        assert listener.streams.get("audio"), listener.streams  # the silent AAC track
+        listener.kill()
+        predictions_before = drive_predictions(telemetry)
+        time.sleep(5.0)  # the ingest is away; the car drives on
+        back = RtmpListener(listener.port, timeout=60)
+        back.wait_listening()
+        assert back.wait_for(15, timeout=40), "the stream did not come back"
+        assert drive_predictions(telemetry) > predictions_before  # it never stopped driving
+        drive.signal("SIGTERM")
+        assert drive.finish() == 143, drive.stderr[-3000:]
+    finally:
+        if drive.process.poll() is None:
+            drive.process.kill()
+        listener.kill()
+        if back is not None:
+            back.kill()
+        stop_game(game)
+    stream = drive.summary()["stream"]
+    assert stream["reconnects"] >= 1 and stream["pictures_sent"] >= 45, stream
+    assert stream["url"].endswith("/****")
+    assert "test" not in stream["url"].rsplit("/", 1)[1]
+    assert "/live/test" not in drive.stderr and "/live/test" not in drive.stdout
+
+
+def drive_predictions(telemetry: Path) -> int:
+    """Game records applied from the gamepad so far: the car being driven."""
+    count = 0
+    for line in telemetry.read_text().splitlines():
+        try:
+            count += json.loads(line).get("source") == "gamepad"
+        except ValueError:
+            continue
+    return count

@@ -124,10 +124,17 @@ def _write_new_file(path: Path, data: bytes, flag: str) -> Path:
 
 def config_check(args: argparse.Namespace, config: Config) -> int:
     """`charles config check`: the config loaded (every check passed), every key printed."""
+    from agent.stream.target import redact_url
+
     print(f"{config.source}: OK")
     for section, values in asdict(config).items():
         if isinstance(values, dict):
             for key, value in values.items():
+                # Secrets are never printed: a config check is pasted into bug reports.
+                if (section, key) == ("stream", "url"):
+                    value = redact_url(value) if value else value
+                elif (section, key) == ("live", "token") and value:
+                    value = "****"
                 print(f"  {section}.{key} = {value!r}")
     return 0
 

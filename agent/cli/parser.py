@@ -62,6 +62,9 @@ def config_overrides(args: argparse.Namespace) -> tuple[dict[str, str], dict[str
         overrides["live.enabled"], origins["live.enabled"] = "true", "--live"
         if live:
             overrides["live.address"], origins["live.address"] = json.dumps(live), "--live"
+    stream = getattr(args, "stream", None)
+    if stream is not None:
+        overrides["stream.url"], origins["stream.url"] = json.dumps(stream), "--stream"
     return overrides, origins
 
 
@@ -115,6 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--live", nargs="?", const="", metavar="HOST:PORT",
         help="serve the live view for OBS while driving (overlay page, MJPEG pictures, status) "
         "on live.address, or on HOST:PORT; beyond loopback it needs live.token",
+    )  # fmt: skip
+    drive.add_argument(
+        "--stream", metavar="URL",
+        help="stream the layout to an ingest (rtmp:// or rtmps://) while driving; the stream "
+        "key may come from the environment variable CHARLES_STREAM_KEY instead of the URL",
     )  # fmt: skip
 
     collect = subcommands.add_parser(

@@ -268,7 +268,7 @@ class LiveConfig:
     """Serve during every `charles drive`."""
     address: str = field(default="127.0.0.1:47900", metadata=_spec(max_length=300))
     """HOST:PORT to listen on; an address other than loopback needs `token`."""
-    token: str = field(default="", metadata=_spec(max_length=200, may_be_empty=True))
+    token: str = field(default="", repr=False, metadata=_spec(max_length=200, may_be_empty=True))
     """Secret every request must carry (?token=... or "Authorization: Bearer ..."); required
     to listen on any address but loopback."""
     max_viewers: int = field(default=8, metadata=_spec(minimum=1, maximum=64))
@@ -280,7 +280,7 @@ class LiveConfig:
 class StreamConfig:
     """Straight to a streaming service: the layout as H.264 with silent AAC over RTMP(S)."""
 
-    url: str = field(default="", metadata=_spec(max_length=2000, may_be_empty=True))
+    url: str = field(default="", repr=False, metadata=_spec(max_length=2000, may_be_empty=True))
     """rtmp:// or rtmps:// ingest URL ("": no stream); the stream key may come from the
     environment variable CHARLES_STREAM_KEY instead, and is never logged."""
     bitrate_kbps: int = field(default=4500, metadata=_spec(minimum=100, maximum=50_000))

@@ -35,6 +35,7 @@ from agent.drive.loop import DriveLoop, failure_to_raise
 from agent.drive.status import DriveStatus
 from agent.drive.summary import (
     DriveSummary,
+    LiveRow,
     command_gaps,
     median_ms,
     percentiles_ms,
@@ -63,6 +64,8 @@ from agent.runtime.display import display_for_this_process
 from agent.runtime.liveness import Failures
 from agent.runtime.signals import Stop, on_stop_signals
 from agent.runtime.slot import Slot
+from agent.stream.sender import StreamSender
+from agent.stream.target import check_stream_settings
 from agent.types import Frame, Tick
 
 log = logging.getLogger(__name__)
@@ -91,6 +94,8 @@ def run_drive(
     check_installed(config.inference)
     if config.live.enabled:
         check_live_settings(config.live)  # an address beyond loopback needs a token
+    if config.stream.url:
+        check_stream_settings(config.stream)
     check_before_driving(
         config.record, record if isinstance(record, Path) else None,
         from_the_start=bool(record) or config.record.enabled,
@@ -125,6 +130,7 @@ class _Session:
     ticks: Slot[Tick]
     render_latency: RenderToCommand | None
     live: LiveServer | None = None
+    stream: StreamSender | None = None
 
 
 def _start(
@@ -181,8 +187,8 @@ def _start(
     recorder = _recorder_for(config, line, frames, ticks, status, record, feeds, losses)
     # Registered before the controller, so on the way out it runs after neutral.
     stack.callback(recorder.close)
-    live = None
-    if config.live.enabled:
+    live = stream = None
+    if config.live.enabled or config.stream.url:
         watched = WatchedPictures(
             config.record, feeds, frames, ticks, _hud_status_of(status),
             config.capture.size, line.convcam_layer, recorder.draws, losses,
@@ -190,10 +196,16 @@ def _start(
         )  # fmt: skip
         watched.start()
         stack.callback(watched.stop)
+    if config.live.enabled:
         live = LiveServer(config.live, status, feeds, losses=losses.points, ticks=ticks)
         url = live.start()
         stack.callback(live.stop)
         log.info("live view for OBS: %s (pictures: %slayout.mjpeg, %shud.mjpeg)", url, url, url)
+    if config.stream.url:
+        # The stream layout, whatever record.mode the recordings use.
+        stream = StreamSender(config.stream, feeds["layout"], config.record.fps).start()
+        stack.callback(stream.stop)
+        log.info("streaming the layout to %s", stream.url)
 
     controller = open_controller(config.controller, config.game.channel_port, window, failures)
     # Registered after the grabber, so it runs before it: neutral first, then teardown.
@@ -236,7 +248,7 @@ def _start(
     stop.raise_if_requested()  # e.g. the quit hotkey, pressed while starting
     return _Session(
         window, game, predictor.name, grabber, recorder, controller, loop, hot_swap, ticks,
-        render_latency, live,
+        render_latency, live, stream,
     )  # fmt: skip
 
 
@@ -275,6 +287,10 @@ def _drive(
     _join_loop(loop, thread)
     elapsed = time.monotonic() - started
     recordings = session.recorder.close()
+    if session.live is not None:
+        session.live.stop()
+    if session.stream is not None:
+        session.stream.stop()
     # The capture and the controller stop before their counts are read: no thread changes
     # them after this. (The loop left the controller neutral; closing it again on the way
     # out does nothing.)
@@ -333,7 +349,19 @@ def _summary(
         render_to_command_ms=(
             session.render_latency.report() if session.render_latency is not None else None
         ),
+        live=_live_row(session.live),
+        stream=session.stream.report() if session.stream is not None else None,
     )
+
+
+def _live_row(live: LiveServer | None) -> LiveRow | None:
+    if live is None:
+        return None
+    counts = live.counts
+    return LiveRow(
+        counts.viewers, counts.refused, counts.unauthorized, counts.pictures_sent,
+        counts.pictures_skipped, counts.pictures_encoded,
+    )  # fmt: skip
 
 
 def _hot_swap_for(

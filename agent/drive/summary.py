@@ -12,6 +12,7 @@ from agent.checkpoints.watcher import Rejection
 from agent.drive.hotswap import Swap
 from agent.game.telemetry import TelemetryRecord
 from agent.record.recorder import RecordingReport
+from agent.stream.sender import StreamReport
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,19 @@ class CommandGaps:
     pps_during: float | None
     """Commands per second while loads ran (1 / mean gap)."""
     pps_outside: float | None
+
+
+@dataclass(frozen=True)
+class LiveRow:
+    """What the live view served (agent.live.server.LiveCounts, without the moment's buffers)."""
+
+    viewers: int
+    refused: int
+    unauthorized: int
+    pictures_sent: int
+    pictures_skipped: int
+    """Pictures slow viewers missed (they get the newest one when they are ready)."""
+    pictures_encoded: int
 
 
 @dataclass(frozen=True)
@@ -116,6 +130,10 @@ class DriveSummary:
     """Frames grabbed at once because the model was slower than the capture (follow_model)."""
     render_to_command_ms: ShownToCommand | None = None
     """Bundled game only; None for other games."""
+    live: LiveRow | None = None
+    """The live view (--live); None when it was not served."""
+    stream: StreamReport | None = None
+    """The stream to an ingest (--stream); None when there was none. Its URL hides the key."""
 
     def to_json(self) -> dict[str, Any]:
         """The summary as `charles drive --json` prints it (the benchmarks read this)."""
@@ -180,8 +198,26 @@ class DriveSummary:
                 f"{video.dropped} dropped by a slow encoder; {video.encoder}; CPU "
                 f"{video.drawing_cpu_s:.1f} s drawing, {video.encoding_cpu_s:.1f} s encoding)"
             )
+            if len(video.files) > 1:
+                lines.append(f"    in {len(video.files)} files, the last {video.files[-1]}")
             if video.error:
                 lines.append(f"    recording failed: {video.error}")
+        if self.live is not None:
+            live = self.live
+            lines.append(
+                f"  live view: {live.viewers} viewer(s), {live.pictures_sent} pictures sent "
+                f"({live.pictures_skipped} skipped by slow viewers), {live.refused} refused "
+                f"over live.max_viewers, {live.unauthorized} without the token"
+            )
+        if self.stream is not None:
+            stream = self.stream
+            lines.append(
+                f"  stream to {stream.url}: {stream.pictures_sent} pictures sent, "
+                f"{stream.pictures_dropped} dropped, {stream.reconnects} reconnect(s), "
+                f"connected {stream.seconds_connected:.1f} s"
+            )
+            if stream.last_error:
+                lines.append(f"    last stream error: {stream.last_error}")
         if self.game is not None:
             game = self.game
             lines.append(
