@@ -211,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("--json", action="store_true", help="print JSON instead of text")
 
     from agent.bench import drive as drive_bench
-    from agent.bench import learn, model, pairing, record, swap
+    from agent.bench import learn, model, pairing, record, soak, swap
 
     bench_cmd = subcommands.add_parser(
         "bench", help="benchmarks: the model alone, the drive loop, swaps, recording, "
@@ -229,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
                   "time"),
         "pairing": (pairing, "how often a grabbed frame is paired with the record of the "
                     "picture it shows"),
+        "soak": (soak, "drive for a long time with everything a 24/7 stream uses (trainer, "
+                 "recording with rotation, live view, RTMP, a killed game): does anything grow?"),
     }  # fmt: skip
     for name, (module, help_text) in benchmarks.items():
         # model and drive run one model here; the others choose their lines themselves.

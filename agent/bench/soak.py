@@ -1,0 +1,292 @@
+"""`charles bench soak --minutes N`: everything at once, for a long time.
+
+A drive of the bundled game (launched by the drive itself) runs for N minutes with every part a
+24/7 stream uses: `charles train` beside it publishing a checkpoint every 30 s (swapped in),
+the stream layout recorded with rotation and a disk budget, the live view with two viewers (one
+reading /layout.mjpeg, one the overlay's events), an RTMP push to a local ingest
+(agent/bench/ingest.py), and one kill -9 of the game half way through.
+
+Every 10 s it samples the drive process (resident memory, threads, open files) and its
+predictions (from /status.json). It reports those at the start and the end and their slope per
+hour after a warm-up, PPS per minute (min and median), disk used against the budget, and the
+drive's own counts: swaps, rejections, game restarts, stream reconnects.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from agent.arguments import positive_float
+from agent.bench.rounds import median
+from agent.bench.workfolder import charles_command, write_config
+from agent.config import Config
+from agent.errors import CharlesError
+
+SAMPLE_SECONDS = 10.0
+STREAM_KEY = "soak"
+TRAIN_SETTINGS = [
+    "train.start_from=reference", "train.buffer_size=400", "train.start_fill=0.5",
+    "train.max_uses=1000", "train.learning_rate=0.0001", "train.warmup_batches=50",
+    "train.publish_seconds=30", "train.threads=1",
+]  # fmt: skip
+
+
+def free_tcp_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def process_sample(pid: int) -> dict[str, float]:
+    """Resident memory (MB), threads and open files of process `pid` (Linux /proc)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    return {
+        "rss_mb": int(fields["VmRSS"].split()[0]) / 1024,
+        "threads": int(fields["Threads"]),
+        "open_files": len(os.listdir(f"/proc/{pid}/fd")),
+    }
+
+
+def game_processes(drive_pid: int) -> list[int]:
+    """The bundled games among the drive's children."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if parent == drive_pid and b"agent.game" in command:
+            found.append(int(entry.name))
+    return found
+
+
+def slope_per_hour(samples: list[tuple[float, float]]) -> float | None:
+    """Least-squares slope of (seconds, value) samples, per hour; None for < 2 samples."""
+    if len(samples) < 2:
+        return None
+    n = len(samples)
+    mean_t = sum(t for t, _ in samples) / n
+    mean_v = sum(v for _, v in samples) / n
+    spread = sum((t - mean_t) ** 2 for t, _ in samples)
+    if spread == 0:
+        return None
+    return 3600 * sum((t - mean_t) * (v - mean_v) for t, v in samples) / spread
+
+
+class Viewer(threading.Thread):
+    """An HTTP client that keeps reading a streaming endpoint, as OBS does, and counts bytes."""
+
+    def __init__(self, port: int, path: str) -> None:
+        super().__init__(name=f"viewer {path}", daemon=True)
+        self.port, self.path = port, path
+        self.bytes = 0
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+            try:
+                connection.request("GET", self.path)
+                response = connection.getresponse()
+                while not self.stopping.is_set():
+                    data = response.read1(65536)
+                    if not data:
+                        break
+                    self.bytes += len(data)
+            except OSError:
+                self.stopping.wait(1.0)  # the drive restarting its game, or ending
+            finally:
+                connection.close()
+
+
+def status_json(port: int) -> dict[str, Any] | None:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        connection.request("GET", "/status.json")
+        return json.loads(connection.getresponse().read())["status"]
+    except (OSError, ValueError, KeyError):
+        return None
+    finally:
+        connection.close()
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.glob("*.mp4") if p.is_file())
+
+
+def soak(args: argparse.Namespace, config: Config, work: Path) -> dict[str, Any]:
+    write_config(work, config)
+    seconds = args.minutes * 60
+    logs = {name: (work / f"{name}.log").open("w") for name in ("collect", "train", "ingest")}
+    children: list[subprocess.Popen[Any]] = []
+    try:
+        subprocess.run(
+            charles_command(
+                "collect", "--config", "config.toml", "--source", "autopilot", "--render",
+                "offscreen", "--seconds", "15", "--set", "collect.steering_noise=0.3",
+            ),
+            cwd=work, stdout=logs["collect"], stderr=subprocess.STDOUT, check=True,
+        )  # fmt: skip
+        train_flags = [flag for item in TRAIN_SETTINGS for flag in ("--set", item)]
+        children.append(subprocess.Popen(
+            charles_command("train", "--config", "config.toml", "--seconds",
+                            str(seconds + 60), *train_flags),
+            cwd=work, stdout=logs["train"], stderr=subprocess.STDOUT,
+        ))  # fmt: skip
+        ingest_port, live_port = free_tcp_port(), free_tcp_port()
+        children.append(subprocess.Popen(
+            [sys.executable, "-m", "agent.bench.ingest", str(ingest_port)],
+            cwd=work, stdout=logs["ingest"], stderr=subprocess.STDOUT,
+        ))  # fmt: skip
+        budget_gb = args.keep_gb
+        drive_log = (work / "drive.log").open("w")
+        drive = subprocess.Popen(
+            charles_command(
+                "drive", "--config", "config.toml", "--json", "--seconds", str(seconds),
+                "--model", args.line, "--live", f"127.0.0.1:{live_port}",
+                "--stream", f"rtmp://127.0.0.1:{ingest_port}/live",
+                "--set", "record.enabled=true", "--set", "record.mode=layout",
+                "--set", f"record.segment_minutes={args.segment_minutes}",
+                "--set", f"record.keep_gb={budget_gb}",
+                "--set", f"record.folder={json.dumps(str(work / 'recordings'))}",
+            ),
+            cwd=work, stdout=subprocess.PIPE, stderr=drive_log, text=True,
+            env={**os.environ, "CHARLES_STREAM_KEY": STREAM_KEY},
+        )  # fmt: skip
+        children.append(drive)
+        samples, pps_samples, killed_at = _watch(drive, live_port, seconds, args.kill)
+        out, _ = drive.communicate(timeout=120)
+        if drive.returncode != 0:
+            raise CharlesError(f"charles drive failed ({drive.returncode}); see {work}/drive.log")
+        summary = json.loads(out.strip().splitlines()[-1])
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        for child in children:
+            try:
+                child.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                child.kill()
+        for log in logs.values():
+            log.close()
+    return _report(args, summary, samples, pps_samples, killed_at, work / "recordings")
+
+
+def _watch(
+    drive: subprocess.Popen[str], live_port: int, seconds: float, kill: bool
+) -> tuple[list[dict[str, float]], list[tuple[float, int]], float | None]:
+    """Sample the drive until it ends; kill -9 its game half way through."""
+    started = time.monotonic()
+    viewers = [Viewer(live_port, "/layout.mjpeg"), Viewer(live_port, "/events")]
+    for viewer in viewers:
+        viewer.start()
+    samples: list[dict[str, float]] = []
+    predictions: list[tuple[float, int]] = []
+    killed_at = None
+    try:
+        while drive.poll() is None:
+            now = time.monotonic() - started
+            if kill and killed_at is None and now >= seconds / 2:
+                for pid in game_processes(drive.pid):
+                    os.kill(pid, signal.SIGKILL)
+                    killed_at = now
+            try:
+                samples.append({"t": now, **process_sample(drive.pid)})
+            except (OSError, KeyError, ValueError):
+                break
+            status = status_json(live_port)
+            if status is not None:
+                predictions.append((now, int(status["predictions"])))
+            time.sleep(SAMPLE_SECONDS)
+    finally:
+        for viewer in viewers:
+            viewer.stopping.set()
+    return samples, predictions, killed_at
+
+
+def _report(
+    args: argparse.Namespace,
+    summary: dict[str, Any],
+    samples: list[dict[str, float]],
+    predictions: list[tuple[float, int]],
+    killed_at: float | None,
+    recordings: Path,
+) -> dict[str, Any]:
+    warm_up = max(120.0, 0.1 * args.minutes * 60)
+    settled = [s for s in samples if s["t"] >= warm_up]
+    pps_per_minute = []
+    for minute in range(int(args.minutes)):
+        inside = [(t, n) for t, n in predictions if minute * 60 <= t <= (minute + 1) * 60]
+        if len(inside) >= 2 and inside[-1][0] > inside[0][0]:
+            pps_per_minute.append((inside[-1][1] - inside[0][1]) / (inside[-1][0] - inside[0][0]))
+    stream = summary.get("stream") or {}
+    report: dict[str, Any] = {
+        "minutes": args.minutes,
+        "line": args.line,
+        "start": samples[0] if samples else None,
+        "end": samples[-1] if samples else None,
+        "slope_per_hour": {
+            key: slope_per_hour([(s["t"], s[key]) for s in settled])
+            for key in ("rss_mb", "threads", "open_files")
+        },
+        "pps_per_minute_min": round(min(pps_per_minute), 2) if pps_per_minute else None,
+        "pps_per_minute_median": median(pps_per_minute),
+        "pps_drive": summary.get("pps"),
+        "disk_used_gb": round(folder_bytes(recordings) / 1e9, 4),
+        "disk_budget_gb": args.keep_gb,
+        "swaps": len(summary.get("swaps", [])),
+        "rejections": len(summary.get("rejections", [])),
+        "game_killed_at_s": None if killed_at is None else round(killed_at, 1),
+        "game_restarts": summary.get("game_restarts", 0),
+        "stream_reconnects": stream.get("reconnects"),
+        "stream_pictures_sent": stream.get("pictures_sent"),
+        "stream_pictures_dropped": stream.get("pictures_dropped"),
+        "live": summary.get("live"),
+        "recording_files": sum(len(r.get("files", [])) for r in summary.get("recordings", [])),
+        "recording_files_kept": len(list(recordings.glob("*.mp4"))),
+    }
+    return report
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--minutes", type=positive_float, default=60.0)
+    parser.add_argument("--line", default="pilotnet_small")
+    parser.add_argument(
+        "--segment-minutes", type=positive_float, default=5.0, help="record.segment_minutes"
+    )
+    parser.add_argument("--keep-gb", type=positive_float, default=0.5, help="record.keep_gb")
+    parser.add_argument("--no-kill", dest="kill", action="store_false", help="leave the game alone")
+    parser.add_argument("--keep", type=Path, help="work in this folder and keep it")
+
+
+def run(args: argparse.Namespace, config: Config) -> int:
+    """The `charles bench soak` handler."""
+    if args.keep is not None:
+        args.keep.mkdir(parents=True, exist_ok=True)
+        report = soak(args, config, args.keep)
+    else:
+        with tempfile.TemporaryDirectory(prefix="charles-soak-") as folder:
+            report = soak(args, config, Path(folder))
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    for key, value in report.items():
+        print(f"{key:26} {value}")
+    return 0
