@@ -116,6 +116,8 @@ class DriveSummary:
     """Frames grabbed at once because the model was slower than the capture (follow_model)."""
     render_to_command_ms: ShownToCommand | None = None
     """Bundled game only; None for other games."""
+    game_restarts: int = 0
+    """Times the bundled game this drive started died and was started again."""
 
     def to_json(self) -> dict[str, Any]:
         """The summary as `charles drive --json` prints it (the benchmarks read this)."""
@@ -173,6 +175,11 @@ class DriveSummary:
             )
         if self.unstucks:
             lines.append(f"  unstuck: {self.unstucks} recovery(ies) from a car standing still")
+        if self.game_restarts:
+            lines.append(
+                f"  game restarted {self.game_restarts} time(s): it ended (a crash, a kill, "
+                "closed) and was started again"
+            )
         for video in self.recordings:
             lines.append(
                 f"  recorded {video.path}: {video.seconds:.1f} s, {video.frames} frames "
