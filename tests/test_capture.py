@@ -796,6 +796,36 @@ def test_grabber_waits_for_a_lost_window_and_resumes(
     assert grabber.error is None
 
 
+def test_a_window_said_to_be_gone_is_let_go_at_once_and_looked_for_again(
+    painter: Painter, grabbers: list[Grabber]
+) -> None:
+    """The game's supervisor saw its process end: the capture stops now, not at its next look
+    at the window's region (up to 10 s away here), so the drive loop goes neutral at once."""
+    painter.window("Departed Game", 0, 0, 120, 90, RED)
+    slot: Slot[Frame] = Slot()
+    clock = FakeClock()
+    grabber = Grabber(
+        find_window(WindowQuery("Departed Game")), 30, slot, region_every=10.0,
+        reacquire_every=0.5, clock=clock,
+    )  # fmt: skip
+    grabbers.append(grabber)
+    started(grabber, clock)
+    clock.advance(0.1)
+    _, seq = slot.get()
+
+    grabber.window_gone("the bundled game ended (killed by SIGKILL)")
+    clock.settle()
+    assert grabber.window_lost.is_set() and grabber.state == "window lost"
+    assert grabber.lost_reason == "the bundled game ended (killed by SIGKILL)"
+    clock.advance(0.49)
+    assert slot.get()[1] == seq, "frames were put after the window was said to be gone"
+
+    # Looked for again (here it is still there: a new game's window is found the same way).
+    clock.advance(0.01)
+    assert not grabber.window_lost.is_set() and slot.get()[1] == seq + 1
+    assert grabber.error is None
+
+
 def test_grabber_measures_its_rate(painter: Painter, grabbers: list[Grabber]) -> None:
     painter.window("Rate Game", 0, 0, 1280, 720, RED)
     slot: Slot[Frame] = Slot()

@@ -173,3 +173,15 @@ def test_command_gaps_worked_out_by_hand() -> None:
     )  # fmt: skip
     assert command_gaps([0.0, 0.1], [(0.1, 0.2)]).during_swaps == 1  # type: ignore[union-attr]
     assert command_gaps([], []) is None
+
+
+def test_game_restarts_are_in_the_json_and_told_when_there_were_any() -> None:
+    base = made_up_summary()
+    assert base.to_json()["game_restarts"] == 0
+    assert not any("restarted" in line for line in base.lines())
+    restarted = replace(base, game_restarts=2)
+    assert json.loads(json.dumps(restarted.to_json()))["game_restarts"] == 2
+    assert (
+        "  game restarted 2 time(s): it ended (a crash, a kill, closed) and was started again"
+        in restarted.lines()
+    )

@@ -42,7 +42,8 @@ class Grabber:
 
     - `window_lost` is set while the window is gone, minimised or off the screen: no frames
       are put then, and the window is looked for again (by its title) every `reacquire_every`
-      seconds; it is cleared with the first frame after the window is back.
+      seconds; it is cleared with the first frame after the window is back. `window_gone()`
+      says the window is gone before the capture would see it (its game has ended).
     - An unexpected exception ends the thread and is reported to `failures` (the session's;
       its own when none is given) and shown by `error` (never swallowed).
     - Frames' images are read-only BGRA arrays (height, width, 4), one new array per grab,
@@ -94,6 +95,8 @@ class Grabber:
         """Guards the drive loop's requests (below), written by its thread, read by this one."""
         self._grab_now = False
         self._follow_until = 0.0
+        self._gone: str | None = None
+        """Why the window is gone, told by `window_gone` and not yet acted on."""
         self.grab_seconds: deque[float] = deque(maxlen=200_000)
         """Seconds each grab took (the screen copy and its array), the newest ~2 hours."""
         self.requested = 0
@@ -136,6 +139,13 @@ class Grabber:
             self._follow_until = 0.0
         self._wake.set()
 
+    def window_gone(self, reason: str) -> None:
+        """The window is gone (its game ended): stop grabbing and look for it again now, not
+        at the next read of its region. Never blocks; any thread."""
+        with self._requests:
+            self._gone = reason
+        self._wake.set()
+
     def stop(self, timeout: float = 2.0) -> None:
         """Ask the thread to end and wait for it (at most `timeout` plus one frame period)."""
         self._stopping.set()
@@ -164,8 +174,12 @@ class Grabber:
         try:
             while not self._stopping.is_set():
                 now = self._clock.now()
-                if region is None or now - region_read_at >= self._region_every:
+                gone = self._take_gone()
+                if gone is not None or region is None or now - region_read_at >= self._region_every:
                     try:
+                        if gone is not None:
+                            # Not one more grab: a picture of the ended game must not be driven on.
+                            raise WindowError(gone)
                         region = self._visible_region(screen)
                     except WindowError as error:
                         self._lose(error)
@@ -228,11 +242,12 @@ class Grabber:
             self._wake.clear()
             with self._requests:
                 grab_now, self._grab_now = self._grab_now, False
+                gone = self._gone is not None
             if grab_now:
                 self.requested += 1
                 return keeper
-            if not woken:
-                return keeper  # the tick (or the end of following) is due
+            if not woken or gone:
+                return keeper  # the tick (or the end of following) is due, or the window went
         return keeper
 
     def _visible_region(self, screen: Region) -> Region:
@@ -252,6 +267,7 @@ class Grabber:
     def _wait_for_window(self) -> bool:
         """Look for the window until it is back (True) or the grabber is stopped (False)."""
         while not self._clock.wait(self._stopping, self._reacquire_every):
+            self._take_gone()  # told the window is gone while looking for it: nothing new
             try:
                 self.window.reacquire()
                 self.window.region()
@@ -261,6 +277,11 @@ class Grabber:
             log.info("found the game window %r again", self.window.title)
             return True
         return False
+
+    def _take_gone(self) -> str | None:
+        with self._requests:
+            gone, self._gone = self._gone, None
+        return gone
 
     def _new_keeper(self, old: RateKeeper) -> RateKeeper:
         # A fresh schedule after the wait, so the pause is not counted as lag.

@@ -2,9 +2,11 @@
 
 It wires capture -> drive loop -> controller, plus hotkeys, the live console and (for the
 bundled game) the game process, and guarantees the way out: whatever ends the session (time
-limit, quit hotkey, Ctrl-C, SIGTERM, an exception in any thread, the game closing), the
+limit, quit hotkey, Ctrl-C, SIGTERM, an exception in any thread, a game that keeps dying), the
 controller goes neutral and releases every key before anything else is torn down. A stop signal
 during start-up (waiting for the window, loading the model) ends it at once, before any input.
+A bundled game the session started itself is started again when it dies
+(`agent.game.supervisor`); one a person started is waited for.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from agent.drive.unstuck import RecoveryPlan, StuckDetector, Unstuck
 from agent.game.channel import request_reset
 from agent.game.launcher import BundledGame, connect_or_launch
 from agent.game.pairing import FrameRecordListener
+from agent.game.supervisor import GameSupervisor
 from agent.game.telemetry import TelemetryRecord, read_last_telemetry, record_from
 from agent.inference.onnx_backend import check_installed
 from agent.inference.predictor import Predictor, build_model
@@ -85,8 +88,9 @@ def run_drive(
 
     `record`: True records from the start into record.folder, a path records there; False
     records only when record.enabled is set (the record hotkey works either way).
-    `stamped_game`: the bundled game already runs with `--stamp`, so render-to-command
-    latency knows each picture exactly instead of pairing it by capture time.
+    `stamped_game`: the bundled game runs with `--stamp` (one this drive starts is started
+    with it), so render-to-command latency knows each picture exactly instead of pairing it
+    by capture time.
 
     Raises CharlesError for user problems and StopRequested when a stop signal came during
     start-up (nothing was driven then).
@@ -131,6 +135,8 @@ class _Session:
     render_latency: RenderToCommand | None
     live: LiveServer | None = None
     stream: StreamSender | None = None
+    supervisor: GameSupervisor | None = None
+    """Restarts the bundled game when it dies; None unless this session started the game."""
 
 
 def _start(
@@ -151,8 +157,9 @@ def _start(
     game = None
     if is_bundled_game(config):
         game = connect_or_launch(
-            config.game.channel_port, config.capture.size, config.game.launch, stack
-        )
+            config.game.channel_port, config.capture.size, config.game.launch, stack,
+            ("--stamp",) if stamped_game else (),
+        )  # fmt: skip
     window = acquire_window(config, game, stop)
     # Load and warm the model before any input is sent, so the first command is not late.
     log.info("loading %s", checkpoint.name if checkpoint else f"a fresh {line.name}")
@@ -179,6 +186,9 @@ def _start(
     follow = config.capture.follow_model
     grabber.start()
     stack.callback(grabber.stop)
+    supervisor = None
+    if game is not None and game.launch is not None:
+        supervisor = GameSupervisor(game, grabber.window_gone, failures)
     ticks: Slot[Tick] = Slot()
     status: Slot[DriveStatus] = Slot()
     # The pictures a recording, the live view and the stream show: each drawn once.
@@ -248,7 +258,7 @@ def _start(
     stop.raise_if_requested()  # e.g. the quit hotkey, pressed while starting
     return _Session(
         window, game, predictor.name, grabber, recorder, controller, loop, hot_swap, ticks,
-        render_latency, live, stream,
+        render_latency, live, stream, supervisor,
     )  # fmt: skip
 
 
@@ -351,6 +361,7 @@ def _summary(
         ),
         live=_live_row(session.live),
         stream=session.stream.report() if session.stream is not None else None,
+        game_restarts=session.supervisor.restarts if session.supervisor is not None else 0,
     )
 
 
@@ -505,9 +516,11 @@ def _wait_for_stop(
     started: float,
     live_console: bool,
 ) -> None:
-    """The main thread's job while driving: watch for stop reasons and draw the console."""
+    """The main thread's job while driving: watch for stop reasons, keep the bundled game
+    running (it is started again from this thread, the one that started it) and draw the
+    console."""
     deadline = None if seconds is None else started + seconds
-    loop, game = session.loop, session.game
+    loop, supervisor = session.loop, session.supervisor
     meter = RateMeter()
     follows_store = session.hot_swap is not None
 
@@ -531,7 +544,7 @@ def _wait_for_stop(
                 stop("time limit")
             elif loop.stopping:
                 stop("drive loop ended")
-            elif game is not None and game.exited():
-                stop("the game closed")
+            elif supervisor is not None:
+                supervisor.look()
             if live_console:
                 live.update(view())

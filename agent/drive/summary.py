@@ -134,6 +134,8 @@ class DriveSummary:
     """The live view (--live); None when it was not served."""
     stream: StreamReport | None = None
     """The stream to an ingest (--stream); None when there was none. Its URL hides the key."""
+    game_restarts: int = 0
+    """Times the bundled game this drive started died and was started again."""
 
     def to_json(self) -> dict[str, Any]:
         """The summary as `charles drive --json` prints it (the benchmarks read this)."""
@@ -191,6 +193,11 @@ class DriveSummary:
             )
         if self.unstucks:
             lines.append(f"  unstuck: {self.unstucks} recovery(ies) from a car standing still")
+        if self.game_restarts:
+            lines.append(
+                f"  game restarted {self.game_restarts} time(s): it ended (a crash, a kill, "
+                "closed) and was started again"
+            )
         for video in self.recordings:
             lines.append(
                 f"  recorded {video.path}: {video.seconds:.1f} s, {video.frames} frames "

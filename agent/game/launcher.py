@@ -13,11 +13,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.capture.window import WindowError
@@ -35,24 +37,49 @@ class GameStartError(CharlesError):
     """The bundled game could not be started or exited during start-up."""
 
 
+@dataclass(frozen=True)
+class GameLaunch:
+    """How Charles started the bundled game: what a restart runs again, unchanged (the same
+    port, size, flags such as `--stamp`, telemetry file and owner)."""
+
+    command: tuple[str, ...]
+    folder: Path
+    """Where its telemetry and logs go (one log per start: game.log, game-restart-1.log, ...)."""
+
+
 @dataclass
 class BundledGame:
     """The bundled game a drive targets on gamepad port `port`.
 
     `process` is set when Charles started the game (then `telemetry` and `log_path` are its
-    files); None when it was already running and Charles talks to it.
+    files, and `launch` says how to start it again); None when it was already running and
+    Charles talks to it. `restart()` replaces `process` and `log_path` (on the thread that
+    started the first one: see `agent.runtime.lifetime`); other threads only read them.
     """
 
     port: int
     process: subprocess.Popen[bytes] | None = None
     telemetry: Path | None = None
     log_path: Path | None = None
+    launch: GameLaunch | None = None
+    restarts: int = 0
+    """Times `restart()` started the game again."""
+    _stopped: bool = field(default=False, init=False, repr=False)
+    _lock: threading.Lock = field(
+        default_factory=threading.Lock, init=False, repr=False, compare=False
+    )
 
     def pid(self) -> int:
         """The game's process id, asked afresh for a game Charles did not start (it may have
-        been closed and reopened). WindowError while no acceptable game answers."""
-        if self.process is not None:
-            return self.process.pid
+        been closed and reopened). WindowError while no acceptable game answers, or while the
+        game Charles started has ended and not been started again: its window is no target."""
+        process = self.process
+        if process is not None:
+            if process.poll() is not None:
+                raise WindowError(
+                    f"the bundled game (pid {process.pid}) has ended; waiting for it to start again"
+                )
+            return process.pid
         identity = ask_identity(self.port)
         if identity is None:
             raise WindowError(
@@ -63,19 +90,79 @@ class BundledGame:
         return identity.pid
 
     def exited(self) -> bool:
-        return self.process is not None and self.process.poll() is not None
+        process = self.process
+        return process is not None and process.poll() is not None
 
     def last_words(self) -> str:
         """The last line the game logged, or its exit status: why it ended."""
+        return self._last_logged() or exit_description(self._returncode())
+
+    def ending(self) -> str:
+        """How the game's process ended and the last line it logged, e.g. "killed by SIGKILL;
+        last logged: ..."."""
+        how = exit_description(self._returncode())
+        said = self._last_logged()
+        return f"{how}; last logged: {said}" if said else how
+
+    def start(self) -> None:
+        """Start the game from `launch` (its log: game.log)."""
+        with self._lock:
+            self._spawn("game.log")
+
+    def restart(self) -> bool:
+        """Start the game again exactly as it was first started, once its process has ended;
+        False (nothing started) after `stop()`: the drive is ending."""
+        with self._lock:
+            if self._stopped:
+                return False
+            old = self.process
+            if old is not None:
+                if old.poll() is None:
+                    raise RuntimeError(f"the bundled game (pid {old.pid}) is still running")
+                _close_lifeline(old)
+            self._spawn(f"game-restart-{self.restarts + 1}.log")
+            self.restarts += 1
+        return True
+
+    def stop(self) -> None:
+        """Stop the game Charles started (SIGTERM, then SIGKILL); no start after this."""
+        with self._lock:
+            self._stopped = True
+            process = self.process
+        if process is not None:
+            _stop_game(process)
+
+    def _returncode(self) -> int | None:
+        return self.process.returncode if self.process is not None else None
+
+    def _spawn(self, log_name: str) -> None:
+        if self.launch is None:
+            raise RuntimeError("only a game Charles launched can be started (again)")
+        log_path = self.launch.folder / log_name
+        log.info("starting the bundled game (its log: %s)", log_path)
+        try:
+            process = spawn_logged(list(self.launch.command), log_path)
+        except OSError as error:
+            raise GameStartError(f"cannot start the bundled game: {error}") from None
+        self.process, self.log_path = process, log_path
+
+    def _last_logged(self) -> str:
         text = ""
         if self.log_path is not None:
             with contextlib.suppress(OSError):
                 text = _tail(self.log_path)
         lines = [line for line in text.splitlines() if line.strip()]
-        if lines:
-            return lines[-1].strip()[:300]
-        status = self.process.returncode if self.process is not None else None
-        return f"exit {status}"
+        return lines[-1].strip()[:300] if lines else ""
+
+
+def exit_description(status: int | None) -> str:
+    """A process's exit status in words: "exit 1", "killed by SIGKILL"."""
+    if status is None:
+        return "exit status unknown"
+    if status < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-status).name}"
+    return f"exit {status}"
 
 
 def connect_or_launch(
@@ -108,17 +195,17 @@ def launch_game(
 ) -> BundledGame:
     """Start the bundled game for this process; `extra_args` are more `agent.game` flags."""
     folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="charles-game-")))
-    telemetry, log_path = folder / "telemetry.jsonl", folder / "game.log"
+    telemetry = folder / "telemetry.jsonl"
     width, height = size
-    command = [
+    command = (
         sys.executable, "-m", "agent.game", "--size", f"{width}x{height}", "--port", str(port),
         "--telemetry", str(telemetry), "--owner-pid", str(os.getpid()), "--lifeline",
         *extra_args,
-    ]  # fmt: skip
-    log.info("starting the bundled game (its log: %s)", log_path)
-    process = spawn_logged(command, log_path)
-    stack.callback(_stop_game, process)
-    return BundledGame(port, process, telemetry, log_path)
+    )  # fmt: skip
+    game = BundledGame(port, telemetry=telemetry, launch=GameLaunch(command, folder))
+    game.start()
+    stack.callback(game.stop)
+    return game
 
 
 def spawn_logged(command: list[str], log_path: Path) -> subprocess.Popen[bytes]:
@@ -165,6 +252,10 @@ def _alive(pid: int) -> bool | None:
 
 def _stop_game(process: subprocess.Popen[bytes]) -> None:
     stop_process(process, STOP_TIMEOUT)
+    _close_lifeline(process)
+
+
+def _close_lifeline(process: subprocess.Popen[bytes]) -> None:
     if process.stdin is not None:
         with contextlib.suppress(OSError):
             process.stdin.close()

@@ -53,9 +53,11 @@ X11_PARTS = ("agent.runtime.display.xvfb", "agent.runtime.display.display_for_th
 """Code that starts Xvfb (`without_display`: a `charles` that must start its own), by
 qualified name; a module's name stands for everything in it."""
 
-GAME_PARTS = ("agent.game.launcher", "agent.bench.pairing.measure_pairing")
+GAME_PARTS = ("agent.game.launcher.launch_game", "agent.game.launcher.connect_or_launch",
+              "agent.bench.pairing.measure_pairing")  # fmt: skip
 """Code that starts the bundled game in its window (under its own Xvfb when there is no
-screen)."""
+screen). Not the rest of its launcher: a `BundledGame` that runs some other command (the
+supervisor's tests) opens no window."""
 
 TF_MODULES = ("keras", "tensorflow", "tf2onnx", "agent.nets", "agent.inference.predictor",
               "agent.inference.onnx_backend", "agent.learn.trainer", "agent.learn.schedule",
