@@ -181,8 +181,8 @@ def test_times_are_rounded_to_hundredths_of_a_millisecond_or_second() -> None:
         count=3, median_ms=22.84, largest_outside_ms=33.33, during_swaps=1,
         largest_during_ms=54.32, pps_during=18.41, pps_outside=43.78,
     )  # fmt: skip
-    swap = Swap("a", "b", "v0002", 10, 1.23456, at=105.004444)
-    assert swap_rows([swap], 100.0)[0].at_s == 5.0
+    swap = Swap("a", "b", "v0002", 10, 1.23456, at=105.504444)
+    assert swap_rows([swap], 100.0)[0].at_s == 5.5
     assert rejection_rows([Rejection("v0003", "r", 107.50444)], 100.0)[0].at_s == 7.5
     assert percentiles_ms([1, 2], (50,)) == [1500.0]  # integer seconds are seconds too
     done = replace(made_up_summary(), game=record_from({**GAME, "tiles": 1.0}))
