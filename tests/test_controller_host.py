@@ -241,10 +241,11 @@ def test_a_new_game_window_is_aimed_at_only_after_letting_go() -> None:
     assert apply(recorder, recorder, {"window": 42})  # type: ignore[arg-type]
     assert apply(recorder, recorder, {"window": 42})  # type: ignore[arg-type]  # the same
     assert apply(recorder, None, {"window": 43})  # type: ignore[arg-type]  # vJoy: no window
+    assert apply(recorder, recorder, {"neutral": 1})  # type: ignore[arg-type]
     assert not apply(recorder, recorder, {"close": 1})  # type: ignore[arg-type]
     assert recorder.done == [
         ("set", ControllerState(0.5, 1.0, 0.25), 3), ("set", ControllerState(-1.0, 0.0, 1.0), 0),
-        "neutral", ("aim", 42),
+        "neutral", ("aim", 42), "neutral",
     ]  # fmt: skip
 
 

@@ -490,6 +490,8 @@ def test_every_command_crosses_the_pipe_as_one_compact_json_line(tmp_path: Path)
         started = set(threading.enumerate()) - before
         assert started and all(thread.daemon for thread in started), started
         assert (controller.releases, controller.dropped, controller.hold) == (0, 0, 0.7)
+        # It leads a session of its own: the terminal's Ctrl-C and Ctrl-Z reach the drive only.
+        assert os.getsid(controller.pid) == controller.pid != os.getsid(0)
         window.current = 77
         controller.set(ControllerState(1.0, 0.5, 0.0), tag=5)
         controller.set(ControllerState(-0.25, 0.0, 1.0))
