@@ -625,3 +625,20 @@ def test_open_controller_reports_the_loss_of_its_process_on_the_sessions_board(
         )
     finally:
         controller.close()
+
+
+def test_the_closing_message_ends_the_wait_for_close(tmp_path: Path) -> None:
+    """{"closed": 1, "releases": n} is the last word of the controller process: close() stops
+    waiting for it at once (it used to be taken for a plain release count, so close() waited
+    for the process to end or for CLOSE_TIMEOUT)."""
+    controller = ControllerProcess(
+        ControllerConfig(backend="vjoy"), None, command=scripted("record", tmp_path / "lines")
+    )
+    try:
+        assert not controller._finished.is_set()
+        controller._receive({"releases": 2})
+        assert controller.releases == 2 and not controller._finished.is_set()
+        controller._receive({"closed": 1, "releases": 4})
+        assert controller._finished.is_set() and controller.releases == 4
+    finally:
+        controller.close()
