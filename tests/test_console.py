@@ -117,3 +117,21 @@ def test_the_console_lines_whole() -> None:
         "throttle               -   accel - brake -",
         "steering               -         stick X -",
     ]
+
+
+def test_rates_from_a_loop_that_has_not_published_yet_start_at_zero() -> None:
+    clock = FakeClock()
+    meter = RateMeter(clock)
+    meter.update(None)
+    clock.advance(1.0)
+    assert meter.update(snapshot(frames=30, predictions=20)) == Rates(30.0, 20.0)
+
+
+def test_the_swap_line_before_any_swap_and_latency_in_milliseconds() -> None:
+    quiet = render(snapshot(), None, Rates(0, 0), "game", "Car", follows_store=True)
+    assert quiet.renderables[3].plain == "swaps 0: following the store for newer checkpoints"
+    frame = Frame(np.zeros((4, 4, 4), np.uint8), captured_at=10.0, seq=7, region=Region(0, 0, 4, 4))
+    tick = Tick("driving", frame, Prediction(0.0, 0.0, 0.004), ControllerState(), 10.1)
+    footer = render(snapshot(), tick, Rates(0, 0), "game", "Car").renderables[2]
+    assert footer.plain.endswith("latency  100.0 ms")
+    assert render(snapshot(), tick, Rates(0, 0), "g", "C").renderables[1].pad_edge is False

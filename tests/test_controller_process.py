@@ -348,23 +348,50 @@ def test_a_controller_process_that_dies_stops_the_drive_with_one_line(tmp_path: 
 
 
 SCRIPTED_HOST = """
-import json, sys
+import json, os, sys, threading, time
 
 def say(message):
     print(json.dumps(message), flush=True)
 
-settings = json.loads(sys.stdin.readline())
+first = sys.stdin.readline()
+settings = json.loads(first)
 if sys.argv[1] == "refuse":
     say({"error": "vJoy is not installed: install it from its site", "kind": "DependencyError"})
     sys.exit(0)
 if sys.argv[1] == "unknown-kind":
     say({"error": "the pad broke", "kind": "ValueError"})
     sys.exit(0)
+if sys.argv[1] == "silent":  # never says it is ready; ends by itself after 3 s
+    time.sleep(3)
+    sys.exit(0)
+print("driver: warming up", flush=True)  # a library's own chatter on stdout: not JSON, skipped
 say("not a message")  # a stray line is skipped, not fatal
+if sys.argv[1] == "record":  # every line from the drive, as it came, to the file argv[2]
+    record = open(sys.argv[2], "w")
+    record.write(first)
+    say({"ready": 1})
+    for line in sys.stdin:
+        record.write(line)
+        record.flush()
+        if "close" in json.loads(line):
+            say({"closed": 1, "releases": 0})
+            break
+    sys.exit(0)
+if sys.argv[1] == "deaf":  # ignores close; ends by itself after 2 s, leaving a mark
+    say({"ready": 1})
+    def end():
+        open(sys.argv[2], "w").close()
+        os._exit(0)
+    threading.Timer(2.0, end).start()
+    for line in sys.stdin:
+        pass
+    sys.exit(0)
 say({"log": [20, "settings " + json.dumps(settings)]})
 say({"log": [30, "driver for " + settings["backend"] + " warming up"]})
 say({"releases": 3})
 say({"ready": 1})
+if sys.argv[1] == "stall":  # stops reading: the pipe fills
+    time.sleep(60)
 for line in sys.stdin:
     message = json.loads(line)
     if "set" in message:
@@ -376,8 +403,8 @@ for line in sys.stdin:
 """A stand-in controller process that answers with scripted messages (sys.argv[1]: how)."""
 
 
-def scripted(how: str) -> list[str]:
-    return [sys.executable, "-c", SCRIPTED_HOST, how]
+def scripted(how: str, path: Path | None = None) -> list[str]:
+    return [sys.executable, "-c", SCRIPTED_HOST, how, *([str(path)] if path else [])]
 
 
 def test_what_the_controller_process_says_reaches_the_drive(
@@ -403,6 +430,7 @@ def test_what_the_controller_process_says_reaches_the_drive(
             "driver for vjoy warming up",
         )
         assert controller.releases == 3
+        assert controller.hold == 0.7
         assert controller.error is None and failures.first() is None
         controller.set(FULL_THROTTLE_RIGHT)
         wait_until(lambda: failures.first() is not None, 5.0, "the failure to be reported")
@@ -430,3 +458,187 @@ def test_a_controller_process_that_cannot_start_is_its_own_one_line_error(
     with pytest.raises(kind) as refused:
         ControllerProcess(ControllerConfig(backend="vjoy"), None, command=scripted(how))
     assert type(refused.value) is kind and str(refused.value) == text
+
+
+class HandleOf:
+    """The game's window as the drive holds it: its handle, or an error once it is gone."""
+
+    def __init__(self, handle: int | None) -> None:
+        self.current = handle
+
+    @property
+    def handle(self) -> int:
+        if self.current is None:
+            raise RuntimeError("the window was destroyed")
+        return self.current
+
+
+def test_every_command_crosses_the_pipe_as_one_compact_json_line(tmp_path: Path) -> None:
+    """What the controller process reads, byte for byte: the settings, the game's window
+    (0 when it cannot be said; sent again only when it changes), each command with its frame's
+    tag (0: untagged), and on close neutral first."""
+    recorded = tmp_path / "lines.jsonl"
+    window = HandleOf(None)
+    before = set(threading.enumerate())
+    controller = ControllerProcess(
+        ControllerConfig(backend="keyboard", hold=0.7), window,  # type: ignore[arg-type]
+        command=scripted("record", recorded),
+    )  # fmt: skip
+    try:
+        # Its threads are daemons: a drive that ends without close() still exits (and the
+        # controller process, reading the end of its pipe, lets go).
+        started = set(threading.enumerate()) - before
+        assert started and all(thread.daemon for thread in started), started
+        assert (controller.releases, controller.dropped, controller.hold) == (0, 0, 0.7)
+        # It leads a session of its own: the terminal's Ctrl-C and Ctrl-Z reach the drive only.
+        assert os.getsid(controller.pid) == controller.pid != os.getsid(0)
+        window.current = 77
+        controller.set(ControllerState(1.0, 0.5, 0.0), tag=5)
+        controller.set(ControllerState(-0.25, 0.0, 1.0))
+        controller.neutral()
+        window.current = 78  # the game's window was found again
+        controller.set(ControllerState(0.5, 1.0, 0.0), tag=6)
+    finally:
+        controller.close()
+    settings, *commands = recorded.read_text().splitlines()
+    assert json.loads(settings) == {
+        "backend": "keyboard", "hold": 0.7, "vjoy_device": 1,
+        "keyboard": dataclasses.asdict(KeyboardConfig()),
+    }  # fmt: skip
+    assert commands == [
+        '{"window":0}',
+        '{"window":77}',
+        '{"set":[1.0,0.5,0.0],"tag":5}',
+        '{"set":[-0.25,0.0,1.0],"tag":0}',
+        '{"neutral":1}',
+        '{"window":78}',
+        '{"set":[0.5,1.0,0.0],"tag":6}',
+        '{"neutral":1}',
+        '{"close":1}',
+    ]
+    assert controller.dropped == 0
+
+
+def test_a_backend_without_a_window_is_told_there_is_none(tmp_path: Path) -> None:
+    recorded = tmp_path / "lines.jsonl"
+    controller = ControllerProcess(
+        ControllerConfig(backend="vjoy"), None, command=scripted("record", recorded)
+    )
+    controller.close()
+    assert recorded.read_text().splitlines()[1:] == ['{"window":0}', '{"neutral":1}', '{"close":1}']
+
+
+def test_a_controller_process_that_never_says_it_is_ready_is_given_up_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from agent.controllers import remote
+
+    monkeypatch.setattr(remote, "START_TIMEOUT", 0.6)
+    monkeypatch.setattr(remote, "CLOSE_TIMEOUT", 0.1)
+    with pytest.raises(ControllerProcessError) as caught:
+        ControllerProcess(ControllerConfig(backend="vjoy"), None, command=scripted("silent"))
+    assert str(caught.value) == "the vjoy controller process did not start in 1 s"
+
+
+def test_close_does_not_wait_for_a_controller_process_that_ignores_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """It gets CLOSE_TIMEOUT to let go and exit, then it is stopped (long before it would
+    have ended by itself)."""
+    from agent.controllers import remote
+
+    monkeypatch.setattr(remote, "CLOSE_TIMEOUT", 0.2)
+    ended_by_itself = tmp_path / "ended"
+    controller = ControllerProcess(
+        ControllerConfig(backend="vjoy"), None, command=scripted("deaf", ended_by_itself)
+    )
+    controller.close()
+    assert not running(controller.pid)
+    assert not ended_by_itself.exists(), "close() waited for the process to end by itself"
+
+
+def test_commands_a_stalled_process_has_no_room_for_are_dropped_and_counted_one_each(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    stalling = scripted("stall")
+    controller = ControllerProcess(ControllerConfig(backend="vjoy"), None, command=stalling)
+    try:
+        assert controller.dropped == 0
+        for _ in range(100_000):  # until the pipe is full
+            controller.set(FULL_THROTTLE_RIGHT)
+            if controller.dropped:
+                break
+        assert controller.dropped == 1
+        for _ in range(9):
+            controller.set(FULL_THROTTLE_RIGHT)
+        assert controller.dropped == 10
+        # Once the process is gone a command is not dropped but lost with it: the reader
+        # reports the loss; writing to the closed pipe is only a debug line.
+        os.kill(controller.pid, signal.SIGKILL)
+        wait_until(lambda: controller.error is not None, 5.0, "the loss to be noticed")
+        caplog.clear()
+        with caplog.at_level(logging.DEBUG, logger="agent.controllers.remote"):
+            controller.neutral()
+        assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+            (logging.DEBUG, "controller process pipe: [Errno 32] Broken pipe")
+        ]
+        assert controller.dropped == 10
+    finally:
+        controller.close()
+
+
+def test_open_controller_runs_the_game_and_null_backends_in_this_process() -> None:
+    from agent.controllers.null import NullController
+    from agent.game.channel import GamepadReceiver
+
+    receiver = GamepadReceiver(port=0, timeout=10.0)
+    try:
+        controller = open_controller(ControllerConfig(backend="game"), receiver.port, None)
+        try:
+            controller.set(FULL_THROTTLE_RIGHT)
+            wait_until(lambda: receiver.poll() == FULL_THROTTLE_RIGHT, 2.0, "the pad state")
+        finally:
+            controller.close()
+    finally:
+        receiver.close()
+    controller = open_controller(ControllerConfig(backend="null", hold=0.5), 0, None)
+    assert isinstance(controller, NullController) and controller.hold == 0.5
+    controller.close()
+
+
+def test_open_controller_reports_the_loss_of_its_process_on_the_sessions_board(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, env = fake_vjoy(tmp_path)
+    for name in ("PYTHONPATH", "FAKE_VJOY_LOG"):
+        monkeypatch.setenv(name, env[name])
+    failures = Failures()
+    controller = open_controller(ControllerConfig(backend="vjoy"), 0, None, failures=failures)
+    try:
+        assert isinstance(controller, ControllerProcess)
+        os.kill(controller.pid, signal.SIGKILL)
+        wait_until(lambda: failures.first() is not None, 5.0, "the loss on the board")
+        failure = failures.first()
+        assert failure is not None and failure.part == "controller"
+        assert str(failure.error) == (
+            "the vjoy controller process ended unexpectedly (exit status -9)"
+        )
+    finally:
+        controller.close()
+
+
+def test_the_closing_message_ends_the_wait_for_close(tmp_path: Path) -> None:
+    """{"closed": 1, "releases": n} is the last word of the controller process: close() stops
+    waiting for it at once (it used to be taken for a plain release count, so close() waited
+    for the process to end or for CLOSE_TIMEOUT)."""
+    controller = ControllerProcess(
+        ControllerConfig(backend="vjoy"), None, command=scripted("record", tmp_path / "lines")
+    )
+    try:
+        assert not controller._finished.is_set()
+        controller._receive({"releases": 2})
+        assert controller.releases == 2 and not controller._finished.is_set()
+        controller._receive({"closed": 1, "releases": 4})
+        assert controller._finished.is_set() and controller.releases == 4
+    finally:
+        controller.close()

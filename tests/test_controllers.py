@@ -212,7 +212,9 @@ def test_each_release_is_counted_and_told(caplog: pytest.LogCaptureFixture) -> N
         controller.close()
 
 
-def test_the_deadman_tries_again_when_the_driver_failed_to_go_neutral() -> None:
+def test_the_deadman_tries_again_when_the_driver_failed_to_go_neutral(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     clock = FakeClock()
     device = FakeVJoy()
     controller = VJoyController(1, vjoy=device, hold=0.2, clock=clock)
@@ -228,6 +230,12 @@ def test_the_deadman_tries_again_when_the_driver_failed_to_go_neutral() -> None:
         clock.advance(0.02)  # one hold after the failed try it writes neutral
         assert device.calls[-3:] == [(X, 0x4000), (Z, 0x1), (RZ, 0x1)]
         assert controller.releases == 1
+        [failed] = [r for r in caplog.records if r.name == "agent.controllers.base"]
+        assert (failed.levelno, failed.getMessage()) == (
+            logging.ERROR,
+            "vjoy controller's dead-man could not write",
+        )
+        assert failed.exc_info and isinstance(failed.exc_info[1], OSError)
     finally:
         controller.close()
 
@@ -391,6 +399,7 @@ def test_vjoy_axis_values(state: ControllerState, expected: list[tuple[int, int]
     controller = VJoyController(1, vjoy=device)
     controller.set(state)
     assert device.calls == expected
+    controller.close()
 
 
 def test_vjoy_clamps_and_goes_neutral_on_close() -> None:
@@ -508,6 +517,7 @@ def test_vgamepad_values(state: ControllerState, expected: list[tuple[Any, ...]]
     controller = VGamepadController(pad=pad)
     controller.set(state)
     assert pad.calls == expected
+    controller.close()
 
 
 def test_vgamepad_clamps_and_goes_neutral_on_close() -> None:
@@ -723,7 +733,8 @@ def balanced(events: list[tuple[str, int]]) -> bool:
 
 def test_keyboard_pulses_steering_and_holds_full_throttle(key_window: KeyWindow) -> None:
     w, s, a, d = (key_window.keycode(name) for name in "wsad")
-    clock = FakeClock()
+    # A clock that starts at no whole number of periods: they count from the controller's start.
+    clock = FakeClock(start=1000.03)
     controller, keys = keyboard(KeyboardConfig(pulse_period=0.1), always, clock)
     try:
         start = clock.now()
@@ -846,7 +857,9 @@ def test_keyboard_close_releases_every_key(key_window: KeyWindow) -> None:
     assert key_window.drain() == []
 
 
-def test_keyboard_releases_a_stale_command_by_itself(key_window: KeyWindow) -> None:
+def test_keyboard_releases_a_stale_command_by_itself(
+    key_window: KeyWindow, caplog: pytest.LogCaptureFixture
+) -> None:
     """After set() and no further call, W must not stay down (it was held for 6 s and more)."""
     w, d = key_window.keycode("w"), key_window.keycode("d")
     clock = FakeClock()
@@ -856,8 +869,13 @@ def test_keyboard_releases_a_stale_command_by_itself(key_window: KeyWindow) -> N
         clock.advance(0.99 * 0.4)
         assert ("press", w) in key_window.drain()
         assert controller.held and controller.releases == 0
-        clock.advance(0.02 * 0.4)
+        with caplog.at_level(logging.WARNING, logger="agent.controllers.deadman"):
+            clock.advance(0.02 * 0.4)
         assert controller.held == frozenset() and controller.releases == 1
+        assert [(r.levelno, r.getMessage()) for r in caplog.records] == [(
+            logging.WARNING,
+            "keyboard controller: no new command for 0.4 s; controls neutral until the next one",
+        )]  # fmt: skip
         key_window.drain()
         assert balanced(key_window.events), key_window.events
         clock.advance(1.0)
@@ -871,7 +889,9 @@ def test_keyboard_releases_a_stale_command_by_itself(key_window: KeyWindow) -> N
         controller.close()
 
 
-def test_keyboard_thread_error_releases_keys_and_is_recorded(key_window: KeyWindow) -> None:
+def test_keyboard_thread_error_releases_keys_and_is_recorded(
+    key_window: KeyWindow, caplog: pytest.LogCaptureFixture
+) -> None:
     broken = threading.Event()
 
     def has_focus() -> bool:
@@ -887,8 +907,16 @@ def test_keyboard_thread_error_releases_keys_and_is_recorded(key_window: KeyWind
         clock.settle()
         assert key_window.drain() == [("press", w)]
         broken.set()
-        clock.advance(0.02)  # the next focus poll fails
+        with caplog.at_level(logging.ERROR, logger="agent.controllers.keyboard"):
+            clock.advance(0.02)  # the next focus poll fails
         assert key_window.drain() == [("release", w)]
+        [stopped] = caplog.records
+        assert (stopped.levelno, stopped.getMessage()) == (
+            logging.ERROR,
+            "keyboard controller stopped; releasing all keys: focus check broke",
+        )
+        # Not a user's problem: a bug, with its traceback.
+        assert stopped.exc_info and isinstance(stopped.exc_info[1], RuntimeError)
         assert isinstance(controller.error, RuntimeError)
         assert controller.held == frozenset() and not controller._thread.is_alive()
         with pytest.raises(RuntimeError, match="focus check broke"):
@@ -953,3 +981,242 @@ def test_pynput_missing_or_without_a_desktop_is_one_line_naming_the_fix(
         "display'); run Charles inside the desktop session that shows the game (on Linux: X11 "
         "with DISPLAY set) or choose another controller.backend"
     )
+
+
+# --- what each backend tells, and the details the drive relies on --------------------------
+
+
+def test_game_backend_carries_each_commands_tag_and_none_with_neutral() -> None:
+    """The tag names the frame a command came from (the game reports when it applied it);
+    neutral, from neutral() or the dead-man, comes from no frame: tag 0."""
+    receiver = GamepadReceiver(port=0, timeout=60.0)
+    clock = FakeClock()
+    controller = GameController(receiver.port, hold=0.5, clock=clock)
+    clock.settle(waiters=1)
+
+    def tag_of(state: ControllerState) -> int:
+        _poll_until(receiver, state)
+        return receiver.tag
+
+    try:
+        controller.set(FULL_LEFT, tag=7)
+        assert tag_of(FULL_LEFT) == 7
+        controller.set(FULL_RIGHT)
+        assert tag_of(FULL_RIGHT) == 0  # untagged
+        controller.set(FULL_LEFT, tag=8)
+        assert tag_of(FULL_LEFT) == 8
+        controller.neutral()
+        assert tag_of(NEUTRAL) == 0
+        controller.set(FULL_THROTTLE, tag=9)
+        assert tag_of(FULL_THROTTLE) == 9
+        clock.advance(0.501)  # the dead-man lets go
+        assert tag_of(NEUTRAL) == 0 and controller.releases == 1
+    finally:
+        controller.close()
+        receiver.close()
+
+
+def test_game_backend_repeats_its_state_the_moment_the_period_is_up() -> None:
+    """On a clock from zero the first repeat falls exactly REPEAT_PERIOD after the set: it is
+    due then, not a moment later."""
+    receiver = GamepadReceiver(port=0, timeout=60.0)
+    clock = FakeClock(start=0.0)
+    controller = SentGameController(receiver.port, hold=1.0, clock=clock)
+    clock.settle(waiters=1)
+    try:
+        controller.set(FULL_THROTTLE)
+        clock.advance(0.1)
+        assert controller.sent == [(0.0, FULL_THROTTLE), (0.1, FULL_THROTTLE)]
+    finally:
+        controller.close()
+        receiver.close()
+
+
+class PadThatWillNotUnplug(NullController):
+    """A device whose driver fails to free it."""
+
+    def _release(self) -> None:
+        raise OSError("device busy")
+
+
+def test_a_device_that_fails_to_close_is_logged_and_the_controller_stays_closed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    controller = PadThatWillNotUnplug()
+    controller.set(FULL_THROTTLE)
+    with caplog.at_level(logging.ERROR, logger="agent.controllers.base"):
+        controller.close()  # logged, not raised: it runs in cleanup paths
+    [record] = caplog.records
+    assert (record.levelno, record.getMessage()) == (
+        logging.ERROR,
+        "null controller failed to close its device",
+    )
+    assert record.exc_info and isinstance(record.exc_info[1], OSError)
+    assert controller.closed and controller.last == NEUTRAL
+    controller.set(FULL_THROTTLE)
+    assert controller.last == NEUTRAL
+
+
+def test_null_backend_logs_each_state_at_debug_level(caplog: pytest.LogCaptureFixture) -> None:
+    """What a dry run shows with debug logging: every state it would have sent."""
+    with caplog.at_level(logging.DEBUG, logger="agent.controllers.null"):
+        controller = NullController()
+        controller.set(ControllerState(0.5, 0.25, 0.0))
+    controller.close()
+    assert [(r.levelno, r.getMessage()) for r in caplog.records if r.name.endswith("null")] == [
+        (
+            logging.DEBUG,
+            "null controller: ControllerState(steering=0.5, accelerate=0.25, brake=0.0)",
+        )
+    ]
+
+
+def test_vjoy_opens_device_1_unless_told_otherwise_and_says_which(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    opened: list[int] = []
+
+    def vjoy_device(number: int) -> FakeVJoy:
+        opened.append(number)
+        return FakeVJoy()
+
+    monkeypatch.setitem(sys.modules, "pyvjoy", types.SimpleNamespace(VJoyDevice=vjoy_device))
+    with caplog.at_level(logging.INFO, logger="agent.controllers.vjoy"):
+        VJoyController().close()
+        VJoyController(3).close()
+    assert opened == [1, 3]
+    assert [(r.levelno, r.getMessage()) for r in caplog.records if r.name.endswith("vjoy")] == [
+        (logging.INFO, "vJoy device 1 acquired"),
+        (logging.INFO, "vJoy device 3 acquired"),
+    ]
+
+
+def test_vgamepad_says_when_its_pad_is_connected(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="agent.controllers.vgamepad"):
+        VGamepadController(pad=FakePad()).close()
+    assert [(r.levelno, r.getMessage()) for r in caplog.records if r.name.endswith("vgamepad")] == [
+        (logging.INFO, "virtual Xbox 360 pad connected")
+    ]
+
+
+def test_config_key_names_become_keys_and_an_unknown_name_is_one_line() -> None:
+    """On pynput's key types (faked here: a single character, or a `Key` member's name)."""
+    from agent.controllers.keyboard import resolve_key
+    from agent.errors import ConfigError
+
+    class Key:
+        up = "<up>"
+        space = "<space>"
+
+    keyboard_module = types.SimpleNamespace(
+        KeyCode=types.SimpleNamespace(from_char=lambda char: f"<char {char}>"), Key=Key
+    )
+    assert resolve_key("W", keyboard_module) == "<char w>"  # the W key, not Shift+W
+    assert resolve_key("Up", keyboard_module) == "<up>"
+    with pytest.raises(ConfigError) as caught:
+        resolve_key("scroll", keyboard_module)
+    assert str(caught.value) == (
+        "keyboard key 'scroll' is not known on this system; use a single character or a key "
+        "name such as up, space, f8"
+    )
+
+
+def test_a_keyboard_the_desktop_will_not_open_is_one_line_naming_the_fix() -> None:
+    from agent.controllers.keyboard import _open_pynput
+
+    def no_desktop() -> None:
+        raise RuntimeError("can't connect to display ':9'")
+
+    with pytest.raises(DependencyError) as caught:
+        _open_pynput(types.SimpleNamespace(Controller=no_desktop))
+    assert str(caught.value) == (
+        "keyboard backend cannot open the desktop's keyboard (can't connect to display ':9'); "
+        "run Charles inside the desktop session that shows the game"
+    )
+
+
+class RecordingSender:
+    """A key sender (the interface of agent.controllers.xkeys): notes the keys it is asked to
+    press and release; `failing` makes releases fail as they do when the window is gone."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, Any]] = []
+        self.failing = False
+
+    def keycode(self, key: Any) -> int:
+        return 1
+
+    def press(self, key: Any) -> None:
+        self.sent.append(("press", key))
+
+    def release(self, key: Any) -> None:
+        if self.failing:
+            raise OSError("the game's window is gone")
+        self.sent.append(("release", key))
+
+
+def test_the_factory_gives_the_keyboard_its_key_sender(key_window: KeyWindow) -> None:
+    sender, clock = RecordingSender(), FakeClock()
+    config = ControllerConfig(backend="keyboard", hold=5.0)
+    controller = build_controller(config, 0, always, key_sender=sender, clock=clock)
+    clock.settle(waiters=1)
+    try:
+        controller.set(FULL_THROTTLE)
+        clock.settle()
+        assert sender.sent == [("press", key("w"))]
+        assert key_window.drain() == []  # nothing went through pynput
+    finally:
+        controller.close()
+
+
+def test_a_key_that_cannot_be_released_is_told_kept_and_released_later(
+    x_display: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from agent.controllers.keyboard import KeyboardController
+
+    sender, clock = RecordingSender(), FakeClock()
+    before = set(threading.enumerate())
+    controller = KeyboardController(KeyboardConfig(), always, hold=5.0, sender=sender, clock=clock)
+    clock.settle(waiters=1)
+    # Its pulse thread is a daemon: a program that ends without close() is not kept alive
+    # (the atexit hook lets go of the keys then).
+    started = set(threading.enumerate()) - before
+    assert started and all(thread.daemon for thread in started), started
+    controller.set(FULL_THROTTLE)
+    clock.settle()
+    assert controller.held == {key("w")}
+    sender.failing = True
+    with caplog.at_level(logging.WARNING, logger="agent.controllers.keyboard"):
+        controller.close()
+    [record] = caplog.records
+    assert (record.levelno, record.getMessage()) == (
+        logging.WARNING,
+        "keyboard controller could not release 'w': the game's window is gone",
+    )
+    # The display is still there: unexpected, so with its traceback.
+    assert record.exc_info and isinstance(record.exc_info[1], OSError)
+    assert controller.held == {key("w")}  # still down as far as anyone knows: kept
+    sender.failing = False
+    controller.neutral()  # a later try lets go
+    assert controller.held == frozenset() and sender.sent[-1] == ("release", key("w"))
+
+
+def test_keyboard_lets_go_the_moment_the_hold_is_up(x_display: str) -> None:
+    """On a clock whose steps are exact in binary: a command is live for `hold` seconds and
+    gone at `hold`, not one focus poll later."""
+    from agent.controllers.keyboard import KeyboardController
+
+    sender, clock = RecordingSender(), FakeClock(start=0.0)
+    controller = KeyboardController(
+        KeyboardConfig(pulse_period=0.25), always, hold=0.5, focus_poll=0.125, sender=sender,
+        clock=clock,
+    )  # fmt: skip
+    clock.settle(waiters=1)
+    try:
+        controller.set(FULL_THROTTLE)
+        clock.advance(0.375)
+        assert controller.held == {key("w")} and controller.releases == 0
+        clock.advance(0.125)
+        assert controller.held == frozenset() and controller.releases == 1
+    finally:
+        controller.close()

@@ -185,3 +185,17 @@ def test_game_restarts_are_in_the_json_and_told_when_there_were_any() -> None:
         "  game restarted 2 time(s): it ended (a crash, a kill, closed) and was started again"
         in restarted.lines()
     )
+
+
+def test_times_are_rounded_to_hundredths_of_a_millisecond_or_second() -> None:
+    gaps = command_gaps([0.0, 0.0123456, 0.0456789, 0.1], [(0.05, 0.06)])
+    assert gaps == CommandGaps(
+        count=3, median_ms=22.84, largest_outside_ms=33.33, during_swaps=1,
+        largest_during_ms=54.32, pps_during=18.41, pps_outside=43.78,
+    )  # fmt: skip
+    swap = Swap("a", "b", "v0002", 10, 1.23456, at=105.504444)
+    assert swap_rows([swap], 100.0)[0].at_s == 5.5
+    assert rejection_rows([Rejection("v0003", "r", 107.50444)], 100.0)[0].at_s == 7.5
+    assert percentiles_ms([1, 2], (50,)) == [1500.0]  # integer seconds are seconds too
+    done = replace(made_up_summary(), game=record_from({**GAME, "tiles": 1.0}))
+    assert "tiles 100%" in done.lines()[-1]

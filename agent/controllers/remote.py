@@ -189,6 +189,9 @@ class ControllerProcess(Controller):
         if "log" in message:
             level, text = message["log"]
             log.log(int(level), "%s", text)
+        elif "closed" in message:  # before "releases": the closing message carries both
+            self._releases = int(message.get("releases", self._releases))
+            self._finished.set()
         elif "releases" in message:
             self._releases = int(message["releases"])
         elif "ready" in message:
@@ -199,9 +202,6 @@ class ControllerProcess(Controller):
             self._ready.set()
         elif "stopped" in message:
             self._failures.report(PART, ControllerProcessError(str(message["stopped"])))
-        elif "closed" in message:
-            self._releases = int(message.get("releases", self._releases))
-            self._finished.set()
 
     def _stop_process(self) -> None:
         process = self._process
