@@ -158,3 +158,16 @@ def test_bench_model_in_an_empty_folder_measures_the_shipped_reference(
     )
     assert report["predictions"] >= 1 and report["predictions_per_second"] > 0
     assert list(tmp_path.iterdir()) == []  # a benchmark of the model alone writes nothing
+
+
+def test_the_installed_copy_has_the_live_overlay_page(installed: Path, tmp_path: Path) -> None:
+    """`charles drive --live` serves the page from the package (importlib.resources)."""
+    found = subprocess.run(
+        [sys.executable, "-S", "-P", "-c",
+         "from importlib.resources import files; "
+         "print(files('agent.live').joinpath('overlay.html').read_text()[:200])"],
+        capture_output=True, text=True, cwd=tmp_path, env=python_path(installed, *DEPENDENCIES),
+        timeout=60,
+    )  # fmt: skip
+    assert found.returncode == 0, found.stderr
+    assert "<!doctype html>" in found.stdout.lower() or "<html" in found.stdout.lower()
