@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.capture import Grabber
 from agent.capture.window import GameWindow
@@ -55,7 +55,6 @@ from agent.inference.onnx_backend import check_installed
 from agent.inference.predictor import Predictor, build_model
 from agent.inference.preprocess import preprocess
 from agent.live.address import check_live_settings
-from agent.live.server import LiveServer
 from agent.nets.registry import ModelLine, get_line
 from agent.nets.runtime import configure_threads
 from agent.record.hud import Status
@@ -70,6 +69,9 @@ from agent.runtime.slot import Slot
 from agent.stream.sender import StreamSender
 from agent.stream.target import check_stream_settings
 from agent.types import Frame, Tick
+
+if TYPE_CHECKING:
+    from agent.live.server import LiveServer
 
 log = logging.getLogger(__name__)
 
@@ -207,6 +209,8 @@ def _start(
         watched.start()
         stack.callback(watched.stop)
     if config.live.enabled:
+        from agent.live.server import LiveServer  # aiohttp: loaded only to serve
+
         live = LiveServer(config.live, status, feeds, losses=losses.points, ticks=ticks)
         url = live.start()
         stack.callback(live.stop)
