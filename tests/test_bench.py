@@ -15,10 +15,10 @@ from tests.helpers.charles import REPO, assert_one_line_error
 
 CONFIG = str(REPO / "config.toml")
 
-BENCHMARKS = ["model", "drive", "swap", "record", "learn", "pairing"]
+BENCHMARKS = ["model", "drive", "swap", "record", "learn", "pairing", "soak"]
 
 
-def test_bench_help_lists_exactly_the_six_benchmarks(capsys: pytest.CaptureFixture[str]) -> None:
+def test_bench_help_lists_exactly_the_seven_benchmarks(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_:
         main(["bench", "--help"])
     assert exit_.value.code == 0
