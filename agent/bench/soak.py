@@ -207,13 +207,13 @@ def _watch(
                 for pid in game_processes(drive.pid):
                     os.kill(pid, signal.SIGKILL)
                     killed_at = now
-            try:
-                samples.append({"t": now, **process_sample(drive.pid)})
-            except (OSError, KeyError, ValueError):
-                break
             status = status_json(live_port)
-            if status is not None:
+            if status is not None:  # driving: samples before (imports, loading) are no start
                 predictions.append((now, int(status["predictions"])))
+                try:
+                    samples.append({"t": now, **process_sample(drive.pid)})
+                except (OSError, KeyError, ValueError):
+                    break
             time.sleep(SAMPLE_SECONDS)
     finally:
         for viewer in viewers:
