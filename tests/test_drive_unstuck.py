@@ -115,7 +115,7 @@ def test_a_paused_game_never_counts_as_stuck(x_display: str, tmp_path: Path) -> 
             time.sleep(0.05)
         drive = start_drive(game, tmp_path, "unstuck.reset_game=false")
         try:
-            drive.wait_for_log("agent.drive.session: driving", timeout=90)
+            drive.wait_for_log("agent.session: driving", timeout=90)
             time.sleep(3 * float(WINDOW))  # a still picture for three windows: not stuck
             assert "car stuck" not in drive.stderr, drive.stderr[-2000:]
             focus_window(x_display, window.id)

@@ -46,7 +46,7 @@ def test_driving_another_games_window_loads_none_of_the_bundled_games_libraries(
     assert json.loads(result.stdout)["window"] == TITLE
     modules = imported_modules(result.stderr)
     assert {
-        "agent.drive.session",
+        "agent.session",
         "agent.drive.target",
         "agent.game.launcher",
     } <= modules  # a real report

@@ -129,7 +129,7 @@ def run_drive_bench(
     config: Config, seconds: float, raw_seconds: float, naive_seconds: float
 ) -> DriveBench:
     """Measure raw, drive and naive on the bundled game (see the module docstring)."""
-    from agent.drive.session import run_drive
+    from agent.session import run_drive
 
     if not is_bundled_game(config):
         raise CharlesError(

@@ -88,7 +88,7 @@ def drive(
     with log_path.open("w") as log:
         for text in process.stderr:
             log.write(text)
-            if started is not None and "agent.drive.session: driving" in text:
+            if started is not None and "agent.session: driving" in text:
                 started.set()
     out = process.stdout.read()
     if process.wait() != 0:

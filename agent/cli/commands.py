@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 def drive(args: argparse.Namespace, config: Config) -> int:
     """`charles drive`: one drive session, then its summary (text, or JSON with --json)."""
-    from agent.drive.session import run_drive
+    from agent.session import run_drive
 
     live = sys.stdout.isatty() and not args.json
     record: Path | bool = False
