@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 
+import cv2
 import pytest
 
 from agent.bench.drive_rounds import Setting, parse_setting, summarise
@@ -15,10 +16,10 @@ from tests.helpers.charles import REPO, assert_one_line_error
 
 CONFIG = str(REPO / "config.toml")
 
-BENCHMARKS = ["model", "drive", "swap", "record", "learn", "pairing", "soak"]
+BENCHMARKS = ["model", "drive", "swap", "record", "learn", "pairing", "live", "soak"]
 
 
-def test_bench_help_lists_exactly_the_seven_benchmarks(capsys: pytest.CaptureFixture[str]) -> None:
+def test_bench_help_lists_exactly_the_eight_benchmarks(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_:
         main(["bench", "--help"])
     assert exit_.value.code == 0
@@ -146,3 +147,70 @@ def test_benchmark_numbers_must_be_positive(
     assert exit_.value.code == 2
     (line,) = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert line.startswith(f"charles: error: {refused}"), line
+
+
+def stamped_layout_jpeg(number: int, capture_size: tuple[int, int]) -> bytes:
+    """The live view's /layout.mjpeg JPEG of a capture of a `--stamp` game showing frame
+    `number`: the game's own stamp drawing, the recorder's layout renderer, the live view's
+    JPEG encoding at its default quality."""
+    import pygame
+
+    from agent.game.stamp import draw_stamp
+    from agent.live.mjpeg import encode_part
+    from agent.record.hud import Status
+    from agent.record.layout import Composer, Panels
+    from agent.record.pictures import Picture
+    from agent.types import Frame, Region
+
+    width, height = capture_size
+    surface = pygame.Surface(capture_size)
+    surface.fill((90, 140, 60))  # grass: a stamp's black and white cells stand out from it
+    draw_stamp(surface, number)
+    rgb = pygame.surfarray.array3d(surface).transpose(1, 0, 2)
+    frame = Frame(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGRA), 0.0, 1, Region(0, 0, width, height))
+    picture = Composer("layout", capture_size, hud=True, convcam=True).compose(
+        frame, None, Status("pilotnet_small"), Panels(convcam_layer="conv")
+    )
+    part = encode_part(Picture(picture, 0, 1, 0.0), quality=80)
+    return part[part.index(b"\xff\xd8") : part.rindex(b"\xff\xd9") + 2]
+
+
+@pytest.mark.parametrize("capture_size", [(1280, 720), (960, 540)])
+def test_glass_to_glass_reads_the_frame_number_back_from_a_layout_jpeg(
+    capture_size: tuple[int, int],
+) -> None:
+    """The stamp survives the layout's shrinking (the game drawn in 880x495) and JPEG; the
+    delay runs from when the game showed that frame to when the JPEG arrived."""
+    from agent.bench.live import ShownFrames, delays
+    from agent.game.channel import FrameRecord
+    from agent.types import NEUTRAL
+
+    shown = ShownFrames()
+    for frame, at in [(40_000, 10.0), (40_001, 10.033), (40_002, 10.066), (40_003, 10.1)]:
+        shown.note(FrameRecord(frame, 1, at, NEUTRAL, None, 0.0, False))
+    pictures = [
+        (10.080, 0, stamped_layout_jpeg(40_001, capture_size)),  # shown at 10.033: 47 ms
+        (10.150, 1, stamped_layout_jpeg(40_003, capture_size)),  # 50 ms
+        (10.160, 2, stamped_layout_jpeg(12_345, capture_size)),  # a frame the game never showed
+        (10.200, 3, b"not a jpeg"),
+    ]
+    found, unread = delays(pictures, shown, capture_size)
+    assert [round(1000 * d) for d in found] == [47, 50]
+    assert unread == 2
+
+
+def test_a_stamp_names_the_last_showing_of_its_number_before_the_picture_arrived() -> None:
+    """Stamps hold 16 bits, so a number comes round every 65536 frames (36 min at 30 fps);
+    a picture is of the last showing before it arrived, and only of a recent one."""
+    from agent.bench.live import LONGEST_DELAY, ShownFrames
+    from agent.game.channel import FrameRecord
+    from agent.types import NEUTRAL
+
+    shown = ShownFrames()
+    for frame, at in [(7, 100.0), (7 + 65536, 2284.0)]:
+        shown.note(FrameRecord(frame, 1, at, NEUTRAL, None, 0.0, False))
+    assert shown.shown_at(7, 100.05) == 100.0
+    assert shown.shown_at(7, 2284.2) == 2284.0
+    assert shown.shown_at(7, 99.9) is None  # not shown yet
+    assert shown.shown_at(7, 100.0 + LONGEST_DELAY + 0.01) is None  # a misread, not a delay
+    assert shown.shown_at(8, 100.05) is None

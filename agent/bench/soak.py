@@ -15,21 +15,19 @@ drive's own counts: swaps, rejections, game restarts, stream reconnects.
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from agent.arguments import positive_float
 from agent.bench.rounds import median
+from agent.bench.viewers import Viewer, free_tcp_port, status_json
 from agent.bench.workfolder import charles_command, write_config
 from agent.config import Config
 from agent.errors import CharlesError
@@ -41,12 +39,6 @@ TRAIN_SETTINGS = [
     "train.max_uses=1000", "train.learning_rate=0.0001", "train.warmup_batches=50",
     "train.publish_seconds=30", "train.threads=1",
 ]  # fmt: skip
-
-
-def free_tcp_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def process_sample(pid: int) -> dict[str, float]:
@@ -87,43 +79,6 @@ def slope_per_hour(samples: list[tuple[float, float]]) -> float | None:
     if spread == 0:
         return None
     return 3600 * sum((t - mean_t) * (v - mean_v) for t, v in samples) / spread
-
-
-class Viewer(threading.Thread):
-    """An HTTP client that keeps reading a streaming endpoint, as OBS does, and counts bytes."""
-
-    def __init__(self, port: int, path: str) -> None:
-        super().__init__(name=f"viewer {path}", daemon=True)
-        self.port, self.path = port, path
-        self.bytes = 0
-        self.stopping = threading.Event()
-
-    def run(self) -> None:
-        while not self.stopping.is_set():
-            connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-            try:
-                connection.request("GET", self.path)
-                response = connection.getresponse()
-                while not self.stopping.is_set():
-                    data = response.read1(65536)
-                    if not data:
-                        break
-                    self.bytes += len(data)
-            except OSError:
-                self.stopping.wait(1.0)  # the drive restarting its game, or ending
-            finally:
-                connection.close()
-
-
-def status_json(port: int) -> dict[str, Any] | None:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        connection.request("GET", "/status.json")
-        return json.loads(connection.getresponse().read())["status"]
-    except (OSError, ValueError, KeyError):
-        return None
-    finally:
-        connection.close()
 
 
 def folder_bytes(folder: Path) -> int:

@@ -24,11 +24,16 @@ def draw_stamp(surface: pygame.Surface, number: int) -> None:
         surface.fill(colour, (bit * CELL, 0, CELL, CELL))
 
 
-def read_stamp(image: np.ndarray) -> int:
-    """The number in a captured frame (uint8, RGB or BGRA, top-left at [0, 0])."""
-    centre = CELL // 2
+def read_stamp(image: np.ndarray, scale: tuple[float, float] = (1.0, 1.0)) -> int:
+    """The number in a captured frame (uint8, RGB, BGR or BGRA, top-left at [0, 0]).
+
+    `scale` (x, y): how much the picture was resized since the game drew it (the stream
+    layout shows a 1280x720 game in 880x495: 0.6875 each way); each cell is read at its
+    centre."""
+    centre = CELL / 2
+    row = int(centre * scale[1])
     number = 0
     for bit in range(BITS):
-        if int(image[centre, bit * CELL + centre, 1]) > 127:
+        if int(image[row, int((bit * CELL + centre) * scale[0]), 1]) > 127:
             number |= 1 << bit
     return number
