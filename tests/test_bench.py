@@ -214,3 +214,23 @@ def test_a_stamp_names_the_last_showing_of_its_number_before_the_picture_arrived
     assert shown.shown_at(7, 99.9) is None  # not shown yet
     assert shown.shown_at(7, 100.0 + LONGEST_DELAY + 0.01) is None  # a misread, not a delay
     assert shown.shown_at(8, 100.05) is None
+
+
+def soak_sample(t: float, driving: int, published: int, rejected: tuple[int, ...] = ()) -> dict:
+    return {"t": t, "driving": driving, "published": published, "rejected": list(rejected)}
+
+
+def test_a_soak_counts_a_version_never_swapped_in_as_a_lost_swap() -> None:
+    from agent.bench.soak import swaps_lost
+
+    taken = [soak_sample(0, 1, 1), soak_sample(30, 1, 2), soak_sample(60, 2, 3),
+             soak_sample(90, 3, 3), soak_sample(120, 3, 4)]  # fmt: skip
+    assert swaps_lost(taken) == 0  # v4 is too new to judge
+    # v2 is never driven, but v3 supersedes it within the minute: not lost.
+    superseded = [soak_sample(0, 1, 2), soak_sample(30, 1, 3), soak_sample(60, 3, 3)]
+    assert swaps_lost(superseded) == 0
+    stuck = [soak_sample(0, 1, 2), soak_sample(30, 1, 2), soak_sample(60, 1, 2),
+             soak_sample(90, 1, 3), soak_sample(150, 1, 3)]  # fmt: skip
+    assert swaps_lost(stuck) == 2  # neither v2 nor v3 came
+    refused = [soak_sample(0, 1, 2), soak_sample(60, 1, 2, rejected=(2,))]
+    assert swaps_lost(refused) == 0  # a rejection is seen, not lost

@@ -9,7 +9,10 @@ reading /layout.mjpeg, one the overlay's events), an RTMP push to a local ingest
 Every 10 s it samples the drive process (resident memory, threads, open files) and its
 predictions (from /status.json). It reports those at the start and the end and their slope per
 hour after a warm-up, PPS per minute (min and median), disk used against the budget, and the
-drive's own counts: swaps, rejections, game restarts, stream reconnects.
+drive's own counts: swaps, rejections, game restarts, stream reconnects. A plain drive of the
+same line first (`--reference-seconds`, 60 by default) gives the PPS the soak's median is held
+against; the samples also note the version driving and the newest in the store, so a version
+published and never swapped in (nor rejected) within a minute is counted as a lost swap.
 """
 
 from __future__ import annotations
@@ -29,10 +32,14 @@ from agent.arguments import positive_float
 from agent.bench.rounds import median
 from agent.bench.viewers import Viewer, free_tcp_port, status_json
 from agent.bench.workfolder import charles_command, write_config
+from agent.checkpoints.manifest import version_number
 from agent.config import Config
 from agent.errors import CharlesError
 
 SAMPLE_SECONDS = 10.0
+SWAP_WITHIN_SECONDS = 60.0
+"""A published version not driving (nor rejected) this long after it was seen is a lost swap:
+the drive polls the store every swap.poll_seconds and loads beside driving in seconds."""
 STREAM_KEY = "soak"
 TRAIN_SETTINGS = [
     "train.start_from=reference", "train.buffer_size=400", "train.start_fill=0.5",
@@ -90,6 +97,7 @@ def soak(args: argparse.Namespace, config: Config, work: Path) -> dict[str, Any]
     seconds = args.minutes * 60
     logs = {name: (work / f"{name}.log").open("w") for name in ("collect", "train", "ingest")}
     children: list[subprocess.Popen[Any]] = []
+    reference_pps = reference_drive(args, work) if args.reference_seconds else None
     try:
         subprocess.run(
             charles_command(
@@ -125,7 +133,9 @@ def soak(args: argparse.Namespace, config: Config, work: Path) -> dict[str, Any]
             env={**os.environ, "CHARLES_STREAM_KEY": STREAM_KEY},
         )  # fmt: skip
         children.append(drive)
-        samples, pps_samples, killed_at = _watch(drive, live_port, seconds, args.kill)
+        samples, pps_samples, killed_at = _watch(
+            drive, live_port, seconds, args.kill, work / "models", args.line
+        )
         out, _ = drive.communicate(timeout=120)
         if drive.returncode != 0:
             raise CharlesError(f"charles drive failed ({drive.returncode}); see {work}/drive.log")
@@ -141,18 +151,65 @@ def soak(args: argparse.Namespace, config: Config, work: Path) -> dict[str, Any]
                 child.kill()
         for log in logs.values():
             log.close()
-    return _report(args, summary, samples, pps_samples, killed_at, work / "recordings")
+    report = _report(args, summary, samples, pps_samples, killed_at, work / "recordings")
+    report["pps_reference_drive"] = reference_pps
+    median_pps = report["pps_per_minute_median"]
+    report["pps_median_vs_reference"] = (
+        round(median_pps / reference_pps - 1, 4) if median_pps and reference_pps else None
+    )
+    return report
+
+
+def reference_drive(args: argparse.Namespace, work: Path) -> float:
+    """PPS of a plain drive of the same line and game (no trainer, recording, live view or
+    stream): what the soak's PPS per minute is held against."""
+    done = subprocess.run(
+        charles_command("drive", "--config", "config.toml", "--json", "--model", args.line,
+                        "--seconds", str(args.reference_seconds)),
+        cwd=work, capture_output=True, text=True,
+    )  # fmt: skip
+    if done.returncode != 0:
+        said = [line for line in done.stderr.splitlines() if line.strip()] or ["(no output)"]
+        raise CharlesError(f"the reference drive failed ({done.returncode}): {said[-1]}")
+    return float(json.loads(done.stdout.strip().splitlines()[-1])["pps"])
+
+
+def newest_version(store: Path, line: str) -> int:
+    """The number of the newest version of `line` published into `store` (0: none yet)."""
+    numbers = [version_number(path.name) for path in (store / line).glob("v*")]
+    return max((n for n in numbers if n is not None), default=0)
+
+
+def swaps_lost(samples: list[dict[str, Any]], within: float = SWAP_WITHIN_SECONDS) -> int:
+    """Versions the drive should have swapped in and did not: published (seen in the store at
+    one sample) and still newer than the version driving, and not rejected, at every sample
+    `within` seconds or more later. A version superseded by a newer one swapped in counts as
+    taken; one published in the last `within` seconds is not judged."""
+    lost = set()
+    for index, sample in enumerate(samples):
+        later = [s for s in samples[index:] if s["t"] >= sample["t"] + within]
+        if later and all(
+            s["driving"] < sample["published"] and sample["published"] not in s["rejected"]
+            for s in later
+        ):
+            lost.add(sample["published"])
+    return len(lost)
 
 
 def _watch(
-    drive: subprocess.Popen[str], live_port: int, seconds: float, kill: bool
-) -> tuple[list[dict[str, float]], list[tuple[float, int]], float | None]:
+    drive: subprocess.Popen[str],
+    live_port: int,
+    seconds: float,
+    kill: bool,
+    store: Path,
+    line: str,
+) -> tuple[list[dict[str, Any]], list[tuple[float, int]], float | None]:
     """Sample the drive until it ends; kill -9 its game half way through."""
     started = time.monotonic()
     viewers = [Viewer(live_port, "/layout.mjpeg"), Viewer(live_port, "/events")]
     for viewer in viewers:
         viewer.start()
-    samples: list[dict[str, float]] = []
+    samples: list[dict[str, Any]] = []
     predictions: list[tuple[float, int]] = []
     killed_at = None
     try:
@@ -166,7 +223,12 @@ def _watch(
             if status is not None:  # driving: samples before (imports, loading) are no start
                 predictions.append((now, int(status["predictions"])))
                 try:
-                    samples.append({"t": now, **process_sample(drive.pid)})
+                    samples.append({
+                        "t": now, **process_sample(drive.pid),
+                        "driving": version_number(status["version"] or "") or 0,
+                        "published": newest_version(store, line),
+                        "rejected": [version_number(r["version"]) for r in status["rejections"]],
+                    })  # fmt: skip
                 except (OSError, KeyError, ValueError):
                     break
             time.sleep(SAMPLE_SECONDS)
@@ -179,7 +241,7 @@ def _watch(
 def _report(
     args: argparse.Namespace,
     summary: dict[str, Any],
-    samples: list[dict[str, float]],
+    samples: list[dict[str, Any]],
     predictions: list[tuple[float, int]],
     killed_at: float | None,
     recordings: Path,
@@ -207,6 +269,9 @@ def _report(
         "disk_used_gb": round(folder_bytes(recordings) / 1e9, 4),
         "disk_budget_gb": args.keep_gb,
         "swaps": len(summary.get("swaps", [])),
+        "swaps_lost": swaps_lost(samples),
+        "versions_published": samples[-1]["published"] if samples else None,
+        "version_driving_at_end": samples[-1]["driving"] if samples else None,
         "rejections": len(summary.get("rejections", [])),
         "game_killed_at_s": None if killed_at is None else round(killed_at, 1),
         "game_restarts": summary.get("game_restarts", 0),
@@ -227,6 +292,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--segment-minutes", type=positive_float, default=5.0, help="record.segment_minutes"
     )
     parser.add_argument("--keep-gb", type=positive_float, default=0.5, help="record.keep_gb")
+    parser.add_argument(
+        "--reference-seconds", type=float, default=60.0,
+        help="seconds of a plain drive first, to hold PPS against (0: none)",
+    )  # fmt: skip
     parser.add_argument("--no-kill", dest="kill", action="store_false", help="leave the game alone")
     parser.add_argument("--keep", type=Path, help="work in this folder and keep it")
 
