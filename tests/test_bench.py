@@ -16,10 +16,10 @@ from tests.helpers.charles import REPO, assert_one_line_error
 
 CONFIG = str(REPO / "config.toml")
 
-BENCHMARKS = ["model", "drive", "swap", "record", "learn", "pairing", "live", "soak"]
+BENCHMARKS = ["model", "drive", "swap", "record", "learn", "pairing", "intake", "live", "soak"]
 
 
-def test_bench_help_lists_exactly_the_eight_benchmarks(capsys: pytest.CaptureFixture[str]) -> None:
+def test_bench_help_lists_exactly_the_nine_benchmarks(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_:
         main(["bench", "--help"])
     assert exit_.value.code == 0
@@ -234,3 +234,13 @@ def test_a_soak_counts_a_version_never_swapped_in_as_a_lost_swap() -> None:
     assert swaps_lost(stuck) == 2  # neither v2 nor v3 came
     refused = [soak_sample(0, 1, 2), soak_sample(60, 1, 2, rejected=(2,))]
     assert swaps_lost(refused) == 0  # a rejection is seen, not lost
+
+
+def test_bench_intake_times_the_watchers_polls(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "intake", "--shards", "40", "--rounds", "1", "--json",
+                 "--config", CONFIG]) == 0  # fmt: skip
+    result = json.loads(capsys.readouterr().out)
+    assert result["shards"] == 40
+    figures = ["first_poll_ms", "backlog_poll_ms", "idle_poll_ms", "poll_after_new_shard_ms",
+               "name_order_listing_ms"]  # fmt: skip
+    assert all(result[key] > 0 for key in figures)

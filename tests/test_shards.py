@@ -8,6 +8,7 @@ import os
 import re
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -436,3 +437,110 @@ def test_data_folder_that_cannot_be_listed_is_named(
     with pytest.raises(ShardError, match=r"cannot be listed \(Permission denied\)") as caught:
         ShardWatcher(tmp_path, SHAPE).poll()
     assert str(tmp_path) in str(caught.value)
+
+
+# --- intake order and listing ------------------------------------------------------------------
+
+
+def _renamed(paths: list[Path], names: list[str]) -> list[Path]:
+    """Real shards given collectors' names (host, pid, Unix ms, sequence) other than ours."""
+    renamed = []
+    for path, name in zip(paths, names, strict=True):
+        path.rename(path.with_name(name))
+        renamed.append(path.with_name(name))
+    return renamed
+
+
+def test_a_backlog_from_two_hosts_is_taken_oldest_first_interleaved(tmp_path: Path) -> None:
+    """Name order would take all of alpha's shards before any of beta's."""
+    paths = _write(tmp_path, range(30), per_shard=5)
+    names = [
+        "shard-alpha-11-1700000000000-000001.npz", "shard-alpha-11-1700000002000-000002.npz",
+        "shard-alpha-11-1700000004000-000003.npz", "shard-beta-host-7-1700000001000-000001.npz",
+        "shard-beta-host-7-1700000003000-000002.npz", "shard-beta-host-7-1700000005000-000003.npz",
+    ]  # fmt: skip
+    _renamed(paths, names)
+    watcher = ShardWatcher(tmp_path, SHAPE)
+    taken = [shard.path.name for _ in range(6) for shard in watcher.poll(limit=1)]
+    assert taken == [names[0], names[3], names[1], names[4], names[2], names[5]]
+
+
+def test_intake_order_keys() -> None:
+    from agent.learn.shard_watcher import intake_key
+
+    assert intake_key("shard-my-host.lan-42-1700000000123-000007.npz") == (
+        1700000000123, "my-host.lan", 42, 7,
+    )  # fmt: skip
+    # A name Charles did not make goes first, by name: never starved behind newer shards.
+    assert intake_key("shard-imported.npz") == (-1, "shard-imported.npz", 0, 0)
+    assert intake_key("shard--1-2-3.npz")[0] == -1  # no host
+    assert intake_key("shard-h-1-x-3.npz")[0] == -1
+    same_time = sorted(
+        ["shard-b-1-5-000002.npz", "shard-a-9-5-000001.npz", "shard-a-2-5-000003.npz"],
+        key=intake_key,
+    )
+    assert same_time == ["shard-a-2-5-000003.npz", "shard-a-9-5-000001.npz",
+                         "shard-b-1-5-000002.npz"]  # fmt: skip
+
+
+def _age_folder(folder: Path) -> None:
+    """The folder last changed a minute ago: a listing now is not 'soon after a change'."""
+    old = time.time() - 60
+    os.utime(folder, (old, old))
+
+
+def test_an_unchanged_folder_is_not_listed_again_until_the_relist_interval(
+    tmp_path: Path,
+) -> None:
+    from agent.learn.shard_watcher import RELIST_SECONDS
+    from tests.helpers.clock import FakeClock
+
+    paths = _write(tmp_path, range(10), per_shard=5)
+    _age_folder(tmp_path)
+    clock = FakeClock()
+    watcher = ShardWatcher(tmp_path, SHAPE, clock=clock)
+    assert [s.path for s in watcher.poll()] == paths
+    assert watcher.listings == 1
+    for _ in range(5):
+        assert watcher.poll() == []
+    assert watcher.listings == 1  # nothing changed: a stat, no listing
+    clock.advance(RELIST_SECONDS - 0.01)
+    watcher.poll()
+    assert watcher.listings == 1
+    clock.advance(0.01)
+    watcher.poll()
+    assert watcher.listings == 2  # listed anyway, in case the folder's time was not updated
+    later = _write(tmp_path, range(10, 15), per_shard=5)
+    assert [s.path for s in watcher.poll()] == [p for p in later if p not in paths]
+    assert watcher.listings == 3  # the folder changed: listed at once
+
+
+def test_a_folder_listed_soon_after_a_change_is_listed_again(tmp_path: Path) -> None:
+    """A second shard written within the same timestamp tick leaves the folder's time as it
+    was (coarse timestamps); the watcher does not trust an unchanged time just after a change."""
+    from tests.helpers.clock import FakeClock
+
+    _write(tmp_path, range(5), per_shard=5)
+    watcher = ShardWatcher(tmp_path, SHAPE, clock=FakeClock())
+    assert len(watcher.poll()) == 1
+    stamp = os.stat(tmp_path).st_mtime_ns
+    more = _write(tmp_path, range(5, 10), per_shard=5)
+    os.utime(tmp_path, ns=(stamp, stamp))  # as a filesystem with coarse timestamps leaves it
+    assert [s.path.name for s in watcher.poll()] == [more[-1].name]
+    assert watcher.listings == 2
+
+
+def test_a_backlog_is_not_listed_on_every_poll(tmp_path: Path) -> None:
+    from agent.learn.shard_watcher import BACKLOG_RELIST_SECONDS
+    from tests.helpers.clock import FakeClock
+
+    _write(tmp_path, range(50), per_shard=5)
+    clock = FakeClock()
+    watcher = ShardWatcher(tmp_path, SHAPE, clock=clock)
+    for _ in range(5):
+        assert len(watcher.poll(limit=1)) == 1
+        _write(tmp_path, range(1), per_shard=1)  # a collector keeps writing meanwhile
+    assert watcher.listings == 1
+    clock.advance(BACKLOG_RELIST_SECONDS)
+    assert len(watcher.poll(limit=1)) == 1
+    assert watcher.listings == 2

@@ -211,11 +211,11 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("--json", action="store_true", help="print JSON instead of text")
 
     from agent.bench import drive as drive_bench
-    from agent.bench import learn, live, model, pairing, record, soak, swap
+    from agent.bench import intake, learn, live, model, pairing, record, soak, swap
 
     bench_cmd = subcommands.add_parser(
         "bench", help="benchmarks: the model alone, the drive loop, swaps, recording, "
-        "learning, frame pairing, the live view, a long soak",
+        "learning, frame pairing, shard intake, the live view, a long soak",
     )  # fmt: skip
     bench_sub = bench_cmd.add_subparsers(dest="action", required=True, metavar="BENCHMARK")
     benchmarks = {
@@ -229,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
                   "time"),
         "pairing": (pairing, "how often a grabbed frame is paired with the record of the "
                     "picture it shows"),
+        "intake": (intake, "what a trainer's poll for new shards costs with a backlog of "
+                   "thousands in the data folder"),
         "live": (live, "drive with and without two live-view viewers: what do they cost the "
                  "car, and how late do the layout's pictures arrive?"),
         "soak": (soak, "drive for a long time with everything a 24/7 stream uses (trainer, "
