@@ -204,7 +204,7 @@ def _start(
         watched = WatchedPictures(
             config.record, feeds, frames, ticks, _hud_status_of(status),
             config.capture.size, line.convcam_layer, recorder.draws, losses,
-            epoch=recorder.epoch,
+            epoch=recorder.epoch, model_bound_fps=config.live.model_bound_fps,
         )  # fmt: skip
         watched.start()
         stack.callback(watched.stop)

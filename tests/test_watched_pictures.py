@@ -4,6 +4,7 @@ recording draws. On a fake clock, with real drawing."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,12 @@ class CountingStatus:
         return Status("test")
 
 
-def parts(tmp_path: Path, mode: str = "hud"):
+def parts(
+    tmp_path: Path,
+    mode: str = "hud",
+    status: CountingStatus | None = None,
+    model_bound_fps: int = 0,
+):
     clock = FakeClock()
     frames: Slot[Frame] = Slot()
     frames.put(Frame(np.zeros((*SIZE[::-1], 4), np.uint8), clock.now(), 1, Region(0, 0, *SIZE)))
@@ -41,13 +47,13 @@ def parts(tmp_path: Path, mode: str = "hud"):
     config = RecordConfig(
         folder=str(tmp_path), mode=mode, fps=FPS, hud=True, convcam=False, encoder="libx264"
     )
-    status = CountingStatus()
+    status = status or CountingStatus()
     recorder = Recorder(
         config, frames, ticks, status, SIZE, "none", clock=clock, feeds=feeds
     )  # fmt: skip
     watched = WatchedPictures(
         config, feeds, frames, ticks, status, SIZE, "none", recorder.draws,
-        epoch=recorder.epoch, clock=clock,
+        epoch=recorder.epoch, clock=clock, model_bound_fps=model_bound_fps,
     )  # fmt: skip
     return clock, feeds, recorder, watched, status
 
@@ -95,3 +101,53 @@ def test_a_kind_being_recorded_is_drawn_once_for_the_recording_and_the_viewers(
             assert watched.wanted() == ["hud"] and feeds["hud"].get()[1] > count
     finally:
         watched.stop()
+
+
+class RatesStatus(CountingStatus):
+    """A status whose capture and prediction rates are fixed: pps < 80% of fps is a drive
+    whose model, not the game, sets the pace."""
+
+    def __init__(self, fps: float, pps: float) -> None:
+        super().__init__()
+        self.fps, self.pps = fps, pps
+
+    def __call__(self) -> Status:
+        self.calls += 1
+        return Status("test", fps=self.fps, pps=self.pps)
+
+
+def pictures_in_two_seconds(
+    tmp_path: Path, status: CountingStatus, model_bound_fps: int, every_slot: bool = False
+) -> list[int]:
+    """The slot indexes of the pictures drawn for a live viewer (or a stream) over 2 s."""
+    clock, feeds, _, watched, _ = parts(tmp_path, status=status, model_bound_fps=model_bound_fps)
+    indexes: list[int] = []
+    watched.start()
+    try:
+        clock.settle(waiters=1)
+        with feeds["hud"].watch(every_slot=every_slot):
+            for _ in range(20):
+                clock.advance(0.1)
+                picture, _ = feeds["hud"].get()
+                if picture is not None and (not indexes or picture.index != indexes[-1]):
+                    indexes.append(picture.index)
+    finally:
+        watched.stop()
+    return indexes
+
+
+def test_while_the_model_sets_the_pace_the_live_view_gets_fewer_pictures(
+    tmp_path: Path,
+) -> None:
+    """FPS 10 a second; a model predicting on 3 of 10 frames: at most 5 pictures a second."""
+    slow = pictures_in_two_seconds(tmp_path, RatesStatus(fps=10, pps=3), model_bound_fps=5)
+    assert len(slow) in (10, 11), slow
+    assert all(b - a == 2 for a, b in itertools.pairwise(slow[1:])), slow
+    keeps_up = pictures_in_two_seconds(tmp_path, RatesStatus(fps=10, pps=8), model_bound_fps=5)
+    assert len(keeps_up) >= 19, keeps_up  # 80% of the frames: the game sets the pace
+    unlimited = pictures_in_two_seconds(tmp_path, RatesStatus(fps=10, pps=3), model_bound_fps=0)
+    assert len(unlimited) >= 19, unlimited
+    stream = pictures_in_two_seconds(
+        tmp_path, RatesStatus(fps=10, pps=3), model_bound_fps=5, every_slot=True
+    )
+    assert len(stream) >= 19, stream  # a video gets a picture every slot

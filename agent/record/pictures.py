@@ -46,22 +46,32 @@ class PictureFeed:
         self._slot: Slot[Picture] = Slot()
         self._lock = threading.Lock()
         self._watchers = 0
+        self._every_slot = 0
 
     @contextmanager
-    def watch(self) -> Iterator[PictureFeed]:
-        """Want pictures of this kind while the block runs."""
+    def watch(self, every_slot: bool = False) -> Iterator[PictureFeed]:
+        """Want pictures of this kind while the block runs. `every_slot`: a picture for every
+        slot of the video clock (a video stream), never fewer while the model sets the pace
+        (agent/record/watched.py)."""
         with self._lock:
             self._watchers += 1
+            self._every_slot += every_slot
         try:
             yield self
         finally:
             with self._lock:
                 self._watchers -= 1
+                self._every_slot -= every_slot
 
     @property
     def wanted(self) -> bool:
         with self._lock:
             return self._watchers > 0
+
+    @property
+    def wants_every_slot(self) -> bool:
+        with self._lock:
+            return self._every_slot > 0
 
     def put(self, picture: Picture) -> int:
         return self._slot.put(picture)

@@ -5,7 +5,12 @@ kind as well (agent/record/recorder.py), so a kind being recorded is never drawn
 thread draws the other kinds, and only while somebody watches them: a live view nobody has open
 and no stream cost the car nothing. It runs at the recording's lower priority, on the same
 video clock rate, and skips slots it is late for rather than catching up (a viewer wants the
-newest picture, not every one).
+newest picture, not every one). While the model sets the drive's pace (a big model on a CPU)
+and only the live view watches (a stream is a video: it gets a picture every slot), it draws
+at most `live.model_bound_fps` pictures a second: measured with model_0005 on 2 cores,
+two live viewers at 30 pictures a second cost 10% of PPS, although the thread is niced (the
+model's threads are not always busy; the drawing fills their gaps and takes memory bandwidth
+and cache from the next prediction).
 """
 
 from __future__ import annotations
@@ -30,6 +35,23 @@ log = logging.getLogger(__name__)
 
 IDLE_LOOK_SECONDS = 0.1
 """How often an idle drawer looks whether somebody started watching."""
+MODEL_BOUND_SHARE = 0.8
+"""The model, not the game, sets the drive's pace when it predicts on fewer than this share of
+the captured frames (a big model on a CPU): every millisecond of CPU drawing takes is then a
+prediction later."""
+
+
+def model_bound(status: Status) -> bool:
+    """Whether the drive's predictions fall behind its captured frames (rates known)."""
+    return status.fps > 0 and status.pps < MODEL_BOUND_SHARE * status.fps
+
+
+def slot_step(status: Status, fps: int, model_bound_fps: int) -> int:
+    """Video clock slots from one watched picture to the next: every slot, or while the model
+    sets the pace, enough of them to draw at most `model_bound_fps` a second (0: every slot)."""
+    if model_bound_fps <= 0 or not model_bound(status):
+        return 1
+    return max(1, math.ceil(fps / model_bound_fps))
 
 
 def picture_index(now: float, epoch: float, fps: int) -> int:
@@ -54,8 +76,10 @@ class WatchedPictures:
         losses: LossCurve | None = None,
         epoch: float | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        model_bound_fps: int = 0,
     ) -> None:
         self._config = config
+        self._model_bound_fps = model_bound_fps
         self._feeds = dict(feeds)
         self._frames = frames
         self._ticks = ticks
@@ -94,7 +118,7 @@ class WatchedPictures:
         cpu_start = time.thread_time()
         fps = self._config.fps
         try:
-            last = -1
+            last, step = -1, 1
             while not self._stopping.is_set():
                 kinds = self.wanted()
                 if not kinds:
@@ -102,19 +126,22 @@ class WatchedPictures:
                     continue
                 now = self._clock.now()
                 index = picture_index(now, self.epoch, fps)
-                if index <= last:
-                    next_at = self.epoch + (last + 1) / fps
+                if index < last + step:
+                    next_at = self.epoch + (last + step) / fps
                     self._clock.wait(self._stopping, next_at - now)
                     continue
                 last = index
-                self._draw(kinds, index, now)
+                status = self._draw(kinds, index, now)
+                every_slot = any(self._feeds[kind].wants_every_slot for kind in kinds)
+                step = 1 if every_slot else slot_step(status, fps, self._model_bound_fps)
         except BaseException as error:  # a bug in drawing must not stop the car
             self.error = error
             log.error("drawing pictures for the live view stopped: %s", error, exc_info=True)
         finally:
             self.drawing_cpu = time.thread_time() - cpu_start
 
-    def _draw(self, kinds: list[str], index: int, now: float) -> None:
+    def _draw(self, kinds: list[str], index: int, now: float) -> Status:
+        """Draws one picture of each kind for slot `index`; the status they showed."""
         frame, seq = self._frames.get()
         tick, _ = self._ticks.get()
         status = self._status()
@@ -125,3 +152,4 @@ class WatchedPictures:
             image = self._composers[kind].compose(frame, tick, status, panels)
             self._feeds[kind].put(Picture(image, index, seq, now))
             self.drawn += 1
+        return status

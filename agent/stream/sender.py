@@ -194,7 +194,7 @@ class StreamSender:
 
     def _run(self) -> None:
         try:
-            with self._pictures.watch():
+            with self._pictures.watch(every_slot=True):
                 if self._wait_for_first_picture():
                     self._stream()
         except Interrupted:
