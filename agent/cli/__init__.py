@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from agent.cli.parser import build_parser, config_overrides
 from agent.config import load_config
 from agent.errors import CharlesError
+from agent.runtime.memory import return_large_blocks_to_the_system
 from agent.runtime.signals import EXIT_STATUS, StopRequested
 
 
@@ -24,6 +25,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `charles` console script and `python -m agent`."""
     # TensorFlow's C++ start-up chatter is noise for a user; real errors still surface.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # Drives, trainers and collectors run for days: large blocks go back to the system.
+    return_large_blocks_to_the_system()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     try:
