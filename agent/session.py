@@ -205,6 +205,7 @@ def _start(
             config.record, feeds, frames, ticks, _hud_status_of(status),
             config.capture.size, line.convcam_layer, recorder.draws, losses,
             epoch=recorder.epoch, model_bound_fps=config.live.model_bound_fps,
+            capture_fps=config.capture.fps,
         )  # fmt: skip
         watched.start()
         stack.callback(watched.stop)

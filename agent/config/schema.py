@@ -275,8 +275,8 @@ class LiveConfig:
     """Connections that stream (pictures or overlay updates) at once; more are refused."""
     jpeg_quality: int = field(default=80, metadata=_spec(minimum=10, maximum=100))
     model_bound_fps: int = field(default=10, metadata=_spec(minimum=0, maximum=240))
-    """Pictures a second drawn for the live view while the model predicts on fewer than 80%
-    of the captured frames (it, not the game, sets the pace); 0: record.fps always. A
+    """Pictures a second drawn for the live view while the model predicts fewer times a
+    second than 80% of capture.fps (it, not the game, sets the pace); 0: record.fps always. A
     recording or a stream (a video: every slot) is not affected."""
 
 

@@ -36,20 +36,21 @@ log = logging.getLogger(__name__)
 IDLE_LOOK_SECONDS = 0.1
 """How often an idle drawer looks whether somebody started watching."""
 MODEL_BOUND_SHARE = 0.8
-"""The model, not the game, sets the drive's pace when it predicts on fewer than this share of
-the captured frames (a big model on a CPU): every millisecond of CPU drawing takes is then a
-prediction later."""
+"""The model, not the game, sets the drive's pace when it predicts fewer times a second than
+this share of capture.fps (a big model on a CPU): every millisecond of CPU drawing takes is then
+a prediction later. (Not the measured capture rate: a capture that follows the model grabs
+little more than the model asks for.)"""
 
 
-def model_bound(status: Status) -> bool:
-    """Whether the drive's predictions fall behind its captured frames (rates known)."""
-    return status.fps > 0 and status.pps < MODEL_BOUND_SHARE * status.fps
+def model_bound(status: Status, capture_fps: float) -> bool:
+    """Whether the drive predicts (it does: PPS known) at well under the capture's rate."""
+    return 0 < status.pps < MODEL_BOUND_SHARE * capture_fps
 
 
-def slot_step(status: Status, fps: int, model_bound_fps: int) -> int:
+def slot_step(status: Status, fps: int, model_bound_fps: int, capture_fps: float) -> int:
     """Video clock slots from one watched picture to the next: every slot, or while the model
     sets the pace, enough of them to draw at most `model_bound_fps` a second (0: every slot)."""
-    if model_bound_fps <= 0 or not model_bound(status):
+    if model_bound_fps <= 0 or not model_bound(status, capture_fps):
         return 1
     return max(1, math.ceil(fps / model_bound_fps))
 
@@ -77,9 +78,11 @@ class WatchedPictures:
         epoch: float | None = None,
         clock: Clock = SYSTEM_CLOCK,
         model_bound_fps: int = 0,
+        capture_fps: float = 30.0,
     ) -> None:
         self._config = config
         self._model_bound_fps = model_bound_fps
+        self._capture_fps = capture_fps
         self._feeds = dict(feeds)
         self._frames = frames
         self._ticks = ticks
@@ -133,7 +136,17 @@ class WatchedPictures:
                 last = index
                 status = self._draw(kinds, index, now)
                 every_slot = any(self._feeds[kind].wants_every_slot for kind in kinds)
-                step = 1 if every_slot else slot_step(status, fps, self._model_bound_fps)
+                new_step = (
+                    1
+                    if every_slot
+                    else slot_step(status, fps, self._model_bound_fps, self._capture_fps)
+                )
+                if new_step != step:
+                    log.info(
+                        "live pictures: %.0f a second (the model predicts %.1f times a second, "
+                        "the capture is set to %g)", fps / new_step, status.pps, self._capture_fps,
+                    )  # fmt: skip
+                    step = new_step
         except BaseException as error:  # a bug in drawing must not stop the car
             self.error = error
             log.error("drawing pictures for the live view stopped: %s", error, exc_info=True)
