@@ -37,6 +37,8 @@ from agent.config import Config
 from agent.errors import CharlesError
 
 SAMPLE_SECONDS = 10.0
+GAME_BACK_LIMIT = 60.0
+"""Seconds the soak waits for the drive to predict again after it killed the game."""
 SWAP_WITHIN_SECONDS = 60.0
 """A published version not driving (nor rejected) this long after it was seen is a lost swap:
 the drive polls the store every swap.poll_seconds and loads beside driving in seconds."""
@@ -133,7 +135,7 @@ def soak(args: argparse.Namespace, config: Config, work: Path) -> dict[str, Any]
             env={**os.environ, "CHARLES_STREAM_KEY": STREAM_KEY},
         )  # fmt: skip
         children.append(drive)
-        samples, pps_samples, killed_at = _watch(
+        samples, pps_samples, killed_at, back_after = _watch(
             drive, live_port, seconds, args.kill, work / "models", args.line
         )
         out, _ = drive.communicate(timeout=120)
@@ -152,6 +154,7 @@ def soak(args: argparse.Namespace, config: Config, work: Path) -> dict[str, Any]
         for log in logs.values():
             log.close()
     report = _report(args, summary, samples, pps_samples, killed_at, work / "recordings")
+    report["game_back_after_s"] = back_after
     report["pps_reference_drive"] = reference_pps
     median_pps = report["pps_per_minute_median"]
     report["pps_median_vs_reference"] = (
@@ -203,15 +206,16 @@ def _watch(
     kill: bool,
     store: Path,
     line: str,
-) -> tuple[list[dict[str, Any]], list[tuple[float, int]], float | None]:
-    """Sample the drive until it ends; kill -9 its game half way through."""
+) -> tuple[list[dict[str, Any]], list[tuple[float, int]], float | None, float | None]:
+    """Sample the drive until it ends; kill -9 its game half way through and time how long
+    until it drives again."""
     started = time.monotonic()
     viewers = [Viewer(live_port, "/layout.mjpeg"), Viewer(live_port, "/events")]
     for viewer in viewers:
         viewer.start()
     samples: list[dict[str, Any]] = []
     predictions: list[tuple[float, int]] = []
-    killed_at = None
+    killed_at = back_after = None
     try:
         while drive.poll() is None:
             now = time.monotonic() - started
@@ -219,6 +223,8 @@ def _watch(
                 for pid in game_processes(drive.pid):
                     os.kill(pid, signal.SIGKILL)
                     killed_at = now
+                if killed_at is not None:
+                    back_after = _driving_again_after(live_port, drive)
             status = status_json(live_port)
             if status is not None:  # driving: samples before (imports, loading) are no start
                 predictions.append((now, int(status["predictions"])))
@@ -235,7 +241,26 @@ def _watch(
     finally:
         for viewer in viewers:
             viewer.stopping.set()
-    return samples, predictions, killed_at
+    return samples, predictions, killed_at, back_after
+
+
+def _driving_again_after(live_port: int, drive: subprocess.Popen[str]) -> float | None:
+    """Seconds from now (the game just killed) until the drive, having stopped driving, drives
+    and predicts again; None when not within GAME_BACK_LIMIT seconds."""
+    started = time.monotonic()
+    stopped_at_predictions: int | None = None
+    while drive.poll() is None and time.monotonic() - started < GAME_BACK_LIMIT:
+        status = status_json(live_port)
+        if status is not None:
+            if status["state"] != "driving":
+                stopped_at_predictions = status["predictions"]
+            elif (
+                stopped_at_predictions is not None
+                and status["predictions"] > stopped_at_predictions
+            ):
+                return round(time.monotonic() - started, 2)
+        time.sleep(0.1)
+    return None
 
 
 def _report(
@@ -263,6 +288,11 @@ def _report(
             key: slope_per_hour([(s["t"], s[key]) for s in settled])
             for key in ("rss_mb", "threads", "open_files")
         },
+        "rss_mb_every_5_minutes": [
+            round(s["rss_mb"], 1)
+            for s in samples
+            if int(s["t"] // 300) != int((s["t"] - SAMPLE_SECONDS) // 300)
+        ],
         "pps_per_minute_min": round(min(pps_per_minute), 2) if pps_per_minute else None,
         "pps_per_minute_median": median(pps_per_minute),
         "pps_drive": summary.get("pps"),
