@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 
 from agent.config import DEFAULT_CONFIG_PATH, Config, default_config_text
@@ -46,16 +47,53 @@ def collect_or_train(args: argparse.Namespace, config: Config) -> int:
     """`charles collect` and `charles train`: run until a stop signal, --seconds or the count
     (--frames samples collected, --batches trained), then print the summary; the exit status
     says how it ended."""
-    if args.command == "collect":
+    if args.command == "collect" and args.workers is not None:
+        from agent.learn.collect import run_collect_fleet
+
+        workers = args.workers or os.cpu_count() or 1
+        summary = run_collect_fleet(config, workers, partial(collect_worker, args, config, workers))
+    elif args.command == "collect":
         from agent.learn.collect import run_collect
 
         summary = run_collect(config, args.seconds, args.frames)
+        from agent.learn.fleet import worker_report
+        from agent.learn.sink import WORKER_ENV
+
+        if os.environ.get(WORKER_ENV) is not None:  # a fleet's worker: the fleet reads this
+            print(worker_report(summary), flush=True)
+            return EXIT_STATUS.get(summary.stopped_by, 0)
     else:
         from agent.learn.trainer import run_train
 
         summary = run_train(config, args.seconds, args.batches)
     print("\n".join(summary.lines()))
     return EXIT_STATUS.get(summary.stopped_by, 0)
+
+
+def collect_worker(
+    args: argparse.Namespace, config: Config, workers: int, number: int, start: int
+) -> list[str]:
+    """The command of worker `number` of `charles collect --workers`, its `start`-th start:
+    this command's config file and settings, with its own track seeds and gamepad port, and
+    its share of --frames."""
+    from agent.cli.parser import config_overrides
+    from agent.learn.fleet import SEED_STRIDE
+
+    overrides, _ = config_overrides(args)
+    overrides["collect.seed"] = str(
+        config.collect.seed + number * SEED_STRIDE + start * SEED_STRIDE // 10
+    )
+    overrides["game.channel_port"] = str(config.game.channel_port + number)
+    command = [sys.executable, "-m", "agent", "collect"]
+    if args.config is not None:
+        command += ["--config", str(args.config)]
+    for key, value in overrides.items():
+        command += ["--set", f"{key}={value}"]
+    if args.seconds is not None:
+        command += ["--seconds", str(args.seconds)]
+    if args.frames is not None:
+        command += ["--frames", str(-(-args.frames // workers))]
+    return command
 
 
 def game(args: argparse.Namespace, config: Config) -> int:

@@ -140,6 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
     collect.add_argument("--data", metavar="FOLDER", help="data folder (data.folder)")
     collect.add_argument("--seconds", type=positive_float, help="stop after this many seconds")
     collect.add_argument("--frames", type=positive_int, help="stop after this many frames")
+    collect.add_argument(
+        "--workers", type=int_from_to(0, 256), metavar="N",
+        help="N collectors in processes of their own, each with its own tracks (0: one per "
+        "core); --frames is shared between them",
+    )  # fmt: skip
 
     train = subcommands.add_parser(
         "train", parents=[common, model_flags],

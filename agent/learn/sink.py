@@ -8,6 +8,7 @@ atomically, `data.samples_per_shard` at a time.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -27,6 +28,9 @@ from agent.nets.registry import OUTPUT_NAMES
 log = logging.getLogger("agent.learn.collect")
 
 PROGRESS_SECONDS = 5.0
+WORKER_ENV = "CHARLES_COLLECT_WORKER"
+"""Set to a worker's number in the environment of each collector `charles collect --workers`
+starts (agent/learn/fleet.py): it then reports its counts as JSON lines on stdout."""
 
 
 @dataclass
@@ -110,6 +114,12 @@ class SampleSink:
 
     def progress_line(self, now: float) -> None:
         rate = self.frames / max(now - self._started, 1e-9)
+        if os.environ.get(WORKER_ENV) is not None:
+            # A worker of `charles collect --workers`: its fleet prints one line for all.
+            counts = {"frames": self.frames, "kept": self.kept,
+                      "shards": self.writer.shards_written}  # fmt: skip
+            print(json.dumps(counts), flush=True)
+            return
         log.info(
             "%d frames (%.0f/s), %d kept, %d shards | %s",
             self.frames, rate, self.kept, self.writer.shards_written, self._bins_line(),
