@@ -301,7 +301,8 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from tests.test_trainer import small_config
-from agent.learn.trainer import Trainer, make_strategy
+from agent.learn.cluster import make_strategy
+from agent.learn.trainer import Trainer
 from agent.runtime.signals import Stop
 strategy = make_strategy("mirrored")
 print("replicas", strategy.num_replicas_in_sync)
@@ -324,7 +325,7 @@ def test_the_mirrored_strategy_trains_on_two_logical_cpu_devices(tmp_path: Path)
 
 
 def test_multiworker_without_a_cluster_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    from agent.learn.trainer import make_strategy
+    from agent.learn.cluster import make_strategy
 
     monkeypatch.delenv("TF_CONFIG", raising=False)
     with pytest.raises(CharlesError, match="TF_CONFIG"):
@@ -356,7 +357,7 @@ def test_config_defaults_are_the_seeds() -> None:
 def test_only_the_chief_of_a_cluster_publishes(
     monkeypatch: pytest.MonkeyPatch, tf_config: dict | None, chief: bool
 ) -> None:
-    from agent.learn.trainer import is_chief
+    from agent.learn.cluster import is_chief
 
     if tf_config is None:
         monkeypatch.delenv("TF_CONFIG", raising=False)

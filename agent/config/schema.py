@@ -361,6 +361,11 @@ class TrainConfig:
     strategy: TrainStrategy = field(default="default", metadata=_spec())
     """tf.distribute strategy: "default" (one device), "mirrored" (all GPUs of this machine),
     "multiworker" (several machines; TF_CONFIG names them)."""
+    cluster_timeout_seconds: float = field(
+        default=120.0, metadata=_spec(minimum=1.0, maximum=86400.0)
+    )
+    """multiworker: how long a step shared by the cluster waits for the other members before
+    this one ends with one line (a member died or hangs)."""
     seed: int = field(default=0, metadata=_spec(minimum=0, maximum=2**31 - 1))
     """Seed of the buffers' random draws and of fresh weights."""
     start_from: TrainStart = field(default="pretrained", metadata=_spec())

@@ -22,7 +22,7 @@ import heapq
 import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from agent.errors import one_line
@@ -76,7 +76,10 @@ class ShardWatcher:
         input_shape: tuple[int, int, int],
         already_loaded: Iterable[str] = (),
         clock: Clock = SYSTEM_CLOCK,
+        takes: Callable[[str], bool] | None = None,
     ) -> None:
+        """`takes`: which shard names are this watcher's (a training cluster member's part;
+        None: all)."""
         self.folder = Path(folder)
         self.input_shape = check_input_shape(input_shape)
         self.loaded_names: set[str] = set(already_loaded)
@@ -85,6 +88,7 @@ class ShardWatcher:
         """Times the folder was listed."""
         self._skipped_names: set[str] = set()
         self._clock = clock
+        self._takes = takes
         self._queue: list[tuple[IntakeKey, str]] = []  # listed, not yet read: a heap
         self._queued: set[str] = set()
         self._listed_mtime_ns: int | None = None
@@ -141,8 +145,9 @@ class ShardWatcher:
         self._listed_mtime_ns = mtime_ns
         self._listed_soon_after_change = time.time() - mtime_ns / 1e9 < SAME_TIMESTAMP_SECONDS
         known = self.loaded_names | self._skipped_names | self._queued
+        takes = self._takes
         for name in names:
-            if is_shard_name(name) and name not in known:
+            if is_shard_name(name) and name not in known and (takes is None or takes(name)):
                 heapq.heappush(self._queue, (intake_key(name), name))
                 self._queued.add(name)
 

@@ -47,8 +47,17 @@ from agent.checkpoints.publishing_lock import PublishingLock
 from agent.checkpoints.reference import reference_checkpoint
 from agent.checkpoints.resolve import latest
 from agent.config import Config, TrainConfig
-from agent.errors import CharlesError, ModelError
+from agent.errors import CharlesError, ModelError, one_line
 from agent.learn.buffers import BufferSet
+from agent.learn.cluster import (
+    ClusterDecision,
+    cluster_part,
+    is_chief,
+    is_collective_failure,
+    is_multi_worker,
+    make_strategy,
+    reduce_logs_as_vectors,
+)
 from agent.learn.progress import TrainProgress
 from agent.learn.schedule import WarmupSchedule
 from agent.learn.shard_format import ShardError
@@ -104,47 +113,6 @@ def limit_cpu(train: TrainConfig) -> None:
         tf.config.threading.set_inter_op_parallelism_threads(max(1, train.threads // 2))
 
 
-def make_strategy(name: str) -> Any:
-    """The tf.distribute strategy `train.strategy` names.
-
-    "mirrored" mirrors the model on every GPU of this machine, or on every logical CPU device
-    when there is no GPU (tests split the CPU into two); "multiworker" spans the machines
-    listed in the TF_CONFIG environment variable.
-    """
-    tf = require_tensorflow()
-    if name == "default":
-        return tf.distribute.get_strategy()
-    if name == "mirrored":
-        gpus = tf.config.list_logical_devices("GPU")
-        devices = gpus or tf.config.list_logical_devices("CPU")
-        return tf.distribute.MirroredStrategy(devices=[device.name for device in devices])
-    if name == "multiworker":
-        if "TF_CONFIG" not in os.environ:
-            raise CharlesError(
-                'train.strategy = "multiworker" needs the TF_CONFIG environment variable '
-                "(the cluster's workers and this one's index); see the README"
-            )
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    raise CharlesError(f"unknown train.strategy {name!r}")
-
-
-def is_chief() -> bool:
-    """Whether this process publishes: always, except on a non-chief multi-worker member.
-
-    Every member of a MultiWorkerMirroredStrategy cluster runs the same loop on the same
-    weights; only the chief (task "chief", or worker 0 when there is none) writes checkpoints.
-    """
-    try:
-        task = json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {})
-        cluster = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
-    except (ValueError, AttributeError):
-        return True
-    kind, index = task.get("type", "chief"), task.get("index", 0)
-    if kind == "chief":
-        return True
-    return kind == "worker" and index == 0 and "chief" not in cluster
-
-
 def check_data_folder(folder: Path) -> None:
     """A one-line error unless `folder` is a folder the trainer can list."""
     if not folder.exists():
@@ -195,7 +163,12 @@ class Trainer:
         if self.state.load_buffers(self.buffers):
             log.info("buffers refilled from their last copy: %s", _fills(self.buffers))
             already_loaded = self.state.loaded_shards()
-        self.watcher = ShardWatcher(self.data, self.line.input_shape, already_loaded=already_loaded)
+        # A cluster member takes its own part of the shards (agent/learn/cluster.py).
+        self.part = cluster_part(strategy)
+        self.decision = ClusterDecision(strategy)
+        self.watcher = ShardWatcher(
+            self.data, self.line.input_shape, already_loaded=already_loaded, takes=self.part.takes
+        )
         self.samples_loaded = 0
 
     def _build_model(self) -> tuple[Any, int, str]:
@@ -227,6 +200,8 @@ class Trainer:
                 optimizer=optimizer, loss={name: "mse" for name in OUTPUT_NAMES}, jit_compile=False
             )
             optimizer.build(model.trainable_variables)
+            if is_multi_worker(self.strategy):
+                reduce_logs_as_vectors(model)
             # The warm-up and Adam's bias correction follow the optimizer's own step count:
             # restored with its state, the ramp goes on where it was; a fresh Adam (empty
             # moment estimates) counts from 0 again, so it warms up again instead of taking
@@ -256,18 +231,25 @@ class Trainer:
             self.train.buffer_size, 100 * self.train.start_fill, self.train.max_uses,
         )  # fmt: skip
         try:
-            while not self.stop.requested:
+            while True:
                 now = time.monotonic()
+                limit = None
                 if seconds is not None and now - started >= seconds:
-                    self.stop("time limit")
-                    break
-                if max_batches is not None and self.batches - first_batch >= max_batches:
-                    self.stop("batch limit")
-                    break
+                    limit = "time limit"
+                elif max_batches is not None and self.batches - first_batch >= max_batches:
+                    limit = "batch limit"
                 if now >= next_poll:
                     self._load_new_shards()
                     next_poll = now + POLL_SECONDS
-                if not self.buffers.ready:
+                # The same answer on every member of a cluster, so all train this batch or none.
+                ready, stopping = self.decision.decide(
+                    self.buffers.ready, limit is not None or self.stop.requested
+                )
+                if stopping:
+                    if not self.stop.requested:
+                        self.stop(limit or "another member of the training cluster stopped")
+                    break
+                if not ready:
                     progress.waiting(self.watcher, self.samples_loaded)
                     self.stop.event.wait(POLL_SECONDS)
                     next_poll = 0.0
@@ -404,13 +386,23 @@ def run_train(
                 if is_chief():  # first: a second trainer is refused before any slow start
                     held.enter_context(claim_store(Path(config.model.store), config.model.line))
                 limit_cpu(config.train)
-                strategy = make_strategy(config.train.strategy)
+                strategy = make_strategy(
+                    config.train.strategy, config.train.cluster_timeout_seconds
+                )
                 trainer = Trainer(config, strategy, stop)
             with on_stop_signals(stop):
                 return trainer.run(seconds, max_batches)
     except OSError as error:  # disk full, no permission: the user's to fix, in one line
         where = f" ({error.filename})" if error.filename else ""
         raise CharlesError(f"training stopped: {error.strerror or error}{where}") from None
+    except Exception as error:
+        if config.train.strategy == "multiworker" and is_collective_failure(error):
+            raise CharlesError(
+                "training stopped: another member of the training cluster stopped answering "
+                f"({one_line(str(error).strip().splitlines()[0] if str(error).strip() else error)}"
+                "); start every member again, they resume from the last checkpoint"
+            ) from None
+        raise
 
 
 def claim_store(store: Path, line: str) -> PublishingLock:
