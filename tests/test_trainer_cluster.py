@@ -156,3 +156,32 @@ def test_a_mirrored_batch_is_given_whole_to_every_replica() -> None:
     assert seen["replicas"] == 2
     assert seen["rows_per_replica"] == 8
     assert seen["rows_in_all"] == 16
+
+
+def test_a_member_told_to_stop_stops_the_whole_cluster_cleanly(tmp_path: Path) -> None:
+    """Stopping is decided together: SIGTERM to one member ends both between batches (the
+    chief publishing what was trained), instead of leaving the other alone in a batch's
+    all-reduce until the cluster timeout ends it with an error."""
+    write_shards(tmp_path / "data", 400, per_shard=20)
+    ports = free_ports(2)
+    members = [start_member(tmp_path, ports, index, "--seconds", "600") for index in (0, 1)]
+    try:
+        deadline = time.monotonic() + 240
+        while not versions(tmp_path / "models", "pilotnet_small"):  # training has begun
+            assert members[0].poll() is None, members[0].communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "the cluster never published"
+            time.sleep(0.5)
+        members[1].send_signal(signal.SIGTERM)
+        worker_code, worker_out, worker_err = finish(members[1], 60)
+        chief_code, chief_out, chief_err = finish(members[0], 60)
+    finally:
+        for member in members:
+            if member.poll() is None:
+                member.kill()
+    assert worker_code == 143, worker_err[-3000:]
+    assert "stopped by: SIGTERM" in worker_out
+    assert chief_code == 0, chief_err[-3000:]
+    assert "stopped by: another member of the training cluster stopped" in chief_out
+    assert "charles: error" not in chief_err + worker_err
+    trained = int(chief_out.split("model at batch ")[1].split()[0])
+    assert versions(tmp_path / "models", "pilotnet_small")[-1].manifest.batches == trained
