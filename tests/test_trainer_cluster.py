@@ -54,6 +54,15 @@ def start_member(tmp_path: Path, ports: list[int], index: int, *flags: str) -> s
     )  # fmt: skip
 
 
+def wait_for_a_version(tmp_path: Path, chief: subprocess.Popen) -> None:
+    """Until the chief published its first version: the cluster is training."""
+    deadline = time.monotonic() + 240
+    while not versions(tmp_path / "models", "pilotnet_small"):
+        assert chief.poll() is None, chief.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "the cluster never published"
+        time.sleep(0.5)
+
+
 def finish(member: subprocess.Popen, timeout: float) -> tuple[int, str, str]:
     try:
         out, err = member.communicate(timeout=timeout)
@@ -86,11 +95,7 @@ def test_a_member_killed_mid_run_ends_the_other_in_one_line(tmp_path: Path) -> N
     ports = free_ports(2)
     members = [start_member(tmp_path, ports, index, "--seconds", "600") for index in (0, 1)]
     try:
-        deadline = time.monotonic() + 240
-        while not versions(tmp_path / "models", "pilotnet_small"):  # training has begun
-            assert members[0].poll() is None, members[0].communicate()[1][-3000:]
-            assert time.monotonic() < deadline, "the cluster never published"
-            time.sleep(0.5)
+        wait_for_a_version(tmp_path, members[0])
         members[1].send_signal(signal.SIGKILL)
         started = time.monotonic()
         code, _, err = finish(members[0], 120)
@@ -166,11 +171,7 @@ def test_a_member_told_to_stop_stops_the_whole_cluster_cleanly(tmp_path: Path) -
     ports = free_ports(2)
     members = [start_member(tmp_path, ports, index, "--seconds", "600") for index in (0, 1)]
     try:
-        deadline = time.monotonic() + 240
-        while not versions(tmp_path / "models", "pilotnet_small"):  # training has begun
-            assert members[0].poll() is None, members[0].communicate()[1][-3000:]
-            assert time.monotonic() < deadline, "the cluster never published"
-            time.sleep(0.5)
+        wait_for_a_version(tmp_path, members[0])
         members[1].send_signal(signal.SIGTERM)
         worker_code, worker_out, worker_err = finish(members[1], 60)
         chief_code, chief_out, chief_err = finish(members[0], 60)
