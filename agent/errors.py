@@ -15,6 +15,10 @@ class CharlesError(Exception):
     """A problem the user can fix; `str(error)` is the whole message."""
 
     exit_status = 1
+    end_at_once = False
+    """After the message, end the process without Python's clean-up: for a runtime left in a
+    broken state (a training cluster whose collectives were aborted), whose finalizers would
+    print tracebacks or wait on peers that are gone."""
 
 
 class ConfigError(CharlesError):

@@ -36,6 +36,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.handler(args, config) or 0)
     except CharlesError as error:
         print(f"charles: error: {error}", file=sys.stderr)
+        if error.end_at_once:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(error.exit_status)
         return error.exit_status
     except StopRequested as stopped:
         print(f"charles: stopped by {stopped.reason} while starting", file=sys.stderr)

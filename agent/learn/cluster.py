@@ -126,6 +126,14 @@ class ClusterDecision:
         return not_ready == 0, stoppers > 0
 
 
+class ClusterFailure(CharlesError):
+    """Another member of the training cluster died or stopped answering. TensorFlow's
+    collective runtime is aborted then, and its clean-up at exit prints tracebacks (a thread
+    pool writing to a closed pipe), so the process ends right after the message."""
+
+    end_at_once = True
+
+
 def is_collective_failure(error: BaseException) -> bool:
     """Whether `error` is TensorFlow saying a collective step could not finish: a member died,
     hangs, or cannot be reached."""

@@ -51,6 +51,7 @@ from agent.errors import CharlesError, ModelError, one_line
 from agent.learn.buffers import BufferSet
 from agent.learn.cluster import (
     ClusterDecision,
+    ClusterFailure,
     cluster_part,
     is_chief,
     is_collective_failure,
@@ -397,7 +398,7 @@ def run_train(
         raise CharlesError(f"training stopped: {error.strerror or error}{where}") from None
     except Exception as error:
         if config.train.strategy == "multiworker" and is_collective_failure(error):
-            raise CharlesError(
+            raise ClusterFailure(
                 "training stopped: another member of the training cluster stopped answering "
                 f"({one_line(str(error).strip().splitlines()[0] if str(error).strip() else error)}"
                 "); start every member again, they resume from the last checkpoint"
