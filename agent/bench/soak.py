@@ -104,7 +104,7 @@ def soak(args: argparse.Namespace, config: Config, work: Path) -> dict[str, Any]
         subprocess.run(
             charles_command(
                 "collect", "--config", "config.toml", "--source", "autopilot", "--render",
-                "offscreen", "--seconds", "15", "--set", "collect.steering_noise=0.3",
+                "offscreen", "--seconds", "30", "--set", "collect.steering_noise=0.3",
             ),
             cwd=work, stdout=logs["collect"], stderr=subprocess.STDOUT, check=True,
         )  # fmt: skip

@@ -112,17 +112,26 @@ class ClusterDecision:
     """Whether this iteration trains and whether training stops, the same for every member."""
 
     def __init__(self, strategy: Any) -> None:
-        self._strategy = strategy if is_multi_worker(strategy) else None
+        self._sum: Any = None
+        if is_multi_worker(strategy):
+            tf = require_tensorflow()
+
+            # In a tf.function: run eagerly, every call logged TensorFlow's warning that a
+            # collective strategy is slow outside one.
+            @tf.function
+            def sum_over_members(votes: Any) -> Any:
+                per_replica = strategy.run(tf.identity, args=(votes,))
+                return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+            self._sum = sum_over_members
 
     def decide(self, ready: bool, stopping: bool) -> tuple[bool, bool]:
         """(every member is ready, some member is stopping); for one trainer, its own say."""
-        if self._strategy is None:
+        if self._sum is None:
             return ready, stopping
         tf = require_tensorflow()
         votes = tf.constant([0.0 if ready else 1.0, 1.0 if stopping else 0.0])
-        per_replica = self._strategy.run(lambda: tf.identity(votes))
-        total = self._strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
-        not_ready, stoppers = (float(value) for value in total.numpy())
+        not_ready, stoppers = (float(value) for value in self._sum(votes).numpy())
         return not_ready == 0, stoppers > 0
 
 

@@ -7,10 +7,10 @@ and no stream cost the car nothing. It runs at the recording's lower priority, o
 video clock rate, and skips slots it is late for rather than catching up (a viewer wants the
 newest picture, not every one). While the model sets the drive's pace (a big model on a CPU)
 and only the live view watches (a stream is a video: it gets a picture every slot), it draws
-at most `live.model_bound_fps` pictures a second: measured with model_0005 on 2 cores,
-two live viewers at 30 pictures a second cost 10% of PPS, although the thread is niced (the
-model's threads are not always busy; the drawing fills their gaps and takes memory bandwidth
-and cache from the next prediction).
+at most `live.model_bound_fps` pictures a second: measured with model_0005 on 2 cores, two
+live viewers cost 10% of PPS at 30 pictures a second (2.5% at 10), although the thread is
+niced (the model's threads are not always busy; the drawing fills their gaps and takes memory
+bandwidth and cache from the next prediction).
 """
 
 from __future__ import annotations
