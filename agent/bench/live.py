@@ -25,12 +25,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import logging
 import subprocess
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,8 +49,6 @@ from agent.game.pairing import FrameRecordListener
 from agent.game.stamp import BITS, read_stamp
 from agent.record.layout import GAME_BOX
 from agent.runtime.display import display_for_this_process
-
-log = logging.getLogger(__name__)
 
 PHASES = ("no viewer", "two viewers")
 GOALS = {"pilotnet_small": 0.02, "model_0005_inceptionresnetv2": 0.05}
@@ -144,7 +141,9 @@ def measure_phase(
     }
 
 
-def wait_until(what: str, ready: Any, process: subprocess.Popen[Any], log_file: Path) -> None:
+def wait_until(
+    what: str, ready: Callable[[], bool], process: subprocess.Popen[Any], log_file: Path
+) -> None:
     deadline = time.monotonic() + START_SECONDS
     while not ready():
         if process.poll() is not None:

@@ -46,11 +46,10 @@ WorkerCommand = Callable[[int, int], Sequence[str]]
 """(worker number, its start number: 0, then 1 after its first restart, ...) -> the command."""
 
 
-def worker_report(summary: CollectSummary | None = None, **counts: Any) -> str:
-    """One JSON line a worker prints: its counts so far, or its summary at the end."""
-    if summary is not None:
-        counts = {"final": True, **summary.__dict__}
-    return json.dumps(counts)
+def worker_report(summary: CollectSummary) -> str:
+    """The JSON line a worker prints at its end: its summary (its counts so far come from
+    agent.learn.sink's progress lines)."""
+    return json.dumps({"final": True, **summary.__dict__})
 
 
 @dataclass
