@@ -354,7 +354,7 @@ def _summary(
         swaps=swap_rows(final.swaps, started),
         rejections=rejection_rows(final.rejections, started),
         unstucks=final.unstucks,
-        command_gaps=command_gaps(list(counters.sent_at), busy),
+        command_gaps=command_gaps(counters.sent_at.array(), busy),
         recordings=tuple(recordings),
         backend=final.backend,
         latency_p99_ms=latency_p99,

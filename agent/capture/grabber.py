@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
 from typing import Any
 
 import numpy as np
@@ -20,6 +19,7 @@ from agent.errors import log_failure
 from agent.runtime.clock import SYSTEM_CLOCK, Clock
 from agent.runtime.liveness import Failures
 from agent.runtime.ratekeeper import RateKeeper
+from agent.runtime.ring import FloatRing
 from agent.runtime.slot import Slot
 from agent.types import Frame, Region
 
@@ -97,7 +97,7 @@ class Grabber:
         self._follow_until = 0.0
         self._gone: str | None = None
         """Why the window is gone, told by `window_gone` and not yet acted on."""
-        self.grab_seconds: deque[float] = deque(maxlen=200_000)
+        self.grab_seconds = FloatRing()
         """Seconds each grab took (the screen copy and its array), the newest ~2 hours."""
         self.requested = 0
         """Grabs made early because the drive loop asked for a fresh frame."""

@@ -53,6 +53,7 @@ from agent.drive.summary import ShownToCommand, percentiles_ms
 from agent.game.channel import FrameRecord
 from agent.game.pairing import KEPT_RECORDS, FrameRecordListener
 from agent.game.stamp import BITS, CELL, read_stamp
+from agent.runtime.ring import FloatRing
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ class RenderToCommand:
 
     def __init__(self, port: int, stamped: bool = False) -> None:
         self.stamped = stamped
-        self.latencies: deque[float] = deque(maxlen=KEPT_LATENCIES)
+        self.latencies = FloatRing(KEPT_LATENCIES)
         """Seconds from picture shown to command applied, oldest first."""
         self.recent: deque[Match] = deque(maxlen=KEPT_MATCHES)
         self.records = 0
@@ -172,7 +173,7 @@ class RenderToCommand:
     def percentiles_ms(self, points: Sequence[float] = (50, 95, 99)) -> list[float | None]:
         """The latency at each percentile in `points`, in milliseconds; None while none."""
         with self._lock:
-            seconds = list(self.latencies)
+            seconds = self.latencies.array()
         return percentiles_ms(seconds, points)
 
     def report(self) -> ShownToCommand:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -41,6 +40,7 @@ from agent.errors import CharlesError, log_failure
 from agent.inference.predictor import Predictor
 from agent.runtime.clock import SYSTEM_CLOCK, Clock
 from agent.runtime.liveness import Failures
+from agent.runtime.ring import FloatRing
 from agent.runtime.slot import Slot
 from agent.types import NEUTRAL, ControllerState, Frame, Tick
 
@@ -64,13 +64,13 @@ class LoopCounters:
     ticks: int = 0
     predictions: int = 0
     nonfinite: int = 0
-    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=200_000))
+    latencies: FloatRing = field(default_factory=FloatRing)
     """Capture -> command seconds of the predictions sent (the last ~2 hours at 30 PPS)."""
-    predict_seconds: deque[float] = field(default_factory=lambda: deque(maxlen=200_000))
+    predict_seconds: FloatRing = field(default_factory=FloatRing)
     """The predictor's own seconds per prediction, for the same predictions."""
-    preprocess_seconds: deque[float] = field(default_factory=lambda: deque(maxlen=200_000))
+    preprocess_seconds: FloatRing = field(default_factory=FloatRing)
     """Seconds turning each captured frame into the model's input (crop, resize, colours)."""
-    sent_at: deque[float] = field(default_factory=lambda: deque(maxlen=200_000))
+    sent_at: FloatRing = field(default_factory=FloatRing)
     """self._clock.now() of each command sent from a prediction (gaps between them = stalls)."""
 
 

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from agent.checkpoints.watcher import Rejection
 from agent.drive.hotswap import Swap
@@ -251,30 +252,30 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f} ms"
 
 
-def median_ms(seconds: Sequence[float]) -> float | None:
+def median_ms(seconds: npt.ArrayLike) -> float | None:
     """Median of `seconds` in milliseconds, rounded to 0.01; None when empty."""
     return percentiles_ms(seconds, (50,))[0]
 
 
-def percentiles_ms(seconds: Sequence[float], points: Sequence[float]) -> list[float | None]:
-    if not len(seconds):
+def percentiles_ms(seconds: npt.ArrayLike, points: Sequence[float]) -> list[float | None]:
+    """`seconds` (a list, an array or a FloatRing) at each percentile, in milliseconds."""
+    measured = np.asarray(seconds, dtype=np.float64)
+    if not measured.size:
         return [None for _ in points]
-    values = np.percentile(np.asarray(seconds, dtype=np.float64) * 1000.0, points)
+    values = np.percentile(measured * 1000.0, points)
     return [round(float(v), 2) for v in values]
 
 
-def command_gaps(
-    sent_at: Sequence[float], busy: Sequence[tuple[float, float]]
-) -> CommandGaps | None:
+def command_gaps(sent_at: npt.ArrayLike, busy: Sequence[tuple[float, float]]) -> CommandGaps | None:
     """Gaps between successive commands, split by whether a swap was under way.
 
     A gap lies "during swaps" when it overlaps any `busy` interval (a background load, or the
     instant of a switch). A swap nobody can see leaves the largest gap during swaps no bigger
     than the gaps outside them. Times in seconds in, milliseconds out; None for < 2 commands.
     """
-    if len(sent_at) < 2:
-        return None
     times = np.asarray(sent_at, dtype=np.float64)
+    if times.size < 2:
+        return None
     starts, ends = times[:-1], times[1:]
     gaps = (ends - starts) * 1000.0
     during = np.zeros(len(gaps), dtype=bool)
