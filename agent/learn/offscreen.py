@@ -13,7 +13,9 @@ Sources:
   for a `1 - collect.autopilot_share` share of the time, the autopilot the rest; every frame
   is labelled with what the autopilot would have done. The agent's command takes effect one
   physics step after its frame, like the latency of a real drive. Frames the agent drives
-  join the steering set only (see STEERING_ONLY's comment).
+  join the steering set only (see STEERING_ONLY's comment). With `model.checkpoint =
+  "latest"` the agent follows the store: at each new track it takes a newer version if one
+  was published, so a collector beside a running trainer keeps driving its newest weights.
 Both may add steering disturbances (`collect.steering_noise`): the car is pushed off its line
 now and then while the labels stay the autopilot's clean commands, so the data shows how to
 get back.
@@ -23,12 +25,14 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from agent.config import Config
 from agent.drive.control import ControlMapper
+from agent.errors import CharlesError, warn_once
 from agent.game.autopilot import Autopilot
 from agent.game.camera import OffscreenCamera
 from agent.game.sim import PHYSICS_HZ, HostedCarRacing
@@ -138,6 +142,8 @@ def collect_offscreen(
             if over or episode_step >= EPISODE_SECONDS * PHYSICS_HZ:
                 seed += 1
                 tracks.append(seed)
+                if agent is not None:
+                    follow_newest(agent, config)
                 env.reset(seed=seed)
                 autopilot.reset()
                 mapper.reset()
@@ -173,3 +179,25 @@ def load_agent(config: Config) -> Predictor:
     predictor = Predictor.load(config.model.line, checkpoint, config.model.pretrained)
     log.info("dagger: the agent drives with %s", predictor.name)
     return predictor
+
+
+def follow_newest(agent: Predictor, config: Config) -> None:
+    """Fill `agent` with the newest intact version of the store when it is newer than the one
+    it holds (`model.checkpoint = "latest"` only: a named checkpoint stays). A store that
+    cannot be read is logged, and the agent drives on with what it has."""
+    from agent.checkpoints.load import load_into
+    from agent.checkpoints.resolve import latest
+
+    if config.model.checkpoint != "latest":
+        return
+    try:
+        newest = latest(Path(config.model.store), config.model.line, fits=agent.model)
+        if newest is None or (agent.checkpoint and agent.checkpoint.folder == newest.folder):
+            return
+        load_into(agent.model, newest, config.model.line)
+    except CharlesError as error:
+        warn_once(log, f"dagger: the agent keeps {agent.name}: {error}")
+        return
+    agent.checkpoint, agent.name = newest, newest.name
+    agent.weights_changed()
+    log.info("dagger: the agent now drives with %s", agent.name)
