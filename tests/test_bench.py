@@ -244,3 +244,33 @@ def test_bench_intake_times_the_watchers_polls(capsys: pytest.CaptureFixture[str
     figures = ["first_poll_ms", "backlog_poll_ms", "idle_poll_ms", "poll_after_new_shard_ms",
                "name_order_listing_ms"]  # fmt: skip
     assert all(result[key] > 0 for key in figures)
+
+
+def test_live_learning_gives_the_publishing_minute_of_the_first_version_over_each_mark(
+    tmp_path,  # type: ignore[no-untyped-def]
+) -> None:
+    from agent.bench.learn import Run
+    from agent.bench.learn_live import Evaluation, minutes_to, plot_live
+
+    def scored(version: str, published: float, mean: float) -> Evaluation:
+        runs = [Run(version, seed, mean, 100.0, True, 30.0) for seed in (1, 2)]
+        return Evaluation(version, 1000, published, published + 1, published + 5, mean, runs)
+
+    # Scored out of order of quality: the 800 mark falls to v0003, although v0004 fell back.
+    evaluations = [scored("v0001", 1.5, 120.0), scored("v0002", 6.0, 720.0),
+                   scored("v0003", 11.0, 830.0), scored("v0004", 15.2, 790.0)]  # fmt: skip
+    assert minutes_to(evaluations) == {"700": 6.0, "800": 11.0, "900": None}
+    assert minutes_to([]) == {"700": None, "800": None, "900": None}
+    plot_live(tmp_path / "plot.png", evaluations, 15.0)
+    picture = cv2.imread(str(tmp_path / "plot.png"))
+    assert picture is not None and picture.shape == (500, 800, 3)
+
+
+def test_live_learning_takes_the_newest_numbered_version(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from agent.bench.learn_live import _newest
+
+    assert _newest(tmp_path / "absent") is None
+    for name in ("v0002", "v0010", "v0009", ".staging-x", "notes"):
+        (tmp_path / name).mkdir()
+    newest = _newest(tmp_path)
+    assert newest is not None and newest.name == "v0010"

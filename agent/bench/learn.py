@@ -84,6 +84,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--buffer", type=positive_int, default=4000, help="train.buffer_size (default: %(default)s)"
     )
     parser.add_argument("--skip-eval", action="store_true", help="only collect and train")
+    from agent.bench.learn_live import add_arguments as add_live_arguments
+
+    add_live_arguments(parser)
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
@@ -99,6 +102,10 @@ def run(args: argparse.Namespace, config: Config) -> int:
     write_config(work, config)
     # One display for every game and drive of the evaluation (each would start its own).
     with display_for_this_process():
+        if args.live:
+            from agent.bench.learn_live import run_live
+
+            return run_live(args, work, seeds)
         return _run(args, work, seeds)
 
 
@@ -108,20 +115,20 @@ def _run(args: argparse.Namespace, work: Path, seeds: list[int]) -> int:
     phases = {}
     phases["collect_bc"] = bench.charles(
         "collect", "--source", "autopilot", "--render", "offscreen",
-        "--seconds", str(60 * args.collect_minutes), *_sets([*COLLECT_SETTINGS,
+        "--seconds", str(60 * args.collect_minutes), *sets([*COLLECT_SETTINGS,
         f"collect.seed={BC_SEED}"]),
     )  # fmt: skip
     phases["train_bc"] = bench.charles(
-        "train", "--seconds", str(60 * args.train_minutes), *_sets(train_settings)
+        "train", "--seconds", str(60 * args.train_minutes), *sets(train_settings)
     )
     bc = bench.newest_version()
     phases["collect_dagger"] = bench.charles(
         "collect", "--source", "dagger", "--render", "offscreen",
-        "--seconds", str(60 * args.dagger_collect_minutes), *_sets([*COLLECT_SETTINGS,
+        "--seconds", str(60 * args.dagger_collect_minutes), *sets([*COLLECT_SETTINGS,
         f"collect.seed={DAGGER_SEED}", "collect.autopilot_share=0.5"]),
     )  # fmt: skip
     phases["train_dagger"] = bench.charles(
-        "train", "--seconds", str(60 * args.dagger_train_minutes), *_sets(train_settings)
+        "train", "--seconds", str(60 * args.dagger_train_minutes), *sets(train_settings)
     )
     dagger = bench.newest_version()
     batches = {"bc": bench.batches(bc), "dagger": bench.batches(dagger)}
@@ -153,11 +160,11 @@ def _run(args: argparse.Namespace, work: Path, seeds: list[int]) -> int:
     return 0
 
 
-def _sets(settings: list[str]) -> list[str]:
+def sets(settings: list[str]) -> list[str]:
     return [item for setting in settings for item in ("--set", setting)]
 
 
-def _progress(text: str) -> None:
+def progress(text: str) -> None:
     """A progress line: on stderr, so stdout is the result alone."""
     print(text, file=sys.stderr, flush=True)
 
@@ -176,14 +183,14 @@ class Bench:
         """Run one charles command in the work folder; returns its wall seconds."""
         started = time.monotonic()
         log = self.work / f"{args[0]}-{int(time.time())}.log"
-        _progress(f"[bench] charles {' '.join(args)}  (log: {log.name})")
+        progress(f"[bench] charles {' '.join(args)}  (log: {log.name})")
         with log.open("w") as out:
             status = subprocess.call(self.command(*args), cwd=self.work, stdout=out, stderr=out)
         if status not in (0, 130, 143):
             raise CharlesError(f"charles {args[0]} failed with status {status}; see {log}")
         seconds = time.monotonic() - started
         tail = log.read_text().strip().splitlines()[-6:]
-        _progress("\n".join(f"    {line}" for line in tail))
+        progress("\n".join(f"    {line}" for line in tail))
         return seconds
 
     def newest_version(self) -> Path:
@@ -237,7 +244,7 @@ class Bench:
                         process.wait(timeout=15)
                     except subprocess.TimeoutExpired:
                         process.kill()
-        _progress(
+        progress(
             f"[bench] {policy:9s} seed {seed}: score {run.score:7.1f}, "
             f"{run.distance:6.0f} m, {'lap done' if run.finished else 'cap'} "
             f"after {run.seconds:.1f} s"
@@ -323,7 +330,7 @@ def plot(path: Path, report: dict, runs: list[Run]) -> None:
     means = {p: float(np.nanmean([r.score for r in runs if r.policy == p])) for _, p in points}
     autopilot = float(np.nanmean([r.score for r in runs if r.policy == "autopilot"]))
     if not all(np.isfinite([*means.values(), autopilot])):
-        _progress("plot: skipped (a policy has no finished evaluation)")
+        progress("plot: skipped (a policy has no finished evaluation)")
         return
     width, height, margin = 800, 500, 70
     image = np.full((height, width, 3), 255, np.uint8)
@@ -358,4 +365,4 @@ def plot(path: Path, report: dict, runs: list[Run]) -> None:
     cv2.putText(image, f"training minutes (0 - {span_x:.1f})", (width // 2 - 80, height - 20), 0,
                 0.5, (0, 0, 0), 1)  # fmt: skip
     cv2.imwrite(str(path), image)
-    _progress(f"plot: {path}")
+    progress(f"plot: {path}")
