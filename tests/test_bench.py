@@ -274,3 +274,12 @@ def test_live_learning_takes_the_newest_numbered_version(tmp_path) -> None:  # t
         (tmp_path / name).mkdir()
     newest = _newest(tmp_path)
     assert newest is not None and newest.name == "v0010"
+
+
+def test_bench_learn_live_is_not_the_drives_live_view(capsys: pytest.CaptureFixture[str]) -> None:
+    """`--live` of `charles bench learn` names the live benchmark, not `charles drive --live`'s
+    server (once read as live.address = true, which the config refused). Bad seeds stop it
+    right after the config is read, before anything starts."""
+    assert main(["bench", "learn", "--live", "--seeds", "x", "--config", CONFIG]) == 1
+    err = capsys.readouterr().err
+    assert "--seeds takes whole numbers" in err and "live.address" not in err

@@ -102,7 +102,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
     write_config(work, config)
     # One display for every game and drive of the evaluation (each would start its own).
     with display_for_this_process():
-        if args.live:
+        if args.learn_live:
             from agent.bench.learn_live import run_live
 
             return run_live(args, work, seeds)

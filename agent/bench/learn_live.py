@@ -76,7 +76,7 @@ class Evaluation:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """--live and its own flags, beside `charles bench learn`'s."""
     parser.add_argument(
-        "--live", action="store_true",
+        "--live", action="store_true", dest="learn_live",  # "live" is the drive's live view
         help="learn from random weights with collection, training and evaluation at once",
     )  # fmt: skip
     parser.add_argument(
