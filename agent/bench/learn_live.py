@@ -106,7 +106,9 @@ def run_live(args: argparse.Namespace, work: Path, seeds: list[int]) -> int:
     learners = Learners(bench, started)
     evaluations: list[Evaluation] = []
     try:
-        learners.start("train", "--seconds", str(60 * args.minutes + 600), *sets(train_settings))
+        learners.start(
+            "train", "train", "--seconds", str(60 * args.minutes + 600), *sets(train_settings)
+        )
         collector = threading.Thread(
             target=learners.collect_in_turn,
             args=(args.autopilot_minutes, deadline, store),
@@ -171,11 +173,12 @@ class Learners:
         self._lock = threading.Lock()
 
     def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        """`charles ARGS` as the learner `name` (its log: `name`.log in the work folder)."""
         log = self.bench.work / f"{name}.log"
-        progress(f"[bench] charles {' '.join(args)}  (log: {log.name})")
         with self._lock:
             if self._stopping.is_set():
                 raise _Stopped
+            progress(f"[bench] charles {' '.join(args)}  (log: {log.name})")
             process = subprocess.Popen(
                 self.bench.command(*args), cwd=self.bench.work, stdout=log.open("w"),
                 stderr=subprocess.STDOUT,
@@ -191,8 +194,9 @@ class Learners:
         try:
             self._collect("collect-autopilot", "autopilot", 60 * autopilot_minutes,
                           [f"collect.seed={AUTOPILOT_SEED}"])  # fmt: skip
-            while _newest(store) is None and not self._stopping.wait(2.0):
-                pass
+            while _newest(store) is None:
+                if self._stopping.wait(2.0):
+                    return
             left = deadline - time.monotonic()
             if left > 0:
                 self._collect("collect-dagger", "dagger", left, [
