@@ -56,6 +56,7 @@ THRESHOLDS = (700, 800, 900)
 LEARNER_NICENESS = 10
 LEARNER_SETTINGS = [
     "train.start_from=pretrained",  # model.pretrained "none": random weights
+    "train.start_fill=0.5",  # a first version sooner: 4 minutes of autopilot fill 69% of throttle
     "train.nice=10",
 ]
 
@@ -180,7 +181,7 @@ class Learners:
                 raise _Stopped
             progress(f"[bench] charles {' '.join(args)}  (log: {log.name})")
             process = subprocess.Popen(
-                self.bench.command(*args), cwd=self.bench.work, stdout=log.open("w"),
+                self.bench.command(*args), cwd=self.bench.work, stdout=log.open("a"),
                 stderr=subprocess.STDOUT,
             )  # fmt: skip
             # The child has no children yet; the trainer lowers its own priority too.
@@ -192,11 +193,15 @@ class Learners:
     def collect_in_turn(self, autopilot_minutes: float, deadline: float, store: Path) -> None:
         """Autopilot first; dagger, driven by the newest version, once one exists."""
         try:
+            seed = AUTOPILOT_SEED
             self._collect("collect-autopilot", "autopilot", 60 * autopilot_minutes,
-                          [f"collect.seed={AUTOPILOT_SEED}"])  # fmt: skip
+                          [f"collect.seed={seed}"])  # fmt: skip
+            # Until the trainer published (its buffers filled), dagger has nothing to drive
+            # with and would take the shipped checkpoint: the autopilot goes on a minute at a
+            # time, on new tracks.
             while _newest(store) is None:
-                if self._stopping.wait(2.0):
-                    return
+                seed += 100
+                self._collect("collect-autopilot", "autopilot", 60.0, [f"collect.seed={seed}"])
             left = deadline - time.monotonic()
             if left > 0:
                 self._collect("collect-dagger", "dagger", left, [
