@@ -106,6 +106,10 @@ def run_live(args: argparse.Namespace, work: Path, seeds: list[int]) -> int:
     deadline = time.monotonic() + 60 * args.minutes
     learners = Learners(bench, started)
     evaluations: list[Evaluation] = []
+    # Learning stops on time even while the evaluator is busy scoring a version.
+    timer = threading.Timer(60 * args.minutes, learners.stop)
+    timer.daemon = True
+    timer.start()
     try:
         learners.start(
             "train", "train", "--seconds", str(60 * args.minutes + 600), *sets(train_settings)
@@ -117,7 +121,7 @@ def run_live(args: argparse.Namespace, work: Path, seeds: list[int]) -> int:
             daemon=True,
         )
         collector.start()
-        while time.monotonic() < deadline:
+        while not learners.stopping:
             learners.check()
             newest = _newest(store)
             if newest is None or (evaluations and evaluations[-1].version == newest.name):
@@ -125,6 +129,7 @@ def run_live(args: argparse.Namespace, work: Path, seeds: list[int]) -> int:
                 continue
             evaluations.append(_evaluate(bench, newest, seeds, args.cap, started))
     finally:
+        timer.cancel()
         learners.stop()
     newest = _newest(store)
     if newest is not None and (not evaluations or evaluations[-1].version != newest.name):
@@ -233,12 +238,18 @@ class Learners:
                         f"{self.bench.work / (name + '.log')}"
                     )
 
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
     def stop(self) -> None:
-        """SIGINT to every learner (the trainer publishes what it has), then wait."""
+        """SIGINT to every learner (the trainer publishes what it has), then wait for them.
+        Safe to call again, from any thread: a learner gets one SIGINT."""
         with self._lock:
+            first = not self._stopping.is_set()
             self._stopping.set()
             running = [p for p in self._processes.values() if p.poll() is None]
-        for process in running:
+        for process in running if first else ():
             process.send_signal(signal.SIGINT)
         for process in running:
             try:
