@@ -102,7 +102,7 @@ def run_live(args: argparse.Namespace, work: Path, seeds: list[int]) -> int:
         *TRAIN_SETTINGS, f"train.buffer_size={args.buffer}",
         f"train.publish_seconds={args.publish_seconds}", *LEARNER_SETTINGS,
     ]  # fmt: skip
-    started = time.time()
+    started = time.time()  # wall clock: each version's minute comes from its manifest's `created`
     deadline = time.monotonic() + 60 * args.minutes
     learners = Learners(bench, started)
     evaluations: list[Evaluation] = []
