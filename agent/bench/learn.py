@@ -42,6 +42,7 @@ from agent.game.channel import ask_identity, free_udp_port
 from agent.runtime.display import display_for_this_process
 
 EVAL_SEEDS = (1, 2, 3, 4, 5)
+POLICIES = ("autopilot", "untrained", "bc", "dagger")
 BC_SEED = 1000
 DAGGER_SEED = 2000
 # The recipe's settings (also what the reference checkpoint's manifest records).
@@ -84,6 +85,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--buffer", type=positive_int, default=4000, help="train.buffer_size (default: %(default)s)"
     )
     parser.add_argument("--skip-eval", action="store_true", help="only collect and train")
+    parser.add_argument(
+        "--policies", default=",".join(POLICIES),
+        help="the policies evaluated, with commas (default: %(default)s)",
+    )  # fmt: skip
     from agent.bench.learn_live import add_arguments as add_live_arguments
 
     add_live_arguments(parser)
@@ -133,12 +138,12 @@ def _run(args: argparse.Namespace, work: Path, seeds: list[int]) -> int:
     dagger = bench.newest_version()
     batches = {"bc": bench.batches(bc), "dagger": bench.batches(dagger)}
     runs: list[Run] = []
+    checkpoints = {"autopilot": "", "untrained": "none", "bc": str(bc), "dagger": str(dagger)}
     if not args.skip_eval:
         for seed in seeds:
-            runs.append(bench.evaluate("autopilot", seed, args.cap))
-            runs.append(bench.evaluate("untrained", seed, args.cap, checkpoint="none"))
-            runs.append(bench.evaluate("bc", seed, args.cap, checkpoint=str(bc)))
-            runs.append(bench.evaluate("dagger", seed, args.cap, checkpoint=str(dagger)))
+            for policy in POLICIES:
+                if policy in args.policies.split(","):
+                    runs.append(bench.evaluate(policy, seed, args.cap, checkpoints[policy]))
     minutes = {name: seconds / 60 for name, seconds in phases.items()}
     report = {
         "work": str(work),
@@ -311,8 +316,10 @@ def print_table(report: dict, runs: list[Run], seeds: list[int]) -> None:
     header = "policy     " + "".join(f"  seed {s:<13d}" for s in seeds) + "  mean score  mean m"
     print(header)
     print("           " + "".join("  score    metres " for _ in seeds))
-    for policy in ("autopilot", "untrained", "bc", "dagger"):
+    for policy in POLICIES:
         mine = [r for r in runs if r.policy == policy]
+        if not mine:
+            continue
         cells = "".join(f"  {r.score:7.1f} {r.distance:7.0f}  " for r in mine)
         mean = float(np.mean([r.score for r in mine]))
         metres = float(np.mean([r.distance for r in mine]))
@@ -327,6 +334,9 @@ def plot(path: Path, report: dict, runs: list[Run]) -> None:
         (minutes["train_bc"], "bc"),
         (minutes["train_bc"] + minutes["train_dagger"], "dagger"),
     ]
+    if {run.policy for run in runs} != set(POLICIES):
+        progress("plot: skipped (it needs every policy evaluated)")
+        return
     means = {p: float(np.nanmean([r.score for r in runs if r.policy == p])) for _, p in points}
     autopilot = float(np.nanmean([r.score for r in runs if r.policy == "autopilot"]))
     if not all(np.isfinite([*means.values(), autopilot])):
