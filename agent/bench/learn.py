@@ -200,7 +200,14 @@ class Bench:
 
     def newest_version(self) -> Path:
         root = self.work / "models" / "pilotnet_small"
-        versions = sorted(p for p in root.iterdir() if p.name.startswith("v"))
+        versions = (
+            sorted(p for p in root.iterdir() if p.name.startswith("v")) if root.is_dir() else []
+        )
+        if not versions:
+            raise CharlesError(
+                f"charles train published no version into {root}; see the newest train-*.log "
+                f"in {self.work} (its buffers may never have reached train.start_fill)"
+            )
         return versions[-1]
 
     def batches(self, folder: Path) -> int:
