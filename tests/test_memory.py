@@ -44,3 +44,12 @@ def test_a_picture_sized_block_gets_its_own_mapping_after_a_larger_one_was_freed
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert int(result.stdout.strip()) == mapped
+
+
+@pytest.mark.parametrize(
+    ("command", "in_heap"), [("drive", False), ("train", False), ("collect", True)]
+)
+def test_only_the_collector_keeps_glibcs_own_threshold(command: str, in_heap: bool) -> None:
+    from agent.cli.parser import build_parser
+
+    assert build_parser().parse_args([command]).large_blocks_in_heap is in_heap

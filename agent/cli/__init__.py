@@ -25,10 +25,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `charles` console script and `python -m agent`."""
     # TensorFlow's C++ start-up chatter is noise for a user; real errors still surface.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    # Drives, trainers and collectors run for days: large blocks go back to the system.
-    return_large_blocks_to_the_system()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    if not args.large_blocks_in_heap:
+        # Drives and trainers run for days: large blocks go back to the system.
+        return_large_blocks_to_the_system()
     try:
         if args.handler_without_config is not None:
             return int(args.handler_without_config(args) or 0)

