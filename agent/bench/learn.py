@@ -1,6 +1,8 @@
 """`charles bench learn`: collect, train, then drive unseen tracks through window capture.
 
-Every phase is a real `charles` command in its own process, in a fresh work folder:
+Every phase is a real `charles` command in its own process, in a fresh work folder, and does a
+fixed amount of work (frames collected, batches trained), so the checkpoints are the same
+recipe on any machine and only the minutes differ:
 1. behaviour cloning: `charles collect --source autopilot --render offscreen` on tracks from
    seed 1000 up, then `charles train`;
 2. dagger: `charles collect --source dagger` (the BC checkpoint drives half the time, the
@@ -73,10 +75,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The learning benchmark's own flags (--config, --set and --json come from the CLI)."""
     parser.add_argument("--work", type=Path, default=None,
                         help="work folder (default: a new bench-learn/<time>/)")  # fmt: skip
-    parser.add_argument("--collect-minutes", type=positive_float, default=4.0)
-    parser.add_argument("--train-minutes", type=positive_float, default=4.0)
-    parser.add_argument("--dagger-collect-minutes", type=positive_float, default=2.0)
-    parser.add_argument("--dagger-train-minutes", type=positive_float, default=3.0)
+    # The reference checkpoint's amounts (its manifest: 24,164 frames, 3,355 + 919 batches),
+    # rounded. Time limits would make the recipe depend on the machine's speed: on a machine
+    # half as fast, 4 minutes of autopilot did not fill the buffers enough to start training.
+    parser.add_argument("--collect-frames", type=positive_int, default=24_000)
+    parser.add_argument("--train-batches", type=positive_int, default=3_400)
+    parser.add_argument("--dagger-collect-frames", type=positive_int, default=8_000)
+    parser.add_argument("--dagger-train-batches", type=positive_int, default=900)
+    parser.add_argument(
+        "--phase-minutes", type=positive_float, default=30.0,
+        help="longest any collect or train phase may run (default: %(default)s)",
+    )  # fmt: skip
     parser.add_argument(
         "--cap", type=positive_float, default=60.0, help="seconds of driving per run"
     )
@@ -117,23 +126,25 @@ def run(args: argparse.Namespace, config: Config) -> int:
 def _run(args: argparse.Namespace, work: Path, seeds: list[int]) -> int:
     bench = Bench(work, set_flags(args.set))
     train_settings = [*TRAIN_SETTINGS, f"train.buffer_size={args.buffer}"]
+    # A phase that cannot finish its amount (buffers that never fill) ends here, not never.
+    cap = ("--seconds", str(60 * args.phase_minutes))
     phases = {}
     phases["collect_bc"] = bench.charles(
         "collect", "--source", "autopilot", "--render", "offscreen",
-        "--seconds", str(60 * args.collect_minutes), *sets([*COLLECT_SETTINGS,
+        "--frames", str(args.collect_frames), *cap, *sets([*COLLECT_SETTINGS,
         f"collect.seed={BC_SEED}"]),
     )  # fmt: skip
     phases["train_bc"] = bench.charles(
-        "train", "--seconds", str(60 * args.train_minutes), *sets(train_settings)
+        "train", "--batches", str(args.train_batches), *cap, *sets(train_settings)
     )
     bc = bench.newest_version()
     phases["collect_dagger"] = bench.charles(
         "collect", "--source", "dagger", "--render", "offscreen",
-        "--seconds", str(60 * args.dagger_collect_minutes), *sets([*COLLECT_SETTINGS,
+        "--frames", str(args.dagger_collect_frames), *cap, *sets([*COLLECT_SETTINGS,
         f"collect.seed={DAGGER_SEED}", "collect.autopilot_share=0.5"]),
     )  # fmt: skip
     phases["train_dagger"] = bench.charles(
-        "train", "--seconds", str(60 * args.dagger_train_minutes), *sets(train_settings)
+        "train", "--batches", str(args.dagger_train_batches), *cap, *sets(train_settings)
     )
     dagger = bench.newest_version()
     batches = {"bc": bench.batches(bc), "dagger": bench.batches(dagger)}
@@ -148,6 +159,7 @@ def _run(args: argparse.Namespace, work: Path, seeds: list[int]) -> int:
     report = {
         "work": str(work),
         "minutes": minutes,
+        "frames": {"bc": args.collect_frames, "dagger": args.dagger_collect_frames},
         "batches": batches,
         "checkpoints": {"bc": str(bc), "dagger": str(dagger)},
         "cap_seconds": args.cap,
@@ -308,9 +320,11 @@ def print_table(report: dict, runs: list[Run], seeds: list[int]) -> None:
     train = minutes["train_bc"] + minutes["train_dagger"]
     print()
     print(f"work folder: {report['work']} ({report['cpu_cores']} CPU cores)")
+    frames = report["frames"]
     print(
-        f"collection: {minutes['collect_bc']:.1f} min autopilot + "
-        f"{minutes['collect_dagger']:.1f} min dagger = {collect:.1f} min; "
+        f"collection: {frames['bc']} frames autopilot in {minutes['collect_bc']:.1f} min + "
+        f"{frames['dagger']} frames dagger in {minutes['collect_dagger']:.1f} min = "
+        f"{collect:.1f} min; "
         f"training: {minutes['train_bc']:.1f} + {minutes['train_dagger']:.1f} = {train:.1f} min "
         f"(wall time of each command, start-up included); total {collect + train:.1f} min"
     )
