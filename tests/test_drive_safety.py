@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from agent.game.channel import free_udp_port
-from agent.game.launcher import BundledGame, spawn_logged
+from agent.game.launcher import BundledGame, remove_folders_left_behind, spawn_logged
 from agent.game.telemetry import read_last_telemetry
 from tests.helpers.charles import REPO
 from tests.helpers.drives import (
@@ -159,7 +159,10 @@ def test_a_game_another_drive_started_is_never_adopted(x_display: str, tmp_path:
 def test_kill_9_leaves_no_game_and_no_xvfb_behind(tmp_path: Path) -> None:
     store = tmp_path / "models"
     publish_constant_driver(store, throttle=0.5, steering=0.0)
-    drive = Drive(drive_command(store, free_udp_port(), "--json"), tmp_path, without_display())
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    env = {**without_display(), "TMPDIR": str(temporary)}
+    drive = Drive(drive_command(store, free_udp_port(), "--json"), tmp_path, env)
     drive.wait_for_log("driving 'Charles CarRacing'")
     helpers = children_of(drive.process.pid)
     names = {pid: Path(f"/proc/{pid}/cmdline").read_bytes() for pid in helpers}
@@ -170,6 +173,34 @@ def test_kill_9_leaves_no_game_and_no_xvfb_behind(tmp_path: Path) -> None:
     wait_until(
         lambda: not any(running(pid) for pid in helpers), 15, f"{names} to exit after kill -9"
     )
+    # The game's folder (log, telemetry) outlives a drive killed -9; the next launch removes it.
+    left = list(temporary.glob(f"charles-game-{drive.process.pid}-*"))
+    assert len(left) == 1 and (left[0] / "game.log").exists(), left
+    assert remove_folders_left_behind(temporary) == left
+    assert not left[0].exists()
+
+
+def test_only_folders_of_dead_drives_are_removed(tmp_path: Path) -> None:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    victim = tmp_path / "precious"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("keep me")
+    folders = {
+        "dead drive": tmp_path / f"charles-game-{dead.pid}-abc",
+        "living process": tmp_path / f"charles-game-{os.getppid()}-abc",
+        "this process": tmp_path / f"charles-game-{os.getpid()}-abc",
+        "not a pid": tmp_path / "charles-game-x1-abc",
+    }
+    for folder in folders.values():
+        folder.mkdir()
+        (folder / "game.log").write_text("log")
+    (folders["dead drive"] / "link").symlink_to(victim)  # inside: never followed
+    link = tmp_path / f"charles-game-{dead.pid}-link"
+    link.symlink_to(victim)  # a link named like a dead drive's folder: not a folder of ours
+    assert remove_folders_left_behind(tmp_path) == [folders["dead drive"]]
+    assert [name for name, folder in folders.items() if not folder.exists()] == ["dead drive"]
+    assert link.is_symlink() and (victim / "keep.txt").read_text() == "keep me"
 
 
 @pytest.mark.parametrize(

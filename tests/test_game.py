@@ -6,6 +6,8 @@ judge it from its window and its telemetry file.
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import json
 import math
 import os
@@ -305,6 +307,65 @@ def test_read_last_telemetry_skips_a_partial_line(tmp_path: Path) -> None:
     assert last["on_track"] is True
     path.write_text('{"t": 1.0}')  # no newline yet: still being written
     assert read_last_telemetry(path) is None
+
+
+def _samples(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _record(t: float) -> TelemetryRecord:
+    return TelemetryRecord(
+        t=t, episode=1, speed=1.5, on_track=True, score=0.0, distance=0.0, tiles=0.0,
+        heading=0.0, steering=0.0, accelerate=1.0, brake=0.0, source="none", paused=False,
+        resets=0, x=1.0, y=-2.0,
+    )  # fmt: skip
+
+
+def test_a_capped_telemetry_file_starts_again_and_keeps_the_one_before(tmp_path: Path) -> None:
+    path = tmp_path / "telemetry.jsonl"
+    victim = tmp_path / "notes.txt"
+    victim.write_text("keep me")
+    (tmp_path / "telemetry.jsonl.1").symlink_to(victim)  # replaced, never written through
+    writer = TelemetryWriter(path, max_bytes=2000)
+    for n in range(200):
+        writer.write(_record(n / 10))
+    writer.close()
+    newer, older = _samples(path), _samples(tmp_path / "telemetry.jsonl.1")
+    assert path.stat().st_size <= 2000 and (tmp_path / "telemetry.jsonl.1").stat().st_size <= 2000
+    assert older and newer
+    assert [round(r["t"], 1) for r in older + newer] == [
+        round(n / 10, 1) for n in range(200 - len(older) - len(newer), 200)
+    ]  # nothing lost between the two files, newest last
+    assert victim.read_text() == "keep me"
+    assert read_last_telemetry(path)["t"] == pytest.approx(19.9)
+    path.unlink()  # the moment between moving FILE aside and writing the new one
+    assert read_last_telemetry(path)["t"] == pytest.approx(older[-1]["t"])
+
+
+def test_a_game_charles_starts_caps_its_telemetry(
+    x_display: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The game a drive starts runs as long as the drive: days. Its telemetry file is capped
+    (the real game, with the cap the drive gives it scaled down to 2 kB to see it work)."""
+    from agent.game.launcher import TELEMETRY_MAX_MB, launch_game
+    from agent.game.options import add_game_arguments, options_from_args
+
+    monkeypatch.setenv("DISPLAY", x_display)
+    with contextlib.ExitStack() as stack:
+        game = launch_game(free_udp_port(), (320, 180), stack)
+        assert game.launch is not None
+        parser = argparse.ArgumentParser()
+        add_game_arguments(parser)
+        options = options_from_args(parser.parse_args(list(game.launch.command[3:])))
+        assert options.telemetry_max_bytes == int(TELEMETRY_MAX_MB * 1e6)
+    telemetry = tmp_path / "telemetry.jsonl"
+    command = [
+        sys.executable, "-m", "agent.game", "--size", "320x180", "--port", str(free_udp_port()),
+        "--telemetry", str(telemetry), "--telemetry-max-mb", "0.002", "--seconds", "4",
+    ]  # fmt: skip
+    subprocess.run(command, env=display_env(x_display), timeout=60, check=True)
+    assert telemetry.stat().st_size <= 2000
+    assert 0 < (tmp_path / "telemetry.jsonl.1").stat().st_size <= 2000
 
 
 @pytest.mark.parametrize("port", [0, 80, 1023, 65536])

@@ -64,7 +64,7 @@ def run_game(options: GameOptions) -> int:
         telemetry = None
         if options.telemetry is not None:
             try:
-                telemetry = TelemetryWriter(options.telemetry)
+                telemetry = TelemetryWriter(options.telemetry, options.telemetry_max_bytes)
             except OSError as error:
                 raise GameError(f"cannot write telemetry to {options.telemetry}: {error}") from None
             stack.callback(telemetry.close)

@@ -13,7 +13,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -29,8 +31,14 @@ from agent.runtime.processes import stop_process
 
 log = logging.getLogger(__name__)
 
+FOLDER_PREFIX = "charles-game-"
+"""A started game's folder in the temporary folder: charles-game-<drive's pid>-<random>."""
 STOP_TIMEOUT = 10.0
 """Seconds the game gets to quit on SIGTERM before it is killed."""
+TELEMETRY_MAX_MB = 8.0
+"""The telemetry file of a game Charles starts: ~55 minutes of it, at most twice that kept
+(the drive reads only its last record; a drive that runs for days would otherwise leave
+~200 MB a day in the temporary folder)."""
 
 
 class GameStartError(CharlesError):
@@ -194,18 +202,48 @@ def launch_game(
     port: int, size: tuple[int, ...], stack: contextlib.ExitStack, extra_args: Sequence[str] = ()
 ) -> BundledGame:
     """Start the bundled game for this process; `extra_args` are more `agent.game` flags."""
-    folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="charles-game-")))
+    remove_folders_left_behind(Path(tempfile.gettempdir()))
+    prefix = f"{FOLDER_PREFIX}{os.getpid()}-"
+    folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=prefix)))
     telemetry = folder / "telemetry.jsonl"
     width, height = size
     command = (
         sys.executable, "-m", "agent.game", "--size", f"{width}x{height}", "--port", str(port),
-        "--telemetry", str(telemetry), "--owner-pid", str(os.getpid()), "--lifeline",
+        "--telemetry", str(telemetry), "--telemetry-max-mb", str(TELEMETRY_MAX_MB),
+        "--owner-pid", str(os.getpid()), "--lifeline",
         *extra_args,
     )  # fmt: skip
     game = BundledGame(port, telemetry=telemetry, launch=GameLaunch(command, folder))
     game.start()
     stack.callback(game.stop)
     return game
+
+
+def remove_folders_left_behind(temporary: Path) -> list[Path]:
+    """Remove the game folders (logs, telemetry) of drives that died without cleaning up.
+
+    A drive ended by kill -9 or a power cut cannot remove the folder of the game it started;
+    the next launch does. Only folders named with the pid of a process that no longer exists,
+    that are real folders (not links) and belong to this user. Returns those removed.
+    """
+    removed = []
+    for entry in temporary.glob(f"{FOLDER_PREFIX}*-*"):
+        pid_text = entry.name[len(FOLDER_PREFIX) :].split("-", 1)[0]
+        if not pid_text.isdigit() or int(pid_text) == os.getpid():
+            continue
+        if _alive(int(pid_text)) is not False:  # alive, or cannot be asked (Windows): kept
+            continue
+        try:
+            info = entry.lstat()
+        except OSError:
+            continue
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != getattr(os, "getuid", lambda: 0)():
+            continue
+        shutil.rmtree(entry, ignore_errors=True)  # never follows a link inside it
+        removed.append(entry)
+    if removed:
+        log.info("removed %d game folder(s) left behind by drives that died", len(removed))
+    return removed
 
 
 def spawn_logged(command: list[str], log_path: Path) -> subprocess.Popen[bytes]:

@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.arguments import positive_float
 from agent.errors import CharlesError
 from agent.game.channel import DEFAULT_PORT
 
@@ -31,7 +32,9 @@ class GameOptions:
     size: window (width, height) in pixels; the picture is 16:9, letterboxed if the window is
     not. seed: seeds the first track; later tracks follow from it. channel_port: UDP port of the
     virtual gamepad (agent.game.channel). telemetry: JSON-lines file to append samples to, ten a
-    second. autopilot: let the built-in driver drive whenever keyboard and gamepad are idle.
+    second; telemetry_max_bytes: start it again past this size, keeping the one before as
+    FILE.1 (None: no cap). autopilot: let the built-in driver drive whenever keyboard and
+    gamepad are idle.
     seconds: quit after this long, None to run until closed. fps: window redraws per second;
     the physics always runs at CarRacing's 50 Hz. owner_pid: the `charles drive` that started
     this game (0: a person did); the game reports it to agents and dies with it. lifeline: quit
@@ -46,6 +49,7 @@ class GameOptions:
     seed: int = 0
     channel_port: int = DEFAULT_PORT
     telemetry: Path | None = None
+    telemetry_max_bytes: int | None = None
     autopilot: bool = False
     seconds: float | None = None
     fps: float = 30.0
@@ -106,6 +110,11 @@ def add_game_arguments(parser: argparse.ArgumentParser) -> None:
         help="append JSON-lines telemetry to FILE, ten samples a second",
     )  # fmt: skip
     parser.add_argument(
+        "--telemetry-max-mb", type=positive_float, default=None, metavar="MB",
+        help="past MB megabytes, FILE becomes FILE.1 (replacing it) and starts again; "
+        "without it, FILE grows for as long as the game runs (~200 MB a day)",
+    )  # fmt: skip
+    parser.add_argument(
         "--autopilot", action="store_true",
         help="drive with the built-in autopilot when keyboard and gamepad are idle",
     )  # fmt: skip
@@ -134,6 +143,9 @@ def options_from_args(args: argparse.Namespace) -> GameOptions:
         seed=args.seed,
         channel_port=args.port,
         telemetry=args.telemetry,
+        telemetry_max_bytes=(
+            None if args.telemetry_max_mb is None else max(1, int(args.telemetry_max_mb * 1e6))
+        ),
         autopilot=args.autopilot,
         seconds=args.seconds,
         fps=args.fps,

@@ -3,6 +3,11 @@
 The agent never drives from telemetry; it only reads the last line to summarise a run. Each line
 is written whole with one system call, so a reader sees complete lines except, at worst, the
 last one, and a file that cannot take it (a full disk, /dev/full) ends the game with one line.
+
+Ten lines a second are ~2.4 KB/s, ~200 MB a day: a game `charles drive` starts for a drive
+that runs for days caps its file (`max_bytes`). Past the cap the file becomes FILE.1 (replacing
+the one before) and FILE starts again with the record that did not fit, so at most twice the
+cap is kept and the newest record is always in FILE or, for a moment, in FILE.1.
 """
 
 from __future__ import annotations
@@ -60,13 +65,24 @@ class TelemetryWriter:
     file cannot be opened.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, max_bytes: int | None = None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        self.max_bytes = max_bytes
+        """None: the file grows for as long as the game runs; else see the module's doc."""
+        self._fd: int | None = self._open()
+        self._size = os.fstat(self._fd).st_size
+
+    def _open(self) -> int:
         # Appends (a harness may read the same file across runs), but never through a link.
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
         flags |= getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
-        self._fd: int | None = os.open(path, flags, 0o666)
+        return os.open(self.path, flags, 0o666)
+
+    @property
+    def previous_path(self) -> Path:
+        """Where the file goes when it passes `max_bytes`."""
+        return previous_telemetry(self.path)
 
     def write(self, record: TelemetryRecord) -> None:
         values = {
@@ -77,6 +93,13 @@ class TelemetryWriter:
         if self._fd is None:
             raise ValueError("telemetry file is closed")
         try:
+            if (
+                self.max_bytes is not None
+                and self._size > 0
+                and self._size + len(line) > self.max_bytes
+            ):
+                self._start_again()
+            self._size += len(line)
             while line:
                 line = line[os.write(self._fd, line) :]
         except OSError as error:
@@ -84,6 +107,15 @@ class TelemetryWriter:
                 f"cannot write telemetry to {self.path} ({error.strerror or error}); give "
                 "--telemetry a file on a disk with free space, or leave it out"
             ) from None
+
+    def _start_again(self) -> None:
+        """The full file becomes FILE.1; FILE starts empty (the caller writes into it next)."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+        os.replace(self.path, self.previous_path)  # replaces a link at FILE.1, never follows it
+        self._fd = self._open()
+        self._size = 0
 
     def close(self) -> None:
         fd, self._fd = self._fd, None
@@ -103,17 +135,27 @@ def record_from(values: dict[str, Any] | None) -> TelemetryRecord | None:
         return None
 
 
+def previous_telemetry(path: Path) -> Path:
+    """FILE.1: where a capped telemetry file goes when it is full."""
+    return path.with_name(path.name + ".1")
+
+
 def read_last_telemetry(path: Path | str, chunk: int = 4096) -> dict[str, Any] | None:
-    """The last complete record in `path`, or None when there is none (or no file).
+    """The last complete record in `path` (else in its FILE.1), or None when there is none.
 
     Reads backwards from the end in chunks, so the cost does not grow with the file. A last line
-    without its newline is a write in progress and is skipped.
+    without its newline is a write in progress and is skipped. FILE.1 answers in the moment a
+    capped file has just been started again (agent.game.telemetry's doc).
     """
-    try:
-        with Path(path).open("rb") as file:
-            return _last_record(file, chunk)
-    except FileNotFoundError:
-        return None
+    for candidate in (Path(path), previous_telemetry(Path(path))):
+        try:
+            with candidate.open("rb") as file:
+                record = _last_record(file, chunk)
+        except FileNotFoundError:
+            continue
+        if record is not None:
+            return record
+    return None
 
 
 def _last_record(file: IO[bytes], chunk: int) -> dict[str, Any] | None:
