@@ -42,6 +42,7 @@ from agent.config import Config
 from agent.errors import CharlesError
 from agent.game.channel import ask_identity, free_udp_port
 from agent.runtime.display import display_for_this_process
+from agent.runtime.processes import stop_processes
 
 EVAL_SEEDS = (1, 2, 3, 4, 5)
 POLICIES = ("autopilot", "untrained", "bc", "dagger")
@@ -261,13 +262,8 @@ class Bench:
                 )
             run = self._watch(policy, seed, cap, game_log, telemetry)
         finally:
-            for process in (drive, game):
-                if process is not None and process.poll() is None:
-                    process.send_signal(signal.SIGINT)
-                    try:
-                        process.wait(timeout=15)
-                    except subprocess.TimeoutExpired:
-                        process.kill()
+            for process in (drive, game):  # the drive lets go before its game goes
+                stop_processes([process], 15, signal.SIGINT)
         progress(
             f"[bench] {policy:9s} seed {seed}: score {run.score:7.1f}, "
             f"{run.distance:6.0f} m, {'lap done' if run.finished else 'cap'} "

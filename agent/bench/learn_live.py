@@ -48,6 +48,7 @@ from agent.bench.learn import COLLECT_SETTINGS, TRAIN_SETTINGS, Bench, Run, prog
 from agent.bench.workfolder import set_flags
 from agent.checkpoints.manifest import read_manifest, version_number
 from agent.errors import CharlesError
+from agent.runtime.processes import stop_processes
 
 AUTOPILOT_SEED = 1000
 DAGGER_SEED = 2000
@@ -249,14 +250,7 @@ class Learners:
             first = not self._stopping.is_set()
             self._stopping.set()
             running = [p for p in self._processes.values() if p.poll() is None]
-        for process in running if first else ():
-            process.send_signal(signal.SIGINT)
-        for process in running:
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_processes(running, 60, signal.SIGINT if first else None)
 
 
 class _Stopped(Exception):

@@ -49,6 +49,7 @@ from agent.game.pairing import FrameRecordListener
 from agent.game.stamp import BITS, read_stamp
 from agent.record.layout import GAME_BOX
 from agent.runtime.display import display_for_this_process
+from agent.runtime.processes import stop_processes
 
 PHASES = ("no viewer", "two viewers")
 GOALS = {"pilotnet_small": 0.02, "model_0005_inceptionresnetv2": 0.05}
@@ -201,13 +202,7 @@ def bench(args: argparse.Namespace, config: Config, work: Path) -> dict[str, Any
                 lambda run: f"PPS {run['pps']}",
             )
     finally:
-        for child in reversed(children):
-            if child.poll() is None:
-                child.terminate()
-            try:
-                child.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                child.kill()
+        stop_processes(reversed(children), 60)
     return report(line, args, runs)
 
 

@@ -35,6 +35,7 @@ from agent.bench.workfolder import charles_command, write_config
 from agent.checkpoints.manifest import version_number
 from agent.config import Config
 from agent.errors import CharlesError
+from agent.runtime.processes import stop_processes
 
 SAMPLE_SECONDS = 10.0
 GAME_BACK_LIMIT = 60.0
@@ -143,14 +144,7 @@ def soak(args: argparse.Namespace, config: Config, work: Path) -> dict[str, Any]
             raise CharlesError(f"charles drive failed ({drive.returncode}); see {work}/drive.log")
         summary = json.loads(out.strip().splitlines()[-1])
     finally:
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-        for child in children:
-            try:
-                child.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                child.kill()
+        stop_processes(children, 60)
         for log in logs.values():
             log.close()
     report = _report(args, summary, samples, pps_samples, killed_at, work / "recordings")

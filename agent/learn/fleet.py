@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import subprocess
 import threading
 import time
@@ -30,6 +29,7 @@ from typing import IO, Any
 from agent.errors import CharlesError
 from agent.learn.sink import PROGRESS_SECONDS, WORKER_ENV, CollectSummary
 from agent.runtime.lifetime import tied_to_this_process
+from agent.runtime.processes import stop_processes
 from agent.runtime.signals import Stop
 
 log = logging.getLogger("agent.learn.collect")
@@ -178,19 +178,10 @@ class _Rates:
 
 
 def _stop_all(fleet: list[Worker]) -> None:
+    killed = stop_processes([worker.process for worker in fleet], STOP_SECONDS)
     for worker in fleet:
-        if worker.process is not None and worker.process.poll() is None:
-            worker.process.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + STOP_SECONDS
-    for worker in fleet:
-        if worker.process is None:
-            continue
-        try:
-            worker.process.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            log.warning("collector worker %d did not stop; killing it", worker.number)
-            worker.process.kill()
-            worker.process.wait()
+        if worker.process in killed:
+            log.warning("collector worker %d did not stop; it was killed", worker.number)
         if worker.reader is not None:
             worker.reader.join(5.0)
 
