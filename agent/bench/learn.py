@@ -42,6 +42,7 @@ from agent.config import Config
 from agent.errors import CharlesError
 from agent.game.channel import ask_identity, free_udp_port
 from agent.runtime.display import display_for_this_process
+from agent.runtime.lifetime import tied_to_this_process
 from agent.runtime.processes import stop_processes
 
 EVAL_SEEDS = (1, 2, 3, 4, 5)
@@ -76,10 +77,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The learning benchmark's own flags (--config, --set and --json come from the CLI)."""
     parser.add_argument("--work", type=Path, default=None,
                         help="work folder (default: a new bench-learn/<time>/)")  # fmt: skip
-    # The reference checkpoint's amounts (its manifest: 24,164 frames, 3,355 + 919 batches),
-    # rounded. Time limits would make the recipe depend on the machine's speed: on a machine
-    # half as fast, 4 minutes of autopilot did not fill the buffers enough to start training.
-    parser.add_argument("--collect-frames", type=positive_int, default=24_000)
+    # The reference checkpoint's batches (its manifest: 3,355 + 919), rounded. Time limits would
+    # make the recipe depend on the machine's speed: on a machine half as fast, 4 minutes of
+    # autopilot did not fill the buffers enough to start training. The frames: a buffer draws
+    # only while it holds train.start_fill (3,600 of 4,000) and a sample is drawn at most
+    # max_uses (30) times, so N throttle samples last about (N - 3,600) x 30 / 32 batches; dagger
+    # frames teach steering only, so the autopilot's must last all 4,300. 24,000 frames gave
+    # ~6,800 throttle samples and training stalled at batch ~3,080; 36,000 give ~10,000.
+    parser.add_argument("--collect-frames", type=positive_int, default=36_000)
     parser.add_argument("--train-batches", type=positive_int, default=3_400)
     parser.add_argument("--dagger-collect-frames", type=positive_int, default=8_000)
     parser.add_argument("--dagger-train-batches", type=positive_int, default=900)
@@ -149,6 +154,13 @@ def _run(args: argparse.Namespace, work: Path, seeds: list[int]) -> int:
     )
     dagger = bench.newest_version()
     batches = {"bc": bench.batches(bc), "dagger": bench.batches(dagger)}
+    asked = {"bc": args.train_batches, "dagger": args.train_batches + args.dagger_train_batches}
+    for name, count in batches.items():
+        if count < asked[name]:
+            progress(
+                f"[bench] the {name} checkpoint has {count} of {asked[name]} batches: its trainer "
+                f"ran out of samples it may draw (train.max_uses) or time (--phase-minutes)"
+            )
     runs: list[Run] = []
     checkpoints = {"autopilot": "", "untrained": "none", "bc": str(bc), "dagger": str(dagger)}
     if not args.skip_eval:
@@ -203,7 +215,9 @@ class Bench:
         log = self.work / f"{args[0]}-{int(time.time())}.log"
         progress(f"[bench] charles {' '.join(args)}  (log: {log.name})")
         with log.open("w") as out:
-            status = subprocess.call(self.command(*args), cwd=self.work, stdout=out, stderr=out)
+            # Tied: a benchmark killed mid-phase leaves no collector or trainer running on.
+            command = tied_to_this_process(self.command(*args))
+            status = subprocess.call(command, cwd=self.work, stdout=out, stderr=out)
         if status not in (0, 130, 143):
             raise CharlesError(f"charles {args[0]} failed with status {status}; see {log}")
         seconds = time.monotonic() - started
@@ -237,8 +251,9 @@ class Bench:
         if policy == "autopilot":
             game_cmd.append("--autopilot")
         game = subprocess.Popen(
-            game_cmd, cwd=self.work, stdout=game_log.open("w"), stderr=subprocess.STDOUT
-        )
+            tied_to_this_process(game_cmd), cwd=self.work, stdout=game_log.open("w"),
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
         drive = None
         try:
             # The drive must find this game on its port, not start one of its own.
@@ -255,7 +270,7 @@ class Bench:
                     "--set", f"game.channel_port={port}",
                 )  # fmt: skip
                 drive = subprocess.Popen(
-                    drive_cmd,
+                    tied_to_this_process(drive_cmd),
                     cwd=self.work,
                     stdout=drive_log.open("w"),
                     stderr=subprocess.STDOUT,
