@@ -281,8 +281,7 @@ class Bench:
                 stop_processes([process], 15, signal.SIGINT)
         progress(
             f"[bench] {policy:9s} seed {seed}: score {run.score:7.1f}, "
-            f"{run.distance:6.0f} m, {'lap done' if run.finished else 'cap'} "
-            f"after {run.seconds:.1f} s"
+            f"{run.distance:6.0f} m, {_ending(run, cap)} after {run.seconds:.1f} s"
         )
         return run
 
@@ -311,6 +310,12 @@ class Bench:
                 last = records[-1] if records else {"score": 0.0, "distance": 0.0}
                 return Run(policy, seed, last["score"], last["distance"], False, cap)
         return Run(policy, seed, float("nan"), 0.0, False, 0.0)
+
+
+def _ending(run: Run, cap: float) -> str:
+    if run.finished:
+        return "lap done"
+    return "cap" if run.seconds >= cap else "episode over before the lap (see its game log)"
 
 
 def _records(path: Path) -> list[dict]:
