@@ -12,6 +12,9 @@ from agent.runtime.processes import stop_processes
 _CHILD = """
 import signal, sys, time
 how = sys.argv[1]
+# Explicitly: a shell's background job (CI, nohup ... &) starts with SIGINT ignored, and Python
+# then installs no KeyboardInterrupt handler of its own.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 if how == "ignores":
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 print("ready", flush=True)
