@@ -18,7 +18,12 @@ from pathlib import Path
 import pytest
 
 from agent.game.channel import free_udp_port
-from agent.game.launcher import BundledGame, remove_folders_left_behind, spawn_logged
+from agent.game.launcher import (
+    QUIET_MINUTES,
+    BundledGame,
+    remove_folders_left_behind,
+    spawn_logged,
+)
 from agent.game.telemetry import read_last_telemetry
 from tests.helpers.charles import REPO
 from tests.helpers.drives import (
@@ -173,11 +178,21 @@ def test_kill_9_leaves_no_game_and_no_xvfb_behind(tmp_path: Path) -> None:
     wait_until(
         lambda: not any(running(pid) for pid in helpers), 15, f"{names} to exit after kill -9"
     )
-    # The game's folder (log, telemetry) outlives a drive killed -9; the next launch removes it.
+    # The game's folder (log, telemetry) outlives a drive killed -9; a later launch removes it
+    # once nothing has been written in it for QUIET_MINUTES.
     left = list(temporary.glob(f"charles-game-{drive.process.pid}-*"))
     assert len(left) == 1 and (left[0] / "game.log").exists(), left
+    assert remove_folders_left_behind(temporary) == []  # written just now
+    age(left[0], QUIET_MINUTES + 1)
     assert remove_folders_left_behind(temporary) == left
     assert not left[0].exists()
+
+
+def age(folder: Path, minutes: float) -> None:
+    """Set the modification times of `folder` and what it holds `minutes` back."""
+    then = time.time() - 60 * minutes
+    for path in [*folder.iterdir(), folder]:
+        os.utime(path, (then, then), follow_symlinks=False)
 
 
 def test_only_folders_of_dead_drives_are_removed(tmp_path: Path) -> None:
@@ -188,6 +203,7 @@ def test_only_folders_of_dead_drives_are_removed(tmp_path: Path) -> None:
     (victim / "keep.txt").write_text("keep me")
     folders = {
         "dead drive": tmp_path / f"charles-game-{dead.pid}-abc",
+        "dead drive, written lately": tmp_path / f"charles-game-{dead.pid}-new",
         "living process": tmp_path / f"charles-game-{os.getppid()}-abc",
         "this process": tmp_path / f"charles-game-{os.getpid()}-abc",
         "not a pid": tmp_path / "charles-game-x1-abc",
@@ -195,7 +211,12 @@ def test_only_folders_of_dead_drives_are_removed(tmp_path: Path) -> None:
     for folder in folders.values():
         folder.mkdir()
         (folder / "game.log").write_text("log")
+        (folder / "telemetry.jsonl").write_text("{}\n")
     (folders["dead drive"] / "link").symlink_to(victim)  # inside: never followed
+    for folder in folders.values():
+        age(folder, QUIET_MINUTES + 1)
+    # A game still writing (a drive whose pid this process cannot see): not left behind.
+    (folders["dead drive, written lately"] / "telemetry.jsonl").write_text("{}\n{}\n")
     link = tmp_path / f"charles-game-{dead.pid}-link"
     link.symlink_to(victim)  # a link named like a dead drive's folder: not a folder of ours
     assert remove_folders_left_behind(tmp_path) == [folders["dead drive"]]

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,8 @@ log = logging.getLogger(__name__)
 
 FOLDER_PREFIX = "charles-game-"
 """A started game's folder in the temporary folder: charles-game-<drive's pid>-<random>."""
+QUIET_MINUTES = 10.0
+"""A game folder of a dead drive is removed once nothing in it has changed for this long."""
 STOP_TIMEOUT = 10.0
 """Seconds the game gets to quit on SIGTERM before it is killed."""
 TELEMETRY_MAX_MB = 8.0
@@ -224,9 +227,13 @@ def remove_folders_left_behind(temporary: Path) -> list[Path]:
 
     A drive ended by kill -9 or a power cut cannot remove the folder of the game it started;
     the next launch does. Only folders named with the pid of a process that no longer exists,
-    that are real folders (not links) and belong to this user. Returns those removed.
+    that are real folders (not links), belong to this user, and in which nothing was written
+    for `QUIET_MINUTES` (a running game writes telemetry ten times a second: a drive in another
+    pid namespace sharing this folder looks dead by its pid, not by its files). Returns those
+    removed.
     """
     removed = []
+    quiet_since = time.time() - 60 * QUIET_MINUTES
     for entry in temporary.glob(f"{FOLDER_PREFIX}*-*"):
         pid_text = entry.name[len(FOLDER_PREFIX) :].split("-", 1)[0]
         if not pid_text.isdigit() or int(pid_text) == os.getpid():
@@ -239,11 +246,23 @@ def remove_folders_left_behind(temporary: Path) -> list[Path]:
             continue
         if not stat.S_ISDIR(info.st_mode) or info.st_uid != getattr(os, "getuid", lambda: 0)():
             continue
+        if _last_written(entry, info.st_mtime) > quiet_since:
+            continue
         shutil.rmtree(entry, ignore_errors=True)  # never follows a link inside it
         removed.append(entry)
     if removed:
         log.info("removed %d game folder(s) left behind by drives that died", len(removed))
     return removed
+
+
+def _last_written(folder: Path, folder_time: float) -> float:
+    """The newest modification time of `folder` and the entries in it (links not followed)."""
+    newest = folder_time
+    with contextlib.suppress(OSError), os.scandir(folder) as entries:
+        for entry in entries:
+            with contextlib.suppress(OSError):
+                newest = max(newest, entry.stat(follow_symlinks=False).st_mtime)
+    return newest
 
 
 def spawn_logged(command: list[str], log_path: Path) -> subprocess.Popen[bytes]:
