@@ -17,8 +17,8 @@ how = sys.argv[1]
 signal.signal(signal.SIGINT, signal.default_int_handler)
 if how == "ignores":
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-print("ready", flush=True)
-try:
+try:  # "ready" inside: a signal right after it must still land in this try
+    print("ready", flush=True)
     time.sleep(60)
 except KeyboardInterrupt:
     sys.exit(7)
