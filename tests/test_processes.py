@@ -10,7 +10,7 @@ import sys
 from agent.runtime.processes import stop_processes
 
 _CHILD = """
-import signal, sys, time
+import signal, sys
 how = sys.argv[1]
 # Explicitly: a shell's background job (CI, nohup ... &) starts with SIGINT ignored, and Python
 # then installs no KeyboardInterrupt handler of its own.
@@ -19,7 +19,7 @@ if how == "ignores":
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 try:  # "ready" inside: a signal right after it must still land in this try
     print("ready", flush=True)
-    time.sleep(60)
+    signal.pause()  # until a signal it does not ignore
 except KeyboardInterrupt:
     sys.exit(7)
 """
