@@ -81,9 +81,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     # make the recipe depend on the machine's speed: on a machine half as fast, 4 minutes of
     # autopilot did not fill the buffers enough to start training. The frames: a buffer draws
     # only while it holds train.start_fill (3,600 of 4,000) and a sample is drawn at most
-    # max_uses (30) times, so N throttle samples last about (N - 3,600) x 30 / 32 batches; dagger
-    # frames teach steering only, so the autopilot's must last all 4,300. 24,000 frames gave
-    # ~6,800 throttle samples and training stalled at batch ~3,080; 36,000 give ~10,000.
+    # max_uses (30) times, so N throttle samples last about (N - 3,600) x 30 / 32 batches; the
+    # frames the agent drives in dagger teach steering only, so the autopilot's frames must last
+    # nearly all 4,300. 24,000 frames gave ~6,800 throttle samples and training stalled at
+    # batch ~3,080; 36,000 give ~10,000.
     parser.add_argument("--collect-frames", type=positive_int, default=36_000)
     parser.add_argument("--train-batches", type=positive_int, default=3_400)
     parser.add_argument("--dagger-collect-frames", type=positive_int, default=8_000)
