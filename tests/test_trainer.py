@@ -146,6 +146,21 @@ def test_each_head_learns_only_from_its_own_balanced_set(tmp_path: Path) -> None
     assert steering == pytest.approx(0.4, abs=0.15)
 
 
+def test_a_trainer_whose_samples_are_used_up_says_why_it_waits(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """50 samples, buffers of 40 that train from 36 on, each sample drawn at most twice: after a
+    few batches the buffers fall under 36 and no shard comes. The wait must say why, not only
+    'waiting for data' (a user's `charles train --batches N` on a finished data set)."""
+    write_shards(tmp_path / "data", 50)
+    config = small_config(tmp_path, max_uses=2, publish_batches=1000)
+    with caplog.at_level(logging.INFO, logger="agent.learn.trainer"):
+        summary = Trainer(config, _default_strategy(), Stop()).run(seconds=2.5)
+    assert 0 < summary.batches_this_run < 50
+    waits = [r.getMessage() for r in caplog.records if "waiting for data" in r.getMessage()]
+    assert waits and "train.max_uses" in waits[-1] and "needs new shards" in waits[-1], waits
+
+
 def test_publishes_with_batches_and_loss_and_prunes_but_keeps_the_newest(tmp_path: Path) -> None:
     write_shards(tmp_path / "data", 100)
     config = small_config(tmp_path, publish_batches=2, keep_versions=2)

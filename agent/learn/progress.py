@@ -65,10 +65,18 @@ class TrainProgress:
             return
         self._last_wait_line = now
         fills = " ".join(f"{n} {100 * f:.0f}%" for n, f in self._buffers.fills.items())
+        if self._times:
+            # It trained, then a buffer fell under start_fill: its samples were used up, and a
+            # trainer run on a finished data set would otherwise wait here for ever, unexplained.
+            why = (
+                f"training goes on at {100 * self._train.start_fill:.0f}% each; a sample goes "
+                f"after {self._train.max_uses} draws (train.max_uses), so it needs new shards"
+            )
+        else:
+            why = f"training starts at {100 * self._train.start_fill:.0f}% each"
         log.info(
-            "waiting for data: buffers %s (training starts at %.0f%% each); %d samples from "
-            "%d shards loaded so far",
-            fills, 100 * self._train.start_fill, samples, len(watcher.loaded_names),
+            "waiting for data: buffers %s (%s); %d samples from %d shards loaded so far",
+            fills, why, samples, len(watcher.loaded_names),
         )  # fmt: skip
 
     @property
