@@ -76,12 +76,18 @@ def rss_bytes(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
-def pps_over(port: int, seconds: float) -> float:
-    """Predictions per second over `seconds`, from two /status.json snapshots."""
+def pps_over(port: int, seconds: float, windows: int = 2) -> float:
+    """Predictions per second over `seconds`: the best of `windows` equal windows in a row, each
+    from two /status.json snapshots. A viewer that blocked the loop would slow every window;
+    a neighbouring test's burst of CPU (CI runs two at once on 2 cores) slows one."""
+    rates = []
     first = get_json(port, "/status.json")["status"]
-    time.sleep(seconds)
-    second = get_json(port, "/status.json")["status"]
-    return (second["predictions"] - first["predictions"]) / (second["at"] - first["at"])
+    for _ in range(windows):
+        time.sleep(seconds / windows)
+        second = get_json(port, "/status.json")["status"]
+        rates.append((second["predictions"] - first["predictions"]) / (second["at"] - first["at"]))
+        first = second
+    return max(rates)
 
 
 def test_the_live_view_follows_a_real_drive_in_a_real_browser(
