@@ -135,6 +135,7 @@ def test_drive_rounds_refuse_two_settings_of_one_name(capsys: pytest.CaptureFixt
         (["record", "--rounds", "-1"], "argument --rounds: must be a positive whole number"),
         (["pairing", "--seconds", "nan"], "argument --seconds: must be a positive number"),
         (["learn", "--cap", "inf"], "argument --cap: must be a positive number"),
+        (["learn", "--policies", "bc,dagr"], "argument --policies: dagr is not a policy"),
         (["model", "--max-predictions", "x"], "argument --max-predictions: must be a positive"),
     ],
 )

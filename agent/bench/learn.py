@@ -102,12 +102,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--skip-eval", action="store_true", help="only collect and train")
     parser.add_argument(
-        "--policies", default=",".join(POLICIES),
-        help="the policies evaluated, with commas (default: %(default)s)",
+        "--policies", type=policy_names, default=POLICIES,
+        help=f"the policies evaluated, with commas (default: {','.join(POLICIES)})",
     )  # fmt: skip
     from agent.bench.learn_live import add_arguments as add_live_arguments
 
     add_live_arguments(parser)
+
+
+def policy_names(text: str) -> tuple[str, ...]:
+    """--policies: names from POLICIES with commas, kept in POLICIES' order."""
+    names = {name.strip() for name in text.split(",") if name.strip()}
+    unknown = sorted(names - set(POLICIES))
+    if unknown or not names:
+        what = f"{', '.join(unknown)} is not a policy" if unknown else "no policy given"
+        raise argparse.ArgumentTypeError(f"{what}; choose from {', '.join(POLICIES)}")
+    return tuple(policy for policy in POLICIES if policy in names)
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
@@ -166,9 +176,8 @@ def _run(args: argparse.Namespace, work: Path, seeds: list[int]) -> int:
     checkpoints = {"autopilot": "", "untrained": "none", "bc": str(bc), "dagger": str(dagger)}
     if not args.skip_eval:
         for seed in seeds:
-            for policy in POLICIES:
-                if policy in args.policies.split(","):
-                    runs.append(bench.evaluate(policy, seed, args.cap, checkpoints[policy]))
+            for policy in args.policies:
+                runs.append(bench.evaluate(policy, seed, args.cap, checkpoints[policy]))
     minutes = {name: seconds / 60 for name, seconds in phases.items()}
     report = {
         "work": str(work),

@@ -79,11 +79,6 @@ class TelemetryWriter:
         flags |= getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
         return os.open(self.path, flags, 0o666)
 
-    @property
-    def previous_path(self) -> Path:
-        """Where the file goes when it passes `max_bytes`."""
-        return previous_telemetry(self.path)
-
     def write(self, record: TelemetryRecord) -> None:
         values = {
             key: round(value, 4) if isinstance(value, float) else value
@@ -113,7 +108,8 @@ class TelemetryWriter:
         fd, self._fd = self._fd, None
         if fd is not None:
             os.close(fd)
-        os.replace(self.path, self.previous_path)  # replaces a link at FILE.1, never follows it
+        # Replaces a link at FILE.1, never follows it.
+        os.replace(self.path, previous_telemetry(self.path))
         self._fd = self._open()
         self._size = 0
 
