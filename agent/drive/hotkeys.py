@@ -29,6 +29,12 @@ def key_name(key: Any) -> str | None:
 class Hotkeys:
     """Calls `actions[name]()` when the key called `name` is pressed, in any window.
 
+    Once per press: a key held down makes the system repeat its press (X11 and Windows both
+    do, ~25 times a second after ~0.5 s), and a record or pause key that toggled on each
+    repeat would end up in a state nobody chose. A press of a key that is down already is such
+    a repeat and is ignored until the key is released. Were a release ever missed, the next
+    press is ignored and its own release clears the key, so a key is never lost for long.
+
     pynput imports its platform backend at import time (on X11 it needs DISPLAY), so the import
     happens in `start()`. A failing action, and the listener's own death (the X server went
     away), are logged and reported to `failures`: the drive loop stops on it, because a session
@@ -40,6 +46,8 @@ class Hotkeys:
     ) -> None:
         self._actions = {name.lower(): action for name, action in actions.items()}
         self._listener: Any = None
+        self._held: set[str] = set()
+        """Keys with an action that are down now (touched only on the listener's thread)."""
         self._failures = failures if failures is not None else Failures()
 
     @property
@@ -48,7 +56,7 @@ class Hotkeys:
         return self._failures.of(PART)
 
     def start(self) -> None:
-        self._listener = start_key_listener(self._on_press, None, self._listener_died)
+        self._listener = start_key_listener(self._on_press, self._on_release, self._listener_died)
 
     def _listener_died(self, error: Exception) -> None:
         explained = explain_display_loss(error)
@@ -56,14 +64,19 @@ class Hotkeys:
         log_failure(log, "hotkeys stopped working", explained)
 
     def _on_press(self, key: Any) -> None:
-        action = self._actions.get(key_name(key) or "")
-        if action is None:
+        name = key_name(key) or ""
+        action = self._actions.get(name)
+        if action is None or name in self._held:
             return
+        self._held.add(name)
         try:
             action()
         except Exception as error:  # reported and logged; the drive loop stops on it
             self._failures.report(PART, error)
             log.exception("hotkey action failed")
+
+    def _on_release(self, key: Any) -> None:
+        self._held.discard(key_name(key) or "")
 
     def stop(self) -> None:
         if self._listener is not None:
