@@ -39,6 +39,9 @@ pytestmark = pytest.mark.filterwarnings("ignore:builtin type [Ss]wig:Deprecation
 
 SEED = 7
 FULL_THROTTLE = ControllerState(accelerate=1.0)
+PAD_SILENCE_SECONDS = 0.4
+"""A gap in a held pad's sending the game may read as silence: its dead-man's 0.5 s
+(GamepadReceiver's timeout) less the slack of its 50 Hz polling and of our clock."""
 
 
 @pytest.fixture(scope="module")
@@ -75,12 +78,17 @@ class PadHeld:
     def __init__(self, port: int, state: ControllerState) -> None:
         self._sender = GamepadSender(port)
         self._done = threading.Event()
+        self.longest_gap = 0.0
+        """The longest time between two sends (a loaded machine may starve this thread)."""
         self._thread = threading.Thread(target=self._run, args=(state,), daemon=True)
         self._thread.start()
 
     def _run(self, state: ControllerState) -> None:
+        last = time.monotonic()
         while not self._done.wait(0.02):
             self._sender.send(state)
+            now = time.monotonic()
+            self.longest_gap, last = max(self.longest_gap, now - last), now
 
     def close(self) -> None:
         self._done.set()
@@ -197,8 +205,16 @@ def test_p_pauses_everything_but_the_picture_and_resumes(display: str, start_gam
     assert second[0]["speed"] > 5.0  # paused at speed: frozen, not stopped
 
     driving = runs_of(records, paused=False)[1]
-    assert len(driving) >= 3
-    assert {record["source"] for record in driving} == {"gamepad"}
+    sources = [record["source"] for record in driving]
+    assert sources.count("gamepad") >= 3
+    # The held pad drives the resumed car. Only a pad quiet for longer than the game's dead-man
+    # allows (0.5 s) reads as neutral ("none"): once in CI the sender thread went unscheduled
+    # that long on a loaded machine, and the game rightly let go.
+    assert pad is not None
+    if pad.longest_gap < PAD_SILENCE_SECONDS:
+        assert set(sources) == {"gamepad"}, pad.longest_gap
+    else:
+        assert set(sources) <= {"gamepad", "none"}, pad.longest_gap
     assert driving[-1]["distance"] > first[-1]["distance"] + 2.0
 
     # Pictures go on while paused, each with a record that says so and shows no input.

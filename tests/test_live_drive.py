@@ -208,7 +208,10 @@ def test_a_drive_streams_to_an_ingest_that_goes_away_and_comes_back(
     back = None
     try:
         drive.wait_for_log("streaming the layout to")
-        assert listener.wait_for(30, timeout=60), "no pictures reached the ingest"
+        assert listener.wait_for(30, timeout=60), (
+            f"{len(listener.frames)} pictures reached the ingest (it ended: {listener.ended}):\n"
+            f"{drive.stderr[-3000:]}"
+        )
         first = listener.frames[0]
         assert (first.width, first.height) == (1280, 720) and first.keyframe
         assert listener.streams.get("audio"), listener.streams  # the silent AAC track
