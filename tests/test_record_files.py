@@ -25,7 +25,7 @@ from agent.learn.shard_writer import ShardWriter
 from agent.record.budget import RecordingBudget
 from agent.record.hud import Status
 from agent.record.recorder import Recorder, check_before_driving
-from agent.record.writer import RecordingError, VideoOutput, VideoWriter
+from agent.record.writer import RecordingError, VideoOutput, VideoWriter, create_free
 from agent.runtime.slot import Slot
 from agent.types import Frame, Region, Tick
 from tests.helpers.charles import REPO, assert_one_line_error
@@ -235,6 +235,35 @@ def write_all(path: Path, pictures: list[np.ndarray]) -> VideoWriter:
         assert writer.offer(picture, index)
     writer.close(timeout=60)
     return writer
+
+
+def test_a_writer_still_busy_at_close_leaves_its_queue_out_and_finishes_the_file(
+    tmp_path: Path, lines: LogLines
+) -> None:
+    """A drive that stops while its niced writer is starved (the game has the CPU) must not
+    wait for the whole queue, nor end with the encoder still at work: seen on a loaded machine
+    as 'did not finish within 10 s', a file that did not play and a drive killed by SIGABRT."""
+    path = tmp_path / "starved.mp4"
+    writers: list[VideoWriter] = []
+
+    def starved_create() -> VideoOutput:
+        # The writer's thread, with its first picture, gets the CPU back only after close()
+        # gave up waiting for it.
+        assert writers[0].hurried.wait(30)
+        return create_free([path])
+
+    writers.append(writer := VideoWriter(starved_create, FPS, "libx264", queue_size=20))
+    for index in range(21):  # the first in the thread's hands, the queue full (or one dropped)
+        writer.offer(noise(index), index)
+    writer.close(timeout=2.0)
+    assert writer.error is None
+    assert len(decode(path)) == writer.counts.written == 1
+    assert writer.counts.dropped == 20
+    assert lines.with_text("still busy") == [
+        "the video writer is still busy with a file not yet created after 2 s; the pictures "
+        "still queued are left out"
+    ]
+    assert not lines.with_text("did not finish")
 
 
 def test_a_full_disk_keeps_every_fragment_completed_before_it(

@@ -366,6 +366,8 @@ class VideoWriter:
         self.error: BaseException | None = None
         self.failed = threading.Event()
         """Set when the file stopped on an error (`error`): nothing more will be written."""
+        self.hurried = threading.Event()
+        """Set when `close` gave up waiting for the queue: what is still queued is left out."""
         self.encoder_used: str | None = None
         self._thread = threading.Thread(target=self._run, name="video-writer", daemon=True)
         self._thread.start()
@@ -381,16 +383,39 @@ class VideoWriter:
         return True
 
     def close(self, timeout: float = 10.0) -> None:
-        """Write what is queued, finish the file and end the thread."""
+        """Write what is queued, finish the file and end the thread.
+
+        A writer still busy after `timeout` (its thread runs niced, so a machine busy with the
+        game can starve it) leaves the rest of its queue out, counted as dropped, and finishes
+        the file with what it wrote: a stop must not wait on the encoder for long, nor end the
+        process while the encoder is still inside FFmpeg.
+        """
+        queued = self._put_close(timeout)
+        if queued:
+            self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.warning(
+                "the video writer is still busy with %s after %.0f s; the pictures still "
+                "queued are left out", self.path or "a file not yet created", timeout,
+            )  # fmt: skip
+            self.hurried.set()  # the thread now empties the queue at once
+            if not queued:
+                self._put_close(timeout)
+            self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.warning("the video writer did not finish %s within %.0f s", self.path, timeout)
+
+    def _put_close(self, timeout: float) -> bool:
+        """Queue the end of the file behind the pictures; False if the queue stayed full."""
+        deadline = time.monotonic() + timeout
         while self._thread.is_alive():
             try:
                 self._queue.put(_CLOSE, timeout=0.1)
-                break
+                return True
             except queue.Full:
-                continue
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            log.warning("the video writer did not finish %s within %.0f s", self.path, timeout)
+                if time.monotonic() > deadline:
+                    return False
+        return True
 
     def _run(self) -> None:
         lower_this_threads_priority(self._nice)
@@ -401,6 +426,9 @@ class VideoWriter:
                 item = self._queue.get()
                 if item is _CLOSE:
                     break
+                if self.hurried.is_set():
+                    self.counts.dropped += 1
+                    continue
                 picture, index = item
                 if file is None:
                     file, start = self._open(*picture.shape[:2]), index
