@@ -41,6 +41,7 @@ from tests.helpers.drives import Drive, drive_command, publish_constant_driver, 
 from tests.helpers.drives import without_display as no_display
 from tests.helpers.models import constant_driver
 from tests.helpers.xvfb import key_down, key_up, tap_key
+from tests.test_record_files import top_level_boxes
 
 FPS = 30
 
@@ -147,9 +148,11 @@ def test_a_recording_of_the_game_has_its_true_length_and_the_hud(tmp_path: Path)
     assert report["encoder"] == "libx264"
     pictures = decode(video)
     # The clock is true: one picture per 1/30 s of the time driven, within a frame per second.
+    # Those a slow encoder could not take are dropped (counted), never waited for: the file
+    # holds the rest (a loaded 2-core machine wrote 103 of 246 once).
     driven = drive.summary()["seconds"]
-    assert abs(len(pictures) - driven * FPS) <= driven
-    assert len(pictures) == report["written"] == report["frames"] - report["dropped"]
+    assert abs(report["frames"] - driven * FPS) <= driven
+    assert len(pictures) == report["written"] == report["frames"] - report["dropped"] >= FPS
     with av.open(str(video)) as container:  # what browsers play: H.264, 4:2:0, MP4
         stream = container.streams.video[0]
         assert (stream.codec_context.name, stream.codec_context.pix_fmt) == ("h264", "yuv420p")
@@ -178,25 +181,38 @@ def test_a_recording_of_the_game_has_its_true_length_and_the_hud(tmp_path: Path)
     assert near(picture[middle, centre + width // 8], draw.TRACK)
 
 
-def test_kill_9_while_recording_leaves_a_playable_file_missing_at_most_2_s(
+def test_kill_9_while_recording_leaves_a_playable_file_with_every_fragment_on_disk(
     tmp_path: Path,
 ) -> None:
+    """kill -9 loses only what was not yet in a complete fragment on disk, and fragments are
+    short (a keyframe every half second), so that is at most the writer's queue (1 s) and half
+    a second more. Counted in fragments, not seconds: a loaded machine starves the niced writer
+    (once 15 pictures in 3.5 s), which a wall-clock bound would blame on the file."""
     store = tmp_path / "models"
     publish_constant_driver(store, throttle=0.5, steering=0.0)
     video = tmp_path / "killed.mp4"
     drive = Drive(drive_command(store, free_udp_port(), "--record", str(video)), tmp_path,
                   no_display())  # fmt: skip
     drive.wait_for_log("recording to")
-    started = time.monotonic()
-    # Shorter than a few keyframe intervals of a careless encoder setting (every 2-5 s), so
-    # such a setting loses more than 2 s here and fails.
-    time.sleep(3.5)
-    recorded = time.monotonic() - started
+    # A few fragments: a careless encoder setting (a keyframe every 2-5 s) makes them long,
+    # which the keyframe check below catches.
+    wait_until(lambda: complete_fragments(video.read_bytes()) >= 4, 90, "four fragments")
+    on_disk = video.read_bytes()
     drive.process.kill()
     drive.finish()
-    pictures = decode(video)  # plays: every fragment before the kill decodes
-    assert len(pictures) >= (recorded - 2.0) * FPS, f"{len(pictures)} pictures of {recorded:.1f} s"
-    assert len(pictures) <= (recorded + 1.0) * FPS
+    before = tmp_path / "before-the-kill.mp4"
+    before.write_bytes(on_disk)
+    with av.open(str(video)) as container:  # plays: every fragment before the kill decodes
+        keyframes = [frame.key_frame for frame in container.decode(video=0)]
+    assert len(keyframes) >= len(decode(before)) > 0
+    starts = [number for number, key in enumerate(keyframes) if key]
+    gaps = [b - a for a, b in itertools.pairwise([*starts, len(keyframes)])]
+    assert len(starts) >= 4 and max(gaps) <= FPS // 2, gaps  # fragments of half a second
+
+
+def complete_fragments(data: bytes) -> int:
+    """Complete fragments (moof + mdat) in the bytes of a fragmented MP4."""
+    return [kind for kind, _end in top_level_boxes(data)].count(b"mdat")
 
 
 # --- the layout, in process -------------------------------------------------------------------
@@ -343,6 +359,38 @@ def test_a_recording_late_for_its_slots_fills_every_one_it_missed(tmp_path: Path
     assert (report.frames, report.repeated, report.left_out) == (8, 1 + 4, 0)
     assert report.seconds == round(8 / FPS, 3)
     assert len(decode(Path(report.path))) == report.written == 8 - report.dropped
+
+
+def test_a_recording_stopped_while_late_still_lasts_until_its_stop(tmp_path: Path) -> None:
+    """Stopped while its thread is stuck drawing (a busy machine starves it: it runs niced),
+    the recording still fills the slots before the stop, so it lasts as long as it ran (a
+    loaded CI machine's recording came out a second short of its drive)."""
+    frames: Slot[Frame] = Slot()
+    stuck, inside, unstuck = threading.Event(), threading.Event(), threading.Event()
+
+    def status() -> Status:
+        if stuck.is_set():
+            inside.set()
+            unstuck.wait(10.0)
+        return Status("constant")
+
+    config = RecordConfig(mode="hud", encoder="libx264", folder=str(tmp_path))
+    clock = FakeClock()
+    recorder = Recorder(config, frames, Slot(), status, (320, 180), LINE.convcam_layer, clock=clock)
+    image = np.zeros((180, 320, 4), np.uint8)
+    frames.put(Frame(image, clock.now(), 1, Region(0, 0, 320, 180)))
+    recorder.start()
+    clock.settle(waiters=1)  # slot 0
+    stuck.set()
+    clock.jump(1 / FPS)  # slot 1 is being drawn, and drawing it takes long
+    assert inside.wait(10.0)
+    clock.jump(9.5 / FPS)  # slots 2-10 pass meanwhile; slot 11 would start after the stop
+    recorder.stop()
+    stuck.clear()
+    unstuck.set()
+    [report] = recorder.close()
+    assert report.frames == 11 and report.seconds == round(11 / FPS, 3)
+    assert len(decode(Path(report.path))) == report.written == 11 - report.dropped
 
 
 # --- starting and stopping --------------------------------------------------------------------

@@ -49,6 +49,12 @@ from agent.types import Frame, Tick
 
 log = logging.getLogger(__name__)
 
+SLOT_BEFORE = 1e-6
+"""A slot due exactly at the stop starts after the recording: the stop fills those before."""
+WRITER_PATIENCE = 5.0
+"""Seconds a stopped recording waits for its writer to empty its queue (a second of video,
+encoded in well under a second unless the machine starves the niced writer)."""
+
 
 @dataclass(frozen=True)
 class RecordingReport:
@@ -312,6 +318,8 @@ class _Recording:
         self.error: BaseException | None = None
         self.drawing_cpu = 0.0
         self._stopping = threading.Event()
+        self._stopped_at: float | None = None
+        """When the recording was stopped: its last slot's time."""
         self._thread = threading.Thread(target=self._run, name="video-clock", daemon=True)
         self._thread.start()
 
@@ -331,12 +339,14 @@ class _Recording:
         return output
 
     def stop(self) -> None:
+        if self._stopped_at is None:
+            self._stopped_at = self._time.now()
         self._stopping.set()
 
     def finish(self) -> RecordingReport:
         """Wait for the file to be finished (the clock thread closes it) and report."""
-        self._stopping.set()
-        self._thread.join(timeout=15.0)
+        self.stop()
+        self._thread.join(timeout=3 * WRITER_PATIENCE)
         error = self.error or self.writer.error
         counts = self.writer.counts
         return RecordingReport(
@@ -365,13 +375,21 @@ class _Recording:
                 if not slots:
                     continue
                 self._fill(slots)
+            # The slots before the stop that a thread the machine starved (it runs niced)
+            # had not reached: the video lasts as long as the recording did.
+            stopped_at = self._time.now() if self._stopped_at is None else self._stopped_at
+            last = self.clock.due(stopped_at - SLOT_BEFORE)
+            if last and not self.writer.failed.is_set():
+                self._fill(last)
         except BaseException as error:  # a bug in drawing must not stop the car
             self.error = error
             log.error("recording to %s stopped: %s", self.path, error, exc_info=True)
         finally:
             self.drawing_cpu = time.thread_time() - cpu_start
             # Finished here, not by whoever stopped it: the hotkey's thread must not wait.
-            self.writer.close()
+            # A starved writer gets WRITER_PATIENCE for its queue, then as long to finish the
+            # file without it, within finish()'s wait.
+            self.writer.close(timeout=WRITER_PATIENCE)
 
     def _fill(self, slots: range) -> None:
         frame, seq = self._frames.get()
