@@ -136,6 +136,21 @@ def grab(window: Window) -> np.ndarray:
     return np.frombuffer(shot.raw, np.uint8).reshape(window.height, window.width, 4)[..., :3]
 
 
+def still_picture(window: Window, timeout: float = 15.0) -> np.ndarray:
+    """The window's picture once it stands still (two grabs 0.25 s apart the same but for 1% of
+    pixels): the start's zoom-in is over, which takes longer than its second on a busy machine,
+    whose physics runs slower than the clock."""
+    deadline = time.monotonic() + timeout
+    previous = grab(window)
+    while True:
+        time.sleep(0.25)
+        picture = grab(window)
+        if (picture == previous).all(axis=-1).mean() > 0.99:
+            return picture
+        assert time.monotonic() < deadline, "the game's picture never stood still"
+        previous = picture
+
+
 def runs_of(records: Records, paused: bool) -> list[Records]:
     """The maximal runs of consecutive records whose `paused` is `paused`, in order."""
     runs: list[Records] = []
@@ -162,8 +177,7 @@ def test_p_pauses_everything_but_the_picture_and_resumes(display: str, start_gam
     frames = FrameRecordLog(game.port)
     pad: PadHeld | None = None
     try:
-        time.sleep(1.3)  # the start's zoom-in is over: the car stands still in a still picture
-        before = grab(window)
+        before = still_picture(window)  # the car stands still, the start's zoom-in is over
         tap_key(display, "p")
         wait_for_telemetry(game, lambda record: record.get("paused") is True, "paused")
         pad = PadHeld(game.port, FULL_THROTTLE)
@@ -301,29 +315,51 @@ def test_a_reset_request_puts_the_car_back_on_the_track(display: str, start_game
 
 
 def hold(
-    sender: GamepadSender, game: Any, state: ControllerState, seconds: float, samples: int
+    sender: GamepadSender,
+    game: Any,
+    state: ControllerState,
+    seconds: float,
+    samples: int,
+    until: Callable[[Records], bool] | None = None,
 ) -> None:
     """Send `state` for `seconds`, and on until the game's telemetry holds `samples` records
-    of it (10 s at most): a busy machine steps the game's physics more slowly than the clock,
-    so a fixed time alone gives fewer records of each phase than the test needs."""
-    wanted = {"steering": state.steering, "accelerate": state.accelerate, "brake": state.brake}
+    of it and `until` (if given) holds for them (10 s at most): a busy machine steps the game's
+    physics more slowly than the clock (36 Hz instead of 50 was seen), so a fixed time alone
+    gives fewer records, and less motion, than the test needs."""
 
-    def seen() -> int:
+    def enough() -> bool:
         try:
-            records = game.records()
+            held = [record for record in game.records() if applied(record, state)]
+            return len(held) >= samples and (until is None or until(held))
         except ValueError:  # a line being written this instant: look again next time
-            return 0
-        return sum(
-            record["source"] == "gamepad"
-            and all(record[key] == value for key, value in wanted.items())
-            for record in records
-        )
+            return False
 
     started = time.monotonic()
-    while time.monotonic() < started + seconds or seen() < samples:
+    while time.monotonic() < started + seconds or not enough():
         if time.monotonic() > started + 10.0:
             break
         send_for(sender, state, 0.1)
+
+
+def last(game: Any, state: ControllerState) -> dict[str, Any]:
+    """The newest telemetry record with `state` applied from the gamepad."""
+    return [record for record in game.records() if applied(record, state)][-1]
+
+
+def backed_up(game: Any, held: Records) -> bool:
+    """Whether the car has backed up 3 m from where it stood, at reverse's top speed."""
+    rest = next(record for record in game.records() if record["source"] == "none")
+    moved = np.array([held[-1]["x"] - rest["x"], held[-1]["y"] - rest["y"]])
+    return bool(moved @ nose(rest["heading"]) < -3.0 and held[-1]["speed"] > 4.0)
+
+
+def applied(record: dict[str, Any], state: ControllerState) -> bool:
+    """Whether a telemetry record shows `state` applied from the gamepad."""
+    return record["source"] == "gamepad" and (
+        record["steering"],
+        record["accelerate"],
+        record["brake"],
+    ) == (state.steering, state.accelerate, state.brake)
 
 
 def test_the_brake_backs_up_a_stopped_car_and_still_slows_a_moving_one(
@@ -332,12 +368,23 @@ def test_the_brake_backs_up_a_stopped_car_and_still_slows_a_moving_one(
     game = start_game("--seconds", "30")
     game.wait_running()
     sender = GamepadSender(game.port)
+    back, reverse_right = ControllerState(brake=1.0), ControllerState(steering=1.0, brake=1.0)
+    forward, light_brake = ControllerState(accelerate=0.5), ControllerState(brake=0.15)
+    # Each phase is held until the motion the checks below look at has happened (on a busy
+    # machine the physics runs slower than the clock): a car that does not do it fails them
+    # after 10 s of trying.
     try:
         time.sleep(0.3)
-        hold(sender, game, ControllerState(brake=1.0), 1.2, samples=12)
-        hold(sender, game, ControllerState(steering=1.0, brake=1.0), 0.6, samples=6)
-        hold(sender, game, ControllerState(accelerate=0.5), 0.6, samples=6)
-        hold(sender, game, ControllerState(brake=0.15), 0.4, samples=4)
+        hold(sender, game, back, 1.2, samples=12, until=lambda held: backed_up(game, held))
+        hold(
+            sender, game, reverse_right, 0.6, samples=6,
+            until=lambda held: held[-1]["heading"] > last(game, back)["heading"] + 0.15,
+        )  # fmt: skip
+        hold(sender, game, forward, 0.6, samples=6, until=lambda held: held[-1]["speed"] > 10.0)
+        hold(
+            sender, game, light_brake, 0.4, samples=4,
+            until=lambda held: held[-1]["speed"] < last(game, forward)["speed"] - 4.0,
+        )  # fmt: skip
         send_for(sender, NEUTRAL, 0.3)  # the pad lets go at once, not 0.5 s later
     finally:
         sender.close()

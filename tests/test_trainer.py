@@ -146,6 +146,21 @@ def test_each_head_learns_only_from_its_own_balanced_set(tmp_path: Path) -> None
     assert steering == pytest.approx(0.4, abs=0.15)
 
 
+class StopOnWaitAfterTraining(logging.Handler):
+    """Stops a trainer at its first 'waiting for data' line after a batch line."""
+
+    def __init__(self, stop: Stop) -> None:
+        super().__init__(logging.INFO)
+        self._stop = stop
+        self._trained = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        self._trained = self._trained or message.startswith("batch ")
+        if self._trained and "waiting for data" in message:
+            self._stop("waiting")
+
+
 def test_a_trainer_whose_samples_are_used_up_says_why_it_waits(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -154,8 +169,16 @@ def test_a_trainer_whose_samples_are_used_up_says_why_it_waits(
     'waiting for data' (a user's `charles train --batches N` on a finished data set)."""
     write_shards(tmp_path / "data", 50)
     config = small_config(tmp_path, max_uses=2, publish_batches=1000)
-    with caplog.at_level(logging.INFO, logger="agent.learn.trainer"):
-        summary = Trainer(config, _default_strategy(), Stop()).run(seconds=2.5)
+    stop = Stop()
+    # Until it waits (a slow machine takes seconds for its first batch), not a fixed time.
+    waiting = StopOnWaitAfterTraining(stop)
+    logging.getLogger("agent.learn.trainer").addHandler(waiting)
+    try:
+        with caplog.at_level(logging.INFO, logger="agent.learn.trainer"):
+            summary = Trainer(config, _default_strategy(), stop).run(seconds=120)
+    finally:
+        logging.getLogger("agent.learn.trainer").removeHandler(waiting)
+    assert stop.reason == "waiting", "the trainer never waited after training"
     assert 0 < summary.batches_this_run < 50
     waits = [r.getMessage() for r in caplog.records if "waiting for data" in r.getMessage()]
     assert waits and "train.max_uses" in waits[-1] and "needs new shards" in waits[-1], waits
