@@ -326,21 +326,34 @@ def test_every_slot_of_the_video_clock_shows_the_newest_frame(tmp_path: Path) ->
     assert len(decode(Path(report.path))) == report.written == 18 - report.dropped
 
 
+class StuckDrawing:
+    """A HUD status that, once `stuck` is set, blocks the drawing thread (signalling `inside`)
+    until `unstuck`: a recording thread the machine starves."""
+
+    def __init__(self) -> None:
+        self.stuck, self.inside, self.unstuck = (threading.Event() for _ in range(3))
+
+    def status(self) -> Status:
+        if self.stuck.is_set():
+            self.inside.set()
+            self.unstuck.wait(10.0)
+        return Status("constant")
+
+    def recorder(self, folder: Path, frames: Slot[Frame], clock: FakeClock) -> Recorder:
+        config = RecordConfig(mode="hud", encoder="libx264", folder=str(folder))
+        return Recorder(
+            config, frames, Slot(), self.status, (320, 180), LINE.convcam_layer, clock=clock
+        )
+
+
 def test_a_recording_late_for_its_slots_fills_every_one_it_missed(tmp_path: Path) -> None:
     """Its thread stuck drawing (a busy machine) while the clock goes on: when it comes back it
     fills every slot it missed with the newest frame, so the video's length stays true."""
     frames: Slot[Frame] = Slot()
-    stuck, inside, unstuck = threading.Event(), threading.Event(), threading.Event()
-
-    def status() -> Status:
-        if stuck.is_set():
-            inside.set()
-            unstuck.wait(10.0)
-        return Status("constant")
-
-    config = RecordConfig(mode="hud", encoder="libx264", folder=str(tmp_path))
     clock = FakeClock()
-    recorder = Recorder(config, frames, Slot(), status, (320, 180), LINE.convcam_layer, clock=clock)
+    drawing = StuckDrawing()
+    recorder = drawing.recorder(tmp_path, frames, clock)
+    stuck, inside, unstuck = drawing.stuck, drawing.inside, drawing.unstuck
     image = np.zeros((180, 320, 4), np.uint8)
     recorder.start()
     clock.settle(waiters=1)  # slot 0
@@ -366,17 +379,10 @@ def test_a_recording_stopped_while_late_still_lasts_until_its_stop(tmp_path: Pat
     the recording still fills the slots before the stop, so it lasts as long as it ran (a
     loaded CI machine's recording came out a second short of its drive)."""
     frames: Slot[Frame] = Slot()
-    stuck, inside, unstuck = threading.Event(), threading.Event(), threading.Event()
-
-    def status() -> Status:
-        if stuck.is_set():
-            inside.set()
-            unstuck.wait(10.0)
-        return Status("constant")
-
-    config = RecordConfig(mode="hud", encoder="libx264", folder=str(tmp_path))
     clock = FakeClock()
-    recorder = Recorder(config, frames, Slot(), status, (320, 180), LINE.convcam_layer, clock=clock)
+    drawing = StuckDrawing()
+    recorder = drawing.recorder(tmp_path, frames, clock)
+    stuck, inside, unstuck = drawing.stuck, drawing.inside, drawing.unstuck
     image = np.zeros((180, 320, 4), np.uint8)
     frames.put(Frame(image, clock.now(), 1, Region(0, 0, 320, 180)))
     recorder.start()
