@@ -76,6 +76,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 USER_STOPS = ("time limit", "quit hotkey", "SIGINT", "SIGTERM")
+STARTING = "starting"
+"""The model name pictures show before the drive loop's first status."""
 """Stop reasons a person asked for; any other end with a loop error reports that error."""
 
 
@@ -464,7 +466,10 @@ def _hud_status(status: Slot[DriveStatus], meter: RateMeter) -> Status:
     """What the recording shows besides the frame and tick (called on the recorder's thread):
     the newest status snapshot, and rates measured between two of its pictures."""
     now, _ = status.get()
-    assert now is not None  # the drive loop puts one when it is built, before any recording
+    if now is None:
+        # The live view's and the stream's thread starts before the drive loop puts its first
+        # status, and may draw before it (a fresh clone's CI saw the stream's thread die here).
+        return Status(model_name=STARTING)
     rates = meter.update(now)
     last = now.swaps[-1] if now.swaps else None
     return Status(

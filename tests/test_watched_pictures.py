@@ -155,3 +155,42 @@ def test_while_the_model_sets_the_pace_the_live_view_gets_fewer_pictures(
         tmp_path, RatesStatus(fps=10, pps=3), model_bound_fps=5, every_slot=True
     )
     assert len(stream) >= 19, stream  # a video gets a picture every slot
+
+
+class SessionStatus(CountingStatus):
+    """The drive session's own HUD status, read from its (still empty) status slot."""
+
+    def __init__(self) -> None:
+        from agent.session import _hud_status_of
+
+        super().__init__()
+        self.shown: list[Status] = []
+        self._status = _hud_status_of(Slot())
+
+    def __call__(self) -> Status:
+        self.calls += 1
+        self.shown.append(self._status())
+        return self.shown[-1]
+
+
+def test_pictures_drawn_before_the_drive_loops_first_status_show_it_starting(
+    tmp_path: Path,
+) -> None:
+    """The session starts this thread before its drive loop puts a first status: a stream
+    that wanted pictures that instant must get them (a CI run's stream thread died there and
+    the ingest got nothing for the whole drive)."""
+    from agent.session import STARTING
+
+    status = SessionStatus()
+    clock, feeds, _, watched, _ = parts(tmp_path, status=status)
+    watched.start()
+    try:
+        clock.settle(waiters=1)
+        with feeds["hud"].watch():
+            clock.advance(0.5)
+            picture, _ = feeds["hud"].get()
+    finally:
+        watched.stop()
+    assert watched.error is None
+    assert picture is not None
+    assert status.shown and {shown.model_name for shown in status.shown} == {STARTING}
