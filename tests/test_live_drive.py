@@ -21,7 +21,7 @@ from agent.game.channel import free_udp_port
 from agent.live.mjpeg import BOUNDARY
 from tests.helpers.charles import assert_one_line_error, run_charles_process
 from tests.helpers.checkpoints import publish_driver
-from tests.helpers.drives import Drive, drive_command
+from tests.helpers.drives import Drive, drive_command, wait_until
 from tests.test_drive import start_game, stop_game
 
 CHROMIUM = Path(shutil.which("chromium") or "/usr/bin/chromium")
@@ -180,8 +180,8 @@ def test_the_live_view_follows_a_real_drive_in_a_real_browser(
         # viewer that reads (both cost the drawing of the layout, which a slow machine feels),
         # and the drive's memory does not grow with the pictures it is not taking.
         request = f"GET /layout.mjpeg?token={TOKEN} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
-        with ReadingViewer(live_port, request.encode()):
-            time.sleep(1.0)  # its pictures flow
+        with ReadingViewer(live_port, request.encode()) as reading:
+            wait_until(lambda: reading.received > 0, 10, "pictures for a reading viewer")
             without = pps_over(live_port, 4.0)
         stalled = socket.create_connection(("127.0.0.1", live_port))
         stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
