@@ -76,9 +76,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 USER_STOPS = ("time limit", "quit hotkey", "SIGINT", "SIGTERM")
+"""Stop reasons a person asked for; any other end with a loop error reports that error."""
 STARTING = "starting"
 """The model name pictures show before the drive loop's first status."""
-"""Stop reasons a person asked for; any other end with a loop error reports that error."""
 
 
 def run_drive(
