@@ -35,6 +35,11 @@ log = logging.getLogger(__name__)
 
 IDLE_LOOK_SECONDS = 0.1
 """How often an idle drawer looks whether somebody started watching."""
+RETRY_SECONDS = (1.0, 60.0)
+"""After a picture fails to draw, the pause before the next try: the first, doubled after each
+failure in a row up to the second. A stream runs for days: one bad picture (a bug met by one odd
+frame or status) must not leave the audience a frozen picture for the rest of the drive, and a
+picture that fails every time must not fill the log."""
 MODEL_BOUND_SHARE = 0.8
 """The model, not the game, sets the drive's pace when it predicts fewer times a second than
 this share of capture.fps (a big model on a CPU): every millisecond of CPU drawing takes is then
@@ -99,6 +104,9 @@ class WatchedPictures:
         """Pictures drawn (all kinds)."""
         self.drawing_cpu = 0.0
         self.error: BaseException | None = None
+        """The last error, if any (drawing is tried again after it; see RETRY_SECONDS)."""
+        self.failures = 0
+        """Pictures that failed to draw, in all."""
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="watched-pictures", daemon=True)
 
@@ -121,7 +129,7 @@ class WatchedPictures:
         cpu_start = time.thread_time()
         fps = self._config.fps
         try:
-            last, step = -1, 1
+            last, step, failures = -1, 1, 0
             while not self._stopping.is_set():
                 kinds = self.wanted()
                 if not kinds:
@@ -134,7 +142,22 @@ class WatchedPictures:
                     self._clock.wait(self._stopping, next_at - now)
                     continue
                 last = index
-                status = self._draw(kinds, index, now)
+                try:
+                    status = self._draw(kinds, index, now)
+                except Exception as error:  # a bug in drawing must not stop the car
+                    failures += 1
+                    self.error, self.failures = error, self.failures + 1
+                    pause = min(RETRY_SECONDS[0] * 2 ** (failures - 1), RETRY_SECONDS[1])
+                    log.error(
+                        "drawing pictures for the live view failed (%d in a row): %s; "
+                        "trying again in %.0f s", failures, error, pause,
+                        exc_info=failures == 1,
+                    )  # fmt: skip
+                    self._clock.wait(self._stopping, pause)
+                    continue
+                if failures:
+                    log.info("drawing pictures for the live view again after %d failures", failures)
+                    failures = 0
                 every_slot = any(self._feeds[kind].wants_every_slot for kind in kinds)
                 new_step = (
                     1
@@ -147,7 +170,7 @@ class WatchedPictures:
                         "the capture is set to %g)", fps / new_step, status.pps, self._capture_fps,
                     )  # fmt: skip
                     step = new_step
-        except BaseException as error:  # a bug in drawing must not stop the car
+        except BaseException as error:  # a bug in this thread must not stop the car
             self.error = error
             log.error("drawing pictures for the live view stopped: %s", error, exc_info=True)
         finally:
