@@ -9,6 +9,7 @@ from pathlib import Path
 
 from agent.config import TrainConfig
 from agent.learn.buffers import BufferSet
+from agent.learn.cluster import ClusterPart
 from agent.learn.shard_watcher import ShardWatcher
 from agent.nets.runtime import require_tensorflow
 
@@ -59,12 +60,21 @@ class TrainProgress:
                 fills, eta,
             )  # fmt: skip
 
-    def waiting(self, watcher: ShardWatcher, samples: int) -> None:
+    def waiting(self, watcher: ShardWatcher, samples: int, part: ClusterPart) -> None:
+        """One line every few seconds while no batch is trained, saying what it waits for."""
         now = time.monotonic()
         if now - self._last_wait_line < CONSOLE_SECONDS:
             return
         self._last_wait_line = now
         fills = " ".join(f"{n} {100 * f:.0f}%" for n, f in self._buffers.fills.items())
+        if self._buffers.ready:
+            # Only a cluster member waits with its buffers ready: every member trains a step or
+            # none does, and another one's buffers are not ready.
+            log.info(
+                "waiting for the other members of the training cluster: this member's buffers "
+                "are ready (%s); a step is trained only when every member's are", fills,
+            )  # fmt: skip
+            return
         if self._times:
             # It trained, then a buffer fell under start_fill: its samples were used up, and a
             # trainer run on a finished data set would otherwise wait here for ever, unexplained.
@@ -74,6 +84,13 @@ class TrainProgress:
             )
         else:
             why = f"training starts at {100 * self._train.start_fill:.0f}% each"
+        if part.count > 1:
+            # With few shards a member can wait here for ever while the others are ready (seen:
+            # 4 shards between 2 members); its share of the data is why.
+            why += (
+                f"; as member {part.index + 1} of {part.count} of a training cluster it loads "
+                f"only its part of the shards (1 in {part.count}, by name)"
+            )
         log.info(
             "waiting for data: buffers %s (%s); %d samples from %d shards loaded so far",
             fills, why, samples, len(watcher.loaded_names),

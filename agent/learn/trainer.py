@@ -251,7 +251,7 @@ class Trainer:
                         self.stop(limit or "another member of the training cluster stopped")
                     break
                 if not ready:
-                    progress.waiting(self.watcher, self.samples_loaded)
+                    progress.waiting(self.watcher, self.samples_loaded, self.part)
                     self.stop.event.wait(POLL_SECONDS)
                     next_poll = 0.0
                     continue
