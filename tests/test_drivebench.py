@@ -29,7 +29,9 @@ def test_bench_drive_json_reports_raw_drive_and_naive_on_the_bundled_game(tmp_pa
     assert report["line"] == "pilotnet_small" and report["backend"] == "tensorflow"
     assert report["model"].startswith("pilotnet_small/v")  # the shipped reference checkpoint
     # pilotnet_small is far faster than the game: the loop predicts on each new frame only.
-    assert raw["pps"] > drive["pps"] > 0 and raw["predictions"] > 50
+    # (How many predictions the raw second holds is the machine's business: a loaded CI
+    # machine made 50, an idle one makes hundreds.)
+    assert raw["pps"] > drive["pps"] > 0 and raw["predictions"] > 0
     # The report judges these very figures (the arithmetic is tested below on made-up ones).
     goals = judge(Rates(**raw), drive["pps"], drive["fps"], drive["latency_p50_ms"])
     assert {key: report[key] for key in goals} == goals
