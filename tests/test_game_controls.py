@@ -31,8 +31,9 @@ from agent.game.channel import (
 )
 from agent.game.telemetry import read_last_telemetry
 from agent.types import NEUTRAL, ControllerState
+from tests.helpers.drives import wait_until
 from tests.helpers.xvfb import Window, focus_window, tap_key, wait_for_window
-from tests.test_game import TITLE, Game, Records, send_for
+from tests.test_game import TITLE, Game, Records, applied, hold, send_for
 
 # Box2D's SWIG bindings trip a DeprecationWarning on import under Python 3.11+; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:builtin type [Ss]wig:DeprecationWarning")
@@ -249,6 +250,14 @@ def test_p_pauses_everything_but_the_picture_and_resumes(display: str, start_gam
     assert white > 300, "no PAUSED lettering in the band"
 
 
+def reset_records(game: Any) -> Records:
+    """The telemetry records since the first reset (none while a line is half written)."""
+    try:
+        return [record for record in game.records() if record["resets"] == 1]
+    except ValueError:
+        return []
+
+
 def test_a_reset_request_puts_the_car_back_on_the_track(display: str, start_game: Any) -> None:
     from agent.game.sim import HostedCarRacing
 
@@ -258,8 +267,10 @@ def test_a_reset_request_puts_the_car_back_on_the_track(display: str, start_game
     try:
         # Far enough along the track that its start is not the nearest point, then straight on
         # at the first bend, off the road.
-        send_for(sender, ControllerState(accelerate=0.3), 0.4)
-        deadline = time.monotonic() + 5.0
+        # (held until it rolls fast enough: a busy machine steps the physics more slowly)
+        hold(sender, game, ControllerState(accelerate=0.3), 0.4, 2,
+             until=lambda held: held[-1]["speed"] > 4.0)  # fmt: skip
+        deadline = time.monotonic() + 20.0
         while (read_last_telemetry(game.telemetry) or {}).get("on_track", True):
             assert time.monotonic() < deadline, "the car never left the track"
             send_for(sender, ControllerState(steering=0.1), 0.1)
@@ -270,7 +281,7 @@ def test_a_reset_request_puts_the_car_back_on_the_track(display: str, start_game
     assert off is not None and off["on_track"] is False
     request_reset(game.port)
     wait_for_telemetry(game, lambda record: record.get("resets") == 1, "resets 1")
-    time.sleep(0.3)
+    wait_until(lambda: len(reset_records(game)) >= 3, 10, "3 records after the reset")
     game.process.terminate()
     status, stderr = game.finish(timeout=10)
     assert status == 0, stderr
@@ -314,33 +325,6 @@ def test_a_reset_request_puts_the_car_back_on_the_track(display: str, start_game
     assert to_points[0] > to_points.min() + 2 * rolled + 5.0  # not back to the start
 
 
-def hold(
-    sender: GamepadSender,
-    game: Any,
-    state: ControllerState,
-    seconds: float,
-    samples: int,
-    until: Callable[[Records], bool] | None = None,
-) -> None:
-    """Send `state` for `seconds`, and on until the game's telemetry holds `samples` records
-    of it and `until` (if given) holds for them (10 s at most): a busy machine steps the game's
-    physics more slowly than the clock (36 Hz instead of 50 was seen), so a fixed time alone
-    gives fewer records, and less motion, than the test needs."""
-
-    def enough() -> bool:
-        try:
-            held = [record for record in game.records() if applied(record, state)]
-            return len(held) >= samples and (until is None or until(held))
-        except ValueError:  # a line being written this instant: look again next time
-            return False
-
-    started = time.monotonic()
-    while time.monotonic() < started + seconds or not enough():
-        if time.monotonic() > started + 10.0:
-            break
-        send_for(sender, state, 0.1)
-
-
 def last(game: Any, state: ControllerState) -> dict[str, Any]:
     """The newest telemetry record with `state` applied from the gamepad."""
     return [record for record in game.records() if applied(record, state)][-1]
@@ -351,15 +335,6 @@ def backed_up(game: Any, held: Records) -> bool:
     rest = next(record for record in game.records() if record["source"] == "none")
     moved = np.array([held[-1]["x"] - rest["x"], held[-1]["y"] - rest["y"]])
     return bool(moved @ nose(rest["heading"]) < -3.0 and held[-1]["speed"] > 4.0)
-
-
-def applied(record: dict[str, Any], state: ControllerState) -> bool:
-    """Whether a telemetry record shows `state` applied from the gamepad."""
-    return record["source"] == "gamepad" and (
-        record["steering"],
-        record["accelerate"],
-        record["brake"],
-    ) == (state.steering, state.accelerate, state.brake)
 
 
 def test_the_brake_backs_up_a_stopped_car_and_still_slows_a_moving_one(
