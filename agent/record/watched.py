@@ -147,7 +147,7 @@ class WatchedPictures:
                 except Exception as error:  # a bug in drawing must not stop the car
                     failures += 1
                     self.error, self.failures = error, self.failures + 1
-                    pause = min(RETRY_SECONDS[0] * 2 ** (failures - 1), RETRY_SECONDS[1])
+                    pause = min(RETRY_SECONDS[0] * 2 ** min(failures - 1, 16), RETRY_SECONDS[1])
                     log.error(
                         "drawing pictures for the live view failed (%d in a row): %s; "
                         "trying again in %.0f s", failures, error, pause,
